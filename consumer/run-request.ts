@@ -1,0 +1,24 @@
+import { plannedOutputKey } from "../shared/job-state.ts";
+import type { JobRow } from "../shared/job-repository.ts";
+import type { RunRequest } from "../shared/runpod-client.ts";
+import type { ConsumerSettings } from "../shared/settings.ts";
+import { attemptUrls } from "../shared/signing.ts";
+
+/** The body of `POST /run` for attempt `job.retry_count` of a claimed job. */
+export async function buildRunRequest(job: JobRow, settings: ConsumerSettings): Promise<RunRequest> {
+  const attempt = job.retry_count;
+  const urls = await attemptUrls(settings.publicUrl, settings.webhookSecret, job.id, attempt);
+  return {
+    input: {
+      export_job_id: job.id,
+      project_id: job.project_id,
+      type: job.type,
+      input_video_key: job.input_video_key,
+      output_video_key: plannedOutputKey(job),
+      params: JSON.parse(job.params) as Record<string, unknown>,
+      progress_url: urls.progress,
+    },
+    webhook: urls.webhook,
+    policy: { executionTimeout: settings.executionTimeoutMs, ttl: settings.ttlMs },
+  };
+}

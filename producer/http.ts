@@ -1,0 +1,102 @@
+// The producer's HTTP conventions: one error shape, bearer auth, and a JSON body reader that
+// enforces the contract's limits before anything is parsed.
+
+import type { Context, MiddlewareHandler } from "hono";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import type { z } from "zod";
+import type { ProducerEnv } from "../shared/env.ts";
+
+export type AppEnv = { Bindings: ProducerEnv };
+export type AppContext = Context<AppEnv>;
+
+export const MAX_BODY_BYTES = 256 * 1024;
+
+export interface ApiIssue {
+  path: PropertyKey[];
+  message: string;
+  code?: string;
+}
+
+/** `{"error": {"code", "message", "issues"?}}` with a stable snake_case code. */
+export function apiError(
+  c: Context,
+  status: ContentfulStatusCode,
+  code: string,
+  message: string,
+  issues?: ApiIssue[],
+): Response {
+  return c.json({ error: { code, message, ...(issues ? { issues } : {}) } }, status);
+}
+
+export function zodIssues(error: z.ZodError): ApiIssue[] {
+  return error.issues.map((issue) => ({
+    path: issue.path,
+    message: issue.message,
+    code: issue.code,
+  }));
+}
+
+/** Timing-safe string comparison of two tokens. */
+function sameToken(given: string, expected: string): boolean {
+  const a = new TextEncoder().encode(given);
+  const b = new TextEncoder().encode(expected);
+  if (a.byteLength !== b.byteLength) return false;
+  return crypto.subtle.timingSafeEqual(a, b);
+}
+
+/** Requires `Authorization: Bearer <env[name]>`; fails closed when the secret is not set. */
+export function bearerAuth(name: "API_TOKEN" | "ADMIN_TOKEN"): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const expected = c.env[name];
+    if (!expected) return apiError(c, 500, "not_configured", `${name} is not set on this Worker`);
+    const header = c.req.header("authorization") ?? "";
+    const match = /^Bearer\s+(.+)$/i.exec(header);
+    if (!match?.[1] || !sameToken(match[1].trim(), expected)) {
+      c.header("WWW-Authenticate", 'Bearer realm="reel-exports"');
+      return apiError(c, 401, "unauthorized", "a valid bearer token is required");
+    }
+    await next();
+  };
+}
+
+export type BodyResult<T> = { ok: true; value: T } | { ok: false; response: Response };
+
+/**
+ * Reads a JSON body: 415 unless it is `application/json`, 413 past 256 KiB (declared or actual),
+ * 400 `invalid_json` when it does not parse, 400 `invalid_request` with zod's issues otherwise.
+ */
+export async function readJsonBody<T>(
+  c: AppContext,
+  schema: z.ZodType<T>,
+  options: { requireJsonContentType?: boolean } = {},
+): Promise<BodyResult<T>> {
+  const fail = (response: Response): BodyResult<T> => ({ ok: false, response });
+  const contentType = c.req.header("content-type") ?? "";
+  if (
+    (options.requireJsonContentType ?? true) &&
+    !/^application\/([\w.+-]+\+)?json\s*(;|$)/i.test(contentType)
+  ) {
+    return fail(apiError(c, 415, "unsupported_media_type", "send the body as application/json"));
+  }
+  const declared = Number(c.req.header("content-length") ?? "0");
+  if (declared > MAX_BODY_BYTES) {
+    return fail(apiError(c, 413, "payload_too_large", `the body exceeds ${MAX_BODY_BYTES} bytes`));
+  }
+  const raw = await c.req.arrayBuffer();
+  if (raw.byteLength > MAX_BODY_BYTES) {
+    return fail(apiError(c, 413, "payload_too_large", `the body exceeds ${MAX_BODY_BYTES} bytes`));
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(new TextDecoder().decode(raw));
+  } catch {
+    return fail(apiError(c, 400, "invalid_json", "the body is not valid JSON"));
+  }
+  const parsed = schema.safeParse(data);
+  if (!parsed.success) {
+    return fail(
+      apiError(c, 400, "invalid_request", "the body is not valid", zodIssues(parsed.error)),
+    );
+  }
+  return { ok: true, value: parsed.data };
+}

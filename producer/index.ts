@@ -1,0 +1,35 @@
+// The producer Worker: wiring only. One file per endpoint under routes/.
+import { Hono } from "hono";
+import { cors } from "hono/cors";
+import { log } from "../shared/log.ts";
+import { type AppEnv, apiError, bearerAuth } from "./http.ts";
+import { createExport } from "./routes/create-export.ts";
+import { getExport } from "./routes/get-export.ts";
+import { health } from "./routes/health.ts";
+import { listExports } from "./routes/list-exports.ts";
+
+const app = new Hono<AppEnv>();
+
+app.use("*", async (c, next) => {
+  const origin = c.env.CORS_ORIGIN;
+  if (!origin) return next();
+  return cors({ origin, allowHeaders: ["Authorization", "Content-Type", "Idempotency-Key"] })(
+    c,
+    next,
+  );
+});
+
+app.get("/health", health);
+
+const exportsApi = bearerAuth("API_TOKEN");
+app.post("/exports", exportsApi, createExport);
+app.get("/exports", exportsApi, listExports);
+app.get("/exports/:id", exportsApi, getExport);
+
+app.notFound((c) => apiError(c, 404, "not_found", `no route for ${c.req.method} ${c.req.path}`));
+app.onError((error, c) => {
+  log("error", "unhandled error", { path: c.req.path, error: String(error) });
+  return apiError(c, 500, "internal_error", "something went wrong; the request may be retried");
+});
+
+export default app;

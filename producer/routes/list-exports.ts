@@ -1,0 +1,52 @@
+import { z } from "zod";
+import * as repo from "../../shared/job-repository.ts";
+import { toJob } from "../../shared/job-repository.ts";
+import { decodeCursor, encodeCursor } from "../cursor.ts";
+import { type AppContext, apiError, zodIssues } from "../http.ts";
+
+const MAX_PROJECTS = 100;
+
+const listQuery = z.object({
+  project_id: z
+    .array(z.coerce.number().int().positive().max(Number.MAX_SAFE_INTEGER))
+    .min(1, "at least one project_id is required")
+    .max(MAX_PROJECTS, `at most ${MAX_PROJECTS} project_id values`),
+  active: z.enum(["true", "false"]).default("false"),
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  cursor: z.string().min(1).optional(),
+});
+
+/**
+ * `GET /exports?project_id=1&project_id=2&active=true&limit=20&cursor=…`: newest first;
+ * `next_cursor` is null on the last page.
+ */
+export async function listExports(c: AppContext): Promise<Response> {
+  const url = new URL(c.req.url);
+  const single = (name: string) => url.searchParams.get(name) ?? undefined;
+  const parsed = listQuery.safeParse({
+    project_id: url.searchParams.getAll("project_id"),
+    active: single("active"),
+    limit: single("limit"),
+    cursor: single("cursor"),
+  });
+  if (!parsed.success) {
+    return apiError(c, 400, "invalid_request", "the query is not valid", zodIssues(parsed.error));
+  }
+  const query = parsed.data;
+  const after = query.cursor === undefined ? null : decodeCursor(query.cursor);
+  if (query.cursor !== undefined && after === null) {
+    return apiError(c, 400, "invalid_request", "the cursor is not valid", [
+      { path: ["cursor"], message: "not a cursor returned by this API" },
+    ]);
+  }
+  const rows = await repo.listJobs(c.env.DB, {
+    projectIds: [...new Set(query.project_id)],
+    activeOnly: query.active === "true",
+    limit: query.limit,
+    after,
+  });
+  const page = rows.slice(0, query.limit);
+  const last = page.at(-1);
+  const nextCursor = rows.length > query.limit && last ? encodeCursor(last) : null;
+  return c.json({ jobs: page.map(toJob), next_cursor: nextCursor });
+}

@@ -1,0 +1,30 @@
+// `npm start`: the whole pipeline on this machine. Ctrl-C stops everything it started.
+import { SETTING_NAMES, startLocalStack } from "./local-stack.ts";
+
+const settings = Object.fromEntries(SETTING_NAMES.map((name) => [name, process.env[name]]));
+const stack = await startLocalStack({ settings });
+
+console.log(`
+reel-exports is running locally
+  producer   ${stack.producerUrl}        (API_TOKEN=${stack.settings.API_TOKEN}, ADMIN_TOKEN=${stack.settings.ADMIN_TOKEN})
+  consumer   ${stack.consumerUrl}        (GET /__scheduled runs the reconciler)
+  RunPod     ${stack.runpodBaseUrl}${stack.emulatorUrl ? "  (emulator)" : ""}
+  sample     uploads/demo/sample.mp4 in R2 bucket reel-ballers-videos
+
+Try:
+  curl -s -X POST ${stack.producerUrl}/exports \\
+    -H 'Authorization: Bearer ${stack.settings.API_TOKEN}' -H 'Content-Type: application/json' \\
+    -d '{"project_id":42,"type":"overlay","input_video_key":"uploads/demo/sample.mp4","params":{"highlight_regions":[{"start_time":1,"end_time":3}]}}'
+Ctrl-C stops everything.
+`);
+
+let stopping = false;
+const shutdown = async () => {
+  if (stopping) return;
+  stopping = true;
+  console.log("stopping…");
+  await stack.stop();
+  process.exit(0);
+};
+process.on("SIGINT", shutdown);
+process.on("SIGTERM", shutdown);

@@ -1,0 +1,36 @@
+// Hand-kept binding types; they match wrangler.toml's [env.producer] and [env.consumer].
+// Every var arrives as a string (or is missing); shared/settings.ts turns them into numbers.
+
+export interface JobMessage {
+  job_id: string;
+}
+
+/** Settings both Workers read. */
+export interface CommonEnv {
+  DB: D1Database;
+  EXPORT_QUEUE: Queue<JobMessage>;
+  RUNPOD_API_KEY?: string;
+  RUNPOD_ENDPOINT_ID?: string;
+  RUNPOD_BASE_URL?: string;
+  RUNPOD_TIMEOUT_MS?: string;
+  WEBHOOK_SECRET?: string;
+  RETRY_BASE_DELAY_S?: string;
+  RETRY_MAX_DELAY_S?: string;
+}
+
+export interface ProducerEnv extends CommonEnv {
+  VIDEOS: R2Bucket;
+  API_TOKEN?: string;
+  ADMIN_TOKEN?: string;
+  CORS_ORIGIN?: string;
+}
+
+export interface ConsumerEnv extends CommonEnv {
+  PUBLIC_URL?: string;
+  CLAIM_TIMEOUT_S?: string;
+  POLL_AFTER_S?: string;
+  PENDING_GRACE_S?: string;
+  SUBMIT_CONCURRENCY?: string;
+  RUNPOD_EXECUTION_TIMEOUT_MS?: string;
+  RUNPOD_TTL_MS?: string;
+}

@@ -1,0 +1,87 @@
+import { z } from "zod";
+
+export const JOB_TYPES = ["framing", "overlay", "annotate"] as const;
+export type JobType = (typeof JOB_TYPES)[number];
+
+const MAX_KEY_BYTES = 1024;
+const utf8 = new TextEncoder();
+
+/** A relative R2 key: no leading "/", no "." or ".." segment, no control characters. */
+export const r2Key = z
+  .string()
+  .min(1)
+  .refine((key) => !key.startsWith("/"), "must be relative (no leading '/')")
+  .refine(
+    (key) => !key.split("/").some((segment) => segment === ".." || segment === "."),
+    "must not contain '.' or '..' segments",
+  )
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
+  .refine((key) => !/[\u0000-\u001f\u007f]/.test(key), "must not contain control characters")
+  .refine((key) => utf8.encode(key).length <= MAX_KEY_BYTES, `must be at most ${MAX_KEY_BYTES} bytes`);
+
+const cropKeyframe = z.looseObject({
+  time: z.number().min(0),
+  x: z.number(),
+  y: z.number(),
+  width: z.number().positive(),
+  height: z.number().positive(),
+});
+
+const highlightRegion = z
+  .looseObject({ start_time: z.number().min(0), end_time: z.number() })
+  .refine((region) => region.end_time > region.start_time, {
+    message: "end_time must be greater than start_time",
+    path: ["end_time"],
+  });
+
+const projectId = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+
+/** `POST /exports` body; `params` is validated per `type`, unknown params keys pass through. */
+export const createExportRequest = z.discriminatedUnion("type", [
+  z.object({
+    project_id: projectId,
+    type: z.literal("framing"),
+    input_video_key: r2Key,
+    params: z.looseObject({ crop_keyframes: z.array(cropKeyframe).min(1) }),
+  }),
+  z.object({
+    project_id: projectId,
+    type: z.literal("overlay"),
+    input_video_key: r2Key,
+    params: z.looseObject({ highlight_regions: z.array(highlightRegion).min(1) }),
+  }),
+  z.object({
+    project_id: projectId,
+    type: z.literal("annotate"),
+    input_video_key: r2Key,
+    params: z.looseObject({ annotations: z.array(z.unknown()).min(1) }),
+  }),
+]);
+export type CreateExportRequest = z.infer<typeof createExportRequest>;
+
+/** The queue message: the job id and nothing else; the row is the truth. */
+export const jobMessage = z.object({ job_id: z.uuid() });
+
+export const RUNPOD_STATUSES = [
+  "IN_QUEUE",
+  "IN_PROGRESS",
+  "COMPLETED",
+  "FAILED",
+  "CANCELLED",
+  "TIMED_OUT",
+] as const;
+export type RunpodStatus = (typeof RUNPOD_STATUSES)[number];
+
+/** RunPod's job status object, as returned by `/status/{id}` and posted to webhooks. */
+export const runpodStatusObject = z.looseObject({
+  id: z.string().min(1),
+  status: z.enum(RUNPOD_STATUSES),
+  output: z.unknown().optional(),
+  error: z.unknown().optional(),
+  delayTime: z.number().optional(),
+  executionTime: z.number().optional(),
+});
+export type RunpodStatusObject = z.infer<typeof runpodStatusObject>;
+
+/** `POST /runpod/progress/{id}` body. */
+export const progressReport = z.object({ progress: z.number().min(0).max(100) });

@@ -1,0 +1,71 @@
+import type { CommonEnv, ConsumerEnv } from "./env.ts";
+
+/** Reads a numeric var, falling back to the contract's default when it is missing or empty. */
+function numberVar(value: string | undefined, fallback: number, name: string): number {
+  if (value === undefined || value.trim() === "") return fallback;
+  const parsed = Number(value);
+  if (!Number.isFinite(parsed) || parsed < 0) {
+    throw new Error(`setting ${name} must be a non-negative number, got ${JSON.stringify(value)}`);
+  }
+  return parsed;
+}
+
+export interface RunpodSettings {
+  baseUrl: string;
+  apiKey: string;
+  endpointId: string;
+  timeoutMs: number;
+}
+
+export interface RetrySettings {
+  baseDelayS: number;
+  maxDelayS: number;
+}
+
+export function runpodSettings(env: CommonEnv): RunpodSettings {
+  return {
+    baseUrl: (env.RUNPOD_BASE_URL || "https://api.runpod.ai/v2").replace(/\/+$/, ""),
+    apiKey: env.RUNPOD_API_KEY ?? "",
+    endpointId: env.RUNPOD_ENDPOINT_ID ?? "",
+    timeoutMs: numberVar(env.RUNPOD_TIMEOUT_MS, 10_000, "RUNPOD_TIMEOUT_MS"),
+  };
+}
+
+export function retrySettings(env: CommonEnv): RetrySettings {
+  return {
+    baseDelayS: numberVar(env.RETRY_BASE_DELAY_S, 30, "RETRY_BASE_DELAY_S"),
+    maxDelayS: numberVar(env.RETRY_MAX_DELAY_S, 900, "RETRY_MAX_DELAY_S"),
+  };
+}
+
+export interface ConsumerSettings {
+  runpod: RunpodSettings;
+  retry: RetrySettings;
+  publicUrl: string;
+  webhookSecret: string;
+  claimTimeoutS: number;
+  pollAfterS: number;
+  pendingGraceS: number;
+  submitConcurrency: number;
+  executionTimeoutMs: number;
+  ttlMs: number;
+}
+
+export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
+  return {
+    runpod: runpodSettings(env),
+    retry: retrySettings(env),
+    publicUrl: (env.PUBLIC_URL ?? "").replace(/\/+$/, ""),
+    webhookSecret: env.WEBHOOK_SECRET ?? "",
+    claimTimeoutS: numberVar(env.CLAIM_TIMEOUT_S, 120, "CLAIM_TIMEOUT_S"),
+    pollAfterS: numberVar(env.POLL_AFTER_S, 300, "POLL_AFTER_S"),
+    pendingGraceS: numberVar(env.PENDING_GRACE_S, 900, "PENDING_GRACE_S"),
+    submitConcurrency: Math.max(1, numberVar(env.SUBMIT_CONCURRENCY, 6, "SUBMIT_CONCURRENCY")),
+    executionTimeoutMs: numberVar(
+      env.RUNPOD_EXECUTION_TIMEOUT_MS,
+      1_800_000,
+      "RUNPOD_EXECUTION_TIMEOUT_MS",
+    ),
+    ttlMs: numberVar(env.RUNPOD_TTL_MS, 86_400_000, "RUNPOD_TTL_MS"),
+  };
+}

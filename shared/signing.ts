@@ -1,0 +1,50 @@
+// RunPod signs nothing, so the webhook and progress URLs carry their own proof:
+// sig = lowercase hex HMAC-SHA256(WEBHOOK_SECRET, "<job id>:<attempt>").
+
+const encoder = new TextEncoder();
+
+async function hmacKey(secret: string, usage: "sign" | "verify"): Promise<CryptoKey> {
+  if (!secret) throw new Error("WEBHOOK_SECRET is not set");
+  return crypto.subtle.importKey(
+    "raw",
+    encoder.encode(secret),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    [usage],
+  );
+}
+
+const message = (jobId: string, attempt: number) => encoder.encode(`${jobId}:${attempt}`);
+
+export async function signAttempt(secret: string, jobId: string, attempt: number): Promise<string> {
+  const mac = await crypto.subtle.sign("HMAC", await hmacKey(secret, "sign"), message(jobId, attempt));
+  return [...new Uint8Array(mac)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+/** Constant-time check (crypto.subtle.verify compares in constant time). */
+export async function verifyAttempt(
+  secret: string,
+  jobId: string,
+  attempt: number,
+  sig: string,
+): Promise<boolean> {
+  if (!/^[0-9a-f]{64}$/.test(sig)) return false;
+  const bytes = new Uint8Array(32);
+  for (let i = 0; i < 32; i++) bytes[i] = Number.parseInt(sig.slice(i * 2, i * 2 + 2), 16);
+  return crypto.subtle.verify("HMAC", await hmacKey(secret, "verify"), bytes, message(jobId, attempt));
+}
+
+/** The signed webhook and progress URLs of one attempt of a job. */
+export async function attemptUrls(
+  publicUrl: string,
+  secret: string,
+  jobId: string,
+  attempt: number,
+): Promise<{ webhook: string; progress: string }> {
+  const query = `attempt=${attempt}&sig=${await signAttempt(secret, jobId, attempt)}`;
+  const id = encodeURIComponent(jobId);
+  return {
+    webhook: `${publicUrl}/runpod/webhook/${id}?${query}`,
+    progress: `${publicUrl}/runpod/progress/${id}?${query}`,
+  };
+}

@@ -1,0 +1,149 @@
+import { env } from "cloudflare:workers";
+import app from "../../producer/index.ts";
+import type { JobRow } from "../../shared/job-repository.ts";
+
+export const API_TOKEN = env.API_TOKEN as string;
+export const ADMIN_TOKEN = env.ADMIN_TOKEN as string;
+export const emulatorOrigin = new URL(env.RUNPOD_BASE_URL).origin;
+
+/** Calls the producer Worker's fetch handler with the real test bindings. */
+export function producerFetch(
+  path: string,
+  init: RequestInit & { token?: string | null } = {},
+): Promise<Response> {
+  const { token = API_TOKEN, ...rest } = init;
+  const headers = new Headers(rest.headers);
+  if (token !== null) headers.set("authorization", `Bearer ${token}`);
+  return Promise.resolve(
+    app.fetch(new Request(`https://exports.test${path}`, { ...rest, headers }), env),
+  );
+}
+
+export function postJson(path: string, body: unknown, init: RequestInit & { token?: string | null } = {}) {
+  const headers = new Headers(init.headers);
+  if (!headers.has("content-type")) headers.set("content-type", "application/json");
+  return producerFetch(path, {
+    ...init,
+    method: "POST",
+    headers,
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+}
+
+let projectCounter = Math.floor(Math.random() * 1_000_000) * 1000;
+/** A project id no other test uses, so counts and listings are per test. */
+export function freshProjectId(): number {
+  projectCounter += 1;
+  return projectCounter;
+}
+
+export async function putInput(key: string): Promise<void> {
+  await env.VIDEOS.put(key, new Uint8Array([0, 0, 0, 24, 102, 116, 121, 112]), {
+    httpMetadata: { contentType: "video/mp4" },
+  });
+}
+
+export function overlayRequest(projectId: number, key: string) {
+  return {
+    project_id: projectId,
+    type: "overlay",
+    input_video_key: key,
+    params: { highlight_regions: [{ start_time: 1, end_time: 2.5, color: "#ff0" }] },
+  };
+}
+
+export async function countJobs(projectId: number): Promise<number> {
+  const row = await env.DB.prepare("SELECT COUNT(*) AS n FROM export_jobs WHERE project_id = ?")
+    .bind(projectId)
+    .first<{ n: number }>();
+  return row?.n ?? 0;
+}
+
+export function readJob(id: string): Promise<JobRow | null> {
+  return env.DB.prepare("SELECT * FROM export_jobs WHERE id = ?").bind(id).first<JobRow>();
+}
+
+/** Inserts a pending job straight into D1 (as the producer would) and returns it. */
+export async function insertPendingJob(projectId = freshProjectId()): Promise<JobRow> {
+  const id = crypto.randomUUID();
+  const row = await env.DB.prepare(
+    `INSERT INTO export_jobs (id, project_id, type, input_video_key, params, due_at)
+     VALUES (?, ?, 'overlay', ?, ?, datetime('now')) RETURNING *`,
+  )
+    .bind(
+      id,
+      projectId,
+      `uploads/${projectId}/in.mp4`,
+      JSON.stringify({ highlight_regions: [{ start_time: 0, end_time: 1 }] }),
+    )
+    .first<JobRow>();
+  if (!row) throw new Error("insert failed");
+  return row;
+}
+
+/** Polls `check` until it returns a value other than undefined (no timing assertions). */
+export async function waitFor<T>(check: () => Promise<T | undefined>, what: string): Promise<T> {
+  for (let i = 0; i < 400; i++) {
+    const value = await check();
+    if (value !== undefined) return value;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** Messages the queue spy received for `jobId` (see vitest.config.ts). */
+export async function sentMessagesFor(jobId: string): Promise<unknown[]> {
+  await env.DB.prepare(
+    "CREATE TABLE IF NOT EXISTS test_sent_messages (message_id TEXT PRIMARY KEY, body TEXT NOT NULL, received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f','now')))",
+  ).run();
+  const { results } = await env.DB.prepare(
+    "SELECT body FROM test_sent_messages WHERE json_extract(body, '$.job_id') = ?",
+  )
+    .bind(jobId)
+    .all<{ body: string }>();
+  return results.map((r) => JSON.parse(r.body) as unknown);
+}
+
+/** Messages the queue spy received whose body mentions `needle` anywhere. */
+export async function sentMessagesMentioning(needle: string): Promise<number> {
+  await sentMessagesFor("");
+  const row = await env.DB.prepare(
+    "SELECT COUNT(*) AS n FROM test_sent_messages WHERE instr(body, ?) > 0",
+  )
+    .bind(needle)
+    .first<{ n: number }>();
+  return row?.n ?? 0;
+}
+
+// ---- the RunPod emulator's admin API ----
+
+export async function configureEndpoint(endpoint: string, config: Record<string, unknown>) {
+  const res = await fetch(`${emulatorOrigin}/__emulator/endpoints/${endpoint}/config`, {
+    method: "PUT",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(config),
+  });
+  if (!res.ok) throw new Error(`emulator config: ${res.status} ${await res.text()}`);
+}
+
+export interface EmulatorRequest {
+  method: string;
+  path: string;
+  endpointId: string;
+  authorization: string | null;
+  body: unknown;
+  responseStatus: number;
+}
+
+export async function emulatorRequests(endpoint: string): Promise<EmulatorRequest[]> {
+  const res = await fetch(`${emulatorOrigin}/__emulator/requests?endpoint=${endpoint}`);
+  return ((await res.json()) as { requests: EmulatorRequest[] }).requests;
+}
+
+export function runCalls(requests: EmulatorRequest[]): EmulatorRequest[] {
+  return requests.filter((r) => r.method === "POST" && r.path.endsWith("/run"));
+}
+
+export function uniqueEndpoint(name: string): string {
+  return `${name}-${crypto.randomUUID().slice(0, 8)}`;
+}

@@ -1,0 +1,92 @@
+import path from "node:path";
+import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin";
+import { defineConfig } from "vitest/config";
+
+const root = path.dirname(new URL(import.meta.url).pathname);
+
+/** Test settings: short retry delays stay "growing", secrets are fixed test values. */
+export const TEST_VARS = {
+  RUNPOD_API_KEY: "test-runpod-key",
+  RUNPOD_ENDPOINT_ID: "test-endpoint",
+  RUNPOD_TIMEOUT_MS: "2000",
+  RUNPOD_EXECUTION_TIMEOUT_MS: "1800000",
+  RUNPOD_TTL_MS: "86400000",
+  PUBLIC_URL: "https://exports.test",
+  WEBHOOK_SECRET: "test-webhook-secret",
+  API_TOKEN: "test-api-token",
+  ADMIN_TOKEN: "test-admin-token",
+  CLAIM_TIMEOUT_S: "120",
+  POLL_AFTER_S: "300",
+  PENDING_GRACE_S: "900",
+  RETRY_BASE_DELAY_S: "30",
+  RETRY_MAX_DELAY_S: "900",
+  SUBMIT_CONCURRENCY: "4",
+};
+
+// A tiny Worker that consumes `export-jobs` in tests and writes every message it receives into
+// `test_sent_messages`, so tests can assert what the producer really sent through the real queue.
+const queueSpy = `
+export default {
+  async queue(batch, env) {
+    await env.DB.prepare("CREATE TABLE IF NOT EXISTS test_sent_messages (message_id TEXT PRIMARY KEY, body TEXT NOT NULL, received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f','now')))").run();
+    await env.DB.batch(batch.messages.map((m) =>
+      env.DB.prepare("INSERT OR IGNORE INTO test_sent_messages (message_id, body) VALUES (?, ?)").bind(m.id, JSON.stringify(m.body))));
+    batch.ackAll();
+  },
+};`;
+
+export default defineConfig({
+  test: {
+    projects: [
+      {
+        extends: false,
+        resolve: {
+          // See shared/shims/module.ts: runpod-sdk's createRequire, as wrangler.toml's [alias].
+          alias: { module: path.join(root, "shared/shims/module.ts") },
+        },
+        plugins: [
+          cloudflareTest(async ({ inject }) => ({
+            miniflare: {
+              compatibilityDate: "2026-11-01",
+              compatibilityFlags: ["nodejs_compat"],
+              d1Databases: { DB: "reel-ballers-test" },
+              r2Buckets: { VIDEOS: "reel-ballers-videos-test" },
+              queueProducers: { EXPORT_QUEUE: { queueName: "export-jobs" } },
+              bindings: {
+                ...TEST_VARS,
+                RUNPOD_BASE_URL: `${inject<string>("runpodEmulatorUrl")}/v2`,
+                TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
+              },
+              workers: [
+                {
+                  name: "queue-spy",
+                  modules: true,
+                  script: queueSpy,
+                  compatibilityDate: "2026-11-01",
+                  d1Databases: { DB: "reel-ballers-test" },
+                  queueConsumers: { "export-jobs": { maxBatchTimeout: 0.05 } },
+                },
+              ],
+            },
+          })),
+        ],
+        test: {
+          name: "workers",
+          include: ["test/workers/**/*.test.ts"],
+          globalSetup: ["test/workers/global-setup.ts"],
+          setupFiles: ["test/workers/apply-migrations.ts"],
+        },
+      },
+      {
+        extends: false,
+        test: {
+          name: "node",
+          environment: "node",
+          include: ["test/node/**/*.test.ts"],
+          testTimeout: 60_000,
+          hookTimeout: 120_000,
+        },
+      },
+    ],
+  },
+});
