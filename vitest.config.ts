@@ -72,6 +72,7 @@ export default defineConfig({
         ],
         test: {
           name: "workers",
+          testTimeout: 30_000,
           include: ["test/workers/**/*.test.ts"],
           globalSetup: ["test/workers/global-setup.ts"],
           setupFiles: ["test/workers/apply-migrations.ts"],

@@ -1,7 +1,8 @@
-// The consumer Worker: wiring only. Domain logic lives in process-jobs.ts.
+// The consumer Worker: wiring only. Domain logic lives in process-jobs.ts and reconciler.ts.
 import type { ConsumerEnv } from "../shared/env.ts";
 import { log } from "../shared/log.ts";
 import { consumerDeps, processJobBatch } from "./process-jobs.ts";
+import { reconcile } from "./reconciler.ts";
 
 export default {
   async queue(batch: MessageBatch<unknown>, env: ConsumerEnv): Promise<void> {
@@ -16,5 +17,9 @@ export default {
     for (const message of poison) {
       log("warn", "unparseable message acknowledged", { id: message.id, body: message.body });
     }
+  },
+
+  async scheduled(_controller: ScheduledController, env: ConsumerEnv): Promise<void> {
+    await reconcile(consumerDeps(env), env.EXPORT_QUEUE);
   },
 } satisfies ExportedHandler<ConsumerEnv>;

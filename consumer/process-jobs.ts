@@ -7,13 +7,13 @@
 
 import { forEachBounded } from "../shared/concurrency.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
-import * as repo from "../shared/job-repository.ts";
 import type { JobRow } from "../shared/job-repository.ts";
+import * as repo from "../shared/job-repository.ts";
 import { failRun } from "../shared/job-state.ts";
+import { log } from "../shared/log.ts";
 import { createRunpodClient, type RunpodClient } from "../shared/runpod-client.ts";
 import { jobMessage } from "../shared/schemas.ts";
 import { type ConsumerSettings, consumerSettings } from "../shared/settings.ts";
-import { log } from "../shared/log.ts";
 import { buildRunRequest } from "./run-request.ts";
 
 export interface ConsumerDeps {

@@ -3,10 +3,12 @@ import { Hono } from "hono";
 import { cors } from "hono/cors";
 import { log } from "../shared/log.ts";
 import { type AppEnv, apiError, bearerAuth } from "./http.ts";
+import { cancelExport } from "./routes/cancel-export.ts";
 import { createExport } from "./routes/create-export.ts";
 import { getExport } from "./routes/get-export.ts";
 import { health } from "./routes/health.ts";
 import { listExports } from "./routes/list-exports.ts";
+import { runpodProgress, runpodWebhook } from "./routes/runpod-callbacks.ts";
 
 const app = new Hono<AppEnv>();
 
@@ -25,6 +27,10 @@ const exportsApi = bearerAuth("API_TOKEN");
 app.post("/exports", exportsApi, createExport);
 app.get("/exports", exportsApi, listExports);
 app.get("/exports/:id", exportsApi, getExport);
+app.post("/exports/:id/cancel", exportsApi, cancelExport);
+
+app.post("/runpod/webhook/:id", runpodWebhook);
+app.post("/runpod/progress/:id", runpodProgress);
 
 app.notFound((c) => apiError(c, 404, "not_found", `no route for ${c.req.method} ${c.req.path}`));
 app.onError((error, c) => {

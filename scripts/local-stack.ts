@@ -78,7 +78,12 @@ function run(name: string, args: string[], env: NodeJS.ProcessEnv, out: StackOpt
   return child;
 }
 
-function runToEnd(name: string, args: string[], env: NodeJS.ProcessEnv, out: StackOptions["onOutput"]) {
+function runToEnd(
+  name: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  out: StackOptions["onOutput"],
+) {
   return new Promise<void>((resolve, reject) => {
     const child = run(name, args, env, out);
     child.on("exit", (code) =>
@@ -127,8 +132,8 @@ function writeSample(dir: string): string {
   mkdirSync(dir, { recursive: true });
   const file = path.join(dir, "sample.mp4");
   const ftyp = Buffer.from([
-    0, 0, 0, 24, 0x66, 0x74, 0x79, 0x70, 0x69, 0x73, 0x6f, 0x6d, 0, 0, 2, 0, 0x69, 0x73, 0x6f,
-    0x6d, 0x6d, 0x70, 0x34, 0x31,
+    0, 0, 0, 24, 0x66, 0x74, 0x79, 0x70, 0x69, 0x73, 0x6f, 0x6d, 0, 0, 2, 0, 0x69, 0x73, 0x6f, 0x6d,
+    0x6d, 0x70, 0x34, 0x31,
   ]);
   writeFileSync(file, ftyp);
   return file;
@@ -166,7 +171,16 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
 
   await runToEnd(
     "migrate",
-    wrangler("d1", "migrations", "apply", "reel-ballers", "--env", "producer", "--local", ...persist),
+    wrangler(
+      "d1",
+      "migrations",
+      "apply",
+      "reel-ballers",
+      "--env",
+      "producer",
+      "--local",
+      ...persist,
+    ),
     childEnv,
     out,
   );
@@ -232,7 +246,12 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
         ...vars,
         ...extra,
       );
-    const producer = run("producer", dev("producer", producerPort, producerInspector), childEnv, out);
+    const producer = run(
+      "producer",
+      dev("producer", producerPort, producerInspector),
+      childEnv,
+      out,
+    );
     children.push(producer);
     const consumer = run(
       "consumer",

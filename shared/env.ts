@@ -23,6 +23,8 @@ export interface ProducerEnv extends CommonEnv {
   API_TOKEN?: string;
   ADMIN_TOKEN?: string;
   CORS_ORIGIN?: string;
+  /** Progress reports push the next poll of a run this far ahead (the consumer's setting). */
+  POLL_AFTER_S?: string;
 }
 
 export interface ConsumerEnv extends CommonEnv {

@@ -254,3 +254,55 @@ export function recordProgress(
     .bind(progress, seconds(pollAfterS), id, attempt, progress)
     .first<JobRow>();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reconciler leases. Each is one statement that picks due jobs *and* pushes their due_at forward,
+// so two reconciler passes running at once never pick the same job.
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Pending jobs whose message looks lost: due for longer than `graceS`. A job waiting out a retry
+ * delay has due_at in the future and is not picked. Picked jobs get due_at = now, so the next
+ * re-enqueue of the same job waits another grace period.
+ */
+export async function leaseLostPendingJobs(
+  db: D1Database,
+  graceS: number,
+  limit: number,
+): Promise<string[]> {
+  const { results } = await db
+    .prepare(
+      `UPDATE export_jobs SET due_at = ${NOW}
+       WHERE id IN (SELECT id FROM export_jobs
+                    WHERE status = 'pending' AND due_at <= ${nowPlus("?")}
+                    ORDER BY due_at LIMIT ?)
+         AND status = 'pending'
+       RETURNING id`,
+    )
+    .bind(seconds(-graceS), limit)
+    .all<{ id: string }>();
+  return results.map((row) => row.id);
+}
+
+/**
+ * Processing jobs past their due_at: the claim deadline when no run was recorded, the poll time
+ * otherwise. Their due_at moves `leaseS` ahead before anything is asked of RunPod.
+ */
+export async function leaseDueProcessingJobs(
+  db: D1Database,
+  leaseS: number,
+  limit: number,
+): Promise<JobRow[]> {
+  const { results } = await db
+    .prepare(
+      `UPDATE export_jobs SET due_at = ${nowPlus("?")}
+       WHERE id IN (SELECT id FROM export_jobs
+                    WHERE status = 'processing' AND due_at <= ${NOW}
+                    ORDER BY due_at LIMIT ?)
+         AND status = 'processing'
+       RETURNING *`,
+    )
+    .bind(seconds(leaseS), limit)
+    .all<JobRow>();
+  return results;
+}

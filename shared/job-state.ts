@@ -12,8 +12,8 @@
 // URLs carry it, so news about an older attempt matches no row and changes nothing.
 
 import type { JobMessage } from "./env.ts";
-import * as repo from "./job-repository.ts";
 import type { JobRow } from "./job-repository.ts";
+import * as repo from "./job-repository.ts";
 import type { RunpodStatusObject } from "./schemas.ts";
 import { r2Key } from "./schemas.ts";
 import type { RetrySettings } from "./settings.ts";

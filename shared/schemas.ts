@@ -17,7 +17,10 @@ export const r2Key = z
   )
   // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
   .refine((key) => !/[\u0000-\u001f\u007f]/.test(key), "must not contain control characters")
-  .refine((key) => utf8.encode(key).length <= MAX_KEY_BYTES, `must be at most ${MAX_KEY_BYTES} bytes`);
+  .refine(
+    (key) => utf8.encode(key).length <= MAX_KEY_BYTES,
+    `must be at most ${MAX_KEY_BYTES} bytes`,
+  );
 
 const cropKeyframe = z.looseObject({
   time: z.number().min(0),

@@ -17,7 +17,11 @@ async function hmacKey(secret: string, usage: "sign" | "verify"): Promise<Crypto
 const message = (jobId: string, attempt: number) => encoder.encode(`${jobId}:${attempt}`);
 
 export async function signAttempt(secret: string, jobId: string, attempt: number): Promise<string> {
-  const mac = await crypto.subtle.sign("HMAC", await hmacKey(secret, "sign"), message(jobId, attempt));
+  const mac = await crypto.subtle.sign(
+    "HMAC",
+    await hmacKey(secret, "sign"),
+    message(jobId, attempt),
+  );
   return [...new Uint8Array(mac)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
@@ -31,7 +35,12 @@ export async function verifyAttempt(
   if (!/^[0-9a-f]{64}$/.test(sig)) return false;
   const bytes = new Uint8Array(32);
   for (let i = 0; i < 32; i++) bytes[i] = Number.parseInt(sig.slice(i * 2, i * 2 + 2), 16);
-  return crypto.subtle.verify("HMAC", await hmacKey(secret, "verify"), bytes, message(jobId, attempt));
+  return crypto.subtle.verify(
+    "HMAC",
+    await hmacKey(secret, "verify"),
+    bytes,
+    message(jobId, attempt),
+  );
 }
 
 /** The signed webhook and progress URLs of one attempt of a job. */

@@ -1,8 +1,4 @@
-import {
-  createExecutionContext,
-  createMessageBatch,
-  getQueueResult,
-} from "cloudflare:test";
+import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import consumer from "../../consumer/index.ts";
@@ -26,15 +22,53 @@ function message(body: unknown, attempts = 1) {
   return { id: `msg-${messageCounter}`, timestamp: new Date(), attempts, body };
 }
 
-/** Runs the consumer's queue() handler on a batch and returns the ack/retry result. */
-async function deliver(
-  messages: ReturnType<typeof message>[],
-  testEnv: ReturnType<typeof envFor>,
-) {
+/**
+ * Runs the consumer's queue() handler on a batch and returns the ack/retry result.
+ * @cloudflare/vitest-plugin 1.5.0's getQueueResult() drops the `delaySeconds` of retry(), so each
+ * real message is wrapped in a forwarding spy that notes the options it was retried with.
+ */
+async function deliver(messages: ReturnType<typeof message>[], testEnv: ReturnType<typeof envFor>) {
   const batch = createMessageBatch("export-jobs", messages);
+  const delays = new Map<string, number | undefined>();
+  const spied = batch.messages.map((real) => ({
+    get id() {
+      return real.id;
+    },
+    get body() {
+      return real.body;
+    },
+    get attempts() {
+      return real.attempts;
+    },
+    get timestamp() {
+      return real.timestamp;
+    },
+    ack: () => real.ack(),
+    retry: (options?: QueueRetryOptions) => {
+      delays.set(real.id, options?.delaySeconds);
+      real.retry(options);
+    },
+  }));
   const ctx = createExecutionContext();
-  await consumer.queue(batch, testEnv);
-  return getQueueResult(batch, ctx);
+  await consumer.queue(
+    { ...batch, queue: batch.queue, messages: spied } as MessageBatch<unknown>,
+    testEnv,
+  );
+  const result = await getQueueResult(batch, ctx);
+  return {
+    ...result,
+    retryMessages: result.retryMessages.map((r) => ({ ...r, delaySeconds: delays.get(r.msgId) })),
+  };
+}
+
+/** Seconds from now until the job's due_at (when a re-pended job may be tried again). */
+async function secondsUntilDue(id: string): Promise<number> {
+  const row = await env.DB.prepare(
+    "SELECT (julianday(due_at) - julianday('now')) * 86400 AS s FROM export_jobs WHERE id = ?",
+  )
+    .bind(id)
+    .first<{ s: number }>();
+  return row?.s ?? Number.NaN;
 }
 
 describe("consumer: submit", () => {
@@ -108,7 +142,9 @@ describe("consumer: submit", () => {
     expect(a.explicitAcks).toHaveLength(2);
     expect(b.explicitAcks).toHaveLength(2);
     const calls = runCalls(await emulatorRequests(endpoint));
-    const submitted = calls.map((c) => (c.body as { input: { export_job_id: string } }).input.export_job_id);
+    const submitted = calls.map(
+      (c) => (c.body as { input: { export_job_id: string } }).input.export_job_id,
+    );
     expect(submitted.sort()).toEqual([job.id, twin.id].sort());
 
     const third = await insertPendingJob();
@@ -134,6 +170,11 @@ describe("consumer: submit", () => {
       expect(result.retryMessages).toHaveLength(1);
       expect(result.retryMessages[0]?.msgId).toBe(msg.id);
       delays.push(result.retryMessages[0]?.delaySeconds ?? 0);
+      // The row records the same delay, for the reconciler: due_at ≈ now + delay.
+      expect(Math.round(await secondsUntilDue(job.id))).toBeGreaterThanOrEqual(
+        (delays.at(-1) ?? 0) - 2,
+      );
+      expect(Math.round(await secondsUntilDue(job.id))).toBeLessThanOrEqual(delays.at(-1) ?? 0);
       const row = await readJob(job.id);
       expect(row?.status).toBe("pending");
       expect(row?.retry_count).toBe(attempt + 1);
@@ -205,7 +246,9 @@ describe("consumer: submit", () => {
   it("does not submit a job that was cancelled before its message arrived", async () => {
     const endpoint = uniqueEndpoint("cancelled");
     const job = await insertPendingJob();
-    await env.DB.prepare("UPDATE export_jobs SET status = 'error', error = 'cancelled' WHERE id = ?")
+    await env.DB.prepare(
+      "UPDATE export_jobs SET status = 'error', error = 'cancelled' WHERE id = ?",
+    )
       .bind(job.id)
       .run();
     const msg = message({ job_id: job.id });

@@ -77,7 +77,12 @@ describe("POST /exports", () => {
         ["params", "crop_keyframes"],
       ],
       [
-        { project_id: projectId, type: "annotate", input_video_key: "a.mp4", params: { annotations: [] } },
+        {
+          project_id: projectId,
+          type: "annotate",
+          input_video_key: "a.mp4",
+          params: { annotations: [] },
+        },
         ["params", "annotations"],
       ],
       [{ ...overlayRequest(projectId, "a.mp4"), type: "blur" }, ["type"]],
@@ -157,7 +162,10 @@ describe("POST /exports", () => {
     // before it has too, and none of them may name a job without a row.
     const res = await postJson("/exports", good);
     const { job } = (await res.json()) as { job: { id: string } };
-    await waitFor(async () => ((await sentMessagesFor(job.id)).length ? true : undefined), "sentinel");
+    await waitFor(
+      async () => ((await sentMessagesFor(job.id)).length ? true : undefined),
+      "sentinel",
+    );
     expect(await countJobs(projectId)).toBe(1);
     expect(await orphanMessages()).toBe(0);
   });

@@ -1,25 +1,33 @@
 import { env } from "cloudflare:workers";
 import app from "../../producer/index.ts";
 import type { JobRow } from "../../shared/job-repository.ts";
+import * as repo from "../../shared/job-repository.ts";
+import { signAttempt } from "../../shared/signing.ts";
 
 export const API_TOKEN = env.API_TOKEN as string;
 export const ADMIN_TOKEN = env.ADMIN_TOKEN as string;
 export const emulatorOrigin = new URL(env.RUNPOD_BASE_URL).origin;
 
 /** Calls the producer Worker's fetch handler with the real test bindings. */
-export function producerFetch(
-  path: string,
-  init: RequestInit & { token?: string | null } = {},
-): Promise<Response> {
-  const { token = API_TOKEN, ...rest } = init;
+export type FetchInit = RequestInit & {
+  token?: string | null;
+  /** Settings that differ from the test defaults for this one request. */
+  vars?: Record<string, string>;
+};
+
+export function producerFetch(path: string, init: FetchInit = {}): Promise<Response> {
+  const { token = API_TOKEN, vars = {}, ...rest } = init;
   const headers = new Headers(rest.headers);
   if (token !== null) headers.set("authorization", `Bearer ${token}`);
   return Promise.resolve(
-    app.fetch(new Request(`https://exports.test${path}`, { ...rest, headers }), env),
+    app.fetch(new Request(`https://exports.test${path}`, { ...rest, headers }), {
+      ...env,
+      ...vars,
+    }),
   );
 }
 
-export function postJson(path: string, body: unknown, init: RequestInit & { token?: string | null } = {}) {
+export function postJson(path: string, body: unknown, init: FetchInit = {}) {
   const headers = new Headers(init.headers);
   if (!headers.has("content-type")) headers.set("content-type", "application/json");
   return producerFetch(path, {
@@ -146,4 +154,37 @@ export function runCalls(requests: EmulatorRequest[]): EmulatorRequest[] {
 
 export function uniqueEndpoint(name: string): string {
   return `${name}-${crypto.randomUUID().slice(0, 8)}`;
+}
+
+/** A job claimed for its current attempt (and, with `runId`, with that run recorded). */
+export async function processingJob(
+  options: { retryCount?: number; runId?: string | null } = {},
+): Promise<JobRow> {
+  const job = await insertPendingJob();
+  if (options.retryCount) {
+    await env.DB.prepare("UPDATE export_jobs SET retry_count = ? WHERE id = ?")
+      .bind(options.retryCount, job.id)
+      .run();
+  }
+  const [claimed] = await repo.claimJobs(env.DB, [job.id], 120);
+  if (!claimed) throw new Error("claim failed");
+  if (options.runId === null) return claimed;
+  const recorded = await repo.recordRun(
+    env.DB,
+    job.id,
+    claimed.retry_count,
+    options.runId ?? `run-${crypto.randomUUID()}`,
+    300,
+  );
+  if (!recorded) throw new Error("record failed");
+  return recorded;
+}
+
+/** The signed webhook or progress path of one attempt, as the consumer hands it to RunPod. */
+export async function callbackPath(
+  kind: "webhook" | "progress",
+  jobId: string,
+  attempt: number,
+): Promise<string> {
+  return `/runpod/${kind}/${jobId}?attempt=${attempt}&sig=${await signAttempt(env.WEBHOOK_SECRET as string, jobId, attempt)}`;
 }

@@ -44,7 +44,9 @@ describe("GET /exports", () => {
     const projectId = freshProjectId();
     const [first, second] = await createJobs(projectId, 2);
     const { env } = await import("cloudflare:workers");
-    await env.DB.prepare("UPDATE export_jobs SET status = 'complete' WHERE id = ?").bind(first).run();
+    await env.DB.prepare("UPDATE export_jobs SET status = 'complete' WHERE id = ?")
+      .bind(first)
+      .run();
     const res = await producerFetch(`/exports?project_id=${projectId}&active=true`);
     const page = (await res.json()) as ListPage;
     expect(page.jobs.map((job) => job.id)).toEqual([second]);
@@ -66,7 +68,9 @@ describe("GET /exports", () => {
     ]) {
       const res = await producerFetch(`/exports${query}`);
       expect(res.status, query).toBe(400);
-      expect(((await res.json()) as { error: { code: string } }).error.code).toBe("invalid_request");
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe(
+        "invalid_request",
+      );
     }
     expect((await producerFetch("/exports?project_id=1", { token: null })).status).toBe(401);
   });
