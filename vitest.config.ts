@@ -37,6 +37,8 @@ export default {
 
 export default defineConfig({
   test: {
+    // Worker logs are printed for failing tests only.
+    silent: "passed-only",
     projects: [
       {
         extends: false,

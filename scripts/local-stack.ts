@@ -60,6 +60,10 @@ export interface LocalStack {
   runpodBaseUrl: string;
   emulatorUrl: string | null;
   settings: Record<string, string>;
+  /** Kills the consumer Worker's process at once (SIGKILL), as a crash would. */
+  crashConsumer(): Promise<void>;
+  /** Starts the consumer Worker again after a crash and waits until it answers. */
+  restartConsumer(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -105,8 +109,10 @@ async function waitUntilUp(url: string, what: string, child: ChildProcess): Prom
   throw new Error(`${what} did not start at ${url}`);
 }
 
-function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.pid === undefined) return Promise.resolve();
+function stopChild(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) {
+    return Promise.resolve();
+  }
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       try {
@@ -119,7 +125,7 @@ function stopChild(child: ChildProcess): Promise<void> {
       resolve();
     });
     try {
-      process.kill(-(child.pid as number), "SIGTERM");
+      process.kill(-(child.pid as number), signal);
     } catch {
       clearTimeout(timer);
       resolve();
@@ -165,6 +171,9 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
     CLOUDFLARE_CF_FETCH_ENABLED: "false",
     WRANGLER_LOG: process.env.WRANGLER_LOG ?? "warn",
     NO_COLOR: "1",
+    // Both Workers find each other (and the queue's consumer) through wrangler's dev registry;
+    // one registry per state directory keeps two stacks on one machine from crossing wires.
+    WRANGLER_REGISTRY_PATH: path.join(persistTo, "..", "registry"),
   };
   const wrangler = (...args: string[]) => [wranglerJs, ...args];
   const persist = ["--persist-to", persistTo];
@@ -207,7 +216,7 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
 
   const children: ChildProcess[] = [];
   const stop = async () => {
-    await Promise.all(children.map(stopChild));
+    await Promise.all(children.map((child) => stopChild(child)));
   };
   try {
     let emulatorUrl: string | null = null;
@@ -253,23 +262,31 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
       out,
     );
     children.push(producer);
-    const consumer = run(
-      "consumer",
-      dev("consumer", consumerPort, consumerInspector, ["--test-scheduled"]),
-      childEnv,
-      out,
-    );
-    children.push(consumer);
-    const producerUrl = `http://127.0.0.1:${producerPort}`;
     const consumerUrl = `http://127.0.0.1:${consumerPort}`;
+    const startConsumer = async () => {
+      const consumer = run(
+        "consumer",
+        dev("consumer", consumerPort, consumerInspector, ["--test-scheduled"]),
+        childEnv,
+        out,
+      );
+      children.push(consumer);
+      await waitUntilUp(`${consumerUrl}/__scheduled`, "the consumer", consumer);
+      return consumer;
+    };
+    let consumer = await startConsumer();
+    const producerUrl = `http://127.0.0.1:${producerPort}`;
     await waitUntilUp(`${producerUrl}/health`, "the producer", producer);
-    await waitUntilUp(`${consumerUrl}/__scheduled`, "the consumer", consumer);
     return {
       producerUrl,
       consumerUrl,
       runpodBaseUrl: settings.RUNPOD_BASE_URL as string,
       emulatorUrl,
       settings,
+      crashConsumer: () => stopChild(consumer, "SIGKILL"),
+      restartConsumer: async () => {
+        consumer = await startConsumer();
+      },
       stop,
     };
   } catch (error) {

@@ -1,0 +1,649 @@
+// The RunPod emulator over real HTTP: RunPod routes, lifecycle, webhooks, progress, faults and the
+// admin API. Each test uses its own endpoint id, so configs and jobs never collide.
+
+import { spawn } from "node:child_process";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  createRunpodEmulator,
+  type JobState,
+  type RequestRecord,
+  type RunpodEmulator,
+} from "../../emulator/runpod-emulator.ts";
+
+const API_KEY = "test-key";
+const AUTH = { authorization: `Bearer ${API_KEY}` };
+let emulator: RunpodEmulator;
+let origin = "";
+let endpointCounter = 0;
+
+beforeAll(async () => {
+  emulator = createRunpodEmulator({
+    apiKey: API_KEY,
+    queueMs: 10,
+    runMs: 100,
+    webhookRetryDelayMs: 20,
+  });
+  origin = (await emulator.listen(0)).url;
+});
+
+afterAll(async () => {
+  await emulator?.close();
+});
+
+function newEndpoint(name: string): string {
+  endpointCounter += 1;
+  return `${name}-${endpointCounter}`;
+}
+
+async function call(method: string, url: string, body?: unknown, headers = {}) {
+  const res = await fetch(`${origin}${url}`, {
+    method,
+    headers: { "content-type": "application/json", ...headers },
+    body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+  });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+}
+
+const runpod = (method: string, url: string, body?: unknown) => call(method, url, body, AUTH);
+
+async function configure(endpoint: string, config: Record<string, unknown>) {
+  const res = await call("PUT", `/__emulator/endpoints/${endpoint}/config`, config);
+  expect(res.status).toBe(200);
+  return res.body;
+}
+
+async function submit(endpoint: string, body: Record<string, unknown>): Promise<string> {
+  const res = await runpod("POST", `/v2/${endpoint}/run`, body);
+  expect(res.status).toBe(200);
+  return res.body.id as string;
+}
+
+async function jobState(id: string): Promise<JobState> {
+  return (await call("GET", `/__emulator/jobs/${id}`)).body as unknown as JobState;
+}
+
+/** Polls `check` until it returns something other than undefined/false. */
+async function waitFor<T>(check: () => Promise<T | undefined | false>, what: string): Promise<T> {
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    const value = await check();
+    if (value !== undefined && value !== false) return value;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+function waitForStatus(endpoint: string, id: string, status: string) {
+  return waitFor(async () => {
+    const res = await runpod("GET", `/v2/${endpoint}/status/${id}`);
+    return res.body.status === status && res.body;
+  }, `${id} to be ${status}`);
+}
+
+const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface Received {
+  path: string;
+  contentType: string | undefined;
+  body: unknown;
+}
+
+/** A small HTTP server that records every POST and answers with the next status of `answers`. */
+async function receiver(answers: number[] = [200]) {
+  const calls: Received[] = [];
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      calls.push({
+        path: req.url ?? "",
+        contentType: req.headers["content-type"],
+        body: JSON.parse(Buffer.concat(chunks).toString("utf8")) as unknown,
+      });
+      res.statusCode = answers[Math.min(calls.length - 1, answers.length - 1)] ?? 200;
+      res.end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    url,
+    calls,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+describe("RunPod routes", () => {
+  it("answers 401 without a bearer token or with a wrong one, and logs the attempts", async () => {
+    const endpoint = newEndpoint("auth");
+    const body = { input: { a: 1 } };
+    expect(await call("POST", `/v2/${endpoint}/run`, body)).toEqual({
+      status: 401,
+      body: { error: "Unauthorized" },
+    });
+    const wrong = await call("POST", `/v2/${endpoint}/run`, body, { authorization: "Bearer no" });
+    expect(wrong.status).toBe(401);
+    expect((await call("GET", `/v2/${endpoint}/health`)).status).toBe(401);
+    const { requests } = (await call("GET", `/__emulator/requests?endpoint=${endpoint}`)).body as {
+      requests: RequestRecord[];
+    };
+    expect(requests.map((r) => [r.authorization, r.responseStatus])).toEqual([
+      [null, 401],
+      ["Bearer no", 401],
+      [null, 401],
+    ]);
+    expect((await call("GET", `/__emulator/jobs?endpoint=${endpoint}`)).body.jobs).toEqual([]);
+  });
+
+  it("runs a job IN_QUEUE → IN_PROGRESS (with progress) → COMPLETED and posts rising progress", async () => {
+    const endpoint = newEndpoint("lifecycle");
+    await configure(endpoint, { queueMs: 500, runMs: 1200, progressSteps: [25, 50, 75] });
+    const progress = await receiver([204]);
+    const input = {
+      output_video_key: "exports/1/a.mp4",
+      progress_url: `${progress.url}/runpod/progress/a?attempt=0`,
+    };
+
+    const accepted = await runpod("POST", `/v2/${endpoint}/run`, { input });
+    expect(accepted.status).toBe(200);
+    expect(accepted.body).toEqual({
+      id: expect.stringMatching(/^[0-9a-f-]{36}-u1$/),
+      status: "IN_QUEUE",
+    });
+    const id = accepted.body.id as string;
+    expect((await runpod("GET", `/v2/${endpoint}/status/${id}`)).body).toEqual({
+      id,
+      status: "IN_QUEUE",
+    });
+
+    await waitFor(async () => progress.calls.length > 0, "the first progress call");
+    const running = await runpod("GET", `/v2/${endpoint}/status/${id}`);
+    expect(running.body).toMatchObject({ id, status: "IN_PROGRESS" });
+    expect([25, 50, 75]).toContain((running.body.output as { progress: number }).progress);
+    expect(running.body.delayTime).toEqual(expect.any(Number));
+
+    const done = await waitForStatus(endpoint, id, "COMPLETED");
+    expect(done).toEqual({
+      id,
+      status: "COMPLETED",
+      delayTime: expect.any(Number),
+      executionTime: expect.any(Number),
+      output: { output_video_key: "exports/1/a.mp4" },
+    });
+    expect(Number.isInteger(done.delayTime)).toBe(true);
+    expect(Number.isInteger(done.executionTime)).toBe(true);
+
+    expect(progress.calls.map((c) => c.body)).toEqual([
+      { progress: 25 },
+      { progress: 50 },
+      { progress: 75 },
+    ]);
+    expect(progress.calls[0]?.path).toBe("/runpod/progress/a?attempt=0");
+    expect(progress.calls[0]?.contentType).toBe("application/json");
+    const state = await jobState(id);
+    expect(state.progressCalls.map((c) => [c.progress, c.status])).toEqual([
+      [25, 204],
+      [50, 204],
+      [75, 204],
+    ]);
+    expect(state.input).toEqual(input);
+    await progress.close();
+  });
+
+  it("completes with output {} when the input has no output_video_key", async () => {
+    const endpoint = newEndpoint("no-key");
+    const id = await submit(endpoint, { input: { anything: true } });
+    expect((await waitForStatus(endpoint, id, "COMPLETED")).output).toEqual({});
+  });
+
+  it("rejects a /run body without an object input with 400 and creates no job", async () => {
+    const endpoint = newEndpoint("bad-run");
+    for (const body of [
+      {},
+      { input: [1] },
+      { input: "x" },
+      "not json",
+      { input: {}, webhook: 3 },
+    ]) {
+      const res = await runpod("POST", `/v2/${endpoint}/run`, body);
+      expect(res.status).toBe(400);
+      expect(res.body.error).toEqual(expect.any(String));
+    }
+    expect((await call("GET", `/__emulator/jobs?endpoint=${endpoint}`)).body.jobs).toEqual([]);
+  });
+
+  it("answers 404 for an unknown id and for another endpoint's job", async () => {
+    const endpoint = newEndpoint("unknown");
+    const id = await submit(endpoint, { input: {} });
+    const other = newEndpoint("other");
+    for (const url of [
+      `/v2/${endpoint}/status/nope-u1`,
+      `/v2/${other}/status/${id}`,
+      `/v2/${endpoint}/cancel/nope-u1`,
+    ]) {
+      const res = await runpod(url.includes("cancel") ? "POST" : "GET", url);
+      expect(res).toEqual({ status: 404, body: { error: "request does not exist" } });
+    }
+  });
+
+  it("reports /health from the endpoint's jobs", async () => {
+    const endpoint = newEndpoint("health");
+    await configure(endpoint, { outcomeScript: ["COMPLETED", "FAILED"] });
+    const ids = [await submit(endpoint, { input: {} }), await submit(endpoint, { input: {} })];
+    await waitForStatus(endpoint, ids[1] as string, "FAILED");
+    await waitForStatus(endpoint, ids[0] as string, "COMPLETED");
+    await configure(endpoint, { queueMs: 60_000 });
+    await submit(endpoint, { input: {} });
+    const res = await runpod("GET", `/v2/${endpoint}/health`);
+    expect(res).toEqual({
+      status: 200,
+      body: {
+        jobs: { completed: 1, failed: 1, inProgress: 0, inQueue: 1, retried: 0 },
+        workers: { idle: 1, initializing: 0, ready: 1, running: 0, throttled: 0 },
+      },
+    });
+  });
+});
+
+describe("webhooks", () => {
+  it("posts RunPod's status object once when the receiver answers 200", async () => {
+    const endpoint = newEndpoint("webhook");
+    const hook = await receiver([200]);
+    const id = await submit(endpoint, {
+      input: { output_video_key: "k.mp4" },
+      webhook: `${hook.url}/runpod/webhook/j?attempt=0&sig=abc`,
+      policy: { executionTimeout: 60_000, ttl: 60_000 },
+    });
+    await waitFor(async () => hook.calls.length === 1, "the webhook");
+    const status = await runpod("GET", `/v2/${endpoint}/status/${id}`);
+    expect(hook.calls[0]?.body).toEqual(status.body);
+    expect(hook.calls[0]?.body).toMatchObject({
+      id,
+      status: "COMPLETED",
+      output: { output_video_key: "k.mp4" },
+    });
+    expect(hook.calls[0]?.path).toBe("/runpod/webhook/j?attempt=0&sig=abc");
+    expect(hook.calls[0]?.contentType).toBe("application/json");
+    const state = await jobState(id);
+    expect(state.webhookDeliveries).toEqual([
+      {
+        url: `${hook.url}/runpod/webhook/j?attempt=0&sig=abc`,
+        attempt: 1,
+        status: 200,
+        error: null,
+        at: expect.any(String),
+      },
+    ]);
+    expect(state.policy).toEqual({ executionTimeout: 60_000, ttl: 60_000 });
+    await hook.close();
+  });
+
+  it("tries a failing webhook 3 times in total, webhookRetryDelayMs apart, and no more", async () => {
+    const endpoint = newEndpoint("retry");
+    const hook = await receiver([500]);
+    const id = await submit(endpoint, { input: {}, webhook: `${hook.url}/hook` });
+    await waitFor(async () => hook.calls.length === 3, "three webhook attempts");
+    const state = await waitFor(async () => {
+      const s = await jobState(id);
+      return s.webhookDeliveries.every((d) => d.status !== null) && s;
+    }, "the third answer");
+    await pause(200); // ten retry delays: a fourth attempt would have come by now
+    expect(hook.calls).toHaveLength(3);
+    expect((await jobState(id)).webhookDeliveries).toHaveLength(3);
+    expect(state.webhookDeliveries.map((d) => [d.attempt, d.status])).toEqual([
+      [1, 500],
+      [2, 500],
+      [3, 500],
+    ]);
+    for (const c of hook.calls) expect(c.body).toEqual(hook.calls[0]?.body);
+    await hook.close();
+  });
+
+  it("stops retrying once the receiver answers 200, and records a failed connection", async () => {
+    const endpoint = newEndpoint("recover");
+    const hook = await receiver([503, 200]);
+    const id = await submit(endpoint, { input: {}, webhook: `${hook.url}/hook` });
+    await waitFor(async () => hook.calls.length === 2, "two attempts");
+    await pause(200);
+    expect(hook.calls).toHaveLength(2);
+    expect((await jobState(id)).webhookDeliveries.map((d) => d.status)).toEqual([503, 200]);
+
+    const closed = await receiver();
+    await closed.close();
+    const lost = await submit(endpoint, { input: {}, webhook: `${closed.url}/hook` });
+    const state = await waitFor(async () => {
+      const s = await jobState(lost);
+      return s.webhookDeliveries.length === 3 && s.webhookDeliveries[2]?.error !== null && s;
+    }, "three failed connections");
+    expect(state.webhookDeliveries.map((d) => d.status)).toEqual([null, null, null]);
+    await hook.close();
+  });
+
+  it("sends no webhook with dropWebhookRate 1, and follows webhookScript over the rate", async () => {
+    const endpoint = newEndpoint("drop");
+    await configure(endpoint, { dropWebhookRate: 1, runMs: 60_000 });
+    const hook = await receiver();
+    const id = await submit(endpoint, { input: {}, webhook: `${hook.url}/hook` });
+    const finished = await call("POST", `/__emulator/jobs/${id}/finish`, { status: "COMPLETED" });
+    expect(finished.body).toMatchObject({
+      status: "COMPLETED",
+      webhookDropped: true,
+      webhookDeliveries: [],
+    });
+
+    await configure(endpoint, { webhookScript: ["send"] });
+    const sent = await submit(endpoint, { input: {}, webhook: `${hook.url}/sent` });
+    await call("POST", `/__emulator/jobs/${sent}/finish`, { status: "COMPLETED" });
+    await waitFor(async () => hook.calls.length === 1, "the scripted webhook");
+    await pause(100);
+    expect(hook.calls.map((c) => c.path)).toEqual(["/sent"]);
+    await hook.close();
+  });
+});
+
+describe("faults", () => {
+  it("answers /run per runScript [429, 500, 200] and creates a job only for 200", async () => {
+    const endpoint = newEndpoint("script");
+    await configure(endpoint, { runScript: [429, 500, 200], runMs: 60_000 });
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      statuses.push((await runpod("POST", `/v2/${endpoint}/run`, { input: { i } })).status);
+    }
+    expect(statuses).toEqual([429, 500, 200, 200]);
+    const { jobs } = (await call("GET", `/__emulator/jobs?endpoint=${endpoint}`)).body as {
+      jobs: JobState[];
+    };
+    expect(jobs.map((j) => j.input)).toEqual([{ i: 2 }, { i: 3 }]);
+    expect((await configure(endpoint, {})).runScript).toEqual([]);
+  });
+
+  it("ends a run FAILED with an error text per outcomeScript, and webhooks it", async () => {
+    const endpoint = newEndpoint("failed");
+    await configure(endpoint, { outcomeScript: ["FAILED", "TIMED_OUT"] });
+    const hook = await receiver();
+    const id = await submit(endpoint, { input: { output_video_key: "x" }, webhook: hook.url });
+    const failed = await waitForStatus(endpoint, id, "FAILED");
+    expect(failed).toEqual({
+      id,
+      status: "FAILED",
+      delayTime: expect.any(Number),
+      executionTime: expect.any(Number),
+      error: "emulated failure",
+    });
+    await waitFor(async () => hook.calls.length === 1, "the FAILED webhook");
+    expect(hook.calls[0]?.body).toEqual(failed);
+
+    const timedOut = await submit(endpoint, { input: {} });
+    expect((await waitForStatus(endpoint, timedOut, "TIMED_OUT")).output).toBeUndefined();
+    await hook.close();
+  });
+
+  it("ends TIMED_OUT when policy.executionTimeout is shorter than runMs", async () => {
+    const endpoint = newEndpoint("exec-timeout");
+    await configure(endpoint, { runMs: 60_000 });
+    const hook = await receiver();
+    const id = await submit(endpoint, {
+      input: { output_video_key: "x" },
+      webhook: hook.url,
+      policy: { executionTimeout: 50 },
+    });
+    const result = await waitForStatus(endpoint, id, "TIMED_OUT");
+    expect(result.output).toBeUndefined();
+    expect(result.executionTime).toEqual(expect.any(Number));
+    await waitFor(async () => hook.calls.length === 1, "the TIMED_OUT webhook");
+    expect(hook.calls[0]?.body).toMatchObject({ id, status: "TIMED_OUT" });
+    await hook.close();
+  });
+
+  it("creates the job before a delayed /run answer (runDelayMs)", async () => {
+    const endpoint = newEndpoint("slow-run");
+    await configure(endpoint, { runDelayMs: 1000, runMs: 60_000 });
+    const answer = runpod("POST", `/v2/${endpoint}/run`, { input: { slow: true } });
+    const job = await waitFor(async () => {
+      const { jobs } = (await call("GET", `/__emulator/jobs?endpoint=${endpoint}`)).body as {
+        jobs: JobState[];
+      };
+      return jobs[0];
+    }, "the job to exist");
+    const { requests } = (await call("GET", `/__emulator/requests?endpoint=${endpoint}`)).body as {
+      requests: RequestRecord[];
+    };
+    expect(requests[0]?.responseStatus).toBeNull();
+    expect((await answer).body).toEqual({ id: job.id, status: "IN_QUEUE" });
+  });
+
+  it("answers 500 for runErrorRate 1 and statusErrorRate 1", async () => {
+    const endpoint = newEndpoint("errors");
+    await configure(endpoint, { runMs: 60_000 });
+    const id = await submit(endpoint, { input: {} });
+    await configure(endpoint, { runErrorRate: 1, statusErrorRate: 1 });
+    expect(await runpod("POST", `/v2/${endpoint}/run`, { input: {} })).toEqual({
+      status: 500,
+      body: { error: "internal error" },
+    });
+    expect((await runpod("GET", `/v2/${endpoint}/status/${id}`)).status).toBe(500);
+    await configure(endpoint, { runErrorRate: 0, runRateLimitRate: 1 });
+    expect((await runpod("POST", `/v2/${endpoint}/run`, { input: {} })).status).toBe(429);
+    expect((await call("GET", `/__emulator/jobs?endpoint=${endpoint}`)).body.jobs).toHaveLength(1);
+  });
+
+  it("draws the same outcomes from the same seed", async () => {
+    const outcomes = async () => {
+      const other = createRunpodEmulator({ apiKey: API_KEY, failRate: 0.5, queueMs: 60_000 });
+      const { url } = await other.listen(0);
+      const planned: string[] = [];
+      for (let i = 0; i < 12; i++) {
+        const res = await fetch(`${url}/v2/seeded/run`, {
+          method: "POST",
+          headers: AUTH,
+          body: JSON.stringify({ input: {} }),
+        });
+        const { id } = (await res.json()) as { id: string };
+        const state = (await (await fetch(`${url}/__emulator/jobs/${id}`)).json()) as JobState;
+        planned.push(state.plannedOutcome);
+      }
+      await other.close();
+      return planned;
+    };
+    const first = await outcomes();
+    expect(first).toEqual(await outcomes());
+    expect(new Set(first)).toEqual(new Set(["COMPLETED", "FAILED"]));
+  });
+});
+
+describe("cancel, retention and ttl", () => {
+  it("cancels a running job: CANCELLED, no webhook, no further progress", async () => {
+    const endpoint = newEndpoint("cancel");
+    await configure(endpoint, { runMs: 1000, progressSteps: [25, 50, 75] });
+    const hook = await receiver();
+    const progress = await receiver();
+    const id = await submit(endpoint, {
+      input: { progress_url: `${progress.url}/p` },
+      webhook: `${hook.url}/hook`,
+    });
+    await waitFor(async () => progress.calls.length > 0, "the first progress call");
+    const cancelled = await runpod("POST", `/v2/${endpoint}/cancel/${id}`);
+    expect(cancelled).toEqual({ status: 200, body: { id, status: "CANCELLED" } });
+    const calls = progress.calls.length;
+    await pause(1000); // past the end of the run
+    expect(progress.calls).toHaveLength(calls);
+    expect(hook.calls).toHaveLength(0);
+    const state = await jobState(id);
+    expect(state).toMatchObject({
+      status: "CANCELLED",
+      webhookDeliveries: [],
+      webhookDropped: false,
+    });
+    expect((await runpod("GET", `/v2/${endpoint}/status/${id}`)).body.status).toBe("CANCELLED");
+    expect((await runpod("POST", `/v2/${endpoint}/cancel/${id}`)).body.status).toBe("CANCELLED");
+    await hook.close();
+    await progress.close();
+  });
+
+  it("keeps a finished job's status as it is on cancel", async () => {
+    const endpoint = newEndpoint("cancel-done");
+    const id = await submit(endpoint, { input: {} });
+    await waitForStatus(endpoint, id, "COMPLETED");
+    expect((await runpod("POST", `/v2/${endpoint}/cancel/${id}`)).body).toEqual({
+      id,
+      status: "COMPLETED",
+    });
+  });
+
+  it("forgets a finished job after retentionMs, and a queued job after policy.ttl", async () => {
+    const endpoint = newEndpoint("retention");
+    await configure(endpoint, { retentionMs: 500 });
+    const id = await submit(endpoint, { input: {} });
+    const seen = new Set<unknown>();
+    const gone = await waitFor(async () => {
+      const res = await runpod("GET", `/v2/${endpoint}/status/${id}`);
+      seen.add(res.body.status);
+      return res.status === 404 && res;
+    }, "the result to expire");
+    expect(seen).toContain("COMPLETED");
+    expect(gone.body).toEqual({ error: "request does not exist" });
+
+    await configure(endpoint, { queueMs: 60_000 });
+    const queued = await submit(endpoint, { input: {}, policy: { ttl: 500 } });
+    expect((await runpod("GET", `/v2/${endpoint}/status/${queued}`)).body.status).toBe("IN_QUEUE");
+    await waitFor(async () => {
+      return (await runpod("GET", `/v2/${endpoint}/status/${queued}`)).status === 404;
+    }, "the queued job to expire");
+    expect((await call("GET", `/__emulator/jobs/${queued}`)).status).toBe(404);
+  });
+});
+
+describe("admin API", () => {
+  it("logs every /v2 request of an endpoint, oldest first", async () => {
+    const endpoint = newEndpoint("log");
+    await runpod("GET", `/v2/${newEndpoint("elsewhere")}/health`);
+    await configure(endpoint, { runMs: 60_000 });
+    const id = await submit(endpoint, { input: { n: 1 }, webhook: "http://127.0.0.1:9/x" });
+    await runpod("GET", `/v2/${endpoint}/status/${id}`);
+    await runpod("GET", `/v2/${endpoint}/status/missing-u1`);
+    const { requests } = (await call("GET", `/__emulator/requests?endpoint=${endpoint}`)).body as {
+      requests: RequestRecord[];
+    };
+    expect(requests).toEqual([
+      {
+        method: "POST",
+        path: `/v2/${endpoint}/run`,
+        endpointId: endpoint,
+        authorization: `Bearer ${API_KEY}`,
+        body: { input: { n: 1 }, webhook: "http://127.0.0.1:9/x" },
+        receivedAt: expect.any(String),
+        responseStatus: 200,
+      },
+      expect.objectContaining({
+        method: "GET",
+        path: `/v2/${endpoint}/status/${id}`,
+        body: null,
+        responseStatus: 200,
+      }),
+      expect.objectContaining({ path: `/v2/${endpoint}/status/missing-u1`, responseStatus: 404 }),
+    ]);
+    const all = (await call("GET", "/__emulator/requests")).body.requests as RequestRecord[];
+    expect(new Set(all.map((r) => r.endpointId)).size).toBeGreaterThan(1);
+  });
+
+  it("validates PUT config by hand and returns the effective config", async () => {
+    const endpoint = newEndpoint("config");
+    for (const bad of [
+      { bogus: 1 },
+      { runMs: "fast" },
+      { runMs: -1 },
+      { failRate: 1.5 },
+      { runScript: [201] },
+      { outcomeScript: ["DONE"] },
+      { webhookScript: "drop" },
+      { progressSteps: [50, 150] },
+      [1, 2],
+      "{not json",
+    ]) {
+      const res = await call("PUT", `/__emulator/endpoints/${endpoint}/config`, bad);
+      expect(res.status, JSON.stringify(bad)).toBe(400);
+      expect(res.body.error).toEqual(expect.any(String));
+    }
+    const unknown = await call("PUT", `/__emulator/endpoints/${endpoint}/config`, { bogus: 1 });
+    expect(unknown.body.error).toMatch(/bogus/);
+
+    const effective = await configure(endpoint, { failRate: 0.25, runScript: [429] });
+    expect(effective).toMatchObject({
+      queueMs: 10, // from the options
+      runMs: 100,
+      webhookRetryDelayMs: 20,
+      retentionMs: 1_800_000, // built-in default
+      failRate: 0.25,
+      runScript: [429],
+    });
+    expect((await call("GET", `/__emulator/endpoints/${endpoint}/config`)).body).toEqual(effective);
+  });
+
+  it("finishes a job on demand, refuses a second finish, and resets an endpoint", async () => {
+    const endpoint = newEndpoint("finish");
+    await configure(endpoint, { queueMs: 60_000, failRate: 1 });
+    const hook = await receiver();
+    const id = await submit(endpoint, { input: {}, webhook: hook.url });
+    const bad = await call("POST", `/__emulator/jobs/${id}/finish`, { status: "DONE" });
+    expect(bad.status).toBe(400);
+    const finished = await call("POST", `/__emulator/jobs/${id}/finish`, {
+      status: "FAILED",
+      error: "GPU on fire",
+    });
+    expect(finished.body).toMatchObject({ status: "FAILED", error: "GPU on fire" });
+    await waitFor(async () => hook.calls.length === 1, "the webhook");
+    expect(hook.calls[0]?.body).toMatchObject({ id, status: "FAILED", error: "GPU on fire" });
+    const again = await call("POST", `/__emulator/jobs/${id}/finish`, { status: "COMPLETED" });
+    expect(again.status).toBe(409);
+    expect(
+      (await call("POST", "/__emulator/jobs/nope-u1/finish", { status: "COMPLETED" })).status,
+    ).toBe(404);
+
+    const kept = newEndpoint("kept");
+    await configure(kept, { queueMs: 60_000 });
+    const keptId = await submit(kept, { input: {} });
+    expect((await call("POST", `/__emulator/reset?endpoint=${endpoint}`)).status).toBe(200);
+    expect((await call("GET", `/__emulator/jobs/${id}`)).status).toBe(404);
+    expect((await call("GET", `/__emulator/requests?endpoint=${endpoint}`)).body.requests).toEqual(
+      [],
+    );
+    expect((await call("GET", `/__emulator/endpoints/${endpoint}/config`)).body.failRate).toBe(0);
+    expect((await jobState(keptId)).status).toBe("IN_QUEUE");
+    await hook.close();
+  });
+
+  it("answers GET /health without auth", async () => {
+    expect(await call("GET", "/health")).toEqual({ status: 200, body: { ok: true } });
+  });
+});
+
+describe("CLI", () => {
+  it("prints where it listens, serves, and exits on SIGTERM", async () => {
+    const main = path.join(
+      path.dirname(new URL(import.meta.url).pathname),
+      "../../emulator/main.ts",
+    );
+    const child = spawn(process.execPath, [main], {
+      env: {
+        ...process.env,
+        RUNPOD_EMULATOR_PORT: "0",
+        RUNPOD_EMULATOR_RUN_MS: "5",
+        RUNPOD_EMULATOR_LOG: "0",
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    const lines = createInterface({ input: child.stdout });
+    const first = await new Promise<string>((resolve) => lines.once("line", resolve));
+    expect(first).toMatch(/^runpod emulator listening on http:\/\/127\.0\.0\.1:\d+\/v2$/);
+    const base = first.replace("runpod emulator listening on ", "");
+    const config = await fetch(`${new URL(base).origin}/__emulator/endpoints/e/config`);
+    expect(((await config.json()) as { runMs: number }).runMs).toBe(5);
+    child.kill("SIGTERM");
+    expect(await exited).toBe(0);
+  });
+});
