@@ -41,8 +41,8 @@ export function consumerDeps(env: ConsumerEnv): ConsumerDeps {
 export type PoisonMessage = Message<unknown>;
 
 /**
- * Processes one batch of `export-jobs`. Returns the messages that did not parse (already acked)
- * so the caller can record them as dead letters.
+ * Processes one batch of `export-jobs`. Returns the messages that did not parse, not yet acked:
+ * the caller records them as dead letters, then acks them.
  */
 export async function processJobBatch(
   deps: ConsumerDeps,
@@ -54,7 +54,6 @@ export async function processJobBatch(
     const parsed = jobMessage.safeParse(message.body);
     if (!parsed.success) {
       poison.push(message);
-      message.ack();
       continue;
     }
     const list = byJob.get(parsed.data.job_id) ?? [];

@@ -3,12 +3,20 @@ import { Hono } from "hono";
 import { cors } from "hono/cors";
 import { log } from "../shared/log.ts";
 import { type AppEnv, apiError, bearerAuth } from "./http.ts";
+import { listJobsForOperators } from "./routes/admin-jobs.ts";
 import { cancelExport } from "./routes/cancel-export.ts";
 import { createExport } from "./routes/create-export.ts";
+import {
+  deleteDeadLetter,
+  getDeadLetter,
+  listDeadLetters,
+  replayDeadLetter,
+} from "./routes/dead-letters.ts";
 import { getExport } from "./routes/get-export.ts";
 import { health } from "./routes/health.ts";
 import { listExports } from "./routes/list-exports.ts";
 import { runpodProgress, runpodWebhook } from "./routes/runpod-callbacks.ts";
+import { stats } from "./routes/stats.ts";
 
 const app = new Hono<AppEnv>();
 
@@ -31,6 +39,14 @@ app.post("/exports/:id/cancel", exportsApi, cancelExport);
 
 app.post("/runpod/webhook/:id", runpodWebhook);
 app.post("/runpod/progress/:id", runpodProgress);
+
+const adminApi = bearerAuth("ADMIN_TOKEN");
+app.get("/dead-letters", adminApi, listDeadLetters);
+app.get("/dead-letters/:id", adminApi, getDeadLetter);
+app.post("/dead-letters/:id/replay", adminApi, replayDeadLetter);
+app.delete("/dead-letters/:id", adminApi, deleteDeadLetter);
+app.get("/stats", adminApi, stats);
+app.get("/admin/jobs", adminApi, listJobsForOperators);
 
 app.notFound((c) => apiError(c, 404, "not_found", `no route for ${c.req.method} ${c.req.path}`));
 app.onError((error, c) => {

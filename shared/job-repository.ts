@@ -25,13 +25,17 @@ export interface JobRow {
   started_at: string | null;
   completed_at: string | null;
   due_at: string | null;
+  idempotency_key: string | null;
+  /** SHA-256 of the canonical request body; internal, never returned by the API. */
+  request_hash: string | null;
 }
 
 /** A job as the API returns it: the row with `params` parsed back to an object. */
-export type Job = Omit<JobRow, "params"> & { params: Record<string, unknown> };
+export type Job = Omit<JobRow, "params" | "request_hash"> & { params: Record<string, unknown> };
 
 export function toJob(row: JobRow): Job {
-  return { ...row, params: JSON.parse(row.params) as Record<string, unknown> };
+  const { request_hash: _internal, ...rest } = row;
+  return { ...rest, params: JSON.parse(row.params) as Record<string, unknown> };
 }
 
 // Timestamps are UTC text with milliseconds ("2026-11-24 10:30:00.123"): they sort as text,
@@ -49,16 +53,42 @@ export interface NewJob {
   type: JobType;
   input_video_key: string;
   params: Record<string, unknown>;
+  idempotency?: { key: string; requestHash: string } | undefined;
 }
 
+/**
+ * The seed's "create job", with `pending` and due now. Null when the project already has a job
+ * under the same Idempotency-Key (the unique index decides, also for two racing requests).
+ */
 export function insertJob(db: D1Database, job: NewJob): Promise<JobRow | null> {
   return db
     .prepare(
-      `INSERT INTO export_jobs (id, project_id, type, input_video_key, params, created_at, due_at)
-       VALUES (?, ?, ?, ?, ?, ${NOW}, ${NOW})
+      `INSERT INTO export_jobs (id, project_id, type, input_video_key, params, idempotency_key,
+                                request_hash, created_at, due_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ${NOW}, ${NOW})
+       ON CONFLICT DO NOTHING
        RETURNING *`,
     )
-    .bind(job.id, job.project_id, job.type, job.input_video_key, JSON.stringify(job.params))
+    .bind(
+      job.id,
+      job.project_id,
+      job.type,
+      job.input_video_key,
+      JSON.stringify(job.params),
+      job.idempotency?.key ?? null,
+      job.idempotency?.requestHash ?? null,
+    )
+    .first<JobRow>();
+}
+
+export function findJobByIdempotencyKey(
+  db: D1Database,
+  projectId: number,
+  key: string,
+): Promise<JobRow | null> {
+  return db
+    .prepare("SELECT * FROM export_jobs WHERE project_id = ? AND idempotency_key = ?")
+    .bind(projectId, key)
     .first<JobRow>();
 }
 
@@ -72,21 +102,30 @@ export interface ListCursor {
 }
 
 export interface ListJobsQuery {
-  projectIds: number[];
-  activeOnly: boolean;
+  /** Null: every project (operators). */
+  projectIds: number[] | null;
+  /** Null: every status. */
+  statuses: JobStatus[] | null;
   limit: number;
   after: ListCursor | null;
 }
 
 /**
- * The seed's "active jobs for project" and "recent jobs" queries, generalised to several projects,
- * newest first, keyset-paged on (created_at, id). Returns up to `limit + 1` rows so the caller
- * knows whether there is a next page.
+ * The seed's "active jobs for project" and "recent jobs" queries, generalised to several projects
+ * and statuses, newest first, keyset-paged on (created_at, id). Returns up to `limit + 1` rows so
+ * the caller knows whether there is a next page.
  */
 export async function listJobs(db: D1Database, query: ListJobsQuery): Promise<JobRow[]> {
-  const where = [`project_id IN (${query.projectIds.map(() => "?").join(", ")})`];
-  const binds: (string | number)[] = [...query.projectIds];
-  if (query.activeOnly) where.push("status IN ('pending', 'processing')");
+  const where = ["1 = 1"];
+  const binds: (string | number)[] = [];
+  if (query.projectIds) {
+    where.push(`project_id IN (${query.projectIds.map(() => "?").join(", ")})`);
+    binds.push(...query.projectIds);
+  }
+  if (query.statuses) {
+    where.push(`status IN (${query.statuses.map(() => "?").join(", ")})`);
+    binds.push(...query.statuses);
+  }
   if (query.after) {
     where.push("(created_at < ? OR (created_at = ? AND id < ?))");
     binds.push(query.after.created_at, query.after.created_at, query.after.id);
@@ -305,4 +344,174 @@ export async function leaseDueProcessingJobs(
     .bind(seconds(leaseS), limit)
     .all<JobRow>();
   return results;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dead letters.
+// ---------------------------------------------------------------------------------------------
+
+export interface DeadLetterRow {
+  id: string;
+  queue: string;
+  reason: "dead_lettered" | "unparseable";
+  body: string;
+  attempts: number;
+  received_at: string;
+  job_id: string | null;
+  job_status: JobStatus | null;
+  replayed_at: string | null;
+}
+
+export interface NewDeadLetter {
+  id: string;
+  queue: string;
+  reason: DeadLetterRow["reason"];
+  body: string;
+  attempts: number;
+  job_id: string | null;
+}
+
+export const DEAD_LETTERED_ERROR = "dead-lettered: its queue message ran out of deliveries";
+
+/**
+ * Records dead letters in one D1 transaction, idempotent on message id. Each records the job's
+ * status at that moment; a job still `pending` is then marked `error` so the reconciler does not
+ * resurrect it forever (a job with a live run is left alone). A redelivery of a dead letter that
+ * was already replayed changes nothing.
+ */
+export async function recordDeadLetters(
+  db: D1Database,
+  letters: readonly NewDeadLetter[],
+): Promise<void> {
+  if (letters.length === 0) return;
+  const statements = letters.flatMap((letter) => {
+    const insert = db
+      .prepare(
+        `INSERT INTO dead_letters (id, queue, reason, body, attempts, received_at, job_id, job_status)
+         VALUES (?, ?, ?, ?, ?, ${NOW}, ?, (SELECT status FROM export_jobs WHERE id = ?))
+         ON CONFLICT (id) DO NOTHING`,
+      )
+      .bind(
+        letter.id,
+        letter.queue,
+        letter.reason,
+        letter.body,
+        letter.attempts,
+        letter.job_id,
+        letter.job_id,
+      );
+    if (!letter.job_id) return [insert];
+    const abandon = db
+      .prepare(
+        `UPDATE export_jobs SET status = 'error', error = ?, due_at = NULL
+         WHERE id = ? AND status = 'pending'
+           AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE id = ? AND replayed_at IS NOT NULL)`,
+      )
+      .bind(DEAD_LETTERED_ERROR, letter.job_id, letter.id);
+    return [insert, abandon];
+  });
+  await db.batch(statements);
+}
+
+export async function listDeadLetters(
+  db: D1Database,
+  limit: number,
+  after: { created_at: string; id: string } | null,
+): Promise<DeadLetterRow[]> {
+  const page = after ? "WHERE (received_at < ? OR (received_at = ? AND id < ?))" : "";
+  const binds = after ? [after.created_at, after.created_at, after.id] : [];
+  const { results } = await db
+    .prepare(`SELECT * FROM dead_letters ${page} ORDER BY received_at DESC, id DESC LIMIT ?`)
+    .bind(...binds, limit + 1)
+    .all<DeadLetterRow>();
+  return results;
+}
+
+export function getDeadLetter(db: D1Database, id: string): Promise<DeadLetterRow | null> {
+  return db.prepare("SELECT * FROM dead_letters WHERE id = ?").bind(id).first<DeadLetterRow>();
+}
+
+export async function deleteDeadLetter(db: D1Database, id: string): Promise<boolean> {
+  const result = await db.prepare("DELETE FROM dead_letters WHERE id = ?").bind(id).run();
+  return result.meta.changes > 0;
+}
+
+/**
+ * replay: in one transaction, mark the dead letter replayed and put its job back to `pending`
+ * with its retry budget restored. Only a dead letter not yet replayed whose job is `pending` or
+ * `error` qualifies; null otherwise (the caller tells why).
+ */
+export async function replayDeadLetter(
+  db: D1Database,
+  id: string,
+): Promise<{ deadLetter: DeadLetterRow; job: JobRow } | null> {
+  // A token unique to this replay: the job is reset only by the replay that marked the letter.
+  const token = `${new Date().toISOString().replace("T", " ").replace("Z", "")}`;
+  const [marked, reset] = await db.batch([
+    db
+      .prepare(
+        `UPDATE dead_letters SET replayed_at = ?
+         WHERE id = ? AND replayed_at IS NULL AND job_id IS NOT NULL
+           AND EXISTS (SELECT 1 FROM export_jobs j
+                       WHERE j.id = dead_letters.job_id AND j.status IN ('pending', 'error'))
+         RETURNING *`,
+      )
+      .bind(token, id),
+    db
+      .prepare(
+        `UPDATE export_jobs
+         SET status = 'pending', retry_count = 0, error = NULL, progress = 0,
+             runpod_job_id = NULL, started_at = NULL, completed_at = NULL, due_at = ${NOW}
+         WHERE id = (SELECT job_id FROM dead_letters WHERE id = ? AND replayed_at = ?)
+           AND status IN ('pending', 'error')
+         RETURNING *`,
+      )
+      .bind(id, token),
+  ]);
+  const deadLetter = (marked?.results as DeadLetterRow[] | undefined)?.[0];
+  const job = (reset?.results as JobRow[] | undefined)?.[0];
+  return deadLetter && job ? { deadLetter, job } : null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stats: one round trip, every query index-backed or over the small dead_letters table.
+// ---------------------------------------------------------------------------------------------
+
+export interface Stats {
+  jobs: Record<JobStatus, number>;
+  oldest_pending_created_at: string | null;
+  oldest_pending_age_s: number | null;
+  processing_without_run: number;
+  dead_letters: { total: number; not_replayed: number };
+}
+
+export async function readStats(db: D1Database): Promise<Stats> {
+  const [byStatus, oldest, withoutRun, letters] = await db.batch([
+    db.prepare("SELECT status, COUNT(*) AS n FROM export_jobs GROUP BY status"),
+    db.prepare(
+      `SELECT created_at,
+              CAST(ROUND((julianday('now') - julianday(created_at)) * 86400) AS INTEGER) AS age_s
+       FROM export_jobs WHERE status = 'pending' ORDER BY created_at LIMIT 1`,
+    ),
+    db.prepare(
+      "SELECT COUNT(*) AS n FROM export_jobs WHERE status = 'processing' AND runpod_job_id IS NULL",
+    ),
+    db.prepare(
+      `SELECT COUNT(*) AS total, COALESCE(SUM(replayed_at IS NULL), 0) AS not_replayed
+       FROM dead_letters`,
+    ),
+  ]);
+  const jobs: Record<JobStatus, number> = { pending: 0, processing: 0, complete: 0, error: 0 };
+  for (const row of (byStatus?.results ?? []) as { status: JobStatus; n: number }[]) {
+    jobs[row.status] = row.n;
+  }
+  const first = (oldest?.results as { created_at: string; age_s: number }[] | undefined)?.[0];
+  const counts = (letters?.results as { total: number; not_replayed: number }[] | undefined)?.[0];
+  return {
+    jobs,
+    oldest_pending_created_at: first?.created_at ?? null,
+    oldest_pending_age_s: first?.age_s ?? null,
+    processing_without_run: (withoutRun?.results as { n: number }[] | undefined)?.[0]?.n ?? 0,
+    dead_letters: { total: counts?.total ?? 0, not_replayed: counts?.not_replayed ?? 0 },
+  };
 }

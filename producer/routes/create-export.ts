@@ -1,17 +1,64 @@
+import type { JobRow } from "../../shared/job-repository.ts";
 import * as repo from "../../shared/job-repository.ts";
 import { toJob } from "../../shared/job-repository.ts";
 import { log } from "../../shared/log.ts";
-import { createExportRequest } from "../../shared/schemas.ts";
+import { type CreateExportRequest, createExportRequest } from "../../shared/schemas.ts";
 import { type AppContext, apiError, readJsonBody } from "../http.ts";
+
+/** JSON with object keys sorted at every level, so equal bodies hash equally. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (value && typeof value === "object") {
+    const entries = Object.entries(value).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+async function requestHash(request: CreateExportRequest): Promise<string> {
+  const digest = await crypto.subtle.digest(
+    "SHA-256",
+    new TextEncoder().encode(canonicalJson(request)),
+  );
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** A repeat of an Idempotency-Key: the first job (200) if the body is the same, else 422. */
+function answerRepeat(c: AppContext, existing: JobRow, hash: string): Response {
+  if (existing.request_hash !== hash) {
+    return apiError(
+      c,
+      422,
+      "idempotency_key_reused",
+      "this Idempotency-Key was used for a different request body",
+    );
+  }
+  c.header("Location", `/exports/${existing.id}`);
+  return c.json({ job: toJob(existing) }, 200);
+}
 
 /**
  * `POST /exports`: validate, check the input exists in R2, insert the `pending` row, then send
- * `{"job_id"}`. Nothing is written or sent before every check has passed.
+ * `{"job_id"}`. Nothing is written or sent before every check has passed. With an
+ * `Idempotency-Key` (scoped per project, enforced by a unique index), a repeat of the same body
+ * returns the first job and sends nothing.
  */
 export async function createExport(c: AppContext): Promise<Response> {
+  const key = c.req.header("idempotency-key");
+  if (key !== undefined && (key.length < 1 || key.length > 255)) {
+    return apiError(c, 400, "invalid_request", "Idempotency-Key must be 1 to 255 characters", [
+      { path: ["Idempotency-Key"], message: "must be 1 to 255 characters" },
+    ]);
+  }
   const body = await readJsonBody(c, createExportRequest);
   if (!body.ok) return body.response;
   const request = body.value;
+
+  const hash = key === undefined ? null : await requestHash(request);
+  if (key !== undefined && hash !== null) {
+    const existing = await repo.findJobByIdempotencyKey(c.env.DB, request.project_id, key);
+    if (existing) return answerRepeat(c, existing, hash);
+  }
 
   const input = await c.env.VIDEOS.head(request.input_video_key);
   if (!input) {
@@ -23,8 +70,20 @@ export async function createExport(c: AppContext): Promise<Response> {
     );
   }
 
-  const row = await repo.insertJob(c.env.DB, { id: crypto.randomUUID(), ...request });
-  if (!row) throw new Error("insert returned no row");
+  const row = await repo.insertJob(c.env.DB, {
+    id: crypto.randomUUID(),
+    ...request,
+    idempotency: key !== undefined && hash !== null ? { key, requestHash: hash } : undefined,
+  });
+  if (!row) {
+    // Another request with the same key won the race to insert; answer as its repeat.
+    const winner =
+      key === undefined
+        ? null
+        : await repo.findJobByIdempotencyKey(c.env.DB, request.project_id, key);
+    if (!winner || hash === null) throw new Error("insert returned no row");
+    return answerRepeat(c, winner, hash);
+  }
   try {
     await c.env.EXPORT_QUEUE.send({ job_id: row.id });
   } catch (error) {

@@ -41,7 +41,7 @@ export async function listExports(c: AppContext): Promise<Response> {
   }
   const rows = await repo.listJobs(c.env.DB, {
     projectIds: [...new Set(query.project_id)],
-    activeOnly: query.active === "true",
+    statuses: query.active === "true" ? ["pending", "processing"] : null,
     limit: query.limit,
     after,
   });

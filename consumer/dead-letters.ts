@@ -1,0 +1,46 @@
+// Dead letters: every message of export-jobs-dlq, and every message of export-jobs whose body
+// does not parse, is recorded in D1 (idempotent on message id) and then acknowledged.
+
+import type { DeadLetterRow } from "../shared/job-repository.ts";
+import * as repo from "../shared/job-repository.ts";
+import { log } from "../shared/log.ts";
+import { jobMessage } from "../shared/schemas.ts";
+
+function bodyAsText(body: unknown): string {
+  if (typeof body === "string") return JSON.stringify(body);
+  try {
+    return JSON.stringify(body) ?? String(body);
+  } catch {
+    return String(body);
+  }
+}
+
+/** A job id when the body carries one, even if the rest of the body is odd. */
+function jobIdOf(body: unknown): string | null {
+  const parsed = jobMessage.safeParse(body);
+  return parsed.success ? parsed.data.job_id : null;
+}
+
+export async function recordDeadLetterMessages(
+  db: D1Database,
+  queue: string,
+  reason: DeadLetterRow["reason"],
+  messages: readonly Message<unknown>[],
+): Promise<void> {
+  if (messages.length === 0) return;
+  await repo.recordDeadLetters(
+    db,
+    messages.map((message) => ({
+      id: message.id,
+      queue,
+      reason,
+      body: bodyAsText(message.body),
+      attempts: message.attempts,
+      job_id: jobIdOf(message.body),
+    })),
+  );
+  for (const message of messages) {
+    log("warn", "dead letter recorded", { id: message.id, queue, reason });
+    message.ack();
+  }
+}

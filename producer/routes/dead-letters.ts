@@ -1,0 +1,93 @@
+// Operators' view of the dead-letter queue (bearer ADMIN_TOKEN).
+import { z } from "zod";
+import type { DeadLetterRow } from "../../shared/job-repository.ts";
+import * as repo from "../../shared/job-repository.ts";
+import { toJob } from "../../shared/job-repository.ts";
+import { requeue } from "../../shared/job-state.ts";
+import { log } from "../../shared/log.ts";
+import { decodeCursor, encodeCursor } from "../cursor.ts";
+import { type AppContext, apiError, zodIssues } from "../http.ts";
+
+/** The row with `body` parsed back when it is JSON (it is stored as received). */
+function toDeadLetter(row: DeadLetterRow) {
+  let body: unknown = row.body;
+  try {
+    body = JSON.parse(row.body);
+  } catch {}
+  return { ...row, body };
+}
+
+const pageQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  cursor: z.string().min(1).optional(),
+});
+
+/** `GET /dead-letters?limit=&cursor=`: newest first. */
+export async function listDeadLetters(c: AppContext): Promise<Response> {
+  const parsed = pageQuery.safeParse({
+    limit: c.req.query("limit"),
+    cursor: c.req.query("cursor"),
+  });
+  if (!parsed.success) {
+    return apiError(c, 400, "invalid_request", "the query is not valid", zodIssues(parsed.error));
+  }
+  const { limit, cursor } = parsed.data;
+  const after = cursor === undefined ? null : decodeCursor(cursor);
+  if (cursor !== undefined && after === null) {
+    return apiError(c, 400, "invalid_request", "the cursor is not valid", [
+      { path: ["cursor"], message: "not a cursor returned by this API" },
+    ]);
+  }
+  const rows = await repo.listDeadLetters(c.env.DB, limit, after);
+  const page = rows.slice(0, limit);
+  const last = page.at(-1);
+  return c.json({
+    dead_letters: page.map(toDeadLetter),
+    next_cursor:
+      rows.length > limit && last
+        ? encodeCursor({ created_at: last.received_at, id: last.id })
+        : null,
+  });
+}
+
+/** `GET /dead-letters/{id}`: the dead letter and its job (null when it names none). */
+export async function getDeadLetter(c: AppContext): Promise<Response> {
+  const row = await repo.getDeadLetter(c.env.DB, c.req.param("id") ?? "");
+  if (!row) return apiError(c, 404, "not_found", "no such dead letter");
+  const job = row.job_id ? await repo.getJob(c.env.DB, row.job_id) : null;
+  return c.json({ dead_letter: toDeadLetter(row), job: job ? toJob(job) : null });
+}
+
+/**
+ * `POST /dead-letters/{id}/replay`: the job goes back to `pending` with its retry budget restored
+ * and is re-enqueued; the dead letter is marked replayed. 409 when that cannot be done.
+ */
+export async function replayDeadLetter(c: AppContext): Promise<Response> {
+  const id = c.req.param("id") ?? "";
+  const replayed = await repo.replayDeadLetter(c.env.DB, id);
+  if (!replayed) {
+    const row = await repo.getDeadLetter(c.env.DB, id);
+    if (!row) return apiError(c, 404, "not_found", "no such dead letter");
+    if (row.replayed_at) {
+      return apiError(c, 409, "already_replayed", `replayed at ${row.replayed_at}`);
+    }
+    const job = row.job_id ? await repo.getJob(c.env.DB, row.job_id) : null;
+    if (!job) return apiError(c, 409, "not_replayable", "the dead letter names no existing job");
+    if (job.status === "complete") return apiError(c, 409, "job_complete", "the job completed");
+    return apiError(c, 409, "job_active", `the job is ${job.status}; it is still being worked on`);
+  }
+  try {
+    await requeue(c.env.EXPORT_QUEUE, replayed.job.id, 0);
+  } catch (error) {
+    // The job is pending; the reconciler re-enqueues it after PENDING_GRACE_S.
+    log("error", "enqueue failed after replay", { job_id: replayed.job.id, error: String(error) });
+  }
+  return c.json({ dead_letter: toDeadLetter(replayed.deadLetter), job: toJob(replayed.job) }, 202);
+}
+
+/** `DELETE /dead-letters/{id}` → 204. */
+export async function deleteDeadLetter(c: AppContext): Promise<Response> {
+  const deleted = await repo.deleteDeadLetter(c.env.DB, c.req.param("id") ?? "");
+  if (!deleted) return apiError(c, 404, "not_found", "no such dead letter");
+  return c.body(null, 204);
+}
