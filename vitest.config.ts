@@ -85,6 +85,8 @@ export default defineConfig({
         test: {
           name: "node",
           environment: "node",
+          // The end-to-end and browser files each run a whole local stack; one at a time.
+          fileParallelism: false,
           include: ["test/node/**/*.test.ts"],
           testTimeout: 60_000,
           hookTimeout: 120_000,

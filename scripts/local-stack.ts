@@ -48,6 +48,8 @@ export interface StackOptions {
   persistTo?: string;
   /** Settings for both Workers; missing ones fall back to LOCAL_DEFAULTS and wrangler.toml. */
   settings?: Record<string, string | undefined>;
+  /** Vars for the consumer only, after `settings` (may be empty, e.g. to mis-configure it). */
+  consumerVars?: Record<string, string>;
   /** Extra environment for the emulator process (timings and faults, see emulator/README.md). */
   emulatorEnv?: Record<string, string>;
   /** Where child output goes; defaults to this process's stdout with a [name] prefix. */
@@ -237,7 +239,9 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
       await waitUntilUp(`${emulatorUrl}/health`, "the RunPod emulator", emulator);
     }
 
-    const vars = Object.entries(settings).flatMap(([key, value]) => ["--var", `${key}:${value}`]);
+    const varFlags = (values: Record<string, string>) =>
+      Object.entries(values).flatMap(([key, value]) => ["--var", `${key}:${value}`]);
+    const vars = varFlags(settings);
     const dev = (envName: string, port: number, inspector: number, extra: string[] = []) =>
       wrangler(
         "dev",
@@ -266,7 +270,10 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
     const startConsumer = async () => {
       const consumer = run(
         "consumer",
-        dev("consumer", consumerPort, consumerInspector, ["--test-scheduled"]),
+        dev("consumer", consumerPort, consumerInspector, [
+          "--test-scheduled",
+          ...varFlags(options.consumerVars ?? {}),
+        ]),
         childEnv,
         out,
       );
