@@ -69,6 +69,9 @@ export interface LocalStack {
   stop(): Promise<void>;
 }
 
+/** The last lines each child printed, to explain an early exit. */
+const recent = new WeakMap<ChildProcess, string[]>();
+
 function run(name: string, args: string[], env: NodeJS.ProcessEnv, out: StackOptions["onOutput"]) {
   const child = spawn(process.execPath, args, {
     cwd: root,
@@ -77,7 +80,11 @@ function run(name: string, args: string[], env: NodeJS.ProcessEnv, out: StackOpt
     stdio: ["ignore", "pipe", "pipe"],
   });
   const forward = (chunk: Buffer) => {
-    for (const line of chunk.toString().split("\n")) if (line.trim()) out?.(name, line);
+    for (const line of chunk.toString().split("\n")) {
+      if (!line.trim()) continue;
+      out?.(name, line);
+      recent.set(child, [...(recent.get(child) ?? []).slice(-14), line]);
+    }
   };
   child.stdout?.on("data", forward);
   child.stderr?.on("data", forward);
@@ -92,15 +99,20 @@ function runToEnd(
 ) {
   return new Promise<void>((resolve, reject) => {
     const child = run(name, args, env, out);
-    child.on("exit", (code) =>
-      code === 0 ? resolve() : reject(new Error(`${name} exited with ${code}`)),
-    );
+    child.on("exit", (code) => {
+      const lines = (recent.get(child) ?? []).join("\n");
+      if (code === 0) resolve();
+      else reject(new Error(`${name} exited with ${code}${lines ? `:\n${lines}` : ""}`));
+    });
   });
 }
 
 async function waitUntilUp(url: string, what: string, child: ChildProcess): Promise<void> {
   for (let i = 0; i < 600; i++) {
-    if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}`);
+    if (child.exitCode !== null) {
+      const lines = (recent.get(child) ?? []).join("\n");
+      throw new Error(`${what} exited with ${child.exitCode}${lines ? `:\n${lines}` : ""}`);
+    }
     try {
       await fetch(url, { signal: AbortSignal.timeout(1000) });
       return;

@@ -8,6 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { main as dlq } from "../../scripts/dlq.ts";
 import { type LocalStack, type StackOptions, startLocalStack } from "../../scripts/local-stack.ts";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -77,19 +78,44 @@ describe("dashboard", () => {
     expect(res.status).toBe(202);
     jobId = ((await res.json()) as { job: { id: string } }).job.id;
     const admin = { authorization: `Bearer ${stack.settings.ADMIN_TOKEN}` };
-    await until("the dead letter", async () => {
+    const letterId = await until("the dead letter", async () => {
       const list = (await (
         await fetch(`${stack?.producerUrl}/dead-letters`, { headers: admin })
-      ).json()) as {
-        dead_letters: { job_id: string | null }[];
-      };
-      return list.dead_letters.some((d) => d.job_id === jobId) ? true : undefined;
+      ).json()) as { dead_letters: { id: string; job_id: string | null }[] };
+      return list.dead_letters.find((d) => d.job_id === jobId)?.id;
     });
+
+    // The operators' command line sees it too, against the real API.
+    const cli = async (...argv: string[]) => {
+      let out = "";
+      let err = "";
+      const code = await dlq(argv, {
+        fetch,
+        out: (text) => {
+          out += text;
+        },
+        err: (text) => {
+          err += text;
+        },
+        env: { REEL_EXPORTS_URL: stack?.producerUrl, ADMIN_TOKEN: stack?.settings.ADMIN_TOKEN },
+      });
+      return { code, out, err };
+    };
+    const listed = await cli("list");
+    expect(listed.code).toBe(0);
+    expect(listed.out).toContain(letterId);
+    expect(listed.out).toContain(jobId);
+    const shown = await cli("show", letterId);
+    expect(shown.out).toContain("dead_lettered");
+    expect(shown.out).toMatch(/status:\s+error/);
+    expect(await cli("show", "no-such-letter")).toMatchObject({ code: 1 });
+    expect((await cli("stats")).out).toMatch(/dead letters:\s+\d+ total, \d+ not replayed/);
     await stack.stop();
     stack = undefined;
   }, 150_000);
 
   it("signs in, replays the dead letter and shows the job progress to complete", async () => {
+    await stack?.stop(); // the mis-configured deployment, if the first test stopped early
     stack = await startLocalStack(stackOptions({}));
     browser = await chromium.launch({
       executablePath: CHROMIUM,

@@ -196,3 +196,26 @@ describe("GET /exports/{id} and /health", () => {
     expect(await health.json()).toEqual({ ok: true });
   });
 });
+
+describe("CORS", () => {
+  it("answers the frontend's preflight only when CORS_ORIGIN is set", async () => {
+    const preflight = (vars: Record<string, string>) =>
+      producerFetch("/exports", {
+        method: "OPTIONS",
+        token: null,
+        vars,
+        headers: {
+          origin: "https://editor.example",
+          "access-control-request-method": "POST",
+          "access-control-request-headers": "authorization, content-type, idempotency-key",
+        },
+      });
+    const allowed = await preflight({ CORS_ORIGIN: "https://editor.example" });
+    expect(allowed.headers.get("access-control-allow-origin")).toBe("https://editor.example");
+    expect(allowed.headers.get("access-control-allow-headers")?.toLowerCase()).toContain(
+      "idempotency-key",
+    );
+    const none = await preflight({});
+    expect(none.headers.get("access-control-allow-origin")).toBeNull();
+  });
+});

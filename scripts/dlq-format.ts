@@ -1,0 +1,144 @@
+// Pure text formatting for the dead-letter CLI (scripts/dlq.ts): tables, `key: value` blocks,
+// ages. No I/O here, so it is unit-tested directly.
+import type { DeadLetterRow, Job, Stats } from "../shared/job-repository.ts";
+
+/** A dead letter as the API returns it: the row with `body` parsed when it is JSON. */
+export type DeadLetter = Omit<DeadLetterRow, "body"> & { body: unknown };
+
+export interface DeadLetterPage {
+  dead_letters: DeadLetter[];
+  next_cursor: string | null;
+}
+
+export interface DeadLetterDetail {
+  dead_letter: DeadLetter;
+  job: Job | null;
+}
+
+export type { Stats };
+
+/** A cell's text: `-` for null/undefined, strings as they are, anything else as JSON. */
+export function cell(value: unknown): string {
+  if (value === null || value === undefined) return "-";
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+/** Columns padded to their widest cell, two spaces apart, no trailing spaces. */
+export function renderTable(headers: string[], rows: string[][]): string {
+  const widths = headers.map((header, i) =>
+    Math.max(header.length, ...rows.map((row) => (row[i] ?? "").length)),
+  );
+  const line = (cells: string[]) =>
+    widths
+      .map((width, i) => (cells[i] ?? "").padEnd(width))
+      .join("  ")
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join("\n");
+}
+
+/** `key: value` lines with the values aligned; a multi-line value stays in its column. */
+export function renderKeyValues(pairs: [string, string][], indent = ""): string {
+  const width = Math.max(0, ...pairs.map(([key]) => key.length)) + 1;
+  return pairs
+    .map(([key, value]) => {
+      const pad = `${indent}${" ".repeat(width + 1)}`;
+      const text = value.split("\n").join(`\n${pad}`);
+      return `${indent}${`${key}:`.padEnd(width)} ${text}`;
+    })
+    .join("\n");
+}
+
+/** A duration in seconds as its two largest units: `45s`, `3m 12s`, `2h 5m`, `1d 3h`. */
+export function formatAge(seconds: number | null): string {
+  if (seconds === null || !Number.isFinite(seconds)) return "-";
+  let rest = Math.max(0, Math.round(seconds));
+  const parts: string[] = [];
+  for (const [unit, size] of [
+    ["d", 86_400],
+    ["h", 3_600],
+    ["m", 60],
+    ["s", 1],
+  ] as const) {
+    const n = Math.floor(rest / size);
+    rest -= n * size;
+    if (parts.length > 0 || n > 0 || size === 1) parts.push(`${n}${unit}`);
+  }
+  return parts.slice(0, 2).join(" ");
+}
+
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+/** `list`: the table, then a count line that says when there are more pages. */
+export function formatDeadLetterList(page: DeadLetterPage): string {
+  const count = plural(page.dead_letters.length, "dead letter");
+  const more = page.next_cursor === null ? "" : " (more: run with --all)";
+  if (page.dead_letters.length === 0) return `${count}${more}`;
+  const table = renderTable(
+    ["ID", "RECEIVED", "QUEUE", "REASON", "ATTEMPTS", "JOB", "JOB STATUS", "REPLAYED"],
+    page.dead_letters.map((d) => [
+      d.id,
+      d.received_at,
+      d.queue,
+      d.reason,
+      cell(d.attempts),
+      cell(d.job_id),
+      cell(d.job_status),
+      cell(d.replayed_at),
+    ]),
+  );
+  return `${table}\n\n${count}${more}`;
+}
+
+const JOB_FIELDS = [
+  "id",
+  "project_id",
+  "type",
+  "status",
+  "retry_count",
+  "progress",
+  "error",
+  "runpod_job_id",
+  "created_at",
+] as const;
+
+/** `show`: the dead letter (body pretty-printed), then its job or `job: none`. */
+export function formatDeadLetterDetail({ dead_letter: d, job }: DeadLetterDetail): string {
+  const body = typeof d.body === "string" ? d.body : JSON.stringify(d.body, null, 2);
+  const letter = renderKeyValues([
+    ["id", d.id],
+    ["received_at", d.received_at],
+    ["queue", d.queue],
+    ["reason", d.reason],
+    ["attempts", cell(d.attempts)],
+    ["job_id", cell(d.job_id)],
+    ["job_status", cell(d.job_status)],
+    ["replayed_at", cell(d.replayed_at)],
+    ["body", body],
+  ]);
+  if (!job) return `${letter}\n\njob: none`;
+  const jobLines = renderKeyValues(
+    JOB_FIELDS.map((key) => [key, cell(job[key])]),
+    "  ",
+  );
+  return `${letter}\n\njob:\n${jobLines}`;
+}
+
+/** `stats`: jobs by status, the oldest pending job's age, stuck claims, dead letters. */
+export function formatStats(stats: Stats): string {
+  const jobs = Object.entries(stats.jobs)
+    .map(([status, n]) => `${n} ${status}`)
+    .join(", ");
+  const oldest =
+    stats.oldest_pending_age_s === null
+      ? "none"
+      : `${formatAge(stats.oldest_pending_age_s)} (created ${cell(stats.oldest_pending_created_at)})`;
+  return renderKeyValues([
+    ["jobs", jobs],
+    ["oldest pending", oldest],
+    ["processing without run", String(stats.processing_without_run)],
+    [
+      "dead letters",
+      `${stats.dead_letters.total} total, ${stats.dead_letters.not_replayed} not replayed`,
+    ],
+  ]);
+}

@@ -1,0 +1,396 @@
+// The dead-letter CLI: its pure formatting helpers, and `main` against a tiny real HTTP server
+// that answers the producer's admin routes with fixed JSON.
+
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { DEFAULT_TOKEN, DEFAULT_URL, main } from "../../scripts/dlq.ts";
+import { formatAge, renderKeyValues, renderTable } from "../../scripts/dlq-format.ts";
+import { LOCAL_DEFAULTS } from "../../scripts/local-stack.ts";
+
+describe("renderTable", () => {
+  it("pads every column to its widest cell, header or data", () => {
+    const table = renderTable(
+      ["ID", "QUEUE", "N"],
+      [
+        ["a-very-long-dead-letter-id", "q", "1"],
+        ["b", "export-jobs-dlq", "12345"],
+      ],
+    );
+    expect(table.split("\n")).toEqual([
+      "ID                          QUEUE            N",
+      "a-very-long-dead-letter-id  q                1",
+      "b                           export-jobs-dlq  12345",
+    ]);
+  });
+
+  it("has no trailing spaces and treats missing cells as empty", () => {
+    const table = renderTable(["A", "B"], [["wide-cell", ""], ["x"]]);
+    expect(table.split("\n")).toEqual(["A          B", "wide-cell", "x"]);
+  });
+
+  it("renders only the header when there are no rows", () => {
+    expect(renderTable(["ID", "RECEIVED"], [])).toBe("ID  RECEIVED");
+  });
+});
+
+describe("renderKeyValues", () => {
+  it("aligns values and keeps multi-line values in their column", () => {
+    expect(
+      renderKeyValues([
+        ["id", "x"],
+        ["body", "{\n  1\n}"],
+      ]),
+    ).toBe("id:   x\nbody: {\n        1\n      }");
+    expect(renderKeyValues([["id", "x"]], "  ")).toBe("  id: x");
+  });
+});
+
+describe("formatAge", () => {
+  it("shows the two largest units", () => {
+    expect(formatAge(0)).toBe("0s");
+    expect(formatAge(45)).toBe("45s");
+    expect(formatAge(192)).toBe("3m 12s");
+    expect(formatAge(3600)).toBe("1h 0m");
+    expect(formatAge(7322)).toBe("2h 2m");
+    expect(formatAge(90_061)).toBe("1d 1h");
+  });
+
+  it("rounds, clamps negatives to zero and shows null as -", () => {
+    expect(formatAge(59.6)).toBe("1m 0s");
+    expect(formatAge(-5)).toBe("0s");
+    expect(formatAge(null)).toBe("-");
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// main() over real HTTP
+// ---------------------------------------------------------------------------------------------
+
+const TOKEN = "test-admin";
+
+const letter = (id: string, extra: Record<string, unknown> = {}) => ({
+  id,
+  queue: "export-jobs",
+  reason: "dead_lettered",
+  body: { job_id: `job-${id}` },
+  attempts: 5,
+  received_at: "2026-11-24 10:30:00.123",
+  job_id: `job-${id}`,
+  job_status: "pending",
+  replayed_at: null,
+  ...extra,
+});
+
+const job = {
+  id: "job-dl-1",
+  project_id: 42,
+  type: "overlay",
+  status: "pending",
+  progress: 0,
+  input_video_key: "uploads/demo/sample.mp4",
+  output_video_key: null,
+  params: {},
+  error: null,
+  retry_count: 0,
+  runpod_job_id: null,
+  created_at: "2026-11-24 10:00:00.000",
+  started_at: null,
+  completed_at: null,
+  due_at: "2026-11-24 10:31:00.000",
+  idempotency_key: null,
+};
+
+const stats = {
+  jobs: { pending: 3, processing: 1, complete: 10, error: 2 },
+  oldest_pending_created_at: "2026-11-24 10:00:00.000",
+  oldest_pending_age_s: 192,
+  processing_without_run: 0,
+  dead_letters: { total: 5, not_replayed: 2 },
+};
+
+/** Route key → [status, JSON body or null]. Pages: no cursor → c2 → c3 → end. */
+const ROUTES: Record<string, [number, unknown]> = {
+  "GET /dead-letters?limit=2": [
+    200,
+    { dead_letters: [letter("dl-1"), letter("dl-2")], next_cursor: "c2" },
+  ],
+  "GET /dead-letters?limit=2&cursor=c2": [
+    200,
+    { dead_letters: [letter("dl-3"), letter("dl-4")], next_cursor: "c3" },
+  ],
+  "GET /dead-letters?limit=2&cursor=c3": [
+    200,
+    { dead_letters: [letter("dl-5")], next_cursor: null },
+  ],
+  "GET /dead-letters?limit=20": [
+    200,
+    {
+      dead_letters: [
+        letter("dl-1"),
+        letter("dl-unparseable-with-a-long-id", {
+          reason: "unparseable",
+          body: "not json",
+          job_id: null,
+          job_status: null,
+          replayed_at: "2026-11-24 11:00:00.000",
+        }),
+      ],
+      next_cursor: null,
+    },
+  ],
+  "GET /dead-letters/dl-1": [200, { dead_letter: letter("dl-1"), job }],
+  "GET /dead-letters/dl%2Fodd": [
+    200,
+    { dead_letter: letter("dl/odd", { job_id: null }), job: null },
+  ],
+  "POST /dead-letters/dl-1/replay": [
+    202,
+    { dead_letter: letter("dl-1", { replayed_at: "2026-11-24 11:00:00.000" }), job },
+  ],
+  "POST /dead-letters/dl-2/replay": [
+    409,
+    { error: { code: "already_replayed", message: "replayed at 2026-11-24 11:00:00.000" } },
+  ],
+  "DELETE /dead-letters/dl-1": [204, null],
+  "GET /stats": [200, stats],
+};
+
+let server: Server;
+let origin = "";
+let requests: { method: string; url: string; authorization: string | undefined }[] = [];
+
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    const method = req.method ?? "";
+    const url = req.url ?? "";
+    requests.push({ method, url, authorization: req.headers.authorization });
+    const send = (status: number, body: unknown) => {
+      if (body === null) return res.writeHead(status).end();
+      res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
+    };
+    if (req.headers.authorization !== `Bearer ${TOKEN}`) {
+      return send(401, {
+        error: { code: "unauthorized", message: "a valid bearer token is required" },
+      });
+    }
+    const route = ROUTES[`${method} ${url}`];
+    if (!route) {
+      return send(404, { error: { code: "not_found", message: `no route for ${method} ${url}` } });
+    }
+    send(route[0], route[1]);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+afterAll(async () => {
+  await new Promise<void>((resolve) => server?.close(() => resolve()) ?? resolve());
+});
+
+beforeEach(() => {
+  requests = [];
+});
+
+/** Runs the CLI against the test server; env carries the URL and token unless told otherwise. */
+async function run(
+  argv: string[],
+  env: Record<string, string | undefined> = { REEL_EXPORTS_URL: origin, ADMIN_TOKEN: TOKEN },
+) {
+  let out = "";
+  let err = "";
+  const code = await main(argv, {
+    fetch,
+    out: (s) => {
+      out += s;
+    },
+    err: (s) => {
+      err += s;
+    },
+    env,
+  });
+  return { code, out, err };
+}
+
+describe("dlq CLI", () => {
+  it("list prints a table with full IDs and a count, sending the bearer token", async () => {
+    const { code, out, err } = await run(["list"]);
+    expect({ code, err }).toEqual({ code: 0, err: "" });
+    expect(requests).toEqual([
+      { method: "GET", url: "/dead-letters?limit=20", authorization: `Bearer ${TOKEN}` },
+    ]);
+    const lines = out.trimEnd().split("\n");
+    expect(lines[0]).toMatch(/^ID +RECEIVED +QUEUE +REASON +ATTEMPTS +JOB +JOB STATUS +REPLAYED$/);
+    expect(lines[1]).toMatch(
+      /^dl-1 +2026-11-24 10:30:00\.123 +export-jobs +dead_lettered +5 +job-dl-1 +pending +-$/,
+    );
+    expect(lines[2]).toMatch(
+      /^dl-unparseable-with-a-long-id +\S+ \S+ +export-jobs +unparseable +5 +- +- +2026-11-24 11:00:00\.000$/,
+    );
+    // Columns line up: every row's RECEIVED starts where the header's does.
+    const at = lines[0]?.indexOf("RECEIVED");
+    expect(lines[1]?.indexOf("2026")).toBe(at);
+    expect(lines[2]?.indexOf("2026")).toBe(at);
+    expect(lines.at(-1)).toBe("2 dead letters");
+  });
+
+  it("list --limit says when there are more pages; --all follows every cursor", async () => {
+    const one = await run(["list", "--limit", "2"]);
+    expect(one.code).toBe(0);
+    expect(one.out.trimEnd().split("\n").at(-1)).toBe("2 dead letters (more: run with --all)");
+
+    requests = [];
+    const all = await run(["list", "--limit", "2", "--all"]);
+    expect(all.code).toBe(0);
+    expect(requests.map((r) => r.url)).toEqual([
+      "/dead-letters?limit=2",
+      "/dead-letters?limit=2&cursor=c2",
+      "/dead-letters?limit=2&cursor=c3",
+    ]);
+    for (const id of ["dl-1", "dl-2", "dl-3", "dl-4", "dl-5"]) expect(all.out).toContain(id);
+    expect(all.out.trimEnd().split("\n").at(-1)).toBe("5 dead letters");
+  });
+
+  it("--json prints the JSON answer (all pages merged with --all)", async () => {
+    const { code, out } = await run(["list", "--limit", "2", "--all", "--json"]);
+    expect(code).toBe(0);
+    const data = JSON.parse(out) as { dead_letters: { id: string }[]; next_cursor: unknown };
+    expect(data.dead_letters.map((d) => d.id)).toEqual(["dl-1", "dl-2", "dl-3", "dl-4", "dl-5"]);
+    expect(data.next_cursor).toBeNull();
+
+    expect(JSON.parse((await run(["stats", "--json"])).out)).toEqual(stats);
+    expect(JSON.parse((await run(["show", "dl-1", "--json"])).out)).toEqual({
+      dead_letter: letter("dl-1"),
+      job,
+    });
+  });
+
+  it("show prints the dead letter with its body pretty-printed, then its job", async () => {
+    const { code, out } = await run(["show", "dl-1"]);
+    expect(code).toBe(0);
+    expect(requests.map((r) => `${r.method} ${r.url}`)).toEqual(["GET /dead-letters/dl-1"]);
+    expect(out).toContain("id:          dl-1\n");
+    expect(out).toContain("replayed_at: -\n");
+    expect(out).toContain('body:        {\n               "job_id": "job-dl-1"\n             }\n');
+    expect(out).toContain("\njob:\n  id:            job-dl-1\n");
+    expect(out).toContain("  project_id:    42\n");
+    expect(out).toContain("  runpod_job_id: -\n");
+    expect(out).not.toContain("input_video_key");
+  });
+
+  it("show encodes the ID in the path and prints job: none without a job", async () => {
+    const { code, out } = await run(["show", "dl/odd"]);
+    expect(code).toBe(0);
+    expect(requests.map((r) => r.url)).toEqual(["/dead-letters/dl%2Fodd"]);
+    expect(out.trimEnd().endsWith("\n\njob: none")).toBe(true);
+  });
+
+  it("replay and delete call their routes and say what happened", async () => {
+    expect(await run(["replay", "dl-1"])).toEqual({
+      code: 0,
+      out: "replayed dl-1: job job-dl-1 is pending again (retry budget restored)\n",
+      err: "",
+    });
+    expect(await run(["delete", "dl-1"])).toEqual({ code: 0, out: "deleted dl-1\n", err: "" });
+    expect(requests.map((r) => `${r.method} ${r.url}`)).toEqual([
+      "POST /dead-letters/dl-1/replay",
+      "DELETE /dead-letters/dl-1",
+    ]);
+  });
+
+  it("stats prints jobs by status, the oldest pending age and dead-letter counts", async () => {
+    const { code, out } = await run(["stats"]);
+    expect(code).toBe(0);
+    expect(out).toBe(
+      [
+        "jobs:                   3 pending, 1 processing, 10 complete, 2 error",
+        "oldest pending:         3m 12s (created 2026-11-24 10:00:00.000)",
+        "processing without run: 0",
+        "dead letters:           5 total, 2 not replayed",
+        "",
+      ].join("\n"),
+    );
+  });
+
+  it("an API error is printed with its code and HTTP status, exit 1", async () => {
+    expect(await run(["replay", "dl-2"])).toEqual({
+      code: 1,
+      out: "",
+      err: "error: already_replayed: replayed at 2026-11-24 11:00:00.000 (HTTP 409)\n",
+    });
+    expect(await run(["show", "missing"])).toMatchObject({
+      code: 1,
+      err: "error: not_found: no route for GET /dead-letters/missing (HTTP 404)\n",
+    });
+  });
+
+  it("--url and --token override the environment; a wrong token is a 401", async () => {
+    const env = { REEL_EXPORTS_URL: "http://127.0.0.1:1", ADMIN_TOKEN: "wrong" };
+    expect(await run(["stats", "--url", `${origin}/`, "--token", TOKEN], env)).toMatchObject({
+      code: 0,
+    });
+    expect(await run(["stats", "--url", origin], env)).toEqual({
+      code: 1,
+      out: "",
+      err: "error: unauthorized: a valid bearer token is required (HTTP 401)\n",
+    });
+    expect(requests.map((r) => [r.url, r.authorization])).toEqual([
+      ["/stats", `Bearer ${TOKEN}`],
+      ["/stats", "Bearer wrong"],
+    ]);
+  });
+
+  it("defaults to the local stack's URL and admin token", () => {
+    expect(DEFAULT_URL).toBe("http://127.0.0.1:8787");
+    expect(DEFAULT_TOKEN).toBe(LOCAL_DEFAULTS.ADMIN_TOKEN);
+  });
+
+  it("a refused connection or a non-JSON error answer exits 1 with a reason", async () => {
+    // A port that was just listening and is now closed: a real refusal.
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+    const { port } = closed.address() as AddressInfo;
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    const refused = await run(["stats"], { REEL_EXPORTS_URL: `http://127.0.0.1:${port}` });
+    expect(refused.code).toBe(1);
+    expect(refused.err).toMatch(new RegExp(`^error: cannot reach http://127.0.0.1:${port}: `));
+
+    const gateway = createServer((_req, res) => {
+      res.writeHead(502, { "content-type": "text/plain" }).end("Bad gateway");
+    });
+    await new Promise<void>((resolve) => gateway.listen(0, "127.0.0.1", resolve));
+    const gatewayPort = (gateway.address() as AddressInfo).port;
+    try {
+      expect(
+        await run(["stats"], { REEL_EXPORTS_URL: `http://127.0.0.1:${gatewayPort}` }),
+      ).toMatchObject({
+        code: 1,
+        err: "error: unexpected_answer: Bad gateway (HTTP 502)\n",
+      });
+    } finally {
+      await new Promise<void>((resolve) => gateway.close(() => resolve()));
+    }
+  });
+
+  it("help prints usage and exits 0; usage errors print usage to stderr and exit 2", async () => {
+    for (const argv of [[], ["help"], ["--help"], ["list", "-h"]]) {
+      const { code, out, err } = await run(argv);
+      expect({ code, err }).toEqual({ code: 0, err: "" });
+      expect(out).toContain("Usage: npm run dlq -- <command>");
+    }
+    for (const [argv, message] of [
+      [["frobnicate"], "unknown command: frobnicate"],
+      [["show"], "show needs a dead letter ID"],
+      [["replay"], "replay needs a dead letter ID"],
+      [["delete", "a", "b"], "too many arguments: b"],
+      [["list", "--limit", "0"], "--limit must be a positive integer: 0"],
+      [["list", "--bogus"], "Unknown option '--bogus'"],
+    ] as const) {
+      const { code, out, err } = await run([...argv]);
+      expect({ code, out }).toEqual({ code: 2, out: "" });
+      expect(err).toContain(message);
+      expect(err).toContain("Usage: npm run dlq -- <command>");
+    }
+    expect(requests).toEqual([]);
+  });
+});
