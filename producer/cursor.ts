@@ -24,3 +24,27 @@ export function decodeCursor(cursor: string): SortKey | null {
     return null;
   }
 }
+
+/** The cursor of a query string: null for the first page, or a 400 answer for a bad cursor. */
+export function readCursor(
+  raw: string | undefined,
+  invalid: () => Response,
+): { after: SortKey | null } | { response: Response } {
+  if (raw === undefined) return { after: null };
+  const after = decodeCursor(raw);
+  return after ? { after } : { response: invalid() };
+}
+
+/** Cuts `limit + 1` fetched rows to a page and the cursor of the next one (null on the last). */
+export function toPage<T>(
+  rows: readonly T[],
+  limit: number,
+  key: (row: T) => SortKey,
+): { items: T[]; next_cursor: string | null } {
+  const items = rows.slice(0, limit);
+  const last = items.at(-1);
+  return {
+    items,
+    next_cursor: rows.length > limit && last !== undefined ? encodeCursor(key(last)) : null,
+  };
+}

@@ -100,3 +100,10 @@ export async function readJsonBody<T>(
   }
   return { ok: true, value: parsed.data };
 }
+
+/** 400 for a cursor this API did not hand out. */
+export function badCursor(c: Context): Response {
+  return apiError(c, 400, "invalid_request", "the cursor is not valid", [
+    { path: ["cursor"], message: "not a cursor returned by this API" },
+  ]);
+}

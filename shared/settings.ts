@@ -1,4 +1,4 @@
-import type { CommonEnv, ConsumerEnv } from "./env.ts";
+import type { CommonEnv, ConsumerEnv, ProducerEnv } from "./env.ts";
 
 /** Reads a numeric var, falling back to the contract's default when it is missing or empty. */
 function numberVar(value: string | undefined, fallback: number, name: string): number {
@@ -68,4 +68,9 @@ export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
     ),
     ttlMs: numberVar(env.RUNPOD_TTL_MS, 86_400_000, "RUNPOD_TTL_MS"),
   };
+}
+
+/** The producer's copy of the consumer's poll interval: progress reports push the next poll. */
+export function pollAfterSeconds(env: ProducerEnv): number {
+  return numberVar(env.POLL_AFTER_S, 300, "POLL_AFTER_S");
 }

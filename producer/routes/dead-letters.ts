@@ -5,8 +5,8 @@ import * as repo from "../../shared/job-repository.ts";
 import { toJob } from "../../shared/job-repository.ts";
 import { requeue } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
-import { decodeCursor, encodeCursor } from "../cursor.ts";
-import { type AppContext, apiError, zodIssues } from "../http.ts";
+import { readCursor, toPage } from "../cursor.ts";
+import { type AppContext, apiError, badCursor, zodIssues } from "../http.ts";
 
 /** The row with `body` parsed back when it is JSON (it is stored as received). */
 function toDeadLetter(row: DeadLetterRow) {
@@ -31,23 +31,12 @@ export async function listDeadLetters(c: AppContext): Promise<Response> {
   if (!parsed.success) {
     return apiError(c, 400, "invalid_request", "the query is not valid", zodIssues(parsed.error));
   }
-  const { limit, cursor } = parsed.data;
-  const after = cursor === undefined ? null : decodeCursor(cursor);
-  if (cursor !== undefined && after === null) {
-    return apiError(c, 400, "invalid_request", "the cursor is not valid", [
-      { path: ["cursor"], message: "not a cursor returned by this API" },
-    ]);
-  }
-  const rows = await repo.listDeadLetters(c.env.DB, limit, after);
-  const page = rows.slice(0, limit);
-  const last = page.at(-1);
-  return c.json({
-    dead_letters: page.map(toDeadLetter),
-    next_cursor:
-      rows.length > limit && last
-        ? encodeCursor({ created_at: last.received_at, id: last.id })
-        : null,
-  });
+  const { limit } = parsed.data;
+  const cursor = readCursor(parsed.data.cursor, () => badCursor(c));
+  if ("response" in cursor) return cursor.response;
+  const rows = await repo.listDeadLetters(c.env.DB, limit, cursor.after);
+  const page = toPage(rows, limit, (row) => ({ created_at: row.received_at, id: row.id }));
+  return c.json({ dead_letters: page.items.map(toDeadLetter), next_cursor: page.next_cursor });
 }
 
 /** `GET /dead-letters/{id}`: the dead letter and its job (null when it names none). */

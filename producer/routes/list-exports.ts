@@ -1,8 +1,8 @@
 import { z } from "zod";
 import * as repo from "../../shared/job-repository.ts";
 import { toJob } from "../../shared/job-repository.ts";
-import { decodeCursor, encodeCursor } from "../cursor.ts";
-import { type AppContext, apiError, zodIssues } from "../http.ts";
+import { readCursor, toPage } from "../cursor.ts";
+import { type AppContext, apiError, badCursor, zodIssues } from "../http.ts";
 
 const MAX_PROJECTS = 100;
 
@@ -33,20 +33,14 @@ export async function listExports(c: AppContext): Promise<Response> {
     return apiError(c, 400, "invalid_request", "the query is not valid", zodIssues(parsed.error));
   }
   const query = parsed.data;
-  const after = query.cursor === undefined ? null : decodeCursor(query.cursor);
-  if (query.cursor !== undefined && after === null) {
-    return apiError(c, 400, "invalid_request", "the cursor is not valid", [
-      { path: ["cursor"], message: "not a cursor returned by this API" },
-    ]);
-  }
+  const cursor = readCursor(query.cursor, () => badCursor(c));
+  if ("response" in cursor) return cursor.response;
   const rows = await repo.listJobs(c.env.DB, {
     projectIds: [...new Set(query.project_id)],
     statuses: query.active === "true" ? ["pending", "processing"] : null,
     limit: query.limit,
-    after,
+    after: cursor.after,
   });
-  const page = rows.slice(0, query.limit);
-  const last = page.at(-1);
-  const nextCursor = rows.length > query.limit && last ? encodeCursor(last) : null;
-  return c.json({ jobs: page.map(toJob), next_cursor: nextCursor });
+  const page = toPage(rows, query.limit, (row) => row);
+  return c.json({ jobs: page.items.map(toJob), next_cursor: page.next_cursor });
 }

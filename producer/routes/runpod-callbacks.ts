@@ -6,7 +6,7 @@ import * as repo from "../../shared/job-repository.ts";
 import { applyRunStatus } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import { progressReport, runpodStatusObject } from "../../shared/schemas.ts";
-import { retrySettings } from "../../shared/settings.ts";
+import { pollAfterSeconds, retrySettings } from "../../shared/settings.ts";
 import { verifyAttempt } from "../../shared/signing.ts";
 import { type AppContext, apiError, readJsonBody } from "../http.ts";
 
@@ -26,10 +26,7 @@ function badSignature(c: AppContext): Response {
   return apiError(c, 401, "bad_signature", "the URL's signature does not match");
 }
 
-function pollAfterS(c: AppContext): number {
-  const value = Number(c.env.POLL_AFTER_S ?? "300");
-  return Number.isFinite(value) && value >= 0 ? value : 300;
-}
+const pollAfterS = (c: AppContext) => pollAfterSeconds(c.env);
 
 /**
  * `POST /runpod/webhook/{id}?attempt=N&sig=HEX`: RunPod's status object for one run. Anything
