@@ -7,7 +7,7 @@ const stack = await startLocalStack({ settings });
 console.log(`
 reel-exports is running locally
   producer   ${stack.producerUrl}        (API_TOKEN=${stack.settings.API_TOKEN}, ADMIN_TOKEN=${stack.settings.ADMIN_TOKEN})
-  consumer   ${stack.consumerUrl}        (GET /__scheduled runs the reconciler)
+  consumer   ${stack.consumerUrl}        (reconciler every minute; GET /__scheduled runs it now)
   RunPod     ${stack.runpodBaseUrl}${stack.emulatorUrl ? "  (emulator)" : ""}
   sample     uploads/demo/sample.mp4 in R2 bucket reel-ballers-videos
 
@@ -18,10 +18,18 @@ Try:
 Ctrl-C stops everything.
 `);
 
+// wrangler dev does not fire cron triggers; stand in for the consumer's `* * * * *` schedule.
+const cron = setInterval(() => {
+  fetch(`${stack.consumerUrl}/__scheduled`).catch((error: unknown) => {
+    console.error(`[cron] reconciler run failed: ${String(error)}`);
+  });
+}, 60_000);
+
 let stopping = false;
 const shutdown = async () => {
   if (stopping) return;
   stopping = true;
+  clearInterval(cron);
   console.log("stopping…");
   await stack.stop();
   process.exit(0);

@@ -2,8 +2,10 @@
 // it names the state it expects (`status`, the attempt as `retry_count`, the run) and RETURNING
 // tells the caller whether the transition happened. A statement that matches no row means
 // "someone else got there first" (a duplicate delivery, a late webhook), never an error.
-// The state machine that decides which of these to call is shared/job-state.ts.
+// The state machine that decides which of these to call is shared/job-state.ts. The guarded
+// transitions are retried on transient D1 errors (shared/d1-retry.ts): running one twice is safe.
 
+import { retryTransient } from "./d1-retry.ts";
 import type { JobType } from "./schemas.ts";
 
 export type JobStatus = "pending" | "processing" | "complete" | "error";
@@ -183,14 +185,16 @@ export function recordRun(
   runpodJobId: string,
   pollAfterS: number,
 ): Promise<JobRow | null> {
-  return db
-    .prepare(
-      `UPDATE export_jobs SET runpod_job_id = ?, due_at = ${nowPlus("?")}
-       WHERE id = ? AND status = 'processing' AND retry_count = ? AND runpod_job_id IS NULL
-       RETURNING *`,
-    )
-    .bind(runpodJobId, seconds(pollAfterS), id, attempt)
-    .first<JobRow>();
+  return retryTransient(() =>
+    db
+      .prepare(
+        `UPDATE export_jobs SET runpod_job_id = ?, due_at = ${nowPlus("?")}
+         WHERE id = ? AND status = 'processing' AND retry_count = ? AND runpod_job_id IS NULL
+         RETURNING *`,
+      )
+      .bind(runpodJobId, seconds(pollAfterS), id, attempt)
+      .first<JobRow>(),
+  );
 }
 
 /**
@@ -207,20 +211,22 @@ export function failAttempt(
   error: string,
   retryDelayS: number,
 ): Promise<Pick<JobRow, "status" | "retry_count"> | null> {
-  return db
-    .prepare(
-      `UPDATE export_jobs
-       SET status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'error' END,
-           error = ?,
-           due_at = CASE WHEN retry_count < 3 THEN ${nowPlus("?")} ELSE NULL END,
-           runpod_job_id = COALESCE(runpod_job_id, ?),
-           retry_count = retry_count + 1
-       WHERE id = ? AND status = 'processing' AND retry_count = ?
-         AND (runpod_job_id IS NULL OR runpod_job_id = ?)
-       RETURNING status, retry_count`,
-    )
-    .bind(error, seconds(retryDelayS), runpodJobId, id, attempt, runpodJobId)
-    .first<Pick<JobRow, "status" | "retry_count">>();
+  return retryTransient(() =>
+    db
+      .prepare(
+        `UPDATE export_jobs
+         SET status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'error' END,
+             error = ?,
+             due_at = CASE WHEN retry_count < 3 THEN ${nowPlus("?")} ELSE NULL END,
+             runpod_job_id = COALESCE(runpod_job_id, ?),
+             retry_count = retry_count + 1
+         WHERE id = ? AND status = 'processing' AND retry_count = ?
+           AND (runpod_job_id IS NULL OR runpod_job_id = ?)
+         RETURNING status, retry_count`,
+      )
+      .bind(error, seconds(retryDelayS), runpodJobId, id, attempt, runpodJobId)
+      .first<Pick<JobRow, "status" | "retry_count">>(),
+  );
 }
 
 /** completeJob: the seed's "mark job complete", for the current attempt and run only. */
@@ -231,17 +237,19 @@ export function completeJob(
   runpodJobId: string,
   outputVideoKey: string,
 ): Promise<JobRow | null> {
-  return db
-    .prepare(
-      `UPDATE export_jobs
-       SET status = 'complete', progress = 100, output_video_key = ?, completed_at = ${NOW},
-           due_at = NULL, runpod_job_id = COALESCE(runpod_job_id, ?)
-       WHERE id = ? AND status = 'processing' AND retry_count = ?
-         AND (runpod_job_id IS NULL OR runpod_job_id = ?)
-       RETURNING *`,
-    )
-    .bind(outputVideoKey, runpodJobId, id, attempt, runpodJobId)
-    .first<JobRow>();
+  return retryTransient(() =>
+    db
+      .prepare(
+        `UPDATE export_jobs
+         SET status = 'complete', progress = 100, output_video_key = ?, completed_at = ${NOW},
+             due_at = NULL, runpod_job_id = COALESCE(runpod_job_id, ?)
+         WHERE id = ? AND status = 'processing' AND retry_count = ?
+           AND (runpod_job_id IS NULL OR runpod_job_id = ?)
+         RETURNING *`,
+      )
+      .bind(outputVideoKey, runpodJobId, id, attempt, runpodJobId)
+      .first<JobRow>(),
+  );
 }
 
 /** endRunCancelled: RunPod reports the current run CANCELLED → error 'cancelled'. */
@@ -251,17 +259,19 @@ export function endRunCancelled(
   attempt: number,
   runpodJobId: string,
 ): Promise<JobRow | null> {
-  return db
-    .prepare(
-      `UPDATE export_jobs
-       SET status = 'error', error = 'cancelled', due_at = NULL,
-           runpod_job_id = COALESCE(runpod_job_id, ?)
-       WHERE id = ? AND status = 'processing' AND retry_count = ?
-         AND (runpod_job_id IS NULL OR runpod_job_id = ?)
-       RETURNING *`,
-    )
-    .bind(runpodJobId, id, attempt, runpodJobId)
-    .first<JobRow>();
+  return retryTransient(() =>
+    db
+      .prepare(
+        `UPDATE export_jobs
+         SET status = 'error', error = 'cancelled', due_at = NULL,
+             runpod_job_id = COALESCE(runpod_job_id, ?)
+         WHERE id = ? AND status = 'processing' AND retry_count = ?
+           AND (runpod_job_id IS NULL OR runpod_job_id = ?)
+         RETURNING *`,
+      )
+      .bind(runpodJobId, id, attempt, runpodJobId)
+      .first<JobRow>(),
+  );
 }
 
 /** cancelJob: a user's cancel of a job that has not finished. */
@@ -284,14 +294,16 @@ export function recordProgress(
   progress: number,
   pollAfterS: number,
 ): Promise<JobRow | null> {
-  return db
-    .prepare(
-      `UPDATE export_jobs SET progress = ?, due_at = ${nowPlus("?")}
-       WHERE id = ? AND status = 'processing' AND retry_count = ? AND progress < ?
-       RETURNING *`,
-    )
-    .bind(progress, seconds(pollAfterS), id, attempt, progress)
-    .first<JobRow>();
+  return retryTransient(() =>
+    db
+      .prepare(
+        `UPDATE export_jobs SET progress = ?, due_at = ${nowPlus("?")}
+         WHERE id = ? AND status = 'processing' AND retry_count = ? AND progress < ?
+         RETURNING *`,
+      )
+      .bind(progress, seconds(pollAfterS), id, attempt, progress)
+      .first<JobRow>(),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
