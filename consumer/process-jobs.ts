@@ -37,9 +37,6 @@ export function consumerDeps(env: ConsumerEnv): ConsumerDeps {
   return { db: env.DB, runpod: createRunpodClient(settings.runpod), settings };
 }
 
-/** Messages whose body is not `{"job_id": "<uuid>"}`; the caller records and acks them. */
-export type PoisonMessage = Message<unknown>;
-
 /**
  * Processes one batch of `export-jobs`. Returns the messages that did not parse, not yet acked:
  * the caller records them as dead letters, then acks them.
@@ -47,8 +44,8 @@ export type PoisonMessage = Message<unknown>;
 export async function processJobBatch(
   deps: ConsumerDeps,
   messages: readonly Message<unknown>[],
-): Promise<PoisonMessage[]> {
-  const poison: PoisonMessage[] = [];
+): Promise<Message<unknown>[]> {
+  const poison: Message<unknown>[] = [];
   const byJob = new Map<string, Message<unknown>[]>();
   for (const message of messages) {
     const parsed = jobMessage.safeParse(message.body);

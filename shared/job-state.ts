@@ -18,10 +18,6 @@ import type { RunpodStatusObject } from "./schemas.ts";
 import { r2Key } from "./schemas.ts";
 import type { RetrySettings } from "./settings.ts";
 
-export type { JobRow, JobStatus } from "./job-repository.ts";
-
-export const isTerminal = (status: JobRow["status"]) => status === "complete" || status === "error";
-
 /** Where the GPU worker writes the result unless it reports another key. */
 export function plannedOutputKey(job: Pick<JobRow, "id" | "project_id">): string {
   return `exports/${job.project_id}/${job.id}.mp4`;
