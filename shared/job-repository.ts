@@ -2,8 +2,9 @@
 // it names the state it expects (`status`, the attempt as `retry_count`, the run) and RETURNING
 // tells the caller whether the transition happened. A statement that matches no row means
 // "someone else got there first" (a duplicate delivery, a late webhook), never an error.
-// The state machine that decides which of these to call is shared/job-state.ts. The guarded
-// transitions are retried on transient D1 errors (shared/d1-retry.ts): running one twice is safe.
+// The state machine that decides which of these to call is shared/job-state.ts. Reads, the claim
+// and the guarded transitions are retried on transient D1 errors (shared/d1-retry.ts): running one
+// of them twice is safe.
 
 import { retryTransient } from "./d1-retry.ts";
 import type { JobType } from "./schemas.ts";
@@ -95,7 +96,9 @@ export function findJobByIdempotencyKey(
 }
 
 export function getJob(db: D1Database, id: string): Promise<JobRow | null> {
-  return db.prepare("SELECT * FROM export_jobs WHERE id = ?").bind(id).first<JobRow>();
+  return retryTransient(() =>
+    db.prepare("SELECT * FROM export_jobs WHERE id = ?").bind(id).first<JobRow>(),
+  );
 }
 
 export interface ListCursor {
@@ -132,13 +135,15 @@ export async function listJobs(db: D1Database, query: ListJobsQuery): Promise<Jo
     where.push("(created_at < ? OR (created_at = ? AND id < ?))");
     binds.push(query.after.created_at, query.after.created_at, query.after.id);
   }
-  const { results } = await db
-    .prepare(
-      `SELECT * FROM export_jobs WHERE ${where.join(" AND ")}
-       ORDER BY created_at DESC, id DESC LIMIT ?`,
-    )
-    .bind(...binds, query.limit + 1)
-    .all<JobRow>();
+  const { results } = await retryTransient(() =>
+    db
+      .prepare(
+        `SELECT * FROM export_jobs WHERE ${where.join(" AND ")}
+         ORDER BY created_at DESC, id DESC LIMIT ?`,
+      )
+      .bind(...binds, query.limit + 1)
+      .all<JobRow>(),
+  );
   return results;
 }
 
@@ -159,16 +164,18 @@ export async function claimJobs(
   const claimed: JobRow[] = [];
   for (let i = 0; i < ids.length; i += MAX_IDS_PER_STATEMENT) {
     const chunk = ids.slice(i, i + MAX_IDS_PER_STATEMENT);
-    const { results } = await db
-      .prepare(
-        `UPDATE export_jobs
-         SET status = 'processing', started_at = ${NOW}, progress = 0, runpod_job_id = NULL,
-             due_at = ${nowPlus("?")}
-         WHERE id IN (${chunk.map(() => "?").join(", ")}) AND status = 'pending'
-         RETURNING *`,
-      )
-      .bind(seconds(claimTimeoutS), ...chunk)
-      .all<JobRow>();
+    const { results } = await retryTransient(() =>
+      db
+        .prepare(
+          `UPDATE export_jobs
+           SET status = 'processing', started_at = ${NOW}, progress = 0, runpod_job_id = NULL,
+               due_at = ${nowPlus("?")}
+           WHERE id IN (${chunk.map(() => "?").join(", ")}) AND status = 'pending'
+           RETURNING *`,
+        )
+        .bind(seconds(claimTimeoutS), ...chunk)
+        .all<JobRow>(),
+    );
     claimed.push(...results);
   }
   return claimed;
@@ -440,7 +447,9 @@ export async function listDeadLetters(
 }
 
 export function getDeadLetter(db: D1Database, id: string): Promise<DeadLetterRow | null> {
-  return db.prepare("SELECT * FROM dead_letters WHERE id = ?").bind(id).first<DeadLetterRow>();
+  return retryTransient(() =>
+    db.prepare("SELECT * FROM dead_letters WHERE id = ?").bind(id).first<DeadLetterRow>(),
+  );
 }
 
 export async function deleteDeadLetter(db: D1Database, id: string): Promise<boolean> {
@@ -498,21 +507,23 @@ export interface Stats {
 }
 
 export async function readStats(db: D1Database): Promise<Stats> {
-  const [byStatus, oldest, withoutRun, letters] = await db.batch([
-    db.prepare("SELECT status, COUNT(*) AS n FROM export_jobs GROUP BY status"),
-    db.prepare(
-      `SELECT created_at,
+  const [byStatus, oldest, withoutRun, letters] = await retryTransient(() =>
+    db.batch([
+      db.prepare("SELECT status, COUNT(*) AS n FROM export_jobs GROUP BY status"),
+      db.prepare(
+        `SELECT created_at,
               CAST(ROUND((julianday('now') - julianday(created_at)) * 86400) AS INTEGER) AS age_s
        FROM export_jobs WHERE status = 'pending' ORDER BY created_at LIMIT 1`,
-    ),
-    db.prepare(
-      "SELECT COUNT(*) AS n FROM export_jobs WHERE status = 'processing' AND runpod_job_id IS NULL",
-    ),
-    db.prepare(
-      `SELECT COUNT(*) AS total, COALESCE(SUM(replayed_at IS NULL), 0) AS not_replayed
+      ),
+      db.prepare(
+        "SELECT COUNT(*) AS n FROM export_jobs WHERE status = 'processing' AND runpod_job_id IS NULL",
+      ),
+      db.prepare(
+        `SELECT COUNT(*) AS total, COALESCE(SUM(replayed_at IS NULL), 0) AS not_replayed
        FROM dead_letters`,
-    ),
-  ]);
+      ),
+    ]),
+  );
   const jobs: Record<JobStatus, number> = { pending: 0, processing: 0, complete: 0, error: 0 };
   for (const row of (byStatus?.results ?? []) as { status: JobStatus; n: number }[]) {
     jobs[row.status] = row.n;
