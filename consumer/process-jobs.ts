@@ -87,7 +87,7 @@ export async function processJobBatch(
 }
 
 /** Submits one claimed job and acks or retries its message. */
-export async function submitJob(
+async function submitJob(
   deps: ConsumerDeps,
   job: JobRow,
   message: Message<unknown>,

@@ -3,15 +3,29 @@
 
 const encoder = new TextEncoder();
 
-async function hmacKey(secret: string, usage: "sign" | "verify"): Promise<CryptoKey> {
+/** Lowercase hex of bytes (signatures, digests). */
+export function toHex(bytes: ArrayBuffer): string {
+  return [...new Uint8Array(bytes)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+// Imported once per isolate and secret, not once per job of a batch or per webhook.
+const keys = new Map<string, Promise<CryptoKey>>();
+
+function hmacKey(secret: string, usage: "sign" | "verify"): Promise<CryptoKey> {
   if (!secret) throw new Error("WEBHOOK_SECRET is not set");
-  return crypto.subtle.importKey(
-    "raw",
-    encoder.encode(secret),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    [usage],
-  );
+  const cacheKey = `${usage}:${secret}`;
+  let key = keys.get(cacheKey);
+  if (!key) {
+    key = crypto.subtle.importKey(
+      "raw",
+      encoder.encode(secret),
+      { name: "HMAC", hash: "SHA-256" },
+      false,
+      [usage],
+    );
+    keys.set(cacheKey, key);
+  }
+  return key;
 }
 
 const message = (jobId: string, attempt: number) => encoder.encode(`${jobId}:${attempt}`);
@@ -22,7 +36,7 @@ export async function signAttempt(secret: string, jobId: string, attempt: number
     await hmacKey(secret, "sign"),
     message(jobId, attempt),
   );
-  return [...new Uint8Array(mac)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+  return toHex(mac);
 }
 
 /** Constant-time check (crypto.subtle.verify compares in constant time). */

@@ -1,8 +1,6 @@
 import { z } from "zod";
-import * as repo from "../../shared/job-repository.ts";
-import { toJob } from "../../shared/job-repository.ts";
-import { readCursor, toPage } from "../cursor.ts";
-import { type AppContext, apiError, badCursor, zodIssues } from "../http.ts";
+import { type AppContext, apiError, zodIssues } from "../http.ts";
+import { jobPage } from "../job-page.ts";
 
 const adminQuery = z.object({
   project_id: z.coerce.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
@@ -26,14 +24,13 @@ export async function listJobsForOperators(c: AppContext): Promise<Response> {
     return apiError(c, 400, "invalid_request", "the query is not valid", zodIssues(parsed.error));
   }
   const query = parsed.data;
-  const cursor = readCursor(query.cursor, () => badCursor(c));
-  if ("response" in cursor) return cursor.response;
-  const rows = await repo.listJobs(c.env.DB, {
-    projectIds: query.project_id === undefined ? null : [query.project_id],
-    statuses: query.status === undefined ? null : [query.status],
-    limit: query.limit,
-    after: cursor.after,
-  });
-  const page = toPage(rows, query.limit, (row) => row);
-  return c.json({ jobs: page.items.map(toJob), next_cursor: page.next_cursor });
+  return jobPage(
+    c,
+    {
+      projectIds: query.project_id === undefined ? null : [query.project_id],
+      statuses: query.status === undefined ? null : [query.status],
+    },
+    query.limit,
+    query.cursor,
+  );
 }

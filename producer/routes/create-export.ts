@@ -3,6 +3,7 @@ import * as repo from "../../shared/job-repository.ts";
 import { toJob } from "../../shared/job-repository.ts";
 import { log } from "../../shared/log.ts";
 import { type CreateExportRequest, createExportRequest } from "../../shared/schemas.ts";
+import { toHex } from "../../shared/signing.ts";
 import { type AppContext, apiError, readJsonBody } from "../http.ts";
 
 /** JSON with object keys sorted at every level, so equal bodies hash equally. */
@@ -20,7 +21,7 @@ async function requestHash(request: CreateExportRequest): Promise<string> {
     "SHA-256",
     new TextEncoder().encode(canonicalJson(request)),
   );
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return toHex(digest);
 }
 
 /** A repeat of an Idempotency-Key: the first job (200) if the body is the same, else 422. */

@@ -1,8 +1,6 @@
 import { z } from "zod";
-import * as repo from "../../shared/job-repository.ts";
-import { toJob } from "../../shared/job-repository.ts";
-import { readCursor, toPage } from "../cursor.ts";
-import { type AppContext, apiError, badCursor, zodIssues } from "../http.ts";
+import { type AppContext, apiError, zodIssues } from "../http.ts";
+import { jobPage } from "../job-page.ts";
 
 const MAX_PROJECTS = 100;
 
@@ -33,14 +31,13 @@ export async function listExports(c: AppContext): Promise<Response> {
     return apiError(c, 400, "invalid_request", "the query is not valid", zodIssues(parsed.error));
   }
   const query = parsed.data;
-  const cursor = readCursor(query.cursor, () => badCursor(c));
-  if ("response" in cursor) return cursor.response;
-  const rows = await repo.listJobs(c.env.DB, {
-    projectIds: [...new Set(query.project_id)],
-    statuses: query.active === "true" ? ["pending", "processing"] : null,
-    limit: query.limit,
-    after: cursor.after,
-  });
-  const page = toPage(rows, query.limit, (row) => row);
-  return c.json({ jobs: page.items.map(toJob), next_cursor: page.next_cursor });
+  return jobPage(
+    c,
+    {
+      projectIds: [...new Set(query.project_id)],
+      statuses: query.active === "true" ? ["pending", "processing"] : null,
+    },
+    query.limit,
+    query.cursor,
+  );
 }

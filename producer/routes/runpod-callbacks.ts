@@ -26,8 +26,6 @@ function badSignature(c: AppContext): Response {
   return apiError(c, 401, "bad_signature", "the URL's signature does not match");
 }
 
-const pollAfterS = (c: AppContext) => pollAfterSeconds(c.env);
-
 /**
  * `POST /runpod/webhook/{id}?attempt=N&sig=HEX`: RunPod's status object for one run. Anything
  * valid answers 200 — applied, or ignored as a duplicate, stale or finished — because RunPod
@@ -46,7 +44,7 @@ export async function runpodWebhook(c: AppContext): Promise<Response> {
       db: c.env.DB,
       queue: c.env.EXPORT_QUEUE,
       retry: retrySettings(c.env),
-      pollAfterS: pollAfterS(c),
+      pollAfterS: pollAfterSeconds(c.env),
     },
     job,
     attempt,
@@ -67,7 +65,7 @@ export async function runpodProgress(c: AppContext): Promise<Response> {
     c.req.param("id") ?? "",
     attempt,
     Math.floor(body.value.progress),
-    pollAfterS(c),
+    pollAfterSeconds(c.env),
   );
   return c.body(null, 204);
 }
