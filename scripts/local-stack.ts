@@ -4,11 +4,13 @@
 // Used by `npm start` (scripts/start.ts) and by the end-to-end tests.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import path from "node:path";
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
 const wranglerJs = path.join(root, "node_modules/wrangler/bin/wrangler.js");
+const guardTs = path.join(root, "scripts/guard.ts");
 
 /** The contract's fixed local defaults; any of them (and every other setting) can be overridden. */
 export const LOCAL_DEFAULTS: Record<string, string> = {
@@ -62,6 +64,8 @@ export interface LocalStack {
   runpodBaseUrl: string;
   emulatorUrl: string | null;
   settings: Record<string, string>;
+  /** The state directory (D1, R2, queues) this stack holds. */
+  persistTo: string;
   /** Kills the consumer Worker's process at once (SIGKILL), as a crash would. */
   crashConsumer(): Promise<void>;
   /** Starts the consumer Worker again after a crash and waits until it answers. */
@@ -72,12 +76,17 @@ export interface LocalStack {
 /** The last lines each child printed, to explain an early exit. */
 const recent = new WeakMap<ChildProcess, string[]>();
 
+/**
+ * Starts a child under scripts/guard.ts: the guard leads a process group of its own and stops the
+ * child's whole group when its stdin (a pipe from this process) closes, so nothing outlives the
+ * stack, however the stack ends (a SIGKILL of `npm start`'s group included).
+ */
 function run(name: string, args: string[], env: NodeJS.ProcessEnv, out: StackOptions["onOutput"]) {
-  const child = spawn(process.execPath, args, {
+  const child = spawn(process.execPath, [guardTs, process.execPath, ...args], {
     cwd: root,
     env,
     detached: true,
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["pipe", "pipe", "pipe"],
   });
   const forward = (chunk: Buffer) => {
     for (const line of chunk.toString().split("\n")) {
@@ -88,21 +97,16 @@ function run(name: string, args: string[], env: NodeJS.ProcessEnv, out: StackOpt
   };
   child.stdout?.on("data", forward);
   child.stderr?.on("data", forward);
+  child.stdin?.on("error", () => {});
   return child;
 }
 
-function runToEnd(
-  name: string,
-  args: string[],
-  env: NodeJS.ProcessEnv,
-  out: StackOptions["onOutput"],
-) {
+function runToEnd(name: string, child: ChildProcess) {
   return new Promise<void>((resolve, reject) => {
-    const child = run(name, args, env, out);
     child.on("exit", (code) => {
       const lines = (recent.get(child) ?? []).join("\n");
       if (code === 0) resolve();
-      else reject(new Error(`${name} exited with ${code}${lines ? `:\n${lines}` : ""}`));
+      else reject(new StackStartError(`${name} exited with ${code}${lines ? `:\n${lines}` : ""}`));
     });
   });
 }
@@ -111,7 +115,9 @@ async function waitUntilUp(url: string, what: string, child: ChildProcess): Prom
   for (let i = 0; i < 600; i++) {
     if (child.exitCode !== null) {
       const lines = (recent.get(child) ?? []).join("\n");
-      throw new Error(`${what} exited with ${child.exitCode}${lines ? `:\n${lines}` : ""}`);
+      throw new StackStartError(
+        `${what} exited with ${child.exitCode} while starting${lines ? `:\n${lines}` : ""}`,
+      );
     }
     try {
       await fetch(url, { signal: AbortSignal.timeout(1000) });
@@ -120,31 +126,115 @@ async function waitUntilUp(url: string, what: string, child: ChildProcess): Prom
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
-  throw new Error(`${what} did not start at ${url}`);
+  throw new StackStartError(`${what} did not start at ${url}`);
 }
 
-function stopChild(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+/** Stops a guarded child: closing its stdin makes the guard stop the child's whole group. */
+function stopChild(child: ChildProcess, signal?: NodeJS.Signals): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) {
     return Promise.resolve();
   }
+  const pid = child.pid;
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       try {
-        process.kill(-(child.pid as number), "SIGKILL");
+        process.kill(-pid, "SIGKILL");
       } catch {}
       resolve();
-    }, 5000);
+    }, 8000);
     child.on("exit", () => {
       clearTimeout(timer);
       resolve();
     });
-    try {
-      process.kill(-(child.pid as number), signal);
-    } catch {
-      clearTimeout(timer);
-      resolve();
+    if (signal) {
+      // A crash: the whole group at once, with no chance to clean up.
+      try {
+        process.kill(-pid, signal);
+      } catch {}
+    } else {
+      child.stdin?.end();
     }
   });
+}
+
+/** A start that cannot come up: the message says why and what to do. */
+export class StackStartError extends Error {}
+
+/** Resolves with whether something listens on 127.0.0.1:port (or the port cannot be bound). */
+function portInUse(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once("error", () => resolve(true));
+    server.listen({ port, host: "127.0.0.1", exclusive: true }, () => {
+      server.close(() => resolve(false));
+    });
+  });
+}
+
+export async function checkPortsFree(ports: Record<string, number>): Promise<void> {
+  const busy: string[] = [];
+  for (const [what, port] of Object.entries(ports)) {
+    if (await portInUse(port)) busy.push(`${port} (${what})`);
+  }
+  if (busy.length > 0) {
+    throw new StackStartError(
+      `cannot start: port${busy.length > 1 ? "s" : ""} ${busy.join(", ")} already in use.\n` +
+        "If a reel-exports stack of this checkout is still running, `npm run stop` stops it; " +
+        "otherwise stop whatever holds the port, or choose other ports " +
+        "(PRODUCER_PORT, CONSUMER_PORT, EMULATOR_PORT, INSPECTOR_PORT).",
+    );
+  }
+}
+
+/** What a running stack writes into its state directory: who holds it, and how to stop it. */
+export interface StackLock {
+  pid: number;
+  /** Process groups of the stack's guarded children (each guard leads its own). */
+  groups: number[];
+  started_at: string;
+  ports: Record<string, number>;
+}
+
+export function lockPath(persistTo: string): string {
+  return path.join(persistTo, "stack.json");
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+export function readLock(persistTo: string): StackLock | null {
+  try {
+    return JSON.parse(readFileSync(lockPath(persistTo), "utf8")) as StackLock;
+  } catch {
+    return null;
+  }
+}
+
+/** Takes the state directory for this process, or says who holds it. */
+function takeLock(persistTo: string, ports: Record<string, number>): StackLock {
+  mkdirSync(persistTo, { recursive: true });
+  const held = readLock(persistTo);
+  if (held && held.pid !== process.pid && alive(held.pid)) {
+    throw new StackStartError(
+      `cannot start: another stack (pid ${held.pid}, started ${held.started_at}) uses ${persistTo}.\n` +
+        "Two stacks on one state directory would lock each other's SQLite files. " +
+        "Stop it with `npm run stop`, or give this one its own STATE_DIR.",
+    );
+  }
+  const lock: StackLock = {
+    pid: process.pid,
+    groups: [],
+    started_at: new Date().toISOString(),
+    ports,
+  };
+  writeFileSync(lockPath(persistTo), JSON.stringify(lock));
+  return lock;
 }
 
 /** A few bytes with an MP4 `ftyp` box: enough for the producer's existence check. */
@@ -192,61 +282,71 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
   const wrangler = (...args: string[]) => [wranglerJs, ...args];
   const persist = ["--persist-to", persistTo];
 
-  await runToEnd(
-    "migrate",
-    wrangler(
-      "d1",
-      "migrations",
-      "apply",
-      "reel-ballers",
-      "--env",
-      "producer",
-      "--local",
-      ...persist,
-    ),
-    childEnv,
-    out,
-  );
-  const sample = writeSample(path.join(persistTo, "..", "sample"));
-  await runToEnd(
-    "seed",
-    wrangler(
-      "r2",
-      "object",
-      "put",
-      "reel-ballers-videos/uploads/demo/sample.mp4",
-      "--file",
-      sample,
-      "--content-type",
-      "video/mp4",
-      "--env",
-      "producer",
-      "--local",
-      ...persist,
-    ),
-    childEnv,
-    out,
-  );
+  const ports: Record<string, number> = {
+    producer: producerPort,
+    consumer: consumerPort,
+    "producer inspector": producerInspector,
+    "consumer inspector": consumerInspector,
+    ...(useEmulator ? { "RunPod emulator": emulatorPort } : {}),
+  };
+  await checkPortsFree(ports);
+  const lock = takeLock(persistTo, ports);
 
   const children: ChildProcess[] = [];
-  const stop = async () => {
-    await Promise.all(children.map((child) => stopChild(child)));
+  const guarded = (child: ChildProcess) => {
+    children.push(child);
+    if (child.pid !== undefined) lock.groups.push(child.pid);
+    writeFileSync(lockPath(persistTo), JSON.stringify(lock));
+    return child;
   };
+  let stopped: Promise<void> | undefined;
+  const stop = () => {
+    stopped ??= Promise.all(children.map((child) => stopChild(child))).then(() => {
+      if (readLock(persistTo)?.pid === process.pid) rmSync(lockPath(persistTo), { force: true });
+    });
+    return stopped;
+  };
+  const once = (name: string, args: string[]) =>
+    runToEnd(name, guarded(run(name, args, childEnv, out)));
   try {
+    await once(
+      "migrate",
+      wrangler("d1", "migrations", "apply", "reel-ballers", "--local", ...persist),
+    );
+    const sample = writeSample(path.join(persistTo, "..", "sample"));
+    await once(
+      "seed",
+      wrangler(
+        "r2",
+        "object",
+        "put",
+        "reel-ballers-videos/uploads/demo/sample.mp4",
+        "--file",
+        sample,
+        "--content-type",
+        "video/mp4",
+        "--env",
+        "producer",
+        "--local",
+        ...persist,
+      ),
+    );
+
     let emulatorUrl: string | null = null;
     if (useEmulator) {
-      const emulator = run(
-        "emulator",
-        [path.join(root, "emulator/main.ts")],
-        {
-          ...childEnv,
-          RUNPOD_EMULATOR_PORT: String(emulatorPort),
-          RUNPOD_EMULATOR_API_KEY: settings.RUNPOD_API_KEY,
-          ...options.emulatorEnv,
-        },
-        out,
+      const emulator = guarded(
+        run(
+          "emulator",
+          [path.join(root, "emulator/main.ts")],
+          {
+            ...childEnv,
+            RUNPOD_EMULATOR_PORT: String(emulatorPort),
+            RUNPOD_EMULATOR_API_KEY: settings.RUNPOD_API_KEY,
+            ...options.emulatorEnv,
+          },
+          out,
+        ),
       );
-      children.push(emulator);
       emulatorUrl = `http://127.0.0.1:${emulatorPort}`;
       await waitUntilUp(`${emulatorUrl}/health`, "the RunPod emulator", emulator);
     }
@@ -271,30 +371,29 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
         ...vars,
         ...extra,
       );
-    const producer = run(
-      "producer",
-      dev("producer", producerPort, producerInspector),
-      childEnv,
-      out,
-    );
-    children.push(producer);
     const consumerUrl = `http://127.0.0.1:${consumerPort}`;
     const startConsumer = async () => {
-      const consumer = run(
-        "consumer",
-        dev("consumer", consumerPort, consumerInspector, [
-          "--test-scheduled",
-          ...varFlags(options.consumerVars ?? {}),
-        ]),
-        childEnv,
-        out,
+      const consumer = guarded(
+        run(
+          "consumer",
+          dev("consumer", consumerPort, consumerInspector, [
+            "--test-scheduled",
+            ...varFlags(options.consumerVars ?? {}),
+          ]),
+          childEnv,
+          out,
+        ),
       );
-      children.push(consumer);
       await waitUntilUp(`${consumerUrl}/__scheduled`, "the consumer", consumer);
       return consumer;
     };
+    // One Worker after the other: two workerd processes opening the same fresh SQLite files at
+    // once can meet SQLITE_BUSY and fail to start.
     let consumer = await startConsumer();
     const producerUrl = `http://127.0.0.1:${producerPort}`;
+    const producer = guarded(
+      run("producer", dev("producer", producerPort, producerInspector), childEnv, out),
+    );
     await waitUntilUp(`${producerUrl}/health`, "the producer", producer);
     return {
       producerUrl,
@@ -302,6 +401,7 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
       runpodBaseUrl: settings.RUNPOD_BASE_URL as string,
       emulatorUrl,
       settings,
+      persistTo,
       crashConsumer: () => stopChild(consumer, "SIGKILL"),
       restartConsumer: async () => {
         consumer = await startConsumer();

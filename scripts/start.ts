@@ -1,14 +1,68 @@
-// `npm start`: the whole pipeline on this machine. Ctrl-C stops everything it started.
-import { SETTING_NAMES, startLocalStack } from "./local-stack.ts";
+// `npm start`: the whole pipeline on this machine. Ctrl-C stops everything it started; so do
+// SIGTERM, closing the terminal (SIGHUP) and an uncaught error. Every child runs under
+// scripts/guard.ts, so even a SIGKILL of this process leaves nothing running.
+import { SETTING_NAMES, StackStartError, startLocalStack } from "./local-stack.ts";
 
+/** Ports and state directory: the contract's defaults, movable for a second stack or a test. */
+function port(name: string, fallback: number): number {
+  const value = process.env[name];
+  if (value === undefined || value === "") return fallback;
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed <= 0 || parsed > 65535) {
+    console.error(`${name}=${value} is not a port`);
+    process.exit(2);
+  }
+  return parsed;
+}
+const inspector = port("INSPECTOR_PORT", 9229);
+
+let stopStack: (() => Promise<void>) | undefined;
+let stopping = false;
+const shutdown = async (code: number) => {
+  if (stopping) return;
+  stopping = true;
+  clearInterval(cron);
+  try {
+    console.log("stopping…");
+  } catch {} // the terminal may be gone (SIGHUP)
+  await stopStack?.();
+  process.exit(code);
+};
+process.on("SIGINT", () => shutdown(0));
+process.on("SIGTERM", () => shutdown(0));
+process.on("SIGHUP", () => shutdown(0));
+process.on("uncaughtException", (error) => {
+  console.error(error);
+  void shutdown(1);
+});
+// Output to a closed terminal must not stop the shutdown half-way.
+process.stdout.on("error", () => {});
+process.stderr.on("error", () => {});
+
+let cron: NodeJS.Timeout | undefined;
 const settings = Object.fromEntries(SETTING_NAMES.map((name) => [name, process.env[name]]));
-const stack = await startLocalStack({ settings });
+let stack: Awaited<ReturnType<typeof startLocalStack>>;
+try {
+  stack = await startLocalStack({
+    settings,
+    producerPort: port("PRODUCER_PORT", 8787),
+    consumerPort: port("CONSUMER_PORT", 8788),
+    emulatorPort: port("EMULATOR_PORT", 8790),
+    inspectorPorts: [inspector, inspector + 1],
+    persistTo: process.env.STATE_DIR || undefined,
+  });
+} catch (error) {
+  console.error(error instanceof StackStartError ? error.message : error);
+  process.exit(1);
+}
+stopStack = stack.stop;
 
 console.log(`
 reel-exports is running locally
   producer   ${stack.producerUrl}        (API_TOKEN=${stack.settings.API_TOKEN}, ADMIN_TOKEN=${stack.settings.ADMIN_TOKEN})
   consumer   ${stack.consumerUrl}        (reconciler every minute; GET /__scheduled runs it now)
   RunPod     ${stack.runpodBaseUrl}${stack.emulatorUrl ? "  (emulator)" : ""}
+  state      ${stack.persistTo}
   sample     uploads/demo/sample.mp4 in R2 bucket reel-ballers-videos
 
 Try:
@@ -19,20 +73,8 @@ Ctrl-C stops everything.
 `);
 
 // wrangler dev does not fire cron triggers; stand in for the consumer's `* * * * *` schedule.
-const cron = setInterval(() => {
+cron = setInterval(() => {
   fetch(`${stack.consumerUrl}/__scheduled`).catch((error: unknown) => {
     console.error(`[cron] reconciler run failed: ${String(error)}`);
   });
 }, 60_000);
-
-let stopping = false;
-const shutdown = async () => {
-  if (stopping) return;
-  stopping = true;
-  clearInterval(cron);
-  console.log("stopping…");
-  await stack.stop();
-  process.exit(0);
-};
-process.on("SIGINT", shutdown);
-process.on("SIGTERM", shutdown);

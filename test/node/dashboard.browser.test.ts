@@ -1,21 +1,23 @@
-// The operators' dashboard in a real browser (Debian's Chromium driven by playwright-core)
+// The operators' dashboard in a real browser (Chromium driven by playwright-core; see
+// support/chromium.ts for where the browser comes from)
 // against the same local stack as `npm start`. The story: the consumer was deployed without its
 // RunPod key, so a job's message ran out of deliveries and was dead-lettered; the fix is deployed
 // (the stack restarts on the same state); the operator signs in, replays the dead letter and
 // watches the job progress to complete.
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { main as dlq } from "../../scripts/dlq.ts";
 import { type LocalStack, type StackOptions, startLocalStack } from "../../scripts/local-stack.ts";
+import { type ChromiumLaunch, findChromium } from "./support/chromium.ts";
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const logs: string[] = [];
 let persistTo: string;
 let stack: LocalStack | undefined;
 let browser: Browser | undefined;
+let chromiumLaunch: ChromiumLaunch;
 
 function stackOptions(extra: Partial<StackOptions>): StackOptions {
   return {
@@ -46,10 +48,9 @@ async function until<T>(what: string, check: () => Promise<T | undefined>): Prom
 }
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM))
-    throw new Error(`no Chromium at ${CHROMIUM} (apt-get install chromium)`);
+  chromiumLaunch = await findChromium();
   persistTo = mkdtempSync(path.join(os.tmpdir(), "reel-browser-"));
-}, 10_000);
+}, 60_000);
 
 afterAll(async () => {
   await browser?.close();
@@ -118,17 +119,9 @@ describe("dashboard", () => {
     await stack?.stop(); // the mis-configured deployment, if the first test stopped early
     stack = await startLocalStack(stackOptions({}));
     browser = await chromium.launch({
-      executablePath: CHROMIUM,
+      executablePath: chromiumLaunch.executablePath,
       headless: true,
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
+      args: chromiumLaunch.args,
     });
     const page: Page = await browser.newPage();
     await page.goto(`${stack.producerUrl}/`);

@@ -1,7 +1,8 @@
 // End to end: both Workers under `wrangler dev` (the same scripts/local-stack.ts as `npm start`),
 // sharing local D1, R2 and the queue, with the RunPod emulator over real HTTP. The reconciler is
 // driven through the consumer's `GET /__scheduled`, as the cron would run it.
-import { mkdtempSync, rmSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { cpSync, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -22,8 +23,15 @@ const logs: string[] = [];
 let stack: LocalStack;
 let persistTo: string;
 
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
+
 beforeAll(async () => {
+  // A checkout of its own (wrangler.toml and migrations/), whose default local state
+  // `.wrangler/state` is where this stack keeps D1, R2 and the queue: the design note's wrangler
+  // commands, run verbatim in that checkout, must see what the stack did.
   persistTo = mkdtempSync(path.join(os.tmpdir(), "reel-e2e-"));
+  cpSync(path.join(root, "wrangler.toml"), path.join(persistTo, "wrangler.toml"));
+  cpSync(path.join(root, "migrations"), path.join(persistTo, "migrations"), { recursive: true });
   stack = await startStack();
 });
 
@@ -33,7 +41,7 @@ function startStack(): Promise<LocalStack> {
     consumerPort: 18788,
     emulatorPort: 18790,
     inspectorPorts: [19229, 19230],
-    persistTo: path.join(persistTo, "state"),
+    persistTo: path.join(persistTo, ".wrangler/state"),
     settings: {
       RUNPOD_ENDPOINT_ID: ENDPOINT,
       CLAIM_TIMEOUT_S: "1",
@@ -228,4 +236,46 @@ describe("the pipeline end to end", () => {
     const recovered = await waitForJob(next.id, finished, { reconcile: true });
     expect(recovered).toMatchObject({ status: "complete", retry_count: 0 });
   });
+
+  it("the design note's wrangler commands, run verbatim in the checkout, see the stack's D1", async () => {
+    const job = await createJob();
+    const wrangler = (...args: string[]) =>
+      new Promise<string>((resolve, reject) => {
+        execFile(
+          process.execPath,
+          [path.join(root, "node_modules/wrangler/bin/wrangler.js"), ...args],
+          {
+            cwd: persistTo,
+            env: { ...process.env, WRANGLER_SEND_METRICS: "false", NO_COLOR: "1" },
+          },
+          (error, stdout, stderr) =>
+            error ? reject(new Error(`${error.message}\n${stderr}`)) : resolve(stdout),
+        );
+      });
+    // npm start applied them already: the same database, nothing left to apply.
+    expect(await wrangler("d1", "migrations", "apply", "reel-ballers", "--local")).toMatch(
+      /No migrations to apply/i,
+    );
+    const tables = await wrangler(
+      "d1",
+      "execute",
+      "reel-ballers",
+      "--local",
+      "--command",
+      "SELECT name FROM sqlite_master WHERE type='table';",
+    );
+    for (const table of ["export_jobs", "dead_letters", "d1_migrations"]) {
+      expect(tables).toContain(table);
+    }
+    const rows = await wrangler(
+      "d1",
+      "execute",
+      "reel-ballers",
+      "--local",
+      "--json",
+      "--command",
+      `SELECT id FROM export_jobs WHERE id = '${job.id}'`,
+    );
+    expect(rows).toContain(job.id);
+  }, 60_000);
 });
