@@ -15,6 +15,7 @@ import {
 import { getExport } from "./routes/get-export.ts";
 import { health } from "./routes/health.ts";
 import { listExports } from "./routes/list-exports.ts";
+import { openapi } from "./routes/openapi.ts";
 import { runpodProgress, runpodWebhook } from "./routes/runpod-callbacks.ts";
 import { stats } from "./routes/stats.ts";
 
@@ -30,6 +31,7 @@ app.use("*", async (c, next) => {
 });
 
 app.get("/health", health);
+app.get("/openapi.json", openapi);
 
 const exportsApi = bearerAuth("API_TOKEN");
 app.post("/exports", exportsApi, createExport);

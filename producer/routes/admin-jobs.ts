@@ -2,7 +2,7 @@ import { z } from "zod";
 import { type AppContext, apiError, zodIssues } from "../http.ts";
 import { jobPage } from "../job-page.ts";
 
-const adminQuery = z.object({
+export const adminQuery = z.object({
   project_id: z.coerce.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
   status: z.enum(["pending", "processing", "complete", "error"]).optional(),
   limit: z.coerce.number().int().min(1).max(100).default(50),

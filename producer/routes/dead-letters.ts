@@ -17,7 +17,7 @@ function toDeadLetter(row: DeadLetterRow) {
   return { ...row, body };
 }
 
-const pageQuery = z.object({
+export const pageQuery = z.object({
   limit: z.coerce.number().int().min(1).max(100).default(20),
   cursor: z.string().min(1).optional(),
 });

@@ -4,7 +4,7 @@ import { jobPage } from "../job-page.ts";
 
 const MAX_PROJECTS = 100;
 
-const listQuery = z.object({
+export const listQuery = z.object({
   project_id: z
     .array(z.coerce.number().int().positive().max(Number.MAX_SAFE_INTEGER))
     .min(1, "at least one project_id is required")

@@ -10,7 +10,7 @@ import { pollAfterSeconds, retrySettings } from "../../shared/settings.ts";
 import { verifyAttempt } from "../../shared/signing.ts";
 import { type AppContext, apiError, readJsonBody } from "../http.ts";
 
-const attemptParam = z.coerce.number().int().min(0).max(1_000_000);
+export const attemptParam = z.coerce.number().int().min(0).max(1_000_000);
 
 /** The verified attempt number, or null when the URL's signature does not hold. */
 async function verifiedAttempt(c: AppContext): Promise<number | null> {
