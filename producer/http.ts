@@ -59,6 +59,42 @@ export function bearerAuth(name: "API_TOKEN" | "ADMIN_TOKEN"): MiddlewareHandler
   };
 }
 
+/**
+ * Reads `body` chunk by chunk and returns its bytes, or null as soon as more than `limit` bytes
+ * have arrived (the rest is cancelled, not read), so a body without a Content-Length (chunked)
+ * is never held in memory past the limit.
+ */
+async function readAtMost(
+  body: ReadableStream<Uint8Array> | null,
+  limit: number,
+): Promise<Uint8Array | null> {
+  if (!body) return new Uint8Array(0);
+  const reader = body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.byteLength;
+      if (total > limit) {
+        await reader.cancel().catch(() => {});
+        return null;
+      }
+      chunks.push(value);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
+}
+
 export type BodyResult<T> = { ok: true; value: T } | { ok: false; response: Response };
 
 /**
@@ -82,8 +118,8 @@ export async function readJsonBody<T>(
   if (declared > MAX_BODY_BYTES) {
     return fail(apiError(c, 413, "payload_too_large", `the body exceeds ${MAX_BODY_BYTES} bytes`));
   }
-  const raw = await c.req.arrayBuffer();
-  if (raw.byteLength > MAX_BODY_BYTES) {
+  const raw = await readAtMost(c.req.raw.body, MAX_BODY_BYTES);
+  if (raw === null) {
     return fail(apiError(c, 413, "payload_too_large", `the body exceeds ${MAX_BODY_BYTES} bytes`));
   }
   let data: unknown;
