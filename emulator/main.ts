@@ -2,7 +2,8 @@
 // RUNPOD_EMULATOR_PORT (8790), RUNPOD_EMULATOR_HOST (127.0.0.1), RUNPOD_EMULATOR_API_KEY,
 // RUNPOD_EMULATOR_SEED, RUNPOD_EMULATOR_LOG=0 to silence events, and one variable per timing or
 // fault of DEFAULT_CONFIG in upper snake case: runMs → RUNPOD_EMULATOR_RUN_MS,
-// failRate → RUNPOD_EMULATOR_FAIL_RATE, runScript → RUNPOD_EMULATOR_RUN_SCRIPT=429,500,200 …
+// failRate → RUNPOD_EMULATOR_FAIL_RATE, runScript → RUNPOD_EMULATOR_RUN_SCRIPT=429,500,200,
+// outage → RUNPOD_EMULATOR_OUTAGE=true, maxWorkers → RUNPOD_EMULATOR_MAX_WORKERS=2 …
 
 import process from "node:process";
 import {
@@ -15,7 +16,10 @@ import {
 const PREFIX = "RUNPOD_EMULATOR_";
 const envName = (key: string) => PREFIX + key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase();
 
-const toValue = (text: string) => (/^-?[\d.]+$/.test(text) ? Number(text) : text);
+const toValue = (text: string) => {
+  if (text === "true" || text === "false") return text === "true";
+  return /^-?[\d.]+$/.test(text) ? Number(text) : text;
+};
 
 function optionsFromEnv(env: NodeJS.ProcessEnv): Partial<EmulatorOptions> {
   const options: Partial<EmulatorOptions> = {};

@@ -45,6 +45,16 @@ export interface EndpointConfig {
   outcomeScript: TerminalOutcome[];
   /** Fate of the next terminal webhooks, consumed in order; wins over the rate. */
   webhookScript: WebhookAction[];
+  /** Token bucket on /run: refilled at this many tokens a second, capacity max(1, it); 0 = none. */
+  runRateLimitPerS: number;
+  /** While true (or until outageUntilMs, epoch ms), /run, /status and /cancel answer outageStatus. */
+  outage: boolean;
+  outageStatus: number;
+  outageUntilMs: number;
+  /** Jobs IN_PROGRESS at once (the others wait IN_QUEUE, first in first out); 0 = unlimited. */
+  maxWorkers: number;
+  /** Jobs IN_QUEUE at most: a /run beyond answers 429; 0 = unlimited. */
+  maxQueue: number;
 }
 
 export interface EmulatorOptions extends EndpointConfig {
@@ -54,6 +64,8 @@ export interface EmulatorOptions extends EndpointConfig {
   seed: number;
   /** Where lifecycle and delivery events go; silent by default. */
   log: (line: string) => void;
+  /** Awaited right before a job is marked COMPLETED; if it throws, the job ends FAILED. */
+  onComplete?: (job: { id: string; input: Record<string, unknown> }) => Promise<void> | void;
 }
 
 export interface JobPolicy {
@@ -152,9 +164,23 @@ export const DEFAULT_CONFIG: EndpointConfig = {
   runScript: [],
   outcomeScript: [],
   webhookScript: [],
+  runRateLimitPerS: 0,
+  outage: false,
+  outageStatus: 503,
+  outageUntilMs: 0,
+  maxWorkers: 0,
+  maxQueue: 0,
 };
 
-const MS_KEYS = ["queueMs", "runMs", "webhookRetryDelayMs", "retentionMs", "runDelayMs"] as const;
+const MS_KEYS = [
+  "queueMs",
+  "runMs",
+  "webhookRetryDelayMs",
+  "retentionMs",
+  "runDelayMs",
+  "outageUntilMs",
+] as const;
+const COUNT_KEYS = ["maxWorkers", "maxQueue"] as const;
 const RATE_KEYS = [
   "runErrorRate",
   "runRateLimitRate",
@@ -203,6 +229,24 @@ export function parseEndpointConfig(value: unknown): Partial<EndpointConfig> {
         throw new Error(`${key} must be a number between 0 and 1`);
       }
       config[key] = item;
+    } else if (includes(COUNT_KEYS, key)) {
+      if (!Number.isInteger(item) || (item as number) < 0) {
+        throw new Error(`${key} must be an integer >= 0`);
+      }
+      config[key] = item as number;
+    } else if (key === "runRateLimitPerS") {
+      if (typeof item !== "number" || !Number.isFinite(item) || item < 0) {
+        throw new Error("runRateLimitPerS must be a number >= 0");
+      }
+      config.runRateLimitPerS = item;
+    } else if (key === "outage") {
+      if (typeof item !== "boolean") throw new Error("outage must be a boolean");
+      config.outage = item;
+    } else if (key === "outageStatus") {
+      if (!Number.isInteger(item) || (item as number) < 400 || (item as number) > 599) {
+        throw new Error("outageStatus must be an HTTP status between 400 and 599");
+      }
+      config.outageStatus = item as number;
     } else if (key === "progressSteps") {
       const ok = (n: unknown) => typeof n === "number" && n >= 0 && n <= 100;
       if (!Array.isArray(item) || !item.every(ok)) {
@@ -255,12 +299,20 @@ function hash(text: string): number {
 interface Endpoint {
   config: EndpointConfig;
   random: () => number;
+  /** Answers of POST /run by status. */
+  runAnswers: Record<string, number>;
+  /** The runRateLimitPerS bucket; null = full. */
+  bucket: { tokens: number; at: number } | null;
 }
 
 interface Job {
   state: JobState;
   submitted: number;
   started: number | null;
+  /** queueMs is over: the job starts as soon as a worker is free. */
+  ready: boolean;
+  /** onComplete is running. */
+  completing: boolean;
   timers: Set<NodeJS.Timeout>;
   progressChain: Promise<void>;
 }
@@ -280,14 +332,20 @@ const errorText = (error: unknown) => (error instanceof Error ? error.message : 
 interface Reply {
   status: number;
   body: unknown;
+  headers?: Record<string, string>;
 }
 
-const reply = (status: number, body: unknown): Reply => ({ status, body });
+const reply = (status: number, body: unknown, headers?: Record<string, string>): Reply => ({
+  status,
+  body,
+  headers,
+});
 
-function send(res: ServerResponse, { status, body }: Reply): void {
+function send(res: ServerResponse, { status, body, headers }: Reply): void {
   if (res.headersSent || res.destroyed) return;
   const text = JSON.stringify(body);
   res.writeHead(status, {
+    ...headers,
     "content-type": "application/json",
     "content-length": Buffer.byteLength(text),
   });
@@ -316,7 +374,7 @@ function parseJson(text: string): { ok: true; value: unknown } | { ok: false } {
 // ---- the emulator ----
 
 export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): RunpodEmulator {
-  const { apiKey = "dev-runpod-key", seed = 42, log = () => {}, ...rest } = options;
+  const { apiKey = "dev-runpod-key", seed = 42, log = () => {}, onComplete, ...rest } = options;
   const given = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined));
   const defaults: EndpointConfig = { ...DEFAULT_CONFIG, ...parseEndpointConfig(given) };
 
@@ -338,7 +396,12 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
   function endpoint(id: string): Endpoint {
     let found = endpoints.get(id);
     if (!found) {
-      found = { config: copyConfig(defaults), random: prng(seed ^ hash(id)) };
+      found = {
+        config: copyConfig(defaults),
+        random: prng(seed ^ hash(id)),
+        runAnswers: { 200: 0, 429: 0, 500: 0, 503: 0 },
+        bucket: null,
+      };
       endpoints.set(id, found);
     }
     return found;
@@ -394,6 +457,8 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     const job: Job = {
       submitted,
       started: null,
+      ready: false,
+      completing: false,
       timers: new Set(),
       progressChain: Promise.resolve(),
       state: {
@@ -418,16 +483,41 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     jobs.set(job.state.id, job);
     log(`job ${job.state.id} (${endpointId}) IN_QUEUE, planned ${outcome}`);
 
+    schedule(job, config.queueMs, () => {
+      job.ready = true;
+      dispatch(endpointId);
+    });
     const { ttl } = job.state.policy;
-    if (typeof ttl === "number" && ttl < config.queueMs) {
+    if (typeof ttl === "number") {
       schedule(job, ttl, () => {
+        if (job.state.status !== "IN_QUEUE") return;
         log(`job ${job.state.id} expired in queue (ttl ${ttl} ms)`);
         removeJob(job);
       });
-    } else {
-      schedule(job, config.queueMs, () => startJob(job));
     }
     return job;
+  }
+
+  const countJobs = (endpointId: string, status: JobStatus) =>
+    [...jobs.values()].filter((j) => j.state.endpointId === endpointId && j.state.status === status)
+      .length;
+
+  /** Starts the endpoint's ready queued jobs, in submission order, while a worker is free. */
+  function dispatch(endpointId: string): void {
+    const { maxWorkers } = endpoint(endpointId).config;
+    let free = maxWorkers > 0 ? maxWorkers - countJobs(endpointId, "IN_PROGRESS") : Infinity;
+    for (const job of jobs.values()) {
+      if (free <= 0) return;
+      if (
+        job.state.endpointId === endpointId &&
+        job.state.status === "IN_QUEUE" &&
+        job.ready &&
+        !job.completing
+      ) {
+        startJob(job);
+        free--;
+      }
+    }
   }
 
   function startJob(job: Job): void {
@@ -444,8 +534,31 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     if (typeof executionTimeout === "number" && executionTimeout < runMs) {
       schedule(job, executionTimeout, () => finishJob(job, "TIMED_OUT"));
     } else {
-      schedule(job, runMs, () => finishJob(job, job.state.plannedOutcome));
+      const outcome = job.state.plannedOutcome;
+      schedule(job, runMs, () =>
+        outcome === "COMPLETED" ? void complete(job) : finishJob(job, outcome),
+      );
     }
+  }
+
+  /** Awaits onComplete, then ends the job COMPLETED, or FAILED when the hook throws. */
+  async function complete(job: Job): Promise<void> {
+    if (job.completing) return;
+    let error: string | undefined;
+    if (onComplete) {
+      job.completing = true;
+      clearTimers(job);
+      try {
+        await onComplete({ id: job.state.id, input: job.state.input });
+      } catch (thrown) {
+        error = `output upload failed: ${errorText(thrown)}`;
+      }
+      job.completing = false;
+      // Cancelled, finished by the admin API, reset or closed meanwhile: nothing more to do.
+      if (jobs.get(job.state.id) !== job || !isActive(job.state.status)) return;
+      if (shutdown.signal.aborted) return;
+    }
+    finishJob(job, error === undefined ? "COMPLETED" : "FAILED", error);
   }
 
   function reportProgress(job: Job, progress: number): void {
@@ -487,6 +600,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     log(`job ${state.id} ${status}`);
     schedule(job, endpoint(state.endpointId).config.retentionMs, () => removeJob(job));
     if (status !== "CANCELLED") deliverWebhook(job);
+    dispatch(state.endpointId);
   }
 
   function statusObject(job: Job): StatusObject {
@@ -554,12 +668,10 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
   }
 
   function health(endpointId: string) {
-    const count = (status: JobStatus) =>
-      [...jobs.values()].filter(
-        (j) => j.state.endpointId === endpointId && j.state.status === status,
-      ).length;
+    const count = (status: JobStatus) => countJobs(endpointId, status);
     const running = count("IN_PROGRESS");
-    const idle = running === 0 ? 1 : 0;
+    const { maxWorkers } = endpoint(endpointId).config;
+    const idle = maxWorkers > 0 ? Math.max(0, maxWorkers - running) : running === 0 ? 1 : 0;
     return {
       jobs: {
         completed: count("COMPLETED"),
@@ -570,6 +682,51 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
       },
       workers: { idle, initializing: 0, ready: idle, running, throttled: 0 },
     };
+  }
+
+  function countRun(ep: Endpoint, answer: Reply): Reply {
+    ep.runAnswers[answer.status] = (ep.runAnswers[answer.status] ?? 0) + 1;
+    return answer;
+  }
+
+  /** Takes a runRateLimitPerS token: 0, or else the whole seconds until there is one (>= 1). */
+  function takeToken(ep: Endpoint): number {
+    const rate = ep.config.runRateLimitPerS;
+    if (rate <= 0) return 0;
+    const at = Date.now();
+    const capacity = Math.max(1, rate);
+    const bucket = ep.bucket ?? { tokens: capacity, at };
+    bucket.tokens = Math.min(capacity, bucket.tokens + ((at - bucket.at) / 1000) * rate);
+    bucket.at = at;
+    ep.bucket = bucket;
+    if (bucket.tokens < 1) return Math.max(1, Math.ceil((1 - bucket.tokens) / rate));
+    bucket.tokens -= 1;
+    return 0;
+  }
+
+  async function run(ep: Endpoint, endpointId: string, body: unknown): Promise<Reply> {
+    const { config } = ep;
+    const wait = takeToken(ep);
+    if (wait > 0) return reply(429, { error: "rate limited" }, { "retry-after": String(wait) });
+    if (!isRecord(body)) return reply(400, { error: "body must be a JSON object" });
+    if (!isRecord(body.input)) return reply(400, { error: "input must be a JSON object" });
+    if (body.webhook !== undefined && typeof body.webhook !== "string") {
+      return reply(400, { error: "webhook must be a string" });
+    }
+    if (body.policy !== undefined && !isRecord(body.policy)) {
+      return reply(400, { error: "policy must be an object" });
+    }
+    if (config.maxQueue > 0 && countJobs(endpointId, "IN_QUEUE") >= config.maxQueue) {
+      return reply(429, { error: "queue full" });
+    }
+    const answer =
+      config.runScript.shift() ??
+      (chance(ep, config.runErrorRate) ? 500 : chance(ep, config.runRateLimitRate) ? 429 : 200);
+    if (answer === 500) return reply(500, { error: "internal error" });
+    if (answer === 429) return reply(429, { error: "too many requests" });
+    const job = createJob(endpointId, body);
+    if (config.runDelayMs > 0) await sleep(config.runDelayMs);
+    return reply(200, { id: job.state.id, status: "IN_QUEUE" });
   }
 
   async function runpodRoute(
@@ -584,25 +741,16 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     const route = `${request.method} ${[action, id && ":id"].filter(Boolean).join("/")}`;
     if (parts.length > 4) return reply(404, { error: "not found" });
 
-    if (route === "POST run") {
-      if (!isRecord(body)) return reply(400, { error: "body must be a JSON object" });
-      if (!isRecord(body.input)) return reply(400, { error: "input must be a JSON object" });
-      if (body.webhook !== undefined && typeof body.webhook !== "string") {
-        return reply(400, { error: "webhook must be a string" });
-      }
-      if (body.policy !== undefined && !isRecord(body.policy)) {
-        return reply(400, { error: "policy must be an object" });
-      }
-      const { config } = ep;
-      const answer =
-        config.runScript.shift() ??
-        (chance(ep, config.runErrorRate) ? 500 : chance(ep, config.runRateLimitRate) ? 429 : 200);
-      if (answer === 500) return reply(500, { error: "internal error" });
-      if (answer === 429) return reply(429, { error: "too many requests" });
-      const job = createJob(endpointId, body);
-      if (config.runDelayMs > 0) await sleep(config.runDelayMs);
-      return reply(200, { id: job.state.id, status: "IN_QUEUE" });
+    const { config } = ep;
+    const down =
+      ["POST run", "GET status/:id", "POST cancel/:id"].includes(route) &&
+      (config.outage || Date.now() < config.outageUntilMs);
+    if (down) {
+      const answer = reply(config.outageStatus, { error: "service unavailable" });
+      if (route === "POST run") countRun(ep, answer);
+      return answer;
     }
+    if (route === "POST run") return countRun(ep, await run(ep, endpointId, body));
     if (route === "GET status/:id") {
       if (chance(ep, ep.config.statusErrorRate)) return reply(500, { error: "internal error" });
       const job = findJob(endpointId, id);
@@ -629,7 +777,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     else endpoints.delete(endpointId);
   }
 
-  function finishRoute(job: Job | undefined, body: unknown): Reply {
+  async function finishRoute(job: Job | undefined, body: unknown): Promise<Reply> {
     if (!job) return reply(404, { error: "no such job" });
     if (!isRecord(body) || !includes(OUTCOMES, body.status)) {
       return reply(400, { error: `status must be one of ${OUTCOMES.join(", ")}` });
@@ -640,16 +788,18 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     if (!isActive(job.state.status)) {
       return reply(409, { error: `job is already ${job.state.status}` });
     }
-    finishJob(job, body.status, body.error);
+    if (job.completing) return reply(409, { error: "job is completing (onComplete)" });
+    if (body.status === "COMPLETED") await complete(job);
+    else finishJob(job, body.status, body.error);
     return reply(200, job.state);
   }
 
-  function adminRoute(
+  async function adminRoute(
     method: string,
     parts: string[],
     query: URLSearchParams,
     body: unknown,
-  ): Reply {
+  ): Promise<Reply> {
     const [, section, id, action] = parts;
     const only = query.get("endpoint");
     const route = `${method} ${[section, id && ":id", action].filter(Boolean).join("/")}`;
@@ -662,6 +812,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
         } catch (error) {
           return reply(400, { error: errorText(error) });
         }
+        dispatch(id); // maxWorkers may have grown
       }
       return method === "PUT" || method === "GET"
         ? reply(200, ep.config)
@@ -669,6 +820,8 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     }
     if (parts.length > 4) return reply(404, { error: "not found" });
     switch (route) {
+      case "GET endpoints/:id/stats":
+        return reply(200, { run_answers: endpoint(id ?? "").runAnswers });
       case "GET requests":
         return reply(200, {
           requests: only === null ? requests : requests.filter((r) => r.endpointId === only),

@@ -86,6 +86,26 @@ function waitForStatus(endpoint: string, id: string, status: string) {
 
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** POST /run with `{input: {}}`, keeping the Retry-After header. */
+async function run(endpoint: string) {
+  const res = await fetch(`${origin}/v2/${endpoint}/run`, {
+    method: "POST",
+    headers: AUTH,
+    body: JSON.stringify({ input: {} }),
+  });
+  const body = (await res.json()) as Record<string, unknown>;
+  return { status: res.status, retryAfter: res.headers.get("retry-after"), body };
+}
+
+async function runAnswers(endpoint: string) {
+  return (await call("GET", `/__emulator/endpoints/${endpoint}/stats`)).body.run_answers;
+}
+
+async function jobCount(endpoint: string) {
+  return ((await call("GET", `/__emulator/jobs?endpoint=${endpoint}`)).body.jobs as unknown[])
+    .length;
+}
+
 interface Received {
   path: string;
   contentType: string | undefined;
@@ -621,6 +641,262 @@ describe("admin API", () => {
   });
 });
 
+describe("rate limit, outage and workers", () => {
+  it("rate-limits /run with a token bucket (runRateLimitPerS): 429 + Retry-After, no job", async () => {
+    const endpoint = newEndpoint("bucket");
+    expect(await runAnswers(endpoint)).toEqual({ 200: 0, 429: 0, 500: 0, 503: 0 });
+    await configure(endpoint, { runRateLimitPerS: 3, runMs: 60_000 });
+    const burst = [
+      await run(endpoint),
+      await run(endpoint),
+      await run(endpoint),
+      await run(endpoint),
+    ];
+    expect(burst.map((r) => r.status)).toEqual([200, 200, 200, 429]); // capacity 3
+    expect(burst[3]).toEqual({ status: 429, retryAfter: "1", body: { error: "rate limited" } });
+    await pause(400); // refilled 1.2 tokens
+    expect((await run(endpoint)).status).toBe(200);
+    expect((await run(endpoint)).status).toBe(429);
+    expect(await jobCount(endpoint)).toBe(4);
+    expect(await runAnswers(endpoint)).toEqual({ 200: 4, 429: 2, 500: 0, 503: 0 });
+
+    const slow = newEndpoint("bucket-slow");
+    await configure(slow, { runRateLimitPerS: 0.5, runMs: 60_000 }); // capacity 1
+    expect((await run(slow)).status).toBe(200);
+    expect(await run(slow)).toMatchObject({ status: 429, retryAfter: "2" });
+    await configure(slow, { runRateLimitPerS: 0 });
+    expect((await run(slow)).status).toBe(200);
+  });
+
+  it("answers outageStatus to /run, /status and /cancel during an outage; runs in flight finish", async () => {
+    const endpoint = newEndpoint("outage");
+    await configure(endpoint, { runMs: 300 });
+    const hook = await receiver();
+    const id = await submit(endpoint, { input: { output_video_key: "k" }, webhook: hook.url });
+    await configure(endpoint, { outage: true });
+    const down = { status: 503, body: { error: "service unavailable" } };
+    expect(await runpod("POST", `/v2/${endpoint}/run`, { input: {} })).toEqual(down);
+    expect(await runpod("GET", `/v2/${endpoint}/status/${id}`)).toEqual(down);
+    expect(await runpod("POST", `/v2/${endpoint}/cancel/${id}`)).toEqual(down);
+    expect((await runpod("GET", `/v2/${endpoint}/health`)).status).toBe(200);
+    expect((await jobState(id)).status).not.toBe("CANCELLED");
+    await waitFor(async () => hook.calls.length === 1, "the webhook during the outage");
+    expect(hook.calls[0]?.body).toMatchObject({
+      id,
+      status: "COMPLETED",
+      output: { output_video_key: "k" },
+    });
+    await configure(endpoint, { outageStatus: 500 });
+    expect(await runpod("POST", `/v2/${endpoint}/run`, { input: {} })).toEqual({
+      ...down,
+      status: 500,
+    });
+    expect(await jobCount(endpoint)).toBe(1);
+    await configure(endpoint, { outage: false });
+    expect((await runpod("GET", `/v2/${endpoint}/status/${id}`)).body.status).toBe("COMPLETED");
+    expect(await runAnswers(endpoint)).toEqual({ 200: 1, 429: 0, 500: 1, 503: 1 });
+    await hook.close();
+  });
+
+  it("ends an outage by itself at outageUntilMs", async () => {
+    const endpoint = newEndpoint("outage-until");
+    const until = Date.now() + 150;
+    await configure(endpoint, { outageUntilMs: until, runMs: 60_000 });
+    expect((await run(endpoint)).status).toBe(503);
+    await waitFor(async () => (await run(endpoint)).status === 200, "the outage to end");
+    expect(Date.now()).toBeGreaterThanOrEqual(until);
+    expect(await jobCount(endpoint)).toBe(1);
+  });
+
+  it("runs at most maxWorkers jobs at once; the rest start first in first out as workers free", async () => {
+    const endpoint = newEndpoint("workers");
+    await configure(endpoint, { maxWorkers: 2, queueMs: 0, runMs: 60_000 });
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push(await submit(endpoint, { input: { i } }));
+    const statuses = () => Promise.all(ids.map(async (id) => (await jobState(id)).status));
+    await waitFor(async () => (await statuses())[1] === "IN_PROGRESS", "two running jobs");
+    await pause(30);
+    expect(await statuses()).toEqual([
+      "IN_PROGRESS",
+      "IN_PROGRESS",
+      "IN_QUEUE",
+      "IN_QUEUE",
+      "IN_QUEUE",
+    ]);
+    expect((await runpod("GET", `/v2/${endpoint}/health`)).body).toMatchObject({
+      jobs: { inProgress: 2, inQueue: 3 },
+      workers: { idle: 0, running: 2 },
+    });
+
+    await runpod("POST", `/v2/${endpoint}/cancel/${ids[0]}`);
+    expect(await statuses()).toEqual([
+      "CANCELLED",
+      "IN_PROGRESS",
+      "IN_PROGRESS",
+      "IN_QUEUE",
+      "IN_QUEUE",
+    ]);
+    await call("POST", `/__emulator/jobs/${ids[1]}/finish`, { status: "FAILED" });
+    expect((await statuses()).slice(1)).toEqual([
+      "FAILED",
+      "IN_PROGRESS",
+      "IN_PROGRESS",
+      "IN_QUEUE",
+    ]);
+    await call("POST", `/__emulator/jobs/${ids[2]}/finish`, { status: "COMPLETED" });
+    expect((await statuses()).slice(2)).toEqual(["COMPLETED", "IN_PROGRESS", "IN_PROGRESS"]);
+
+    const states = await Promise.all(ids.map(jobState));
+    const started = states.map((s) => Date.parse(s.startedAt ?? ""));
+    expect(started).toEqual([...started].sort((a, b) => a - b));
+    expect(started[2]).toBeGreaterThanOrEqual(Date.parse(states[0]?.finishedAt ?? ""));
+    expect(started[4]).toBeGreaterThanOrEqual(Date.parse(states[2]?.finishedAt ?? ""));
+    expect(states[4]?.delayTime).toBeGreaterThanOrEqual(30);
+
+    await configure(endpoint, { maxWorkers: 0 }); // unlimited again: the waiting job starts
+    expect((await jobState(ids[4] as string)).status).toBe("IN_PROGRESS");
+  });
+
+  it("frees a worker when a run completes, fails or times out, one job at a time in order", async () => {
+    const endpoint = newEndpoint("workers-timed");
+    await configure(endpoint, {
+      maxWorkers: 1,
+      queueMs: 20,
+      runMs: 40,
+      outcomeScript: ["COMPLETED", "FAILED", "COMPLETED", "COMPLETED"],
+    });
+    const ids = [
+      await submit(endpoint, { input: {} }),
+      await submit(endpoint, { input: {} }),
+      await submit(endpoint, { input: {}, policy: { executionTimeout: 10 } }),
+      await submit(endpoint, { input: {} }),
+    ];
+    await waitForStatus(endpoint, ids[3] as string, "COMPLETED");
+    const states = await Promise.all(ids.map(jobState));
+    expect(states.map((s) => s.status)).toEqual(["COMPLETED", "FAILED", "TIMED_OUT", "COMPLETED"]);
+    expect(states[0]?.delayTime).toBeGreaterThanOrEqual(20); // queueMs is still the minimum wait
+    for (let i = 1; i < states.length; i++) {
+      const started = Date.parse(states[i]?.startedAt ?? "");
+      expect(started).toBeGreaterThanOrEqual(Date.parse(states[i - 1]?.finishedAt ?? ""));
+    }
+  });
+
+  it("answers 429 to a /run while maxQueue jobs are IN_QUEUE", async () => {
+    const endpoint = newEndpoint("max-queue");
+    await configure(endpoint, { maxWorkers: 1, maxQueue: 2, queueMs: 0, runMs: 60_000 });
+    const running = await submit(endpoint, { input: {} });
+    await waitFor(async () => (await jobState(running)).status === "IN_PROGRESS", "the first run");
+    const queued = [await submit(endpoint, { input: {} }), await submit(endpoint, { input: {} })];
+    expect(await run(endpoint)).toMatchObject({ status: 429, body: { error: "queue full" } });
+    expect(await jobCount(endpoint)).toBe(3);
+    await runpod("POST", `/v2/${endpoint}/cancel/${queued[0]}`);
+    expect((await run(endpoint)).status).toBe(200);
+    expect(await runAnswers(endpoint)).toEqual({ 200: 4, 429: 1, 500: 0, 503: 0 });
+  });
+
+  it("validates the new settings and takes them as options", async () => {
+    const endpoint = newEndpoint("config-new");
+    for (const bad of [
+      { runRateLimitPerS: -1 },
+      { runRateLimitPerS: "5" },
+      { outage: 1 },
+      { outageStatus: 200 },
+      { outageStatus: 503.5 },
+      { outageUntilMs: -1 },
+      { maxWorkers: 1.5 },
+      { maxQueue: "2" },
+      { onComplete: null },
+    ]) {
+      const res = await call("PUT", `/__emulator/endpoints/${endpoint}/config`, bad);
+      expect(res.status, JSON.stringify(bad)).toBe(400);
+      expect(res.body.error).toContain(Object.keys(bad)[0]);
+    }
+    expect((await call("GET", `/__emulator/endpoints/${endpoint}/config`)).body).toMatchObject({
+      runRateLimitPerS: 0,
+      outage: false,
+      outageStatus: 503,
+      outageUntilMs: 0,
+      maxWorkers: 0,
+      maxQueue: 0,
+    });
+    const other = createRunpodEmulator({ maxWorkers: 3, outage: true, onComplete: () => {} });
+    const { url } = await other.listen(0);
+    const config = await (await fetch(`${url}/__emulator/endpoints/e/config`)).json();
+    expect(config).toMatchObject({ maxWorkers: 3, outage: true });
+    await other.close();
+  });
+});
+
+describe("onComplete", () => {
+  it("is awaited before COMPLETED; a throw ends the job FAILED; admin finish and cancel", async () => {
+    const seen: { id: string; input: Record<string, unknown>; status: unknown }[] = [];
+    let open: () => void = () => {};
+    const other = createRunpodEmulator({
+      apiKey: API_KEY,
+      queueMs: 0,
+      runMs: 10,
+      onComplete: async ({ id, input }) => {
+        const state = (await (
+          await fetch(`${other.url}/__emulator/jobs/${id}`)
+        ).json()) as JobState;
+        seen.push({ id, input, status: state.status });
+        if (input.hold) await new Promise<void>((resolve) => (open = resolve));
+        if (input.fail) throw new Error("R2 down");
+      },
+    });
+    const { url } = await other.listen(0);
+    const at = async (method: string, path: string, body?: unknown) => {
+      const res = await fetch(`${url}${path}`, {
+        method,
+        headers: AUTH,
+        body: JSON.stringify(body),
+      });
+      return (await res.json()) as Record<string, unknown>;
+    };
+    const start = async (endpoint: string, input: Record<string, unknown>, webhook?: string) =>
+      (await at("POST", `/v2/${endpoint}/run`, { input, webhook })).id as string;
+    const statusOf = async (id: string) => (await at("GET", `/v2/e/status/${id}`)).status;
+
+    const held = await start("e", { output_video_key: "a.mp4", hold: true });
+    await waitFor(async () => seen.length === 1, "the hook");
+    expect(seen[0]).toEqual({
+      id: held,
+      input: { output_video_key: "a.mp4", hold: true },
+      status: "IN_PROGRESS",
+    });
+    await pause(30);
+    expect(await statusOf(held)).toBe("IN_PROGRESS");
+    open();
+    await waitFor(async () => (await statusOf(held)) === "COMPLETED", "COMPLETED after the hook");
+    expect((await at("GET", `/v2/e/status/${held}`)).output).toEqual({ output_video_key: "a.mp4" });
+
+    const hook = await receiver();
+    const failing = await start("e", { fail: true }, hook.url);
+    await waitFor(async () => hook.calls.length === 1, "the FAILED webhook");
+    expect(hook.calls[0]?.body).toMatchObject({
+      id: failing,
+      status: "FAILED",
+      error: "output upload failed: R2 down",
+    });
+
+    await at("PUT", "/__emulator/endpoints/e/config", { runMs: 60_000 });
+    const manual = await start("e", { n: 1 });
+    const finished = await at("POST", `/__emulator/jobs/${manual}/finish`, { status: "COMPLETED" });
+    expect(finished.status).toBe("COMPLETED");
+    expect(seen.map((s) => s.id)).toContain(manual);
+
+    const cancelled = await start("e", { hold: true });
+    const pending = at("POST", `/__emulator/jobs/${cancelled}/finish`, { status: "COMPLETED" });
+    await waitFor(async () => seen.length === 4, "the held hook");
+    expect((await at("POST", `/v2/e/cancel/${cancelled}`)).status).toBe("CANCELLED");
+    open();
+    expect((await pending).status).toBe("CANCELLED");
+    expect(await statusOf(cancelled)).toBe("CANCELLED");
+    await hook.close();
+    await other.close();
+  });
+});
+
 describe("CLI", () => {
   it("prints where it listens, serves, and exits on SIGTERM", async () => {
     const main = path.join(
@@ -643,6 +919,42 @@ describe("CLI", () => {
     const base = first.replace("runpod emulator listening on ", "");
     const config = await fetch(`${new URL(base).origin}/__emulator/endpoints/e/config`);
     expect(((await config.json()) as { runMs: number }).runMs).toBe(5);
+    child.kill("SIGTERM");
+    expect(await exited).toBe(0);
+  });
+
+  it("reads the worker, rate limit and outage settings from RUNPOD_EMULATOR_* variables", async () => {
+    const main = path.join(
+      path.dirname(new URL(import.meta.url).pathname),
+      "../../emulator/main.ts",
+    );
+    const child = spawn(process.execPath, [main], {
+      env: {
+        ...process.env,
+        RUNPOD_EMULATOR_PORT: "0",
+        RUNPOD_EMULATOR_LOG: "0",
+        RUNPOD_EMULATOR_RUN_RATE_LIMIT_PER_S: "0.5",
+        RUNPOD_EMULATOR_OUTAGE: "true",
+        RUNPOD_EMULATOR_OUTAGE_STATUS: "502",
+        RUNPOD_EMULATOR_OUTAGE_UNTIL_MS: "1700000000000",
+        RUNPOD_EMULATOR_MAX_WORKERS: "2",
+        RUNPOD_EMULATOR_MAX_QUEUE: "5",
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    const lines = createInterface({ input: child.stdout });
+    const first = await new Promise<string>((resolve) => lines.once("line", resolve));
+    const origin = new URL(first.replace("runpod emulator listening on ", "")).origin;
+    const config = await (await fetch(`${origin}/__emulator/endpoints/e/config`)).json();
+    expect(config).toMatchObject({
+      runRateLimitPerS: 0.5,
+      outage: true,
+      outageStatus: 502,
+      outageUntilMs: 1_700_000_000_000,
+      maxWorkers: 2,
+      maxQueue: 5,
+    });
     child.kill("SIGTERM");
     expect(await exited).toBe(0);
   });
