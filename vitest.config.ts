@@ -21,6 +21,10 @@ export const TEST_VARS = {
   RETRY_BASE_DELAY_S: "30",
   RETRY_MAX_DELAY_S: "900",
   SUBMIT_CONCURRENCY: "4",
+  RUNPOD_RUNS_PER_10S: "900",
+  BREAKER_THRESHOLD: "5",
+  BREAKER_COOLDOWN_S: "30",
+  PENDING_MAX_AGE_S: "86400",
 };
 
 // A tiny Worker that consumes `export-jobs` in tests and writes every message it receives into
@@ -48,12 +52,14 @@ export default defineConfig({
         },
         plugins: [
           cloudflareTest(async ({ inject }) => ({
+            main: path.join(root, "test/workers/main.ts"),
             miniflare: {
               compatibilityDate: "2026-11-01",
               compatibilityFlags: ["nodejs_compat"],
               d1Databases: { DB: "reel-ballers-test" },
               r2Buckets: { VIDEOS: "reel-ballers-videos-test" },
               queueProducers: { EXPORT_QUEUE: { queueName: "export-jobs" } },
+              durableObjects: { DISPATCHER: "Dispatcher" },
               bindings: {
                 ...TEST_VARS,
                 RUNPOD_BASE_URL: `${inject<string>("runpodEmulatorUrl")}/v2`,

@@ -1,10 +1,10 @@
 // Dead letters: every message of export-jobs-dlq, and every message of export-jobs whose body
 // does not parse, is recorded in D1 (idempotent on message id) and then acknowledged.
 
-import type { DeadLetterRow } from "../shared/job-repository.ts";
-import * as repo from "../shared/job-repository.ts";
 import { log } from "../shared/log.ts";
 import { jobMessage } from "../shared/schemas.ts";
+import type { DeadLetterRow } from "../shared/sql/dead-letters.ts";
+import * as repo from "../shared/sql/dead-letters.ts";
 
 function bodyAsText(body: unknown): string {
   if (typeof body === "string") return JSON.stringify(body);

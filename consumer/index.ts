@@ -1,21 +1,45 @@
-// The consumer Worker: wiring only. Domain logic lives in process-jobs.ts, reconciler.ts and
-// dead-letters.ts.
+// The consumer Worker: wiring only. Domain logic lives in process-jobs.ts, reconciler.ts,
+// dead-letters.ts and the dispatch gate's Durable Object, dispatcher.ts.
 import type { ConsumerEnv } from "../shared/env.ts";
+import { log } from "../shared/log.ts";
 import { recordDeadLetterMessages } from "./dead-letters.ts";
 import { consumerDeps, processJobBatch } from "./process-jobs.ts";
 import { reconcile } from "./reconciler.ts";
 
+export { Dispatcher } from "./dispatcher.ts";
+
+/**
+ * A batch that could not run at all (a missing setting, D1 or the gate unreachable) is retried
+ * with a growing delay: 30 s, 60 s, … up to 2 h per delivery, so an incident or a bad deploy has
+ * hours to be fixed before the messages reach the dead-letter queue (which fails no job).
+ */
+export function infrastructureRetryDelayS(attempts: number): number {
+  return Math.min(7_200, 30 * 2 ** Math.max(0, attempts - 1));
+}
+
 export default {
   async queue(batch: MessageBatch<unknown>, env: ConsumerEnv): Promise<void> {
-    if (batch.queue.endsWith("-dlq")) {
-      await recordDeadLetterMessages(env.DB, batch.queue, "dead_lettered", batch.messages);
-      return;
+    try {
+      if (batch.queue.endsWith("-dlq")) {
+        await recordDeadLetterMessages(env.DB, batch.queue, "dead_lettered", batch.messages);
+        return;
+      }
+      const poison = await processJobBatch(consumerDeps(env), batch.messages);
+      await recordDeadLetterMessages(env.DB, batch.queue, "unparseable", poison);
+    } catch (error) {
+      const attempts = Math.max(1, ...batch.messages.map((message) => message.attempts));
+      const delaySeconds = infrastructureRetryDelayS(attempts);
+      log("error", "batch could not be processed; retrying later", {
+        queue: batch.queue,
+        messages: batch.messages.length,
+        delay_s: delaySeconds,
+        error: String(error),
+      });
+      batch.retryAll({ delaySeconds });
     }
-    const poison = await processJobBatch(consumerDeps(env), batch.messages);
-    await recordDeadLetterMessages(env.DB, batch.queue, "unparseable", poison);
   },
 
   async scheduled(_controller: ScheduledController, env: ConsumerEnv): Promise<void> {
-    await reconcile(consumerDeps(env), env.EXPORT_QUEUE);
+    await reconcile(consumerDeps(env));
   },
 } satisfies ExportedHandler<ConsumerEnv>;

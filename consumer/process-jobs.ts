@@ -1,26 +1,47 @@
-// The consumer's domain logic, apart from the queue() wiring: claim a batch, submit each claimed
-// job to RunPod with bounded concurrency, record the run or apply the seed's CASE retry.
+// The consumer's domain logic, apart from the queue() wiring: ask the dispatch gate once for the
+// batch, claim the jobs it lets through, submit each to RunPod with bounded concurrency at the
+// gate's pace, then record the run, release the job or apply the seed's CASE retry — and tell the
+// gate once what the batch met.
 //
 // Safe to run twice: the claim is `status = 'pending'`-guarded, so a second delivery of a message
 // (or the same message in two concurrent batches) claims nothing and is acked without a RunPod
-// call; recordRun and failRun are guarded by the attempt, so a late step cannot undo a newer one.
+// call; every later step is guarded by the attempt, so a late step cannot undo a newer one.
+// Waiting (a held-back job, a release, a retry delay) is a fresh delayed message, never
+// `message.retry()`, which would count toward max_retries and end in the dead-letter queue.
 
 import { forEachBounded } from "../shared/concurrency.ts";
+import type { GateConfig, Grant, SubmitOutcome } from "../shared/dispatch-gate.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
-import type { JobRow } from "../shared/job-repository.ts";
-import * as repo from "../shared/job-repository.ts";
-import { failRun } from "../shared/job-state.ts";
+import {
+  claimJobs,
+  failRun,
+  type JobDeps,
+  recordRun,
+  releaseJob,
+  requeue,
+} from "../shared/job-state.ts";
 import { log } from "../shared/log.ts";
-import { createRunpodClient, type RunpodClient } from "../shared/runpod-client.ts";
+import { createRunpodClient, type RunpodClient, RunpodError } from "../shared/runpod-client.ts";
 import { jobMessage } from "../shared/schemas.ts";
 import { type ConsumerSettings, consumerSettings } from "../shared/settings.ts";
+import type { JobRow } from "../shared/sql/jobs.ts";
 import { buildRunRequest } from "./run-request.ts";
 
-export interface ConsumerDeps {
-  db: D1Database;
+/** The dispatch gate as the consumer sees it (consumer/dispatcher.ts behind a stub). */
+export interface Gate {
+  acquire(wanted: number, config: GateConfig): Promise<Grant>;
+  report(outcomes: SubmitOutcome[], probe: boolean, config: GateConfig): Promise<void>;
+}
+
+export interface ConsumerDeps extends JobDeps {
   runpod: RunpodClient;
   settings: ConsumerSettings;
+  gate: Gate;
+  videos: R2Bucket;
 }
+
+/** A consumer that cannot run: the batch is retried later, no job is touched. */
+export class NotConfiguredError extends Error {}
 
 export function consumerDeps(env: ConsumerEnv): ConsumerDeps {
   const settings = consumerSettings(env);
@@ -31,15 +52,26 @@ export function consumerDeps(env: ConsumerEnv): ConsumerDeps {
     ["WEBHOOK_SECRET", settings.webhookSecret],
   ].filter(([, value]) => !value);
   if (missing.length > 0) {
-    // Thrown before any claim: the batch is retried and no job spends a retry on a setup error.
-    throw new Error(`consumer is not configured: ${missing.map(([name]) => name).join(", ")}`);
+    throw new NotConfiguredError(
+      `consumer is not configured: ${missing.map(([name]) => name).join(", ")}`,
+    );
   }
-  return { db: env.DB, runpod: createRunpodClient(settings.runpod), settings };
+  return {
+    db: env.DB,
+    queue: env.EXPORT_QUEUE,
+    retry: settings.retry,
+    pollAfterS: settings.pollAfterS,
+    runpod: createRunpodClient(settings.runpod),
+    settings,
+    gate: env.DISPATCHER.get(env.DISPATCHER.idFromName(settings.runpod.endpointId)),
+    videos: env.VIDEOS,
+  };
 }
 
 /**
  * Processes one batch of `export-jobs`. Returns the messages that did not parse, not yet acked:
- * the caller records them as dead letters, then acks them.
+ * the caller records them as dead letters, then acks them. Throws only when nothing could be
+ * done (the gate or D1 unreachable before any claim): the caller retries the whole batch later.
  */
 export async function processJobBatch(
   deps: ConsumerDeps,
@@ -59,69 +91,112 @@ export async function processJobBatch(
   }
   if (byJob.size === 0) return poison;
 
-  const claimed = await repo.claimJobs(deps.db, [...byJob.keys()], deps.settings.claimTimeoutS);
-  const claimedIds = new Set(claimed.map((job) => job.id));
+  const gateConfig = deps.settings.gate;
+  const grant = await deps.gate.acquire(byJob.size, gateConfig);
+  const ids = [...byJob.keys()];
+  const allowed = ids.slice(0, grant.delaysMs.length);
+  const heldBack = ids.slice(grant.delaysMs.length);
 
+  // Held back by the gate (paused, or past the pace): not claimed, no retry spent.
+  if (heldBack.length > 0) {
+    await requeue(deps.queue, heldBack, grant.retryInS);
+    for (const id of heldBack) for (const message of byJob.get(id) ?? []) message.ack();
+    log("info", "dispatch held back", {
+      jobs: heldBack.length,
+      mode: grant.mode,
+      retry_in_s: grant.retryInS,
+    });
+  }
+  if (allowed.length === 0) return poison;
+
+  const claimed = await claimJobs(deps, allowed, deps.settings.claimTimeoutS);
+  const claimedIds = new Set(claimed.map((job) => job.id));
   // Duplicates: a job that was not pending, or a second message for the same job in this batch.
-  for (const [jobId, list] of byJob) {
-    const [first, ...rest] = list;
+  for (const id of allowed) {
+    const [first, ...rest] = byJob.get(id) ?? [];
     for (const message of rest) message.ack();
-    if (!claimedIds.has(jobId)) {
-      log("info", "duplicate delivery acknowledged", { job_id: jobId });
+    if (!claimedIds.has(id)) {
+      log("info", "duplicate delivery acknowledged", { job_id: id });
       first?.ack();
     }
   }
 
+  const delayOf = new Map(allowed.map((id, i) => [id, grant.delaysMs[i] ?? 0]));
+  const outcomes: SubmitOutcome[] = [];
+  // The gate hears of this batch only at its end; within it, a bad key or a run of failures
+  // stops the batch's own submissions at once, and the rest are released unsent.
+  let failuresInRow = 0;
+  let stopped = false;
+  const started = Date.now();
   await forEachBounded(
     claimed,
     deps.settings.submitConcurrency,
-    (job) => submitJob(deps, job, byJob.get(job.id)?.[0] as Message<unknown>),
+    async (job) => {
+      const wait = (delayOf.get(job.id) ?? 0) - (Date.now() - started);
+      if (wait > 0 && !stopped) await new Promise((resolve) => setTimeout(resolve, wait));
+      if (stopped) {
+        await releaseJob(deps, job, gateConfig.breakerCooldownS);
+      } else {
+        const outcome = await submitJob(deps, job);
+        outcomes.push(outcome);
+        failuresInRow = outcome.kind === "failed" ? failuresInRow + 1 : 0;
+        stopped ||= outcome.kind === "auth_failed" || failuresInRow >= gateConfig.breakerThreshold;
+      }
+      byJob.get(job.id)?.[0]?.ack();
+    },
     (job, error) => {
-      // D1 itself failed mid-way: let the queue redeliver. The job stays `processing` without a
-      // run, which the reconciler's claim timeout turns back into a retry.
+      // D1 itself failed mid-way: the job stays `processing` without a run, which the
+      // reconciler's claim timeout turns back into a retry; this message is redelivered later.
       log("error", "processing failed", { job_id: job.id, error: String(error) });
-      byJob.get(job.id)?.[0]?.retry();
+      byJob.get(job.id)?.[0]?.retry({ delaySeconds: deps.settings.claimTimeoutS });
     },
   );
+  await deps.gate.report(outcomes, grant.probe, gateConfig).catch((error: unknown) => {
+    log("warn", "dispatch gate report failed", { error: String(error) });
+  });
   return poison;
 }
 
-/** Submits one claimed job and acks or retries its message. */
-async function submitJob(
-  deps: ConsumerDeps,
-  job: JobRow,
-  message: Message<unknown>,
-): Promise<void> {
-  const attempt = job.retry_count;
+/** Submits one claimed job; what happened, as the gate counts it. */
+async function submitJob(deps: ConsumerDeps, job: JobRow): Promise<SubmitOutcome> {
   let runpodJobId: string;
   try {
     const request = await buildRunRequest(job, deps.settings);
     runpodJobId = (await deps.runpod.submitRun(request)).id;
   } catch (error) {
-    const text = error instanceof Error ? error.message : String(error);
-    const failure = await failRun(deps.db, deps.settings.retry, job, attempt, null, text);
-    log("warn", "submission failed", { job_id: job.id, attempt, error: text, ...failure });
-    if (failure?.status === "pending") message.retry({ delaySeconds: failure.delayS });
-    else message.ack();
-    return;
+    return submissionFailed(deps, job, error);
   }
+  await recordRun(deps, job, runpodJobId);
+  return { kind: "ok" };
+}
 
-  const recorded = await repo.recordRun(
-    deps.db,
-    job.id,
-    attempt,
-    runpodJobId,
-    deps.settings.pollAfterS,
-  );
-  if (!recorded) {
-    // The job moved on while RunPod was answering: a fast webhook finished it (nothing to do), or
-    // it was cancelled — then the run we just started is not wanted.
-    const now = await repo.getJob(deps.db, job.id);
-    if (now?.status === "error" && now.error === "cancelled" && now.retry_count === attempt) {
-      await deps.runpod.cancelRun(runpodJobId).catch((error: unknown) => {
-        log("warn", "cancel of an unwanted run failed", { job_id: job.id, error: String(error) });
-      });
-    }
+async function submissionFailed(
+  deps: ConsumerDeps,
+  job: JobRow,
+  error: unknown,
+): Promise<SubmitOutcome> {
+  const text = error instanceof Error ? error.message : String(error);
+  const fields = { job_id: job.id, attempt: job.attempt, error: text };
+  if (error instanceof RunpodError && error.httpStatus === 429) {
+    // Not the job's fault: back to pending with its retries intact.
+    const delayS = Math.max(1, error.retryAfterS ?? deps.settings.gate.breakerCooldownS);
+    await releaseJob(deps, job, delayS);
+    log("warn", "rate limited; released", { ...fields, delay_s: delayS });
+    return { kind: "rate_limited", retryAfterS: error.retryAfterS };
   }
-  message.ack();
+  if (error instanceof RunpodError && (error.httpStatus === 401 || error.httpStatus === 403)) {
+    await releaseJob(deps, job, deps.settings.gate.breakerCooldownS);
+    log("error", "RunPod refused the API key; released", fields);
+    return { kind: "auth_failed", error: text };
+  }
+  if (error instanceof RunpodError && error.timedOut) {
+    // RunPod may have accepted the run. The attempt stays open: the run's progress or webhook
+    // adopts it; if none comes, the reconciler's claim timeout retries the job.
+    log("warn", "submission timed out; waiting for the run to report", fields);
+    return { kind: "failed", error: text };
+  }
+  const failure = await failRun(deps, job, job.attempt, null, text);
+  log("warn", "submission failed", { ...fields, ...failure });
+  const isRunpodHealth = error instanceof RunpodError && error.kind === "retryable";
+  return isRunpodHealth ? { kind: "failed", error: text } : { kind: "rejected" };
 }

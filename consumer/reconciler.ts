@@ -1,79 +1,172 @@
 // The reconciler (consumer cron, every minute): the safety net under at-least-once delivery.
 // RunPod tries a webhook only three times and keeps results 30 minutes; queue sends can fail after
-// an insert; a consumer can die between claim and record. Each pass is bounded and index-backed
-// (status, due_at), and safe to run twice at once: every pick is a lease that moves due_at.
+// an insert; a consumer can die between claim and record; RunPod's /cancel can fail.
+//
+// Each step leases due jobs in batches through (status, due_at) and goes on while a batch comes
+// back full and the pass's time budget lasts, so a backlog is worked off at the pace it grows;
+// a step that fails is logged and the next step runs all the same. Every pick is a lease that
+// moves due_at, so two passes at once never take the same job.
 
 import { forEachBounded } from "../shared/concurrency.ts";
-import type { JobMessage } from "../shared/env.ts";
-import type { JobRow } from "../shared/job-repository.ts";
-import * as repo from "../shared/job-repository.ts";
-import { applyRunStatus, failRun, type RunOutcome, requeue } from "../shared/job-state.ts";
+import {
+  applyLostRun,
+  applyRunStatus,
+  cancelRunOf,
+  expirePendingJobs,
+  failRun,
+  type RunOutcome,
+  requeue,
+} from "../shared/job-state.ts";
 import { log } from "../shared/log.ts";
 import { RunpodError } from "../shared/runpod-client.ts";
+import type { JobRow } from "../shared/sql/jobs.ts";
+import * as jobs from "../shared/sql/jobs.ts";
 import type { ConsumerDeps } from "./process-jobs.ts";
 
-/** Jobs looked at per kind and pass; the cron comes back every minute. */
+/** Jobs leased per statement. */
 export const RECONCILE_BATCH = 100;
+/** A pass stops starting new batches after this long (a cron invocation may run 15 minutes). */
+export const RECONCILE_BUDGET_MS = 25_000;
+
+type Count = RunOutcome | "expired" | "poll_failed" | "cancel_retried";
 
 export interface ReconcileReport {
   requeued: number;
+  expired: number;
   claimsExpired: number;
   polled: number;
-  outcomes: Partial<Record<RunOutcome | "expired" | "poll_failed", number>>;
+  outcomes: Partial<Record<Count, number>>;
+  failedSteps: string[];
 }
 
 export async function reconcile(
   deps: ConsumerDeps,
-  queue: Queue<JobMessage>,
+  options: { budgetMs?: number; batch?: number } = {},
 ): Promise<ReconcileReport> {
-  const { db, settings } = deps;
-  const report: ReconcileReport = { requeued: 0, claimsExpired: 0, polled: 0, outcomes: {} };
-  const count = (key: keyof ReconcileReport["outcomes"]) => {
+  const { settings } = deps;
+  const batch = options.batch ?? RECONCILE_BATCH;
+  const deadline = Date.now() + (options.budgetMs ?? RECONCILE_BUDGET_MS);
+  const report: ReconcileReport = {
+    requeued: 0,
+    expired: 0,
+    claimsExpired: 0,
+    polled: 0,
+    outcomes: {},
+    failedSteps: [],
+  };
+  const count = (key: Count) => {
     report.outcomes[key] = (report.outcomes[key] ?? 0) + 1;
   };
-
-  // 1. Pending jobs whose message was lost.
-  const lost = await repo.leaseLostPendingJobs(db, settings.pendingGraceS, RECONCILE_BATCH);
-  if (lost.length > 0) {
-    await queue.sendBatch(lost.map((id) => ({ body: { job_id: id } })));
-    report.requeued = lost.length;
-  }
-
-  // 2. Processing jobs past their claim deadline or poll time.
-  const due = await repo.leaseDueProcessingJobs(db, settings.pollAfterS, RECONCILE_BATCH);
-  const transitions = { db, queue, retry: settings.retry, pollAfterS: settings.pollAfterS };
-  await forEachBounded(
-    due,
-    settings.submitConcurrency,
-    async (job: JobRow) => {
-      const attempt = job.retry_count;
-      if (!job.runpod_job_id) {
-        // Claimed but no run recorded within CLAIM_TIMEOUT_S: the consumer died in between.
-        const message = `no RunPod run recorded within ${settings.claimTimeoutS}s of the claim`;
-        const failure = await failRun(db, settings.retry, job, attempt, null, message);
-        if (failure) report.claimsExpired += 1;
-        if (failure?.status === "pending") await requeue(queue, job.id, failure.delayS);
-        return;
+  /**
+   * Runs `lease` → `work` while batches come back full and time is left, and stops at a job it
+   * has leased already in this pass (a grace or poll interval of 0 makes a leased job due again).
+   */
+  const step = async <T extends { id: string }>(
+    name: string,
+    lease: () => Promise<T[]>,
+    work: (rows: T[]) => unknown,
+  ) => {
+    const seen = new Set<string>();
+    try {
+      for (;;) {
+        const rows = (await lease()).filter((row) => !seen.has(row.id));
+        await work(rows);
+        for (const row of rows) seen.add(row.id);
+        if (rows.length < batch || Date.now() >= deadline) return;
       }
-      report.polled += 1;
-      try {
-        const status = await deps.runpod.getStatus(job.runpod_job_id);
-        count(await applyRunStatus(transitions, job, attempt, status));
-      } catch (error) {
-        if (!(error instanceof RunpodError && error.kind === "not_found")) throw error;
-        // RunPod no longer knows the run (TTL or 30-minute retention passed): a failed run.
-        const message = `RunPod run ${job.runpod_job_id} not found (expired)`;
-        const failure = await failRun(db, settings.retry, job, attempt, job.runpod_job_id, message);
-        if (failure?.status === "pending") await requeue(queue, job.id, failure.delayS);
-        count("expired");
-      }
-    },
-    (job, error) => {
-      // RunPod or D1 failed for this job; its lease expires and the next pass tries again.
-      count("poll_failed");
-      log("warn", "reconcile failed for a job", { job_id: job.id, error: String(error) });
+    } catch (error) {
+      report.failedSteps.push(name);
+      log("error", "reconciler step failed", { step: name, error: String(error) });
+    }
+  };
+
+  // 1. Pending jobs wanted for too long: expired.
+  await step(
+    "expire",
+    () => expirePendingJobs(deps, settings.pendingMaxAgeS, batch),
+    (rows) => {
+      report.expired += rows.length;
     },
   );
+
+  // 2. Pending jobs whose message was lost.
+  await step(
+    "requeue",
+    async () =>
+      (await jobs.leaseLostPendingJobs(deps.db, settings.pendingGraceS, batch)).map((id) => ({
+        id,
+      })),
+    async (rows) => {
+      await requeue(
+        deps.queue,
+        rows.map((row) => row.id),
+        0,
+      );
+      report.requeued += rows.length;
+    },
+  );
+
+  // 3. Processing jobs past their claim deadline or poll time.
+  await step(
+    "poll",
+    () => jobs.leaseDueProcessingJobs(deps.db, settings.pollAfterS, batch),
+    (due) =>
+      forEachBounded(
+        due,
+        settings.submitConcurrency,
+        async (job) => {
+          const outcome = await reconcileJob(deps, job);
+          if (outcome === "claim_expired") report.claimsExpired += 1;
+          else {
+            report.polled += 1;
+            count(outcome);
+          }
+        },
+        (job, error) => {
+          // RunPod or D1 failed for this job; its lease expires and a later pass tries again.
+          count("poll_failed");
+          log("warn", "reconcile failed for a job", { job_id: job.id, error: String(error) });
+        },
+      ),
+  );
+
+  // 4. Cancelled jobs whose RunPod /cancel failed.
+  await step(
+    "cancel",
+    () => jobs.leaseUnconfirmedCancels(deps.db, 60, batch),
+    (rows) =>
+      forEachBounded(
+        rows,
+        settings.submitConcurrency,
+        async (row) => {
+          if (row.runpod_job_id) await cancelRunOf(deps, row.id, row.runpod_job_id);
+          count("cancel_retried");
+        },
+        (row, error) =>
+          log("warn", "cancel retry failed", { job_id: row.id, error: String(error) }),
+      ),
+  );
+
   log("info", "reconciled", { ...report });
   return report;
+}
+
+async function reconcileJob(
+  deps: ConsumerDeps,
+  job: JobRow,
+): Promise<RunOutcome | "claim_expired"> {
+  if (!job.runpod_job_id) {
+    // Claimed but no run recorded within CLAIM_TIMEOUT_S: the consumer died in between, or
+    // RunPod's /run answer never came and no news of the run did either.
+    const message = `no RunPod run recorded within ${deps.settings.claimTimeoutS}s of the claim`;
+    await failRun(deps, job, job.attempt, null, message);
+    return "claim_expired";
+  }
+  try {
+    const status = await deps.runpod.getStatus(job.runpod_job_id);
+    return await applyRunStatus(deps, job, job.attempt, status);
+  } catch (error) {
+    if (!(error instanceof RunpodError && error.kind === "not_found")) throw error;
+    return applyLostRun(deps, job);
+  }
 }

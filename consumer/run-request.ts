@@ -1,15 +1,15 @@
-import type { JobRow } from "../shared/job-repository.ts";
 import { plannedOutputKey } from "../shared/job-state.ts";
 import type { RunRequest } from "../shared/runpod-client.ts";
 import type { ConsumerSettings } from "../shared/settings.ts";
 import { attemptUrls } from "../shared/signing.ts";
+import type { JobRow } from "../shared/sql/jobs.ts";
 
-/** The body of `POST /run` for attempt `job.retry_count` of a claimed job. */
+/** The body of `POST /run` for attempt `job.attempt` of a claimed job. */
 export async function buildRunRequest(
   job: JobRow,
   settings: ConsumerSettings,
 ): Promise<RunRequest> {
-  const attempt = job.retry_count;
+  const attempt = job.attempt;
   const urls = await attemptUrls(settings.publicUrl, settings.webhookSecret, job.id, attempt);
   return {
     input: {

@@ -16,6 +16,7 @@ import { getExport } from "./routes/get-export.ts";
 import { health } from "./routes/health.ts";
 import { listExports } from "./routes/list-exports.ts";
 import { openapi } from "./routes/openapi.ts";
+import { retryErrorJobs } from "./routes/retry-jobs.ts";
 import { runpodProgress, runpodWebhook } from "./routes/runpod-callbacks.ts";
 import { stats } from "./routes/stats.ts";
 
@@ -49,6 +50,7 @@ app.post("/dead-letters/:id/replay", adminApi, replayDeadLetter);
 app.delete("/dead-letters/:id", adminApi, deleteDeadLetter);
 app.get("/stats", adminApi, stats);
 app.get("/admin/jobs", adminApi, listJobsForOperators);
+app.post("/admin/jobs/retry", adminApi, retryErrorJobs);
 
 app.notFound((c) => apiError(c, 404, "not_found", `no route for ${c.req.method} ${c.req.path}`));
 app.onError((error, c) => {

@@ -4,7 +4,7 @@
 // doc-only zod schemas whose types tsc checks against the code's (Job, Stats, ...).
 
 import { z } from "zod";
-import type { DeadLetterRow, Job, Stats } from "../shared/job-repository.ts";
+import type { DispatchStatus } from "../consumer/dispatcher.ts";
 import type { RunOutcome } from "../shared/job-state.ts";
 import {
   createExportRequest,
@@ -13,10 +13,14 @@ import {
   r2Key,
   runpodStatusObject,
 } from "../shared/schemas.ts";
+import type { DeadLetterRow } from "../shared/sql/dead-letters.ts";
+import type { Job } from "../shared/sql/jobs.ts";
+import type { Stats } from "../shared/sql/stats.ts";
 import { MAX_BODY_BYTES } from "./http.ts";
 import { adminQuery } from "./routes/admin-jobs.ts";
 import { pageQuery } from "./routes/dead-letters.ts";
 import { listQuery } from "./routes/list-exports.ts";
+import { retryRequest } from "./routes/retry-jobs.ts";
 import { attemptParam } from "./routes/runpod-callbacks.ts";
 
 type JsonSchema = z.core.JSONSchema.BaseSchema;
@@ -57,6 +61,16 @@ const job = exactly<Job>()(
       completed_at: z.string().nullable().describe(stamp("completed")),
       due_at: z.string().nullable().describe(stamp("next attention (retry, claim deadline, poll)")),
       idempotency_key: z.string().nullable(),
+      attempt: z
+        .number()
+        .int()
+        .min(0)
+        .describe("raised by every claim; webhooks of any other attempt change nothing"),
+      version: z
+        .number()
+        .int()
+        .min(1)
+        .describe("raised by every change of the job: keep the highest one you have seen"),
     })
     .describe("An export job: the export_jobs row with params parsed back to an object."),
 );
@@ -105,6 +119,17 @@ const stats = exactly<Stats>()(
   }),
 );
 
+const dispatch = exactly<DispatchStatus>()(
+  z
+    .object({
+      state: z.enum(["running", "paused", "probing"]),
+      reason: z.string().nullable().describe("why dispatch paused"),
+      since: z.string().describe("ISO 8601: when this state began"),
+      runs_last_10s: z.number().int().describe("submissions let through in the last 10 s"),
+    })
+    .describe("The dispatch gate of this RunPod endpoint; null when it could not be reached."),
+);
+
 const webhookOutcome = exactly<RunOutcome | "unknown_job">()(
   z.enum(["completed", "retrying", "failed", "cancelled", "progress", "unchanged", "unknown_job"]),
 );
@@ -127,7 +152,9 @@ const SCHEMAS = {
   DeadLetterPage: z.object({ dead_letters: z.array(deadLetter), next_cursor: nextCursor }),
   DeadLetterDetail: z.object({ dead_letter: deadLetter, job: job.nullable() }),
   DeadLetterReplay: z.object({ dead_letter: deadLetter, job }),
-  Stats: stats,
+  Stats: stats.extend({ dispatch: dispatch.nullable() }),
+  RetryRequest: retryRequest,
+  RetryResult: z.object({ retried: z.number().int(), job_ids: z.array(z.string()) }),
   WebhookAck: z.object({ applied: z.boolean(), outcome: webhookOutcome }),
   Health: z.object({ ok: z.literal(true) }),
   OpenApiDocument: z.looseObject({ openapi: z.literal("3.1.0") }).describe("This document."),
@@ -159,6 +186,7 @@ const ERRORS = {
   not_replayable: "the dead letter names no existing job",
   job_complete: "the dead letter's job completed",
   job_active: "the dead letter's job is still pending or processing",
+  job_cancelled: "the dead letter's job was cancelled, and cancelled jobs are never replayed",
   payload_too_large: `the body exceeds ${MAX_BODY_BYTES} bytes`,
   unsupported_media_type: "the body is not sent as application/json",
   input_not_found: "no R2 object at input_video_key",
@@ -365,7 +393,7 @@ const ROUTES: Route[] = [
     ok: { 202: { description: "replayed and re-enqueued", schema: "DeadLetterReplay" } },
     errors: {
       404: ["not_found"],
-      409: ["already_replayed", "not_replayable", "job_complete", "job_active"],
+      409: ["already_replayed", "not_replayable", "job_complete", "job_active", "job_cancelled"],
     },
   },
   {
@@ -399,13 +427,25 @@ const ROUTES: Route[] = [
     params: { project_id: "only this project", status: "only this status" },
     ok: { 200: { description: "one page", schema: "JobPage" } },
   },
+  {
+    method: "post",
+    path: "/admin/jobs/retry",
+    operationId: "retryErrorJobs",
+    summary:
+      "Put error jobs back to pending (retry_count 0, a fresh attempt), by ids or by a filter; " +
+      "cancelled jobs and jobs that are not error are skipped",
+    tag: "operators",
+    auth: "adminToken",
+    body: { schema: "RetryRequest" },
+    ok: { 202: { description: "what was retried and re-enqueued", schema: "RetryResult" } },
+  },
 ];
 
 const COMMON_PARAMS: Record<string, string> = {
   limit: "page size",
   cursor: "`next_cursor` of the previous page",
   attempt: "the attempt number the URL was signed for",
-  sig: 'lowercase hex HMAC-SHA256(WEBHOOK_SECRET, "<id>:<attempt>")',
+  sig: 'lowercase hex HMAC-SHA256(WEBHOOK_SECRET, "webhook:<id>:<attempt>") for the webhook, "progress:<id>:<attempt>" for progress',
 };
 
 // ---------------------------------------------------------------------------------------------

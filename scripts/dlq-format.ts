@@ -1,6 +1,9 @@
-// Pure text formatting for the dead-letter CLI (scripts/dlq.ts): tables, `key: value` blocks,
+// Pure text formatting for the operators' CLI (scripts/dlq.ts): tables, `key: value` blocks,
 // ages. No I/O here, so it is unit-tested directly.
-import type { DeadLetterRow, Job, Stats } from "../shared/job-repository.ts";
+import type { DispatchStatus } from "../consumer/dispatcher.ts";
+import type { DeadLetterRow } from "../shared/sql/dead-letters.ts";
+import type { Job } from "../shared/sql/jobs.ts";
+import type { Stats } from "../shared/sql/stats.ts";
 
 /** A dead letter as the API returns it: the row with `body` parsed when it is JSON. */
 export type DeadLetter = Omit<DeadLetterRow, "body"> & { body: unknown };
@@ -15,7 +18,16 @@ export interface DeadLetterDetail {
   job: Job | null;
 }
 
-export type { Stats };
+/** GET /stats: the counts, and the dispatch gate (null when the producer could not reach it). */
+export type StatsAnswer = Stats & { dispatch: DispatchStatus | null };
+
+export type { DispatchStatus };
+
+/** POST /admin/jobs/retry's answer. */
+export interface RetryResult {
+  retried: number;
+  job_ids: string[];
+}
 
 /** A cell's text: `-` for null/undefined, strings as they are, anything else as JSON. */
 export function cell(value: unknown): string {
@@ -95,6 +107,8 @@ const JOB_FIELDS = [
   "type",
   "status",
   "retry_count",
+  "attempt",
+  "version",
   "progress",
   "error",
   "runpod_job_id",
@@ -123,8 +137,40 @@ export function formatDeadLetterDetail({ dead_letter: d, job }: DeadLetterDetail
   return `${letter}\n\njob:\n${jobLines}`;
 }
 
-/** `stats`: jobs by status, the oldest pending job's age, stuck claims, dead letters. */
-export function formatStats(stats: Stats): string {
+/**
+ * The dispatch gate on one line: `running since T, 3 runs in the last 10 s`; a reason (why it
+ * paused) in parentheses after the state; `unknown (…)` when the producer could not reach it.
+ */
+export function formatDispatch(dispatch: DispatchStatus | null): string {
+  if (dispatch === null) return "unknown (the producer could not reach the dispatch gate)";
+  const reason = dispatch.reason ? ` (${dispatch.reason})` : "";
+  const runs = plural(dispatch.runs_last_10s, "run");
+  return `${dispatch.state}${reason} since ${dispatch.since}, ${runs} in the last 10 s`;
+}
+
+/**
+ * `retry`: how many jobs went back to pending, one ID a line; given IDs that were not retried
+ * (not `error`, cancelled, or unknown) are listed after.
+ */
+export function formatRetryResult(result: RetryResult, requested: string[] = []): string {
+  const head = `retried ${plural(result.retried, "job")}`;
+  const lines =
+    result.retried === 0
+      ? [`${head} (only error jobs that were not cancelled are retried)`]
+      : [`${head}: pending again, retry budget restored`, ...result.job_ids.map((id) => `  ${id}`)];
+  const retried = new Set(result.job_ids);
+  const skipped = [...new Set(requested)].filter((id) => !retried.has(id));
+  if (skipped.length > 0 && result.retried > 0) {
+    lines.push(
+      `not retried (not error, cancelled or unknown): ${plural(skipped.length, "job")}`,
+      ...skipped.map((id) => `  ${id}`),
+    );
+  }
+  return lines.join("\n");
+}
+
+/** `stats`: jobs by status, the oldest pending job's age, stuck claims, dead letters, dispatch. */
+export function formatStats(stats: StatsAnswer): string {
   const jobs = Object.entries(stats.jobs)
     .map(([status, n]) => `${n} ${status}`)
     .join(", ");
@@ -140,5 +186,9 @@ export function formatStats(stats: Stats): string {
       "dead letters",
       `${stats.dead_letters.total} total, ${stats.dead_letters.not_replayed} not replayed`,
     ],
+    // An older producer's answer has no dispatch at all: say nothing rather than "unknown".
+    ...(stats.dispatch === undefined
+      ? []
+      : [["dispatch", formatDispatch(stats.dispatch)] as [string, string]]),
   ]);
 }

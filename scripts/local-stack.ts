@@ -40,6 +40,10 @@ export const SETTING_NAMES = [
   "RUNPOD_TIMEOUT_MS",
   "RUNPOD_EXECUTION_TIMEOUT_MS",
   "RUNPOD_TTL_MS",
+  "RUNPOD_RUNS_PER_10S",
+  "BREAKER_THRESHOLD",
+  "BREAKER_COOLDOWN_S",
+  "PENDING_MAX_AGE_S",
 ] as const;
 
 export interface StackOptions {

@@ -1,6 +1,8 @@
 // Hand-kept binding types; they match wrangler.toml's [env.producer] and [env.consumer].
 // Every var arrives as a string (or is missing); shared/settings.ts turns them into numbers.
 
+import type { Dispatcher } from "../consumer/dispatcher.ts";
+
 export interface JobMessage {
   job_id: string;
 }
@@ -9,6 +11,9 @@ export interface JobMessage {
 export interface CommonEnv {
   DB: D1Database;
   EXPORT_QUEUE: Queue<JobMessage>;
+  VIDEOS: R2Bucket;
+  /** The dispatch gate, one object per RunPod endpoint (consumer/dispatcher.ts). */
+  DISPATCHER: DurableObjectNamespace<Dispatcher>;
   RUNPOD_API_KEY?: string;
   RUNPOD_ENDPOINT_ID?: string;
   RUNPOD_BASE_URL?: string;
@@ -19,7 +24,6 @@ export interface CommonEnv {
 }
 
 export interface ProducerEnv extends CommonEnv {
-  VIDEOS: R2Bucket;
   API_TOKEN?: string;
   ADMIN_TOKEN?: string;
   CORS_ORIGIN?: string;
@@ -35,4 +39,8 @@ export interface ConsumerEnv extends CommonEnv {
   SUBMIT_CONCURRENCY?: string;
   RUNPOD_EXECUTION_TIMEOUT_MS?: string;
   RUNPOD_TTL_MS?: string;
+  RUNPOD_RUNS_PER_10S?: string;
+  BREAKER_THRESHOLD?: string;
+  BREAKER_COOLDOWN_S?: string;
+  PENDING_MAX_AGE_S?: string;
 }

@@ -1,26 +1,52 @@
 // The job state machine. Every handler — the consumer, the webhook, the progress route, the
-// reconciler and cancel — changes a job only through the functions here, which call the guarded
-// statements of shared/job-repository.ts.
+// reconciler, cancel, replay and operator retry — changes a job only through the functions here,
+// which call the guarded statements of shared/sql/jobs.ts.
 //
-//   pending --claim--> processing --COMPLETED--> complete (progress 100, output_video_key)
-//      ^                   |  submit failed / FAILED / TIMED_OUT / run lost
-//      |                   v
-//      +---- seed CASE: retry_count < 3 ? pending : error   (retry_count + 1, error = message)
-//   cancel (pending|processing) --> error, error = 'cancelled'
+//   pending --claim (attempt + 1)--> processing --COMPLETED--> complete (progress 100, output key)
+//    ^  ^                              |   |  submit failed / FAILED / TIMED_OUT / run lost
+//    |  |                              |   v
+//    |  |                              |  seed CASE: retry_count < 3 ? pending : error
+//    |  +------------ release ---------+  (429, dispatch paused, bad RunPod key: not the job's
+//    |                                     fault; retry_count unchanged)
+//    +-- replay of a dead letter / operator retry (error, not cancelled): retry_count = 0
+//   cancel (pending|processing) --> error 'cancelled'    (RunPod /cancel when a run exists)
+//   pending PENDING_MAX_AGE_S after it was wanted --> error 'expired: …'
 //
-// The attempt number of a run is the job's retry_count when it was claimed; webhook and progress
-// URLs carry it, so news about an older attempt matches no row and changes nothing.
+// Attempts never repeat: every claim raises `attempt`, webhook and progress URLs carry it, and
+// news about any other attempt matches no row and changes nothing.
 
 import type { JobMessage } from "./env.ts";
-import type { JobRow } from "./job-repository.ts";
-import * as repo from "./job-repository.ts";
+import { log } from "./log.ts";
+import type { RunpodClient } from "./runpod-client.ts";
 import type { RunpodStatusObject } from "./schemas.ts";
 import { r2Key } from "./schemas.ts";
 import type { RetrySettings } from "./settings.ts";
+import * as deadLetters from "./sql/dead-letters.ts";
+import type { JobRow } from "./sql/jobs.ts";
+import * as jobs from "./sql/jobs.ts";
 
-/** Where the GPU worker writes the result unless it reports another key. */
+/** Queues accept delays up to 12 hours. */
+export const MAX_QUEUE_DELAY_S = 43_200;
+
+/** What every transition needs: the database, the queue to re-enqueue on, the retry policy. */
+export interface JobDeps {
+  db: D1Database;
+  queue: Queue<JobMessage>;
+  retry: RetrySettings;
+  pollAfterS: number;
+}
+
+/** Where the GPU worker writes the result. */
 export function plannedOutputKey(job: Pick<JobRow, "id" | "project_id">): string {
   return `exports/${job.project_id}/${job.id}.mp4`;
+}
+
+/** A key RunPod reports is honoured only inside the job's own project's exports. */
+export function outputKeyOf(job: Pick<JobRow, "id" | "project_id">, reported: unknown): string {
+  const parsed = r2Key.safeParse(reported);
+  return parsed.success && parsed.data.startsWith(`exports/${job.project_id}/`)
+    ? parsed.data
+    : plannedOutputKey(job);
 }
 
 /**
@@ -33,43 +59,106 @@ export function retryDelaySeconds(
   random: () => number = Math.random,
 ): number {
   const ceiling = Math.min(retry.maxDelayS, retry.baseDelayS * 2 ** Math.max(0, failures - 1));
-  return Math.ceil(ceiling / 2 + random() * (ceiling / 2));
+  return Math.min(MAX_QUEUE_DELAY_S, Math.ceil(ceiling / 2 + random() * (ceiling / 2)));
+}
+
+/**
+ * Puts a job's message back on the queue after `delayS`: a fresh message, so waiting never
+ * counts toward the queue's max_retries. A failed send leaves the job to the reconciler, which
+ * re-enqueues pending jobs that look lost.
+ */
+export async function requeue(
+  queue: Queue<JobMessage>,
+  jobIds: readonly string[],
+  delayS: number,
+): Promise<void> {
+  const delaySeconds = Math.max(0, Math.min(Math.ceil(delayS), MAX_QUEUE_DELAY_S));
+  try {
+    for (let i = 0; i < jobIds.length; i += 100) {
+      const chunk = jobIds.slice(i, i + 100);
+      await queue.sendBatch(
+        chunk.map((id) => ({ body: { job_id: id } })),
+        { delaySeconds },
+      );
+    }
+  } catch (error) {
+    log("warn", "re-enqueue failed; the reconciler will", { jobs: jobIds, error: String(error) });
+  }
+}
+
+/** claimJobs: pending → processing, a fresh attempt for each job that was still pending. */
+export function claimJobs(
+  deps: JobDeps,
+  ids: readonly string[],
+  claimTimeoutS: number,
+): Promise<JobRow[]> {
+  return jobs.claimJobs(deps.db, ids, claimTimeoutS);
+}
+
+/**
+ * recordRun: remember RunPod's id for the attempt that was claimed. When the attempt moved on
+ * meanwhile (cancelled, claim timed out, replayed) the new run is not wanted and is cancelled,
+ * unless a fast webhook already made it the job's run.
+ */
+export async function recordRun(
+  deps: JobDeps & { runpod: RunpodClient },
+  job: JobRow,
+  runpodJobId: string,
+): Promise<JobRow | null> {
+  const row = await jobs.recordRun(deps.db, job.id, job.attempt, runpodJobId, deps.pollAfterS);
+  if (row) return row;
+  const now = await jobs.getJob(deps.db, job.id);
+  if (now?.runpod_job_id !== runpodJobId) {
+    await deps.runpod.cancelRun(runpodJobId).catch((error: unknown) => {
+      log("warn", "cancel of an unwanted run failed", {
+        job_id: job.id,
+        runpod_job_id: runpodJobId,
+        error: String(error),
+      });
+    });
+    log("info", "unwanted run cancelled", { job_id: job.id, runpod_job_id: runpodJobId });
+  }
+  return null;
+}
+
+/**
+ * releaseJob: a claimed job that was not submitted, through no fault of its own (RunPod's rate
+ * limit, dispatch paused, a bad RunPod key), goes back to pending with the same retry_count and is
+ * re-enqueued after `delayS`.
+ */
+export async function releaseJob(deps: JobDeps, job: JobRow, delayS: number): Promise<boolean> {
+  const row = await jobs.releaseJob(deps.db, job.id, job.attempt, delayS);
+  if (row) await requeue(deps.queue, [job.id], delayS);
+  return row !== null;
 }
 
 export interface Failure {
   status: "pending" | "error";
   retryCount: number;
-  /** Seconds until a re-pended job may be tried again (0 when it ended in error). */
+  /** Seconds until a re-pended job is tried again (0 when it ended in error). */
   delayS: number;
 }
 
 /**
- * failRun: the seed's CASE retry for `attempt`. Null when the attempt is no longer current
- * (already failed, completed, cancelled or re-claimed) — then nothing changed.
+ * failRun: the seed's CASE retry for `attempt` (with its run, when one was recorded or reported).
+ * A re-pended job is re-enqueued after its delay. Null when the attempt is no longer current —
+ * then nothing changed.
  */
 export async function failRun(
-  db: D1Database,
-  retry: RetrySettings,
-  job: Pick<JobRow, "id">,
+  deps: JobDeps,
+  job: JobRow,
   attempt: number,
   runpodJobId: string | null,
   error: string,
 ): Promise<Failure | null> {
-  const delayS = retryDelaySeconds(attempt + 1, retry);
-  const row = await repo.failAttempt(db, job.id, attempt, runpodJobId, error, delayS);
+  const delayS = retryDelaySeconds(job.retry_count + 1, deps.retry);
+  const row = await jobs.failAttempt(deps.db, job, attempt, runpodJobId, error, delayS);
   if (!row) return null;
-  const status = row.status === "pending" ? "pending" : "error";
-  return { status, retryCount: row.retry_count, delayS: status === "pending" ? delayS : 0 };
-}
-
-/** Puts a re-pended job back on the queue after its retry delay. */
-export async function requeue(
-  queue: Queue<JobMessage>,
-  jobId: string,
-  delayS: number,
-): Promise<void> {
-  // Queues accept delays up to 12 hours.
-  await queue.send({ job_id: jobId }, { delaySeconds: Math.min(delayS, 43_200) });
+  if (row.status === "pending") {
+    await requeue(deps.queue, [job.id], delayS);
+    return { status: "pending", retryCount: row.retry_count, delayS };
+  }
+  return { status: "error", retryCount: row.retry_count, delayS: 0 };
 }
 
 export type RunOutcome =
@@ -79,13 +168,6 @@ export type RunOutcome =
   | "cancelled"
   | "progress"
   | "unchanged";
-
-export interface RunStatusDeps {
-  db: D1Database;
-  queue: Queue<JobMessage>;
-  retry: RetrySettings;
-  pollAfterS: number;
-}
 
 function progressOf(output: unknown): number | null {
   if (typeof output !== "object" || output === null) return null;
@@ -98,12 +180,19 @@ function errorText(status: RunpodStatusObject): string {
   return detail ? `RunPod ${status.status}: ${detail}` : `RunPod ${status.status}`;
 }
 
+function failedOutcome(failure: Failure | null): RunOutcome {
+  if (!failure) return "unchanged";
+  return failure.status === "error" ? "failed" : "retrying";
+}
+
 /**
  * applyRunStatus: what RunPod says about a run — from its webhook or from the reconciler's poll —
- * applied to attempt `attempt` of `job`. Safe to repeat: a second delivery matches no row.
+ * applied to attempt `attempt` of `job`. Safe to repeat: a second delivery matches no row. News of
+ * the current attempt's run before recordRun (a fast webhook, or a run whose `/run` answer timed
+ * out) adopts that run instead of leaving it orphaned.
  */
 export async function applyRunStatus(
-  deps: RunStatusDeps,
+  deps: JobDeps,
   job: JobRow,
   attempt: number,
   run: RunpodStatusObject,
@@ -111,30 +200,136 @@ export async function applyRunStatus(
   switch (run.status) {
     case "COMPLETED": {
       const reported = (run.output as { output_video_key?: unknown } | undefined)?.output_video_key;
-      const outputKey = r2Key.safeParse(reported).success
-        ? (reported as string)
-        : plannedOutputKey(job);
-      const done = await repo.completeJob(deps.db, job.id, attempt, run.id, outputKey);
+      const done = await jobs.completeJob(
+        deps.db,
+        job,
+        attempt,
+        run.id,
+        outputKeyOf(job, reported),
+      );
       return done ? "completed" : "unchanged";
     }
     case "FAILED":
-    case "TIMED_OUT": {
-      const failure = await failRun(deps.db, deps.retry, job, attempt, run.id, errorText(run));
-      if (!failure) return "unchanged";
-      if (failure.status === "error") return "failed";
-      await requeue(deps.queue, job.id, failure.delayS);
-      return "retrying";
-    }
+    case "TIMED_OUT":
+      return failedOutcome(await failRun(deps, job, attempt, run.id, errorText(run)));
     case "CANCELLED": {
-      const ended = await repo.endRunCancelled(deps.db, job.id, attempt, run.id);
+      const ended = await jobs.endRunCancelled(deps.db, job, attempt, run.id);
       return ended ? "cancelled" : "unchanged";
     }
     case "IN_QUEUE":
     case "IN_PROGRESS": {
       const progress = progressOf(run.output);
       if (progress === null) return "unchanged";
-      const raised = await repo.recordProgress(deps.db, job.id, attempt, progress, deps.pollAfterS);
+      const raised = await jobs.recordProgress(deps.db, job.id, attempt, progress, deps.pollAfterS);
       return raised ? "progress" : "unchanged";
     }
   }
+}
+
+/** A run RunPod no longer knows (its 30-minute retention passed): finished if its output is in R2. */
+export async function applyLostRun(
+  deps: JobDeps & { videos: R2Bucket },
+  job: JobRow,
+): Promise<RunOutcome> {
+  const runId = job.runpod_job_id as string;
+  const key = plannedOutputKey(job);
+  if (await deps.videos.head(key)) {
+    const done = await jobs.completeJob(deps.db, job, job.attempt, runId, key);
+    return done ? "completed" : "unchanged";
+  }
+  const message = `RunPod run ${runId} not found (expired) and no output at ${key}`;
+  return failedOutcome(await failRun(deps, job, job.attempt, runId, message));
+}
+
+/** recordProgress: a progress report of attempt `attempt`. */
+export function recordProgress(
+  deps: JobDeps,
+  jobId: string,
+  attempt: number,
+  progress: number,
+): Promise<JobRow | null> {
+  return jobs.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS);
+}
+
+/** How long until the reconciler tries RunPod's /cancel again after it failed. */
+export const CANCEL_RETRY_S = 60;
+
+/**
+ * cancelJob: pending or processing → error 'cancelled', then RunPod's /cancel when a run exists.
+ * A /cancel that fails is remembered and tried again by the reconciler. Null: the job had
+ * finished (or does not exist).
+ */
+export async function cancelJob(
+  deps: JobDeps & { runpod: RunpodClient },
+  id: string,
+): Promise<JobRow | null> {
+  const cancelled = await jobs.cancelJob(deps.db, id);
+  if (cancelled?.runpod_job_id) await cancelRunOf(deps, cancelled.id, cancelled.runpod_job_id);
+  return cancelled;
+}
+
+/** RunPod's /cancel for a cancelled job's run; a 404 (RunPod forgot it) is as good as done. */
+export async function cancelRunOf(
+  deps: JobDeps & { runpod: RunpodClient },
+  jobId: string,
+  runpodJobId: string,
+): Promise<boolean> {
+  try {
+    await deps.runpod.cancelRun(runpodJobId);
+  } catch (error) {
+    if (!(error instanceof Error && "kind" in error && error.kind === "not_found")) {
+      log("warn", "RunPod cancel failed; the reconciler tries again", {
+        job_id: jobId,
+        runpod_job_id: runpodJobId,
+        error: String(error),
+      });
+      await jobs.markCancelUnconfirmed(deps.db, jobId, runpodJobId, CANCEL_RETRY_S);
+      return false;
+    }
+  }
+  await jobs.markCancelConfirmed(deps.db, jobId);
+  return true;
+}
+
+/** Operators' retry: error jobs (never cancelled ones) back to pending, re-enqueued now. */
+export async function retryJobs(
+  deps: JobDeps,
+  selection: { ids: readonly string[] } | jobs.RetryFilter,
+): Promise<JobRow[]> {
+  const rows =
+    "ids" in selection
+      ? await jobs.retryJobsByIds(deps.db, selection.ids)
+      : await jobs.retryJobsByFilter(deps.db, selection);
+  await requeue(
+    deps.queue,
+    rows.map((row) => row.id),
+    0,
+  );
+  return rows;
+}
+
+/**
+ * Replay of a dead letter: its job (waiting, or ended by a failure; never a cancelled one) back to
+ * pending with its retry budget restored, re-enqueued now; the letter is marked replayed.
+ */
+export async function replayDeadLetter(
+  deps: JobDeps,
+  id: string,
+): Promise<{ deadLetter: deadLetters.DeadLetterRow; job: JobRow } | null> {
+  const replayed = await deadLetters.replayDeadLetter(deps.db, id);
+  if (replayed) await requeue(deps.queue, [replayed.job.id], 0);
+  return replayed;
+}
+
+export const EXPIRED_PREFIX = "expired";
+
+/** Pending jobs wanted for longer than `maxAgeS`: error 'expired: …'. */
+export function expirePendingJobs(
+  deps: JobDeps,
+  maxAgeS: number,
+  limit: number,
+): Promise<JobRow[]> {
+  const cutoff = new Date(Date.now() - maxAgeS * 1000).toISOString().replace("T", " ");
+  const error = `${EXPIRED_PREFIX}: not dispatched within ${maxAgeS}s`;
+  return jobs.expirePendingJobs(deps.db, cutoff.replace("Z", ""), error, limit);
 }

@@ -7,8 +7,8 @@
 //   client timeout fires; the timeout covers the response headers only, so we add our own deadline;
 // - it *returns* `{status, statusText}` for a non-200 2xx answer instead of the body;
 // - its timeout can fire after RunPod accepted the run (the run exists, we never learn its id):
-//   the caller treats that as a failed submission, and the stale run's webhook is ignored because
-//   its attempt number is no longer current.
+//   `timedOut` says so, and the consumer leaves the attempt open so that the run's progress or
+//   webhook can still adopt it (see consumer/process-jobs.ts).
 
 import runpodSdk from "runpod-sdk";
 import { z } from "zod";
@@ -42,11 +42,22 @@ export class RunpodError extends Error {
   override readonly name = "RunpodError";
   readonly kind: RunpodErrorKind;
   readonly httpStatus: number | undefined;
+  /** A 429's `Retry-After`, in seconds, when RunPod sent one. */
+  readonly retryAfterS: number | null;
+  /** The client gave up waiting: RunPod may have accepted the request all the same. */
+  readonly timedOut: boolean;
 
-  constructor(kind: RunpodErrorKind, message: string, httpStatus?: number) {
+  constructor(
+    kind: RunpodErrorKind,
+    message: string,
+    httpStatus?: number,
+    extra: { retryAfterS?: number | null; timedOut?: boolean } = {},
+  ) {
     super(message);
     this.kind = kind;
     this.httpStatus = httpStatus;
+    this.retryAfterS = extra.retryAfterS ?? null;
+    this.timedOut = extra.timedOut ?? false;
   }
 }
 
@@ -55,7 +66,13 @@ const runAccepted = z.looseObject({ id: z.string().min(1), status: z.string() })
 interface XiorLikeError {
   name?: string;
   message?: string;
-  response?: { status?: number; data?: unknown };
+  response?: { status?: number; data?: unknown; headers?: { get?(name: string): string | null } };
+}
+
+function retryAfterOf(e: XiorLikeError): number | null {
+  const value = e.response?.headers?.get?.("retry-after");
+  const seconds = value ? Number(value) : Number.NaN;
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds : null;
 }
 
 function classify(error: unknown, what: string): RunpodError {
@@ -67,11 +84,15 @@ function classify(error: unknown, what: string): RunpodError {
       typeof e.response?.data === "object" ? JSON.stringify(e.response.data) : e.message;
     const message = `RunPod ${what} answered HTTP ${status}: ${detail ?? ""}`.trim();
     if (status === 404) return new RunpodError("not_found", message, status);
-    if (status === 429 || status >= 500) return new RunpodError("retryable", message, status);
+    if (status === 429) {
+      return new RunpodError("retryable", message, status, { retryAfterS: retryAfterOf(e) });
+    }
+    if (status >= 500) return new RunpodError("retryable", message, status);
     return new RunpodError("permanent", message, status);
   }
-  const reason = e.name === "XiorTimeoutError" ? "timed out" : `failed: ${e.message ?? e.name}`;
-  return new RunpodError("retryable", `RunPod ${what} ${reason}`);
+  const timedOut = e.name === "XiorTimeoutError";
+  const reason = timedOut ? "timed out" : `failed: ${e.message ?? e.name}`;
+  return new RunpodError("retryable", `RunPod ${what} ${reason}`, undefined, { timedOut });
 }
 
 /** Runs `call` with a hard deadline, so a stalled body read cannot hold a batch forever. */
@@ -79,7 +100,17 @@ async function withDeadline<T>(call: Promise<T>, timeoutMs: number, what: string
   let timer: ReturnType<typeof setTimeout> | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new RunpodError("retryable", `RunPod ${what} timed out after ${timeoutMs} ms`)),
+      () =>
+        reject(
+          new RunpodError(
+            "retryable",
+            `RunPod ${what} timed out after ${timeoutMs} ms`,
+            undefined,
+            {
+              timedOut: true,
+            },
+          ),
+        ),
       timeoutMs,
     );
   });

@@ -1,3 +1,4 @@
+import type { GateConfig } from "./dispatch-gate.ts";
 import type { CommonEnv, ConsumerEnv, ProducerEnv } from "./env.ts";
 
 /** Reads a numeric var, falling back to the contract's default when it is missing or empty. */
@@ -49,7 +50,15 @@ export interface ConsumerSettings {
   submitConcurrency: number;
   executionTimeoutMs: number;
   ttlMs: number;
+  gate: GateConfig;
+  pendingMaxAgeS: number;
 }
+
+/**
+ * A Worker invocation holds at most 6 connections waiting for response headers; more wait for a
+ * free one while their timeout runs (spurious timeouts on Cloudflare, not under wrangler dev).
+ */
+export const MAX_SUBMIT_CONCURRENCY = 6;
 
 export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
   return {
@@ -60,13 +69,22 @@ export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
     claimTimeoutS: numberVar(env.CLAIM_TIMEOUT_S, 120, "CLAIM_TIMEOUT_S"),
     pollAfterS: numberVar(env.POLL_AFTER_S, 300, "POLL_AFTER_S"),
     pendingGraceS: numberVar(env.PENDING_GRACE_S, 900, "PENDING_GRACE_S"),
-    submitConcurrency: Math.max(1, numberVar(env.SUBMIT_CONCURRENCY, 6, "SUBMIT_CONCURRENCY")),
+    submitConcurrency: Math.min(
+      MAX_SUBMIT_CONCURRENCY,
+      Math.max(1, Math.floor(numberVar(env.SUBMIT_CONCURRENCY, 6, "SUBMIT_CONCURRENCY"))),
+    ),
     executionTimeoutMs: numberVar(
       env.RUNPOD_EXECUTION_TIMEOUT_MS,
       1_800_000,
       "RUNPOD_EXECUTION_TIMEOUT_MS",
     ),
     ttlMs: numberVar(env.RUNPOD_TTL_MS, 86_400_000, "RUNPOD_TTL_MS"),
+    gate: {
+      runsPer10s: Math.max(1, numberVar(env.RUNPOD_RUNS_PER_10S, 900, "RUNPOD_RUNS_PER_10S")),
+      breakerThreshold: Math.max(1, numberVar(env.BREAKER_THRESHOLD, 5, "BREAKER_THRESHOLD")),
+      breakerCooldownS: Math.max(1, numberVar(env.BREAKER_COOLDOWN_S, 30, "BREAKER_COOLDOWN_S")),
+    },
+    pendingMaxAgeS: numberVar(env.PENDING_MAX_AGE_S, 86_400, "PENDING_MAX_AGE_S"),
   };
 }
 

@@ -1,5 +1,6 @@
 // RunPod signs nothing, so the webhook and progress URLs carry their own proof:
-// sig = lowercase hex HMAC-SHA256(WEBHOOK_SECRET, "<job id>:<attempt>").
+// sig = lowercase hex HMAC-SHA256(WEBHOOK_SECRET, "<kind>:<job id>:<attempt>"), kind "webhook" or
+// "progress". Distinct messages: the GPU handler, which sees progress_url, cannot sign a webhook.
 
 const encoder = new TextEncoder();
 
@@ -28,13 +29,21 @@ function hmacKey(secret: string, usage: "sign" | "verify"): Promise<CryptoKey> {
   return key;
 }
 
-const message = (jobId: string, attempt: number) => encoder.encode(`${jobId}:${attempt}`);
+export type SignedUrlKind = "webhook" | "progress";
 
-export async function signAttempt(secret: string, jobId: string, attempt: number): Promise<string> {
+const message = (kind: SignedUrlKind, jobId: string, attempt: number) =>
+  encoder.encode(`${kind}:${jobId}:${attempt}`);
+
+export async function signAttempt(
+  secret: string,
+  kind: SignedUrlKind,
+  jobId: string,
+  attempt: number,
+): Promise<string> {
   const mac = await crypto.subtle.sign(
     "HMAC",
     await hmacKey(secret, "sign"),
-    message(jobId, attempt),
+    message(kind, jobId, attempt),
   );
   return toHex(mac);
 }
@@ -42,6 +51,7 @@ export async function signAttempt(secret: string, jobId: string, attempt: number
 /** Constant-time check (crypto.subtle.verify compares in constant time). */
 export async function verifyAttempt(
   secret: string,
+  kind: SignedUrlKind,
   jobId: string,
   attempt: number,
   sig: string,
@@ -53,7 +63,7 @@ export async function verifyAttempt(
     "HMAC",
     await hmacKey(secret, "verify"),
     bytes,
-    message(jobId, attempt),
+    message(kind, jobId, attempt),
   );
 }
 
@@ -64,10 +74,11 @@ export async function attemptUrls(
   jobId: string,
   attempt: number,
 ): Promise<{ webhook: string; progress: string }> {
-  const query = `attempt=${attempt}&sig=${await signAttempt(secret, jobId, attempt)}`;
+  const query = async (kind: SignedUrlKind) =>
+    `attempt=${attempt}&sig=${await signAttempt(secret, kind, jobId, attempt)}`;
   const id = encodeURIComponent(jobId);
   return {
-    webhook: `${publicUrl}/runpod/webhook/${id}?${query}`,
-    progress: `${publicUrl}/runpod/progress/${id}?${query}`,
+    webhook: `${publicUrl}/runpod/webhook/${id}?${await query("webhook")}`,
+    progress: `${publicUrl}/runpod/progress/${id}?${await query("progress")}`,
   };
 }

@@ -28,7 +28,7 @@ export async function listJobsForOperators(c: AppContext): Promise<Response> {
     c,
     {
       projectIds: query.project_id === undefined ? null : [query.project_id],
-      statuses: query.status === undefined ? null : [query.status],
+      statuses: query.status ?? null,
     },
     query.limit,
     query.cursor,

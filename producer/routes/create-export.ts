@@ -1,9 +1,9 @@
-import type { JobRow } from "../../shared/job-repository.ts";
-import * as repo from "../../shared/job-repository.ts";
-import { toJob } from "../../shared/job-repository.ts";
 import { log } from "../../shared/log.ts";
 import { type CreateExportRequest, createExportRequest } from "../../shared/schemas.ts";
 import { toHex } from "../../shared/signing.ts";
+import type { JobRow } from "../../shared/sql/jobs.ts";
+import * as repo from "../../shared/sql/jobs.ts";
+import { toJob } from "../../shared/sql/jobs.ts";
 import { type AppContext, apiError, readJsonBody } from "../http.ts";
 
 /** JSON with object keys sorted at every level, so equal bodies hash equally. */

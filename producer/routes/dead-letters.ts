@@ -1,11 +1,11 @@
 // Operators' view of the dead-letter queue (bearer ADMIN_TOKEN).
 import { z } from "zod";
-import type { DeadLetterRow } from "../../shared/job-repository.ts";
-import * as repo from "../../shared/job-repository.ts";
-import { toJob } from "../../shared/job-repository.ts";
-import { requeue } from "../../shared/job-state.ts";
-import { log } from "../../shared/log.ts";
+import { replayDeadLetter as replay } from "../../shared/job-state.ts";
+import type { DeadLetterRow } from "../../shared/sql/dead-letters.ts";
+import * as repo from "../../shared/sql/dead-letters.ts";
+import { getJob, toJob } from "../../shared/sql/jobs.ts";
 import { readCursor, toPage } from "../cursor.ts";
+import { jobDeps } from "../deps.ts";
 import { type AppContext, apiError, badCursor, zodIssues } from "../http.ts";
 
 /** The row with `body` parsed back when it is JSON (it is stored as received). */
@@ -43,7 +43,7 @@ export async function listDeadLetters(c: AppContext): Promise<Response> {
 export async function getDeadLetter(c: AppContext): Promise<Response> {
   const row = await repo.getDeadLetter(c.env.DB, c.req.param("id") ?? "");
   if (!row) return apiError(c, 404, "not_found", "no such dead letter");
-  const job = row.job_id ? await repo.getJob(c.env.DB, row.job_id) : null;
+  const job = row.job_id ? await getJob(c.env.DB, row.job_id) : null;
   return c.json({ dead_letter: toDeadLetter(row), job: job ? toJob(job) : null });
 }
 
@@ -53,23 +53,20 @@ export async function getDeadLetter(c: AppContext): Promise<Response> {
  */
 export async function replayDeadLetter(c: AppContext): Promise<Response> {
   const id = c.req.param("id") ?? "";
-  const replayed = await repo.replayDeadLetter(c.env.DB, id);
+  const replayed = await replay(jobDeps(c), id);
   if (!replayed) {
     const row = await repo.getDeadLetter(c.env.DB, id);
     if (!row) return apiError(c, 404, "not_found", "no such dead letter");
     if (row.replayed_at) {
       return apiError(c, 409, "already_replayed", `replayed at ${row.replayed_at}`);
     }
-    const job = row.job_id ? await repo.getJob(c.env.DB, row.job_id) : null;
+    const job = row.job_id ? await getJob(c.env.DB, row.job_id) : null;
     if (!job) return apiError(c, 409, "not_replayable", "the dead letter names no existing job");
     if (job.status === "complete") return apiError(c, 409, "job_complete", "the job completed");
+    if (job.status === "error") {
+      return apiError(c, 409, "job_cancelled", "the job was cancelled; it is never replayed");
+    }
     return apiError(c, 409, "job_active", `the job is ${job.status}; it is still being worked on`);
-  }
-  try {
-    await requeue(c.env.EXPORT_QUEUE, replayed.job.id, 0);
-  } catch (error) {
-    // The job is pending; the reconciler re-enqueues it after PENDING_GRACE_S.
-    log("error", "enqueue failed after replay", { job_id: replayed.job.id, error: String(error) });
   }
   return c.json({ dead_letter: toDeadLetter(replayed.deadLetter), job: toJob(replayed.job) }, 202);
 }

@@ -1,5 +1,5 @@
-import * as repo from "../../shared/job-repository.ts";
-import { toJob } from "../../shared/job-repository.ts";
+import * as repo from "../../shared/sql/jobs.ts";
+import { toJob } from "../../shared/sql/jobs.ts";
 import { type AppContext, apiError } from "../http.ts";
 
 /** `GET /exports/{id}`. */

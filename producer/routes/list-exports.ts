@@ -35,7 +35,7 @@ export async function listExports(c: AppContext): Promise<Response> {
     c,
     {
       projectIds: [...new Set(query.project_id)],
-      statuses: query.active === "true" ? ["pending", "processing"] : null,
+      statuses: query.active === "true" ? "active" : null,
     },
     query.limit,
     query.cursor,

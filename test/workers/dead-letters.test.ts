@@ -5,6 +5,7 @@ import consumer from "../../consumer/index.ts";
 import {
   ADMIN_TOKEN,
   API_TOKEN,
+  callbackPath,
   insertPendingJob,
   postJson,
   processingJob,
@@ -48,7 +49,7 @@ async function deadLetter(id: string): Promise<{ dead_letter: DeadLetter; job: u
 }
 
 describe("dead-letter capture (consumer of export-jobs-dlq)", () => {
-  it("records each message with the job's state, marks a pending job error, and is idempotent", async () => {
+  it("records each message with the job's state, leaves the job as it is, and is idempotent", async () => {
     const pending = await insertPendingJob();
     const running = await processingJob({ runId: "run-live" });
     const a = dlqMessage({ job_id: pending.id });
@@ -67,14 +68,13 @@ describe("dead-letter capture (consumer of export-jobs-dlq)", () => {
       job_status: "pending",
       replayed_at: null,
     });
-    expect(await readJob(pending.id)).toMatchObject({ status: "error" });
-    expect((await readJob(pending.id))?.error).toMatch(/dead-lettered/);
+    // A dead letter is no verdict on the job: a pending one stays pending, for the reconciler to
+    // re-enqueue (and, after PENDING_MAX_AGE_S, to expire).
+    expect(await readJob(pending.id)).toEqual(pending);
+    expect(first.job).toMatchObject({ id: pending.id, status: "pending", error: null });
     // A job with a live run is left alone.
     expect((await deadLetter(b.id)).dead_letter.job_status).toBe("processing");
-    expect(await readJob(running.id)).toMatchObject({
-      status: "processing",
-      runpod_job_id: "run-live",
-    });
+    expect(await readJob(running.id)).toEqual(running);
 
     // The same message delivered again records nothing new.
     await deliver("export-jobs-dlq", [{ ...a, attempts: 12 }]);
@@ -135,29 +135,37 @@ describe("dead-letter API (ADMIN_TOKEN)", () => {
     expect(ours).toEqual(messages.map((m) => m.id).reverse());
 
     const shown = await deadLetter(messages[0]?.id as string);
-    expect(shown.job).toMatchObject({ id: jobs[0]?.id, status: "error" });
+    expect(shown.job).toMatchObject({ id: jobs[0]?.id, status: "pending" });
     expect((await admin("/dead-letters/nope")).status).toBe(404);
     expect((await admin("/dead-letters?limit=0")).status).toBe(400);
     expect((await admin("/dead-letters?cursor=zzz")).status).toBe(400);
   });
 
-  it("replays: job back to pending with its retry budget, re-enqueued, dead letter marked", async () => {
+  it("replays a pending job's dead letter: retry budget restored, re-enqueued, dead letter marked", async () => {
     const job = await insertPendingJob();
-    await env.DB.prepare("UPDATE export_jobs SET retry_count = 2 WHERE id = ?").bind(job.id).run();
+    await env.DB.prepare("UPDATE export_jobs SET retry_count = 2, attempt = 2 WHERE id = ?")
+      .bind(job.id)
+      .run();
     const message = dlqMessage({ job_id: job.id });
     await deliver("export-jobs-dlq", [message]);
-    expect((await readJob(job.id))?.status).toBe("error");
+    expect((await readJob(job.id))?.status).toBe("pending");
 
     const res = await admin(`/dead-letters/${message.id}/replay`, { method: "POST" });
     expect(res.status).toBe(202);
     const body = (await res.json()) as { dead_letter: DeadLetter; job: { status: string } };
     expect(body.dead_letter.replayed_at).not.toBeNull();
-    expect(await readJob(job.id)).toMatchObject({
+    expect(body.job).toMatchObject({ id: job.id, status: "pending", retry_count: 0 });
+    const row = await readJob(job.id);
+    // retry_count is reset, the attempt never: the next claim takes attempt 3.
+    expect(row).toMatchObject({
       status: "pending",
       retry_count: 0,
+      attempt: 2,
       error: null,
       runpod_job_id: null,
     });
+    expect(row?.version).toBe(job.version + 1);
+    expect(row?.pending_since).not.toBeNull(); // wanted again from now on (PENDING_MAX_AGE_S)
     await waitFor(
       async () => ((await sentMessagesFor(job.id)).length ? true : undefined),
       "replay",
@@ -171,10 +179,42 @@ describe("dead-letter API (ADMIN_TOKEN)", () => {
       "already_replayed",
     );
     await deliver("export-jobs-dlq", [message]);
-    expect((await readJob(job.id))?.status).toBe("pending");
+    expect(await readJob(job.id)).toEqual(row);
   });
 
-  it("refuses to replay a completed job, a running job or a poison message (409), 404 unknown", async () => {
+  it("replays the dead letter of a job that ended in a failure (not cancelled)", async () => {
+    const job = await processingJob({ retryCount: 3, runId: "run-failed" });
+    const message = dlqMessage({ job_id: job.id });
+    await deliver("export-jobs-dlq", [message]);
+    // The job then ends `error` by the seed's CASE: its fourth failure.
+    const failed = await postJson(
+      await callbackPath("webhook", job.id, job.attempt),
+      { id: "run-failed", status: "FAILED", error: "boom" },
+      { token: null },
+    );
+    expect(await failed.json()).toEqual({ applied: true, outcome: "failed" });
+    expect(await readJob(job.id)).toMatchObject({ status: "error", retry_count: 4 });
+
+    const res = await admin(`/dead-letters/${message.id}/replay`, { method: "POST" });
+    expect(res.status).toBe(202);
+    expect(await readJob(job.id)).toMatchObject({
+      status: "pending",
+      retry_count: 0,
+      attempt: job.attempt,
+      error: null,
+      runpod_job_id: null,
+      started_at: null,
+      completed_at: null,
+      progress: 0,
+    });
+    await waitFor(
+      async () => ((await sentMessagesFor(job.id)).length ? true : undefined),
+      "replay",
+    );
+    expect(await sentMessagesFor(job.id)).toEqual([{ job_id: job.id }]);
+  });
+
+  it("refuses to replay a completed, running or cancelled job or a poison message (409), 404 unknown", async () => {
     const done = await processingJob({ runId: "run-done" });
     const doneLetter = dlqMessage({ job_id: done.id });
     await deliver("export-jobs-dlq", [doneLetter]);
@@ -184,12 +224,19 @@ describe("dead-letter API (ADMIN_TOKEN)", () => {
     const running = await processingJob({ runId: "run-busy" });
     const runningLetter = dlqMessage({ job_id: running.id });
     await deliver("export-jobs-dlq", [runningLetter]);
+    const cancelled = await insertPendingJob();
+    const cancelledLetter = dlqMessage({ job_id: cancelled.id });
+    await deliver("export-jobs-dlq", [cancelledLetter]);
+    expect((await postJson(`/exports/${cancelled.id}/cancel`, {})).status).toBe(200);
+    const cancelledRow = await readJob(cancelled.id);
+    expect(cancelledRow).toMatchObject({ status: "error", error: "cancelled" });
     const poison = dlqMessage({ nope: true });
     await deliver("export-jobs-dlq", [poison]);
 
     for (const [id, code] of [
       [doneLetter.id, "job_complete"],
       [runningLetter.id, "job_active"],
+      [cancelledLetter.id, "job_cancelled"],
       [poison.id, "not_replayable"],
     ] as const) {
       const res = await admin(`/dead-letters/${id}/replay`, { method: "POST" });
@@ -198,6 +245,9 @@ describe("dead-letter API (ADMIN_TOKEN)", () => {
       expect((await deadLetter(id)).dead_letter.replayed_at).toBeNull();
     }
     expect((await readJob(done.id))?.status).toBe("complete");
+    expect(await readJob(running.id)).toEqual(running);
+    expect(await readJob(cancelled.id)).toEqual(cancelledRow);
+    expect(await sentMessagesFor(cancelled.id)).toEqual([]);
     expect((await admin("/dead-letters/unknown/replay", { method: "POST" })).status).toBe(404);
   });
 

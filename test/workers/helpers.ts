@@ -1,8 +1,8 @@
 import { env } from "cloudflare:workers";
 import app from "../../producer/index.ts";
-import type { JobRow } from "../../shared/job-repository.ts";
-import * as repo from "../../shared/job-repository.ts";
-import { signAttempt } from "../../shared/signing.ts";
+import { type SignedUrlKind, signAttempt } from "../../shared/signing.ts";
+import type { JobRow } from "../../shared/sql/jobs.ts";
+import * as repo from "../../shared/sql/jobs.ts";
 
 export const API_TOKEN = env.API_TOKEN as string;
 export const ADMIN_TOKEN = env.ADMIN_TOKEN as string;
@@ -172,7 +172,7 @@ export async function processingJob(
   const recorded = await repo.recordRun(
     env.DB,
     job.id,
-    claimed.retry_count,
+    claimed.attempt,
     options.runId ?? `run-${crypto.randomUUID()}`,
     300,
   );
@@ -182,9 +182,9 @@ export async function processingJob(
 
 /** The signed webhook or progress path of one attempt, as the consumer hands it to RunPod. */
 export async function callbackPath(
-  kind: "webhook" | "progress",
+  kind: SignedUrlKind,
   jobId: string,
   attempt: number,
 ): Promise<string> {
-  return `/runpod/${kind}/${jobId}?attempt=${attempt}&sig=${await signAttempt(env.WEBHOOK_SECRET as string, jobId, attempt)}`;
+  return `/runpod/${kind}/${jobId}?attempt=${attempt}&sig=${await signAttempt(env.WEBHOOK_SECRET as string, kind, jobId, attempt)}`;
 }

@@ -1,0 +1,18 @@
+// What the producer's handlers hand the state machine (shared/job-state.ts).
+import type { JobDeps } from "../shared/job-state.ts";
+import { createRunpodClient, type RunpodClient } from "../shared/runpod-client.ts";
+import { pollAfterSeconds, retrySettings, runpodSettings } from "../shared/settings.ts";
+import type { AppContext } from "./http.ts";
+
+export function jobDeps(c: AppContext): JobDeps {
+  return {
+    db: c.env.DB,
+    queue: c.env.EXPORT_QUEUE,
+    retry: retrySettings(c.env),
+    pollAfterS: pollAfterSeconds(c.env),
+  };
+}
+
+export function jobDepsWithRunpod(c: AppContext): JobDeps & { runpod: RunpodClient } {
+  return { ...jobDeps(c), runpod: createRunpodClient(runpodSettings(c.env)) };
+}

@@ -1,0 +1,49 @@
+// `POST /admin/jobs/retry` (ADMIN_TOKEN): operators put `error` jobs back to pending, by ids or by
+// a filter, after an incident. Cancelled jobs and jobs that are not `error` are skipped.
+import { z } from "zod";
+import { retryJobs } from "../../shared/job-state.ts";
+import { jobDeps } from "../deps.ts";
+import { type AppContext, readJsonBody } from "../http.ts";
+
+const timestamp = z
+  .string()
+  .regex(/^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?)?Z?$/, "a UTC timestamp");
+
+export const retryRequest = z.union([
+  z.strictObject({ job_ids: z.array(z.uuid()).min(1).max(100) }),
+  z
+    .strictObject({
+      error_prefix: z.string().max(1000).default(""),
+      created_after: timestamp.optional(),
+      created_before: timestamp.optional(),
+      limit: z.number().int().min(1).max(1000).default(100),
+    })
+    .refine(
+      (filter) =>
+        filter.error_prefix !== "" ||
+        filter.created_after !== undefined ||
+        filter.created_before !== undefined,
+      { message: "give job_ids, or at least one of error_prefix, created_after, created_before" },
+    ),
+]);
+
+/** D1's text form of a timestamp: "YYYY-MM-DD HH:MM:SS.SSS". */
+const asStored = (value: string) => value.replace("T", " ").replace(/Z$/, "");
+
+export async function retryErrorJobs(c: AppContext): Promise<Response> {
+  const body = await readJsonBody(c, retryRequest);
+  if (!body.ok) return body.response;
+  const request = body.value;
+  const rows = await retryJobs(
+    jobDeps(c),
+    "job_ids" in request
+      ? { ids: [...new Set(request.job_ids)] }
+      : {
+          errorPrefix: request.error_prefix,
+          createdAfter: request.created_after ? asStored(request.created_after) : "",
+          createdBefore: request.created_before ? asStored(request.created_before) : "9999-12-31",
+          limit: request.limit,
+        },
+  );
+  return c.json({ retried: rows.length, job_ids: rows.map((row) => row.id) }, 202);
+}

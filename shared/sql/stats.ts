@@ -1,0 +1,49 @@
+// GET /stats in one round trip that reads a few rows: status counts come from `job_counts`
+// (kept by migration 0004's triggers in the same transaction as every change of export_jobs).
+
+import { retryTransient } from "../d1-retry.ts";
+import type { JobStatus } from "./jobs.ts";
+
+export interface Stats {
+  jobs: Record<JobStatus, number>;
+  oldest_pending_created_at: string | null;
+  oldest_pending_age_s: number | null;
+  processing_without_run: number;
+  dead_letters: { total: number; not_replayed: number };
+}
+
+export const STATS_SQL = {
+  counts: "SELECT status, n FROM job_counts",
+  oldestPending: `SELECT created_at,
+                         CAST(ROUND((julianday('now') - julianday(created_at)) * 86400) AS INTEGER) AS age_s
+                  FROM export_jobs WHERE status = 'pending' ORDER BY created_at LIMIT 1`,
+  // Processing jobs are bounded by the runs in flight; (status, due_at) holds them.
+  processingWithoutRun:
+    "SELECT COUNT(*) AS n FROM export_jobs WHERE status = 'processing' AND runpod_job_id IS NULL",
+  deadLetters: `SELECT COUNT(*) AS total, COALESCE(SUM(replayed_at IS NULL), 0) AS not_replayed
+                FROM dead_letters`,
+} as const;
+
+export async function readStats(db: D1Database): Promise<Stats> {
+  const [byStatus, oldest, withoutRun, letters] = await retryTransient(() =>
+    db.batch([
+      db.prepare(STATS_SQL.counts),
+      db.prepare(STATS_SQL.oldestPending),
+      db.prepare(STATS_SQL.processingWithoutRun),
+      db.prepare(STATS_SQL.deadLetters),
+    ]),
+  );
+  const jobs: Record<JobStatus, number> = { pending: 0, processing: 0, complete: 0, error: 0 };
+  for (const row of (byStatus?.results ?? []) as { status: JobStatus; n: number }[]) {
+    jobs[row.status] = row.n;
+  }
+  const first = (oldest?.results as { created_at: string; age_s: number }[] | undefined)?.[0];
+  const counts = (letters?.results as { total: number; not_replayed: number }[] | undefined)?.[0];
+  return {
+    jobs,
+    oldest_pending_created_at: first?.created_at ?? null,
+    oldest_pending_age_s: first?.age_s ?? null,
+    processing_without_run: (withoutRun?.results as { n: number }[] | undefined)?.[0]?.n ?? 0,
+    dead_letters: { total: counts?.total ?? 0, not_replayed: counts?.not_replayed ?? 0 },
+  };
+}

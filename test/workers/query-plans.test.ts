@@ -1,0 +1,168 @@
+// Every SQL statement of the repository code, planned by the real D1 binding on the migrations as
+// D1 leaves them (no ANALYZE): each must reach export_jobs through its primary key or an index
+// range that fits what it needs, never a scan, and no statement may bind more than a handful of
+// D1's 100 parameters (lists travel as one JSON array through json_each).
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { DEAD_LETTER_SQL } from "../../shared/sql/dead-letters.ts";
+import { JOB_SQL } from "../../shared/sql/jobs.ts";
+import { STATS_SQL } from "../../shared/sql/stats.ts";
+import { freshProjectId, insertPendingJob, postJson, producerFetch, putInput } from "./helpers.ts";
+
+const PK = "USING INDEX sqlite_autoindex_export_jobs_1";
+const ids = JSON.stringify([crypto.randomUUID(), crypto.randomUUID()]);
+const projects = JSON.stringify([1, 2, 3]);
+const cursor = ["2026-01-01 00:00:00.000", "z"];
+const delay = "+30 seconds";
+
+/** For each statement: sample parameters, and what its plan must reach export_jobs through. */
+const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
+  "jobs.insert": { binds: ["i", 1, "overlay", "k", "{}", null, null], uses: [] },
+  "jobs.byIdempotencyKey": { binds: [1, "key"], uses: ["idx_export_jobs_idempotency"] },
+  "jobs.byId": { binds: ["i"], uses: [PK] },
+  "jobs.listByProjects": {
+    binds: [projects, ...cursor, 21],
+    uses: ["idx_export_jobs_project_created (project_id=? AND (created_at,id)<(?,?))"],
+  },
+  "jobs.listActiveByProjects": {
+    binds: [projects, ...cursor, 21],
+    uses: ["idx_export_jobs_project_status (project_id=? AND status=?)"],
+  },
+  "jobs.listByProjectsAndStatus": {
+    binds: [projects, "error", ...cursor, 21],
+    uses: ["idx_export_jobs_project_created (project_id=? AND (created_at,id)<(?,?))"],
+  },
+  "jobs.listAll": {
+    binds: [...cursor, 51],
+    uses: ["idx_export_jobs_created ((created_at,id)<(?,?))"],
+  },
+  "jobs.listAllByStatus": {
+    binds: ["error", ...cursor, 51],
+    uses: ["idx_export_jobs_created ((created_at,id)<(?,?))"],
+  },
+  "jobs.claim": { binds: [delay, ids], uses: [`${PK} (id=?)`] },
+  "jobs.recordRun": { binds: ["r", delay, "i", 1], uses: [`${PK} (id=?)`] },
+  "jobs.release": { binds: [delay, "i", 1], uses: [`${PK} (id=?)`] },
+  "jobs.failWithoutRun": { binds: ["e", delay, "i", 1], uses: [`${PK} (id=?)`] },
+  "jobs.failRecordedRun": { binds: ["e", delay, "i", 1, "r"], uses: [`${PK} (id=?)`] },
+  "jobs.failUnrecordedRun": { binds: ["e", delay, "r", "i", 1], uses: [`${PK} (id=?)`] },
+  "jobs.completeRecordedRun": { binds: ["k", "i", 1, "r"], uses: [`${PK} (id=?)`] },
+  "jobs.completeUnrecordedRun": { binds: ["k", "r", "i", 1], uses: [`${PK} (id=?)`] },
+  "jobs.cancelledRecordedRun": { binds: ["i", 1, "r"], uses: [`${PK} (id=?)`] },
+  "jobs.cancelledUnrecordedRun": { binds: ["r", "i", 1], uses: [`${PK} (id=?)`] },
+  "jobs.cancel": { binds: ["i"], uses: [`${PK} (id=?)`] },
+  "jobs.cancelUnconfirmed": { binds: [delay, "i", "r"], uses: [`${PK} (id=?)`] },
+  "jobs.cancelConfirmed": { binds: ["i"], uses: [`${PK} (id=?)`] },
+  "jobs.progress": { binds: [50, delay, "i", 1, 50], uses: [`${PK} (id=?)`] },
+  "jobs.retryByIds": { binds: [ids], uses: [`${PK} (id=?)`] },
+  "jobs.retryByFilter": {
+    binds: ["", "9999", "RunPod", "RunPod", 100],
+    uses: [
+      `${PK} (id=?)`,
+      "idx_export_jobs_status_created (status=? AND created_at>? AND created_at<?)",
+    ],
+  },
+  "jobs.leaseLostPending": {
+    binds: ["-900 seconds", 100],
+    uses: [`${PK} (id=?)`, "idx_export_jobs_status_due (status=? AND due_at<?)"],
+  },
+  "jobs.leaseDueProcessing": {
+    binds: [delay, 100],
+    uses: [`${PK} (id=?)`, "idx_export_jobs_status_due (status=? AND due_at<?)"],
+  },
+  "jobs.leaseUnconfirmedCancels": {
+    binds: ["+60 seconds", 100],
+    uses: [`${PK} (id=?)`, "idx_export_jobs_status_due (status=? AND due_at<?)"],
+  },
+  "jobs.expirePending": {
+    binds: ["expired", "2026-01-01", "2026-01-01", 100],
+    uses: [`${PK} (id=?)`, "idx_export_jobs_status_created (status=? AND created_at<?)"],
+  },
+  "deadLetters.insert": { binds: ["m", "q", "dead_lettered", "{}", 1, "j", "j"], uses: [PK] },
+  "deadLetters.list": {
+    binds: [...cursor, 21],
+    uses: ["idx_dead_letters_received ((received_at,id)<(?,?))"],
+  },
+  "deadLetters.byId": { binds: ["m"], uses: ["sqlite_autoindex_dead_letters_1 (id=?)"] },
+  "deadLetters.delete": { binds: ["m"], uses: ["sqlite_autoindex_dead_letters_1 (id=?)"] },
+  "deadLetters.markReplayed": {
+    binds: ["t", "m"],
+    uses: ["sqlite_autoindex_dead_letters_1 (id=?)", `${PK} (id=?)`],
+  },
+  "deadLetters.replayJob": {
+    binds: ["m", "t"],
+    uses: [`${PK} (id=?)`, "sqlite_autoindex_dead_letters_1 (id=?)"],
+  },
+  "stats.counts": { binds: [], uses: [] },
+  "stats.oldestPending": { binds: [], uses: ["idx_export_jobs_status_created (status=?)"] },
+  "stats.processingWithoutRun": { binds: [], uses: ["idx_export_jobs_status_due (status=?)"] },
+  // dead_letters is operators' inbox, kept small by replay and delete: counted in full.
+  "stats.deadLetters": { binds: [], uses: [] },
+};
+
+const STATEMENTS: Record<string, string> = Object.fromEntries([
+  ...Object.entries(JOB_SQL).map(([name, sql]) => [`jobs.${name}`, sql]),
+  ...Object.entries(DEAD_LETTER_SQL).map(([name, sql]) => [`deadLetters.${name}`, sql]),
+  ...Object.entries(STATS_SQL).map(([name, sql]) => [`stats.${name}`, sql]),
+]);
+
+async function planOf(sql: string, binds: unknown[]): Promise<string[]> {
+  const { results } = await env.DB.prepare(`EXPLAIN QUERY PLAN ${sql}`)
+    .bind(...binds)
+    .all<{ detail: string }>();
+  return results.map((row) => row.detail);
+}
+
+describe("query plans (EXPLAIN QUERY PLAN on the real D1 binding)", () => {
+  it("covers every statement of shared/sql/, and each binds at most a handful of parameters", () => {
+    expect(Object.keys(STATEMENTS).sort()).toEqual(Object.keys(EXPECTED).sort());
+    for (const [name, sql] of Object.entries(STATEMENTS)) {
+      const placeholders = sql.match(/\?/g)?.length ?? 0;
+      expect(placeholders, name).toBe(EXPECTED[name]?.binds.length);
+      expect(placeholders, name).toBeLessThanOrEqual(10);
+    }
+  });
+
+  for (const [name, expected] of Object.entries(EXPECTED)) {
+    it(`${name} reaches its rows through ${expected.uses.join(" and ") || "no table scan"}`, async () => {
+      const plan = await planOf(STATEMENTS[name] as string, expected.binds);
+      for (const step of plan) {
+        // A scan of a table other than json_each's list, or of the small tables named below.
+        const scan = /^SCAN (\w+)/.exec(step)?.[1];
+        if (scan && !["json_each", "job_counts", "dead_letters"].includes(scan)) {
+          throw new Error(`${name} scans ${scan}: ${plan.join(" | ")}`);
+        }
+        if (scan === "dead_letters" && name !== "stats.deadLetters") {
+          throw new Error(`${name} scans dead_letters: ${plan.join(" | ")}`);
+        }
+      }
+      for (const use of expected.uses) {
+        expect(
+          plan.some((step) => step.includes(use)),
+          `${name}: ${plan.join(" | ")}`,
+        ).toBe(true);
+      }
+    });
+  }
+
+  it("a contract-valid GET /exports of 100 projects binds 4 parameters and finds their jobs", async () => {
+    const projectIds = Array.from({ length: 100 }, () => freshProjectId());
+    const key = `uploads/${projectIds[0]}/in.mp4`;
+    await putInput(key);
+    const created = await postJson("/exports", {
+      project_id: projectIds[99],
+      type: "annotate",
+      input_video_key: key,
+      params: { annotations: [{ text: "x" }] },
+    });
+    expect(created.status).toBe(202);
+    const createdId = ((await created.json()) as { job: { id: string } }).job.id;
+    const other = await insertPendingJob(projectIds[0]);
+    const query = projectIds.map((id) => `project_id=${id}`).join("&");
+    const res = await producerFetch(`/exports?${query}&limit=100`);
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as { jobs: { id: string }[] };
+    expect(body.jobs.map((job) => job.id).sort()).toEqual([createdId, other.id].sort());
+    expect(JOB_SQL.listByProjects.match(/\?/g)).toHaveLength(4);
+  });
+});
