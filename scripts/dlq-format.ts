@@ -21,7 +21,7 @@ export interface DeadLetterDetail {
 /** GET /stats: the counts, and the dispatch gate (null when the producer could not reach it). */
 export type StatsAnswer = Stats & { dispatch: DispatchStatus | null };
 
-export type { DispatchStatus };
+export type { DispatchStatus, Stats };
 
 /** POST /admin/jobs/retry's answer. */
 export interface RetryResult {

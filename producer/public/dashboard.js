@@ -2,6 +2,8 @@
 // admin token kept in sessionStorage (this tab only).
 const TOKEN_KEY = "reel-exports-admin-token";
 const REFRESH_MS = 2000;
+/** The error of a job its owner cancelled: such jobs are never retried. */
+const CANCELLED = "cancelled";
 const $ = (selector) => document.querySelector(selector);
 
 let timer = null;
@@ -25,8 +27,28 @@ async function api(path, init = {}) {
   }
   if (res.status === 204) return null;
   const body = await res.json();
-  if (!res.ok) throw new Error(`${body.error?.code ?? res.status}: ${body.error?.message ?? ""}`);
+  if (!res.ok) {
+    const issues = (body.error?.issues ?? []).map((issue) => `; ${issue.message}`).join("");
+    throw new Error(`${body.error?.code ?? res.status}: ${body.error?.message ?? ""}${issues}`);
+  }
   return body;
+}
+
+function postJson(path, data) {
+  return api(path, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(data),
+  });
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+/** An ISO time as the job table shows times: "2026-11-24 10:30:00.000" (UTC). */
+function utc(iso) {
+  return iso ? iso.replace("T", " ").replace(/Z$/, "") : "";
 }
 
 function cell(text, className) {
@@ -40,8 +62,42 @@ function short(id) {
   return id ? id.slice(0, 8) : "";
 }
 
+/** The dispatch gate: a badge with its state, why it paused, since when. */
+function dispatchNode(dispatch) {
+  const wrap = document.createElement("span");
+  wrap.className = "dispatch";
+  const badge = document.createElement("span");
+  badge.id = "dispatch-state";
+  const state = dispatch?.state ?? "unknown";
+  badge.className = `badge dispatch-${state}`;
+  badge.dataset.state = state;
+  badge.textContent = state;
+  wrap.append(badge);
+  const detail = document.createElement("span");
+  detail.className = "dispatch-detail";
+  if (dispatch) {
+    if (dispatch.reason) {
+      const reason = document.createElement("span");
+      reason.className = "dispatch-reason";
+      reason.textContent = dispatch.reason;
+      detail.append(reason);
+    }
+    const since = document.createElement("span");
+    since.className = "dispatch-since";
+    since.title = dispatch.since;
+    since.textContent = `since ${utc(dispatch.since)}`;
+    detail.append(since);
+  } else {
+    detail.textContent = "the dispatch gate could not be reached";
+  }
+  wrap.append(detail);
+  return wrap;
+}
+
 function renderStats(stats) {
   const items = [
+    ["Dispatch", dispatchNode(stats.dispatch)],
+    ["Runs in the last 10 s", stats.dispatch ? stats.dispatch.runs_last_10s : "—"],
     ["Pending", stats.jobs.pending],
     ["Processing", stats.jobs.processing],
     ["Complete", stats.jobs.complete],
@@ -59,7 +115,7 @@ function renderStats(stats) {
       const dt = document.createElement("dt");
       const dd = document.createElement("dd");
       dt.textContent = label;
-      dd.textContent = String(value);
+      dd.append(value instanceof Node ? value : String(value));
       div.append(dt, dd);
       return div;
     }),
@@ -83,6 +139,15 @@ function renderJobs(jobs) {
       bar.setAttribute("aria-label", `progress of job ${short(job.id)}`);
       bar.textContent = `${job.progress}%`;
       progress.append(bar, ` ${job.progress}%`);
+      const actions = cell("");
+      if (job.status === "error" && job.error !== CANCELLED) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.textContent = "Retry";
+        button.setAttribute("aria-label", `Retry job ${short(job.id)}`);
+        button.addEventListener("click", () => retryJob(job.id, button));
+        actions.append(button);
+      }
       tr.append(
         id,
         cell(String(job.project_id)),
@@ -93,6 +158,7 @@ function renderJobs(jobs) {
         cell(job.error, "error"),
         cell(job.runpod_job_id),
         cell(job.created_at),
+        actions,
       );
       return tr;
     }),
@@ -171,6 +237,52 @@ async function replay(id) {
   await refresh();
 }
 
+async function retryJob(id, button) {
+  button.disabled = true;
+  try {
+    const result = await postJson("/admin/jobs/retry", { job_ids: [id] });
+    say(
+      result.retried === 1
+        ? `Retried ${short(id)}: the job is pending again (retry budget restored).`
+        : `Did not retry ${short(id)}: it is no longer a failed job.`,
+    );
+  } catch (error) {
+    say(`Retry failed: ${error.message}`);
+  }
+  await refresh();
+}
+
+async function retryFailed(event) {
+  event.preventDefault();
+  const prefix = $("#retry-prefix").value;
+  const after = $("#retry-created-after").value;
+  const limit = Number($("#retry-limit").value);
+  if (!prefix && !after) {
+    say("Retry failed: give an error prefix, a created-after time, or both.");
+    return;
+  }
+  const filter = { limit };
+  const what = [];
+  if (prefix) {
+    filter.error_prefix = prefix;
+    what.push(`whose error starts with "${prefix}"`);
+  }
+  if (after) {
+    // datetime-local is the browser's local time; the API wants UTC.
+    filter.created_after = new Date(after).toISOString();
+    what.push(`created after ${after.replace("T", " ")}`);
+  }
+  if (!confirm(`Retry up to ${plural(limit, "failed job")} ${what.join(" and ")}?`)) return;
+  try {
+    const result = await postJson("/admin/jobs/retry", filter);
+    const ids = result.job_ids.map(short).join(", ");
+    say(`Retried ${plural(result.retried, "job")}${ids ? `: ${ids}` : ""}.`);
+  } catch (error) {
+    say(`Retry failed: ${error.message}`);
+  }
+  await refresh();
+}
+
 async function remove(id) {
   if (!confirm(`Delete dead letter ${short(id)}?`)) return;
   try {
@@ -218,6 +330,7 @@ $("#filters").addEventListener("submit", (event) => {
   event.preventDefault();
   refresh();
 });
+$("#retry-form").addEventListener("submit", retryFailed);
 $("#auto-refresh").addEventListener("change", schedule);
 $("#dl-detail-close").addEventListener("click", () => {
   $("#dl-detail").hidden = true;

@@ -1,9 +1,12 @@
 // The operators' dashboard in a real browser (Chromium driven by playwright-core; see
 // support/chromium.ts for where the browser comes from)
-// against the same local stack as `npm start`. The story: the consumer was deployed without its
-// RunPod key, so a job's message ran out of deliveries and was dead-lettered; the fix is deployed
-// (the stack restarts on the same state); the operator signs in, replays the dead letter and
-// watches the job progress to complete.
+// against the same local stack as `npm start`. The story: RunPod fails every run for a while, so
+// two jobs use up their four attempts and end in `error` (a third is cancelled by its owner); no
+// message is dead-lettered, since a job's failures are retried by the job state machine. The
+// operators' CLI finds nothing it should retry by mistake. RunPod recovers (the stack restarts on
+// the same state with a healthy emulator); the operator signs in, sees dispatch running, retries
+// one job from its row and the other through the "Retry failed jobs" form, and watches both
+// progress to complete; the cancelled job stays as it is.
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -26,7 +29,13 @@ function stackOptions(extra: Partial<StackOptions>): StackOptions {
     emulatorPort: 28790,
     inspectorPorts: [29229, 29230],
     persistTo: path.join(persistTo, "state"),
-    settings: { RUNPOD_ENDPOINT_ID: "browser-endpoint", PENDING_GRACE_S: "5" },
+    settings: {
+      RUNPOD_ENDPOINT_ID: "browser-endpoint",
+      PENDING_GRACE_S: "5",
+      // A failed run is tried again after about a second, so four attempts take seconds.
+      RETRY_BASE_DELAY_S: "1",
+      RETRY_MAX_DELAY_S: "1",
+    },
     emulatorEnv: {
       RUNPOD_EMULATOR_RUN_MS: "6000",
       RUNPOD_EMULATOR_PROGRESS_STEPS: "20,40,60,80",
@@ -34,6 +43,39 @@ function stackOptions(extra: Partial<StackOptions>): StackOptions {
     onOutput: (name, line) => logs.push(`[${name}] ${line}`),
     ...extra,
   };
+}
+
+interface JobView {
+  id: string;
+  status: string;
+  error: string | null;
+  retry_count: number;
+  attempt: number;
+}
+
+/** The operators' CLI against the running stack, its output collected. */
+async function cli(...argv: string[]) {
+  let out = "";
+  let err = "";
+  const code = await dlq(argv, {
+    fetch,
+    out: (text) => {
+      out += text;
+    },
+    err: (text) => {
+      err += text;
+    },
+    env: { REEL_EXPORTS_URL: stack?.producerUrl, ADMIN_TOKEN: stack?.settings.ADMIN_TOKEN },
+  });
+  return { code, out, err };
+}
+
+async function getJob(id: string): Promise<JobView> {
+  const res = await fetch(`${stack?.producerUrl}/exports/${id}`, {
+    headers: { authorization: `Bearer ${stack?.settings.API_TOKEN}` },
+  });
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { job: JobView }).job;
 }
 
 async function until<T>(what: string, check: () => Promise<T | undefined>): Promise<T> {
@@ -59,103 +101,188 @@ afterAll(async () => {
 });
 
 describe("dashboard", () => {
-  let jobId = "";
+  /** Retried from its row in the dashboard. */
+  let rowJob = "";
+  /** Retried through the "Retry failed jobs" form. */
+  let bulkJob = "";
+  /** Cancelled by its owner: never retried. */
+  let cancelledJob = "";
 
-  it("a job of a mis-configured consumer ends up as a dead letter", async () => {
-    stack = await startLocalStack(stackOptions({ consumerVars: { RUNPOD_API_KEY: "" } }));
-    const res = await fetch(`${stack.producerUrl}/exports`, {
-      method: "POST",
-      headers: {
-        authorization: `Bearer ${stack.settings.API_TOKEN}`,
-        "content-type": "application/json",
-      },
-      body: JSON.stringify({
-        project_id: 99,
-        type: "annotate",
-        input_video_key: "uploads/demo/sample.mp4",
-        params: { annotations: [{ text: "goal!" }] },
+  it("jobs whose runs keep failing end in error after four attempts, with no dead letter", async () => {
+    stack = await startLocalStack(
+      stackOptions({
+        emulatorEnv: { RUNPOD_EMULATOR_FAIL_RATE: "1", RUNPOD_EMULATOR_RUN_MS: "300" },
       }),
-    });
-    expect(res.status).toBe(202);
-    jobId = ((await res.json()) as { job: { id: string } }).job.id;
-    const admin = { authorization: `Bearer ${stack.settings.ADMIN_TOKEN}` };
-    const letterId = await until("the dead letter", async () => {
-      const list = (await (
-        await fetch(`${stack?.producerUrl}/dead-letters`, { headers: admin })
-      ).json()) as { dead_letters: { id: string; job_id: string | null }[] };
-      return list.dead_letters.find((d) => d.job_id === jobId)?.id;
-    });
-
-    // The operators' command line sees it too, against the real API.
-    const cli = async (...argv: string[]) => {
-      let out = "";
-      let err = "";
-      const code = await dlq(argv, {
-        fetch,
-        out: (text) => {
-          out += text;
+    );
+    const create = async (text: string) => {
+      const res = await fetch(`${stack?.producerUrl}/exports`, {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${stack?.settings.API_TOKEN}`,
+          "content-type": "application/json",
         },
-        err: (text) => {
-          err += text;
-        },
-        env: { REEL_EXPORTS_URL: stack?.producerUrl, ADMIN_TOKEN: stack?.settings.ADMIN_TOKEN },
+        body: JSON.stringify({
+          project_id: 99,
+          type: "annotate",
+          input_video_key: "uploads/demo/sample.mp4",
+          params: { annotations: [{ text }] },
+        }),
       });
-      return { code, out, err };
+      expect(res.status).toBe(202);
+      return ((await res.json()) as { job: { id: string } }).job.id;
     };
-    const listed = await cli("list");
-    expect(listed.code).toBe(0);
-    expect(listed.out).toContain(letterId);
-    expect(listed.out).toContain(jobId);
-    const shown = await cli("show", letterId);
-    expect(shown.out).toContain("dead_lettered");
-    expect(shown.out).toMatch(/status:\s+error/);
-    expect(await cli("show", "no-such-letter")).toMatchObject({ code: 1 });
-    expect((await cli("stats")).out).toMatch(/dead letters:\s+\d+ total, \d+ not replayed/);
+    rowJob = await create("goal!");
+    bulkJob = await create("save!");
+    cancelledJob = await create("offside");
+    const cancel = await fetch(`${stack.producerUrl}/exports/${cancelledJob}/cancel`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${stack.settings.API_TOKEN}` },
+    });
+    expect(cancel.ok).toBe(true);
+
+    for (const id of [rowJob, bulkJob]) {
+      const failed = await until(`job ${id} to use up its attempts`, async () => {
+        await fetch(`${stack?.consumerUrl}/__scheduled`);
+        const job = await getJob(id);
+        return job.status === "error" ? job : undefined;
+      });
+      expect(failed).toMatchObject({ retry_count: 4, error: "RunPod FAILED: emulated failure" });
+      expect(failed.attempt).toBeGreaterThanOrEqual(4);
+    }
+    expect(await getJob(cancelledJob)).toMatchObject({ status: "error", error: "cancelled" });
+
+    // The operators' command line, against the real API: failed runs dead-letter nothing, and a
+    // retry that matches no failed job (or names an unknown one) changes nothing.
+    expect(await cli("list")).toEqual({ code: 0, out: "0 dead letters\n", err: "" });
+    const stats = await cli("stats");
+    expect(stats.code).toBe(0);
+    expect(stats.out).toMatch(/jobs:\s+.*3 error/);
+    expect(stats.out).toMatch(/dispatch:\s+running since \S+, \d+ runs? in the last 10 s/);
+    const none = "retried 0 jobs (only error jobs that were not cancelled are retried)\n";
+    expect(await cli("retry", "--error-prefix", "RunPod TIMED_OUT")).toEqual({
+      code: 0,
+      out: none,
+      err: "",
+    });
+    expect(await cli("retry", cancelledJob, crypto.randomUUID())).toEqual({
+      code: 0,
+      out: none,
+      err: "",
+    });
+    expect(await cli("retry", "--json", "--created-after", "2999-01-01")).toMatchObject({
+      code: 0,
+      out: `${JSON.stringify({ retried: 0, job_ids: [] }, null, 2)}\n`,
+    });
+    expect(await cli("retry", "not-a-job-id")).toMatchObject({
+      code: 1,
+      err: expect.stringMatching(/^error: invalid_request: .* \(HTTP 400\)\n$/),
+    });
+    for (const id of [rowJob, bulkJob]) {
+      expect(await getJob(id)).toMatchObject({ status: "error", retry_count: 4 });
+    }
     await stack.stop();
     stack = undefined;
   }, 150_000);
 
-  it("signs in, replays the dead letter and shows the job progress to complete", async () => {
-    await stack?.stop(); // the mis-configured deployment, if the first test stopped early
+  it("signs in, sees dispatch running, retries the failed jobs and shows them complete", async () => {
+    expect(rowJob && bulkJob).toBeTruthy(); // the first test made them
+    await stack?.stop(); // the failing deployment, if the first test stopped early
     stack = await startLocalStack(stackOptions({}));
     browser = await chromium.launch({
       executablePath: chromiumLaunch.executablePath,
       headless: true,
       args: chromiumLaunch.args,
     });
-    const page: Page = await browser.newPage();
+    const page: Page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
     await page.goto(`${stack.producerUrl}/`);
 
     // A wrong token is refused; the right one opens the dashboard.
     await page.getByLabel("Admin token").fill("not-the-token");
     await page.getByRole("button", { name: "Sign in" }).click();
     await expect.poll(() => page.locator("#status").textContent()).toContain("not accepted");
+    await expect(page.locator("#app").isHidden()).resolves.toBe(true);
     await page.getByLabel("Admin token").fill(stack.settings.ADMIN_TOKEN as string);
     await page.getByRole("button", { name: "Sign in" }).click();
-    await page.getByRole("heading", { name: "Dead letters" }).waitFor();
+    await page.getByRole("heading", { name: "Retry failed jobs" }).waitFor();
 
-    const job = page.locator(`#jobs tr[data-job-id="${jobId}"]`);
-    await expect.poll(() => job.locator(".job-status").textContent()).toBe("error");
+    // The dispatch gate is shown as a badge; the failures dead-lettered nothing.
+    const badge = page.locator("#stats #dispatch-state");
+    await expect.poll(() => badge.textContent()).toBe("running");
+    expect(await badge.getAttribute("class")).toContain("dispatch-running");
+    expect(await page.locator("#stats").textContent()).toMatch(/Runs in the last 10 s\d+/);
+    expect(await page.locator("#dead-letters tbody tr").count()).toBe(0);
 
-    const letter = page.locator("#dead-letters tbody tr").filter({ hasText: jobId.slice(0, 8) });
-    await letter.getByRole("button", { name: /^Show/ }).click();
-    await expect.poll(() => page.locator("#dl-detail-body").textContent()).toContain(jobId);
-    await letter.getByRole("button", { name: /^Replay/ }).click();
-    await expect.poll(() => page.locator("#status").textContent()).toContain("Replayed");
-    await expect.poll(() => letter.locator(".replayed").textContent()).not.toBe("no");
+    const row = (id: string) => page.locator(`#jobs tr[data-job-id="${id}"]`);
+    const retryOf = (id: string) =>
+      row(id).getByRole("button", { name: `Retry job ${id.slice(0, 8)}` });
+    for (const id of [rowJob, bulkJob]) {
+      await expect.poll(() => row(id).locator(".job-status").textContent()).toBe("error");
+      expect(await row(id).locator(".error").textContent()).toBe("RunPod FAILED: emulated failure");
+      expect(await retryOf(id).count()).toBe(1);
+    }
+    // A cancelled job has no Retry.
+    expect(await row(cancelledJob).locator(".error").textContent()).toBe("cancelled");
+    expect(await row(cancelledJob).getByRole("button").count()).toBe(0);
 
-    // Watch the job on the auto-refreshing table; the reconciler covers a re-enqueue that
+    await page.screenshot({
+      path: path.join(os.tmpdir(), "reel-exports-dashboard-failed.png"),
+      fullPage: true,
+    });
+
+    // The bulk form refuses an empty filter without calling the API.
+    await page.getByRole("button", { name: "Retry failed jobs" }).click();
+    await expect
+      .poll(() => page.locator("#status").textContent())
+      .toContain("give an error prefix, a created-after time, or both");
+
+    // One job from its row.
+    await retryOf(rowJob).click();
+    await expect
+      .poll(() => page.locator("#status").textContent())
+      .toContain(`Retried ${rowJob.slice(0, 8)}`);
+    await expect.poll(() => row(rowJob).locator(".job-status").textContent()).not.toBe("error");
+
+    // The other through the form (after the operator confirms); the one retried above is no
+    // longer `error`, the cancelled one is never retried.
+    await page.getByLabel("Error starts with").fill("RunPod FAILED");
+    await page.getByLabel("At most").fill("10");
+    let asked = "";
+    page.once("dialog", (dialog) => {
+      asked = dialog.message();
+      void dialog.accept();
+    });
+    await page.getByRole("button", { name: "Retry failed jobs" }).click();
+    await expect
+      .poll(() => page.locator("#status").textContent())
+      .toBe(`Retried 1 job: ${bulkJob.slice(0, 8)}.`);
+    expect(asked).toBe('Retry up to 10 failed jobs whose error starts with "RunPod FAILED"?');
+
+    // Watch both on the auto-refreshing table; the reconciler covers a re-enqueue that
     // wrangler dev's restarted Workers may drop.
     const seen: string[] = [];
-    await until("the job to complete", async () => {
+    await until("both jobs to complete", async () => {
       await fetch(`${stack?.consumerUrl}/__scheduled`);
-      const status = await job.locator(".job-status").textContent();
-      const progress = await job.locator("progress").getAttribute("value");
-      seen.push(`${status}:${progress}`);
-      return status === "complete" ? true : undefined;
+      const states: string[] = [];
+      for (const id of [rowJob, bulkJob]) {
+        const status = await row(id).locator(".job-status").textContent();
+        const progress = await row(id).locator("progress").getAttribute("value");
+        seen.push(`${status}:${progress}`);
+        states.push(status ?? "");
+      }
+      return states.every((status) => status === "complete") ? true : undefined;
     });
     expect(seen.some((s) => /^processing:([1-9]\d?)$/.test(s))).toBe(true);
-    expect(await job.locator("progress").getAttribute("value")).toBe("100");
+    for (const id of [rowJob, bulkJob]) {
+      expect(await row(id).locator("progress").getAttribute("value")).toBe("100");
+      expect(await row(id).locator(".error").textContent()).toBe("");
+      expect(await retryOf(id).count()).toBe(0);
+      expect(await getJob(id)).toMatchObject({ status: "complete", retry_count: 0 });
+    }
+    expect(await getJob(cancelledJob)).toMatchObject({ status: "error", error: "cancelled" });
     expect(await page.locator("#stats").textContent()).toContain("Complete");
+    await page.screenshot({
+      path: path.join(os.tmpdir(), "reel-exports-dashboard.png"),
+      fullPage: true,
+    });
   }, 150_000);
 });

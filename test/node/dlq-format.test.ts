@@ -1,11 +1,18 @@
-// The dead-letter CLI: its pure formatting helpers, and `main` against a tiny real HTTP server
+// The operators' CLI: its pure formatting helpers, and `main` against a tiny real HTTP server
 // that answers the producer's admin routes with fixed JSON.
 
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { DEFAULT_TOKEN, DEFAULT_URL, main } from "../../scripts/dlq.ts";
-import { formatAge, renderKeyValues, renderTable } from "../../scripts/dlq-format.ts";
+import {
+  formatAge,
+  formatDispatch,
+  formatRetryResult,
+  formatStats,
+  renderKeyValues,
+  renderTable,
+} from "../../scripts/dlq-format.ts";
 import { LOCAL_DEFAULTS } from "../../scripts/local-stack.ts";
 
 describe("renderTable", () => {
@@ -63,6 +70,74 @@ describe("formatAge", () => {
   });
 });
 
+describe("formatDispatch", () => {
+  it("shows the state, why it paused, since when and the recent runs", () => {
+    expect(
+      formatDispatch({
+        state: "running",
+        reason: null,
+        since: "2026-11-24T10:00:00.000Z",
+        runs_last_10s: 1,
+      }),
+    ).toBe("running since 2026-11-24T10:00:00.000Z, 1 run in the last 10 s");
+    expect(
+      formatDispatch({
+        state: "paused",
+        reason: "5 failed submissions in a row: RunPod /run answered HTTP 503",
+        since: "2026-11-24T10:00:00.000Z",
+        runs_last_10s: 0,
+      }),
+    ).toBe(
+      "paused (5 failed submissions in a row: RunPod /run answered HTTP 503) " +
+        "since 2026-11-24T10:00:00.000Z, 0 runs in the last 10 s",
+    );
+  });
+
+  it("says so when the producer could not reach the gate", () => {
+    expect(formatDispatch(null)).toBe("unknown (the producer could not reach the dispatch gate)");
+  });
+});
+
+describe("formatRetryResult", () => {
+  it("lists the retried jobs, then the requested ones that were skipped", () => {
+    expect(formatRetryResult({ retried: 1, job_ids: ["a"] }, ["a", "b", "b"])).toBe(
+      [
+        "retried 1 job: pending again, retry budget restored",
+        "  a",
+        "not retried (not error, cancelled or unknown): 1 job",
+        "  b",
+      ].join("\n"),
+    );
+    expect(formatRetryResult({ retried: 2, job_ids: ["a", "b"] })).toBe(
+      "retried 2 jobs: pending again, retry budget restored\n  a\n  b",
+    );
+  });
+
+  it("explains an answer that retried nothing", () => {
+    expect(formatRetryResult({ retried: 0, job_ids: [] }, ["a"])).toBe(
+      "retried 0 jobs (only error jobs that were not cancelled are retried)",
+    );
+  });
+});
+
+describe("formatStats", () => {
+  it("has no dispatch line for an answer without dispatch (an older producer)", () => {
+    const older = {
+      jobs: { pending: 0, processing: 0, complete: 1, error: 0 },
+      oldest_pending_created_at: null,
+      oldest_pending_age_s: null,
+      processing_without_run: 0,
+      dead_letters: { total: 0, not_replayed: 0 },
+    };
+    const text = formatStats(older as Parameters<typeof formatStats>[0]);
+    expect(text).toContain("oldest pending:         none");
+    expect(text).not.toContain("dispatch");
+    expect(formatStats({ ...older, dispatch: null })).toContain(
+      "dispatch:               unknown (the producer could not reach the dispatch gate)",
+    );
+  });
+});
+
 // ---------------------------------------------------------------------------------------------
 // main() over real HTTP
 // ---------------------------------------------------------------------------------------------
@@ -99,6 +174,8 @@ const job = {
   completed_at: null,
   due_at: "2026-11-24 10:31:00.000",
   idempotency_key: null,
+  attempt: 3,
+  version: 7,
 };
 
 const stats = {
@@ -107,9 +184,24 @@ const stats = {
   oldest_pending_age_s: 192,
   processing_without_run: 0,
   dead_letters: { total: 5, not_replayed: 2 },
+  dispatch: {
+    state: "paused",
+    reason: "RunPod refused the API key: HTTP 401",
+    since: "2026-11-24T10:02:00.000Z",
+    runs_last_10s: 0,
+  },
 };
 
-/** Route key → [status, JSON body or null]. Pages: no cursor → c2 → c3 → end. */
+/** Error jobs the fake producer retries; FAILED_3 it skips (as if cancelled). */
+const FAILED_1 = "0b7f4c1e-1d2a-4c3b-9e8f-000000000001";
+const FAILED_2 = "0b7f4c1e-1d2a-4c3b-9e8f-000000000002";
+const FAILED_3 = "0b7f4c1e-1d2a-4c3b-9e8f-000000000003";
+const RETRY = "POST /admin/jobs/retry";
+
+/**
+ * Route key (`METHOD URL`, then ` BODY` when the request has one) → [status, JSON body or null].
+ * Pages: no cursor → c2 → c3 → end.
+ */
 const ROUTES: Record<string, [number, unknown]> = {
   "GET /dead-letters?limit=2": [
     200,
@@ -154,17 +246,50 @@ const ROUTES: Record<string, [number, unknown]> = {
   ],
   "DELETE /dead-letters/dl-1": [204, null],
   "GET /stats": [200, stats],
+  [`${RETRY} {"job_ids":["${FAILED_1}","${FAILED_3}"]}`]: [
+    202,
+    { retried: 1, job_ids: [FAILED_1] },
+  ],
+  [`${RETRY} {"error_prefix":"RunPod FAILED","created_after":"2026-11-24T10:00:00Z","limit":50}`]: [
+    202,
+    { retried: 2, job_ids: [FAILED_1, FAILED_2] },
+  ],
+  [`${RETRY} {"created_before":"2026-11-24"}`]: [202, { retried: 0, job_ids: [] }],
+  [`${RETRY} {"job_ids":["not-a-uuid"]}`]: [
+    400,
+    {
+      error: {
+        code: "invalid_request",
+        message: "the body is not valid",
+        issues: [{ path: ["job_ids", 0], message: "Invalid UUID", code: "invalid_format" }],
+      },
+    },
+  ],
 };
 
 let server: Server;
 let origin = "";
-let requests: { method: string; url: string; authorization: string | undefined }[] = [];
+let requests: {
+  method: string;
+  url: string;
+  authorization: string | undefined;
+  /** Only requests with a body have these two. */
+  contentType?: string | undefined;
+  body?: string;
+}[] = [];
 
 beforeAll(async () => {
-  server = createServer((req, res) => {
+  server = createServer(async (req, res) => {
     const method = req.method ?? "";
     const url = req.url ?? "";
-    requests.push({ method, url, authorization: req.headers.authorization });
+    let body = "";
+    for await (const chunk of req) body += chunk;
+    requests.push({
+      method,
+      url,
+      authorization: req.headers.authorization,
+      ...(body === "" ? {} : { contentType: req.headers["content-type"], body }),
+    });
     const send = (status: number, body: unknown) => {
       if (body === null) return res.writeHead(status).end();
       res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
@@ -174,7 +299,7 @@ beforeAll(async () => {
         error: { code: "unauthorized", message: "a valid bearer token is required" },
       });
     }
-    const route = ROUTES[`${method} ${url}`];
+    const route = ROUTES[`${method} ${url}${body === "" ? "" : ` ${body}`}`];
     if (!route) {
       return send(404, { error: { code: "not_found", message: `no route for ${method} ${url}` } });
     }
@@ -275,6 +400,7 @@ describe("dlq CLI", () => {
     expect(out).toContain("\njob:\n  id:            job-dl-1\n");
     expect(out).toContain("  project_id:    42\n");
     expect(out).toContain("  runpod_job_id: -\n");
+    expect(out).toContain("  attempt:       3\n  version:       7\n");
     expect(out).not.toContain("input_video_key");
   });
 
@@ -298,7 +424,7 @@ describe("dlq CLI", () => {
     ]);
   });
 
-  it("stats prints jobs by status, the oldest pending age and dead-letter counts", async () => {
+  it("stats prints jobs by status, the oldest pending age, dead letters and dispatch", async () => {
     const { code, out } = await run(["stats"]);
     expect(code).toBe(0);
     expect(out).toBe(
@@ -307,9 +433,74 @@ describe("dlq CLI", () => {
         "oldest pending:         3m 12s (created 2026-11-24 10:00:00.000)",
         "processing without run: 0",
         "dead letters:           5 total, 2 not replayed",
+        "dispatch:               paused (RunPod refused the API key: HTTP 401) since " +
+          "2026-11-24T10:02:00.000Z, 0 runs in the last 10 s",
         "",
       ].join("\n"),
     );
+  });
+
+  it("retry JOB_ID… posts the IDs as JSON and says which were retried and which not", async () => {
+    expect(await run(["retry", FAILED_1, FAILED_3])).toEqual({
+      code: 0,
+      out: [
+        "retried 1 job: pending again, retry budget restored",
+        `  ${FAILED_1}`,
+        "not retried (not error, cancelled or unknown): 1 job",
+        `  ${FAILED_3}`,
+        "",
+      ].join("\n"),
+      err: "",
+    });
+    expect(requests).toEqual([
+      {
+        method: "POST",
+        url: "/admin/jobs/retry",
+        authorization: `Bearer ${TOKEN}`,
+        contentType: "application/json",
+        body: JSON.stringify({ job_ids: [FAILED_1, FAILED_3] }),
+      },
+    ]);
+  });
+
+  it("retry with a filter posts the filter; --json prints the answer", async () => {
+    const argv = [
+      "retry",
+      "--error-prefix",
+      "RunPod FAILED",
+      "--created-after",
+      "2026-11-24T10:00:00Z",
+      "--limit",
+      "50",
+    ];
+    expect(await run(argv)).toEqual({
+      code: 0,
+      out: `retried 2 jobs: pending again, retry budget restored\n  ${FAILED_1}\n  ${FAILED_2}\n`,
+      err: "",
+    });
+    expect(JSON.parse((await run([...argv, "--json"])).out)).toEqual({
+      retried: 2,
+      job_ids: [FAILED_1, FAILED_2],
+    });
+    // Only the filters given are sent; the API's own limit (100) applies without --limit.
+    expect(await run(["retry", "--created-before", "2026-11-24"])).toEqual({
+      code: 0,
+      out: "retried 0 jobs (only error jobs that were not cancelled are retried)\n",
+      err: "",
+    });
+    expect(requests.map((r) => r.body)).toEqual([
+      '{"error_prefix":"RunPod FAILED","created_after":"2026-11-24T10:00:00Z","limit":50}',
+      '{"error_prefix":"RunPod FAILED","created_after":"2026-11-24T10:00:00Z","limit":50}',
+      '{"created_before":"2026-11-24"}',
+    ]);
+  });
+
+  it("a refused retry prints the API's validation issues, exit 1", async () => {
+    expect(await run(["retry", "not-a-uuid"])).toEqual({
+      code: 1,
+      out: "",
+      err: "error: invalid_request: the body is not valid; job_ids.0: Invalid UUID (HTTP 400)\n",
+    });
   });
 
   it("an API error is printed with its code and HTTP status, exit 1", async () => {
@@ -377,6 +568,8 @@ describe("dlq CLI", () => {
       const { code, out, err } = await run(argv);
       expect({ code, err }).toEqual({ code: 0, err: "" });
       expect(out).toContain("Usage: npm run dlq -- <command>");
+      expect(out).toContain("retry JOB_ID [JOB_ID...]");
+      expect(out).toContain("retry --error-prefix TEXT [--created-after T]");
     }
     for (const [argv, message] of [
       [["frobnicate"], "unknown command: frobnicate"],
@@ -385,6 +578,21 @@ describe("dlq CLI", () => {
       [["delete", "a", "b"], "too many arguments: b"],
       [["list", "--limit", "0"], "--limit must be a positive integer: 0"],
       [["list", "--bogus"], "Unknown option '--bogus'"],
+      [["retry"], "retry needs job IDs, or at least one of --error-prefix TEXT"],
+      [["retry", "--error-prefix", ""], "retry needs job IDs, or at least one of"],
+      [["retry", "--limit", "5"], "retry needs job IDs, or at least one of"],
+      [["retry", FAILED_1, "--error-prefix", "x"], "retry takes job IDs or filter options"],
+      [["retry", FAILED_1, "--limit", "5"], "retry takes job IDs or filter options"],
+      [
+        ["retry", ...Array.from({ length: 101 }, (_, i) => `id-${i}`)],
+        "retry takes at most 100 job IDs at once, not 101",
+      ],
+      [
+        ["retry", "--created-after", "yesterday"],
+        "--created-after must be a UTC timestamp (YYYY-MM-DD[THH:MM[:SS]][Z]): yesterday",
+      ],
+      [["retry", "--error-prefix", "x", "--limit", "1001"], "--limit of retry is at most 1000"],
+      [["list", "--error-prefix", "x"], "--error-prefix is an option of retry only"],
     ] as const) {
       const { code, out, err } = await run([...argv]);
       expect({ code, out }).toEqual({ code: 2, out: "" });
