@@ -20,6 +20,7 @@ import {
   releaseJob,
   requeue,
 } from "../shared/job-state.ts";
+import { livePublisher } from "../shared/live-publisher.ts";
 import { log } from "../shared/log.ts";
 import { createRunpodClient, type RunpodClient, RunpodError } from "../shared/runpod-client.ts";
 import { jobMessage } from "../shared/schemas.ts";
@@ -37,7 +38,6 @@ export interface ConsumerDeps extends JobDeps {
   runpod: RunpodClient;
   settings: ConsumerSettings;
   gate: Gate;
-  videos: R2Bucket;
 }
 
 /** A consumer that cannot run: the batch is retried later, no job is touched. */
@@ -65,6 +65,7 @@ export function consumerDeps(env: ConsumerEnv): ConsumerDeps {
     settings,
     gate: env.DISPATCHER.get(env.DISPATCHER.idFromName(settings.runpod.endpointId)),
     videos: env.VIDEOS,
+    live: livePublisher(env),
   };
 }
 

@@ -159,7 +159,7 @@ async function reconcileJob(
     // Claimed but no run recorded within CLAIM_TIMEOUT_S: the consumer died in between, or
     // RunPod's /run answer never came and no news of the run did either.
     const message = `no RunPod run recorded within ${deps.settings.claimTimeoutS}s of the claim`;
-    await failRun(deps, job, job.attempt, null, message);
+    await failRun(deps, job, job.attempt, null, message, "failed");
     return "claim_expired";
   }
   try {

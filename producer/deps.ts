@@ -1,5 +1,6 @@
 // What the producer's handlers hand the state machine (shared/job-state.ts).
 import type { JobDeps } from "../shared/job-state.ts";
+import { livePublisher } from "../shared/live-publisher.ts";
 import { createRunpodClient, type RunpodClient } from "../shared/runpod-client.ts";
 import { pollAfterSeconds, retrySettings, runpodSettings } from "../shared/settings.ts";
 import type { AppContext } from "./http.ts";
@@ -10,6 +11,8 @@ export function jobDeps(c: AppContext): JobDeps {
     queue: c.env.EXPORT_QUEUE,
     retry: retrySettings(c.env),
     pollAfterS: pollAfterSeconds(c.env),
+    videos: c.env.VIDEOS,
+    live: livePublisher(c.env),
   };
 }
 

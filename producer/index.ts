@@ -12,8 +12,10 @@ import {
   listDeadLetters,
   replayDeadLetter,
 } from "./routes/dead-letters.ts";
+import { getExportOutput } from "./routes/export-output.ts";
 import { getExport } from "./routes/get-export.ts";
 import { health } from "./routes/health.ts";
+import { getExportEvents } from "./routes/job-events.ts";
 import { listExports } from "./routes/list-exports.ts";
 import { openapi } from "./routes/openapi.ts";
 import { retryErrorJobs } from "./routes/retry-jobs.ts";
@@ -39,6 +41,8 @@ app.post("/exports", exportsApi, createExport);
 app.get("/exports", exportsApi, listExports);
 app.get("/exports/:id", exportsApi, getExport);
 app.post("/exports/:id/cancel", exportsApi, cancelExport);
+app.get("/exports/:id/events", exportsApi, getExportEvents);
+app.get("/exports/:id/output", exportsApi, getExportOutput);
 
 app.post("/runpod/webhook/:id", runpodWebhook);
 app.post("/runpod/progress/:id", runpodProgress);

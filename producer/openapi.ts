@@ -154,6 +154,31 @@ const SCHEMAS = {
   DeadLetterReplay: z.object({ dead_letter: deadLetter, job }),
   Stats: stats.extend({ dispatch: dispatch.nullable() }),
   RetryRequest: retryRequest,
+  EventList: z.object({
+    events: z.array(
+      z.object({
+        at: z.string().describe(stamp("happened")),
+        attempt: z.number().int(),
+        type: z.enum([
+          "created",
+          "claimed",
+          "submitted",
+          "submit_failed",
+          "released",
+          "progress",
+          "completed",
+          "failed",
+          "cancelled",
+          "dead_lettered",
+          "replayed",
+          "retried",
+          "expired",
+        ]),
+        runpod_job_id: z.string().optional(),
+        detail: z.string().optional().describe("why it failed; the progress reached; …"),
+      }),
+    ),
+  }),
   RetryResult: z.object({ retried: z.number().int(), job_ids: z.array(z.string()) }),
   WebhookAck: z.object({ applied: z.boolean(), outcome: webhookOutcome }),
   Health: z.object({ ok: z.literal(true) }),
@@ -186,6 +211,9 @@ const ERRORS = {
   not_replayable: "the dead letter names no existing job",
   job_complete: "the dead letter's job completed",
   job_active: "the dead letter's job is still pending or processing",
+  not_complete: "the job is not complete, so it has no output yet",
+  output_missing: "the job completed, but its output is no longer in R2",
+  range_not_satisfiable: "the Range lies outside the object (Content-Range: bytes */size)",
   job_cancelled: "the dead letter's job was cancelled, and cancelled jobs are never replayed",
   payload_too_large: `the body exceeds ${MAX_BODY_BYTES} bytes`,
   unsupported_media_type: "the body is not sent as application/json",
@@ -195,7 +223,7 @@ const ERRORS = {
   internal_error: "unexpected failure; the request may be retried",
 } as const;
 type ErrorCode = keyof typeof ERRORS;
-type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 415 | 422 | 500;
+type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 415 | 416 | 422 | 500;
 
 // ---------------------------------------------------------------------------------------------
 // The routes.
@@ -226,7 +254,7 @@ interface Route {
   params?: Record<string, string>;
   body?: { schema: SchemaId; anyContentType?: true };
   /** Success answers. */
-  ok: Partial<Record<200 | 202 | 204, Reply>>;
+  ok: Partial<Record<200 | 202 | 204 | 206 | 304, Reply>>;
   /** Error answers of the handler itself; those of auth, query and body are added. */
   errors?: Partial<Record<ErrorStatus, ErrorCode[]>>;
 }
@@ -320,6 +348,38 @@ const ROUTES: Route[] = [
     params: { id: JOB_ID },
     ok: { 200: { description: "the job", schema: "JobEnvelope" } },
     errors: { 404: ["not_found"] },
+  },
+  {
+    method: "get",
+    path: "/exports/{id}/events",
+    operationId: "getExportEvents",
+    summary: "A job's timeline, oldest first",
+    tag: "exports",
+    auth: "apiToken",
+    params: { id: JOB_ID },
+    ok: { 200: { description: "the events", schema: "EventList" } },
+    errors: { 404: ["not_found"] },
+  },
+  {
+    method: "get",
+    path: "/exports/{id}/output",
+    operationId: "getExportOutput",
+    summary:
+      "Download a complete job's output from R2 (Range → 206, If-None-Match → 304; " +
+      "Content-Type, Content-Length, ETag, Accept-Ranges: bytes)",
+    tag: "exports",
+    auth: "apiToken",
+    params: { id: JOB_ID },
+    ok: {
+      200: { description: "the file (video/mp4 unless R2 says otherwise)" },
+      206: { description: "the requested byte range, with Content-Range" },
+      304: { description: "the client's copy (If-None-Match) is current" },
+    },
+    errors: {
+      404: ["not_found", "output_missing"],
+      409: ["not_complete"],
+      416: ["range_not_satisfiable"],
+    },
   },
   {
     method: "post",

@@ -14,8 +14,13 @@
 //
 // Attempts never repeat: every claim raises `attempt`, webhook and progress URLs carry it, and
 // news about any other attempt matches no row and changes nothing.
+//
+// Every transition that changed a row hands it to publishJobs (live status), the one place that
+// publishes; each statement also writes the job's timeline event in the same statement (migration
+// 0005's trigger on `last_event`).
 
 import type { JobMessage } from "./env.ts";
+import type { LivePublisher } from "./live-publisher.ts";
 import { log } from "./log.ts";
 import type { RunpodClient } from "./runpod-client.ts";
 import type { RunpodStatusObject } from "./schemas.ts";
@@ -28,12 +33,47 @@ import * as jobs from "./sql/jobs.ts";
 /** Queues accept delays up to 12 hours. */
 export const MAX_QUEUE_DELAY_S = 43_200;
 
-/** What every transition needs: the database, the queue to re-enqueue on, the retry policy. */
+/**
+ * What every transition needs: the database, the queue to re-enqueue on, the retry policy, the
+ * bucket that must hold a completed job's output, and where changes are published.
+ */
 export interface JobDeps {
   db: D1Database;
   queue: Queue<JobMessage>;
   retry: RetrySettings;
   pollAfterS: number;
+  videos: R2Bucket;
+  live: LivePublisher;
+}
+
+/**
+ * publishJobs: the one function through which every change reaches live clients. D1 already has
+ * the change; a publication that fails is logged and changes nothing.
+ */
+export async function publishJobs(deps: JobDeps, rows: readonly (JobRow | null)[]): Promise<void> {
+  const changed = rows.filter((row): row is JobRow => row !== null);
+  const results = await Promise.allSettled(
+    changed.map((row) => deps.live.publish(jobs.toJob(row))),
+  );
+  results.forEach((result, i) => {
+    if (result.status === "rejected") {
+      log("warn", "live publication failed", {
+        job_id: changed[i]?.id,
+        error: String(result.reason),
+      });
+    }
+  });
+}
+
+/** Publishes `row` if there is one, and hands it back. */
+async function published<T extends JobRow | null>(deps: JobDeps, row: T): Promise<T> {
+  await publishJobs(deps, [row]);
+  return row;
+}
+
+/** createJob: the seed's "create job" (pending), or null for an Idempotency-Key already used. */
+export async function createJob(deps: JobDeps, job: jobs.NewJob): Promise<JobRow | null> {
+  return published(deps, await jobs.insertJob(deps.db, job));
 }
 
 /** Where the GPU worker writes the result. */
@@ -87,12 +127,14 @@ export async function requeue(
 }
 
 /** claimJobs: pending → processing, a fresh attempt for each job that was still pending. */
-export function claimJobs(
+export async function claimJobs(
   deps: JobDeps,
   ids: readonly string[],
   claimTimeoutS: number,
 ): Promise<JobRow[]> {
-  return jobs.claimJobs(deps.db, ids, claimTimeoutS);
+  const claimed = await jobs.claimJobs(deps.db, ids, claimTimeoutS);
+  await publishJobs(deps, claimed);
+  return claimed;
 }
 
 /**
@@ -106,7 +148,7 @@ export async function recordRun(
   runpodJobId: string,
 ): Promise<JobRow | null> {
   const row = await jobs.recordRun(deps.db, job.id, job.attempt, runpodJobId, deps.pollAfterS);
-  if (row) return row;
+  if (row) return published(deps, row);
   const now = await jobs.getJob(deps.db, job.id);
   if (now?.runpod_job_id !== runpodJobId) {
     await deps.runpod.cancelRun(runpodJobId).catch((error: unknown) => {
@@ -127,7 +169,7 @@ export async function recordRun(
  * re-enqueued after `delayS`.
  */
 export async function releaseJob(deps: JobDeps, job: JobRow, delayS: number): Promise<boolean> {
-  const row = await jobs.releaseJob(deps.db, job.id, job.attempt, delayS);
+  const row = await published(deps, await jobs.releaseJob(deps.db, job.id, job.attempt, delayS));
   if (row) await requeue(deps.queue, [job.id], delayS);
   return row !== null;
 }
@@ -150,9 +192,13 @@ export async function failRun(
   attempt: number,
   runpodJobId: string | null,
   error: string,
+  event?: "submit_failed" | "failed",
 ): Promise<Failure | null> {
   const delayS = retryDelaySeconds(job.retry_count + 1, deps.retry);
-  const row = await jobs.failAttempt(deps.db, job, attempt, runpodJobId, error, delayS);
+  const row = await published(
+    deps,
+    await jobs.failAttempt(deps.db, job, attempt, runpodJobId, error, delayS, event),
+  );
   if (!row) return null;
   if (row.status === "pending") {
     await requeue(deps.queue, [job.id], delayS);
@@ -200,55 +246,71 @@ export async function applyRunStatus(
   switch (run.status) {
     case "COMPLETED": {
       const reported = (run.output as { output_video_key?: unknown } | undefined)?.output_video_key;
-      const done = await jobs.completeJob(
-        deps.db,
-        job,
-        attempt,
-        run.id,
-        outputKeyOf(job, reported),
-      );
-      return done ? "completed" : "unchanged";
+      return completeRun(deps, job, attempt, run.id, outputKeyOf(job, reported));
     }
     case "FAILED":
     case "TIMED_OUT":
       return failedOutcome(await failRun(deps, job, attempt, run.id, errorText(run)));
     case "CANCELLED": {
-      const ended = await jobs.endRunCancelled(deps.db, job, attempt, run.id);
+      const ended = await published(
+        deps,
+        await jobs.endRunCancelled(deps.db, job, attempt, run.id),
+      );
       return ended ? "cancelled" : "unchanged";
     }
     case "IN_QUEUE":
     case "IN_PROGRESS": {
       const progress = progressOf(run.output);
       if (progress === null) return "unchanged";
-      const raised = await jobs.recordProgress(deps.db, job.id, attempt, progress, deps.pollAfterS);
+      const raised = await recordProgress(deps, job.id, attempt, progress);
       return raised ? "progress" : "unchanged";
     }
   }
 }
 
-/** A run RunPod no longer knows (its 30-minute retention passed): finished if its output is in R2. */
-export async function applyLostRun(
-  deps: JobDeps & { videos: R2Bucket },
+/**
+ * completeRun: a run reported COMPLETED counts only when its output is in R2; otherwise the
+ * attempt failed with `output missing: <key>`.
+ */
+async function completeRun(
+  deps: JobDeps,
   job: JobRow,
+  attempt: number,
+  runpodJobId: string,
+  outputKey: string,
 ): Promise<RunOutcome> {
+  if (!(await deps.videos.head(outputKey))) {
+    return failedOutcome(
+      await failRun(deps, job, attempt, runpodJobId, `output missing: ${outputKey}`),
+    );
+  }
+  const done = await published(
+    deps,
+    await jobs.completeJob(deps.db, job, attempt, runpodJobId, outputKey),
+  );
+  return done ? "completed" : "unchanged";
+}
+
+/** A run RunPod no longer knows (its 30-minute retention passed): finished if its output is in R2. */
+export async function applyLostRun(deps: JobDeps, job: JobRow): Promise<RunOutcome> {
   const runId = job.runpod_job_id as string;
   const key = plannedOutputKey(job);
-  if (await deps.videos.head(key)) {
-    const done = await jobs.completeJob(deps.db, job, job.attempt, runId, key);
-    return done ? "completed" : "unchanged";
-  }
+  if (await deps.videos.head(key)) return completeRun(deps, job, job.attempt, runId, key);
   const message = `RunPod run ${runId} not found (expired) and no output at ${key}`;
   return failedOutcome(await failRun(deps, job, job.attempt, runId, message));
 }
 
 /** recordProgress: a progress report of attempt `attempt`. */
-export function recordProgress(
+export async function recordProgress(
   deps: JobDeps,
   jobId: string,
   attempt: number,
   progress: number,
 ): Promise<JobRow | null> {
-  return jobs.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS);
+  return published(
+    deps,
+    await jobs.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS),
+  );
 }
 
 /** How long until the reconciler tries RunPod's /cancel again after it failed. */
@@ -263,7 +325,7 @@ export async function cancelJob(
   deps: JobDeps & { runpod: RunpodClient },
   id: string,
 ): Promise<JobRow | null> {
-  const cancelled = await jobs.cancelJob(deps.db, id);
+  const cancelled = await published(deps, await jobs.cancelJob(deps.db, id));
   if (cancelled?.runpod_job_id) await cancelRunOf(deps, cancelled.id, cancelled.runpod_job_id);
   return cancelled;
 }
@@ -300,6 +362,7 @@ export async function retryJobs(
     "ids" in selection
       ? await jobs.retryJobsByIds(deps.db, selection.ids)
       : await jobs.retryJobsByFilter(deps.db, selection);
+  await publishJobs(deps, rows);
   await requeue(
     deps.queue,
     rows.map((row) => row.id),
@@ -317,6 +380,7 @@ export async function replayDeadLetter(
   id: string,
 ): Promise<{ deadLetter: deadLetters.DeadLetterRow; job: JobRow } | null> {
   const replayed = await deadLetters.replayDeadLetter(deps.db, id);
+  await publishJobs(deps, [replayed?.job ?? null]);
   if (replayed) await requeue(deps.queue, [replayed.job.id], 0);
   return replayed;
 }
@@ -324,12 +388,14 @@ export async function replayDeadLetter(
 export const EXPIRED_PREFIX = "expired";
 
 /** Pending jobs wanted for longer than `maxAgeS`: error 'expired: …'. */
-export function expirePendingJobs(
+export async function expirePendingJobs(
   deps: JobDeps,
   maxAgeS: number,
   limit: number,
 ): Promise<JobRow[]> {
   const cutoff = new Date(Date.now() - maxAgeS * 1000).toISOString().replace("T", " ");
   const error = `${EXPIRED_PREFIX}: not dispatched within ${maxAgeS}s`;
-  return jobs.expirePendingJobs(deps.db, cutoff.replace("Z", ""), error, limit);
+  const expired = await jobs.expirePendingJobs(deps.db, cutoff.replace("Z", ""), error, limit);
+  await publishJobs(deps, expired);
+  return expired;
 }

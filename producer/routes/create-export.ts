@@ -1,9 +1,11 @@
+import { createJob } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import { type CreateExportRequest, createExportRequest } from "../../shared/schemas.ts";
 import { toHex } from "../../shared/signing.ts";
 import type { JobRow } from "../../shared/sql/jobs.ts";
 import * as repo from "../../shared/sql/jobs.ts";
 import { toJob } from "../../shared/sql/jobs.ts";
+import { jobDeps } from "../deps.ts";
 import { type AppContext, apiError, readJsonBody } from "../http.ts";
 
 /** JSON with object keys sorted at every level, so equal bodies hash equally. */
@@ -71,7 +73,7 @@ export async function createExport(c: AppContext): Promise<Response> {
     );
   }
 
-  const row = await repo.insertJob(c.env.DB, {
+  const row = await createJob(jobDeps(c), {
     id: crypto.randomUUID(),
     ...request,
     idempotency: key !== undefined && hash !== null ? { key, requestHash: hash } : undefined,

@@ -29,6 +29,9 @@ export const DEAD_LETTER_SQL = {
   insert: `INSERT INTO dead_letters (id, queue, reason, body, attempts, received_at, job_id, job_status)
            VALUES (?, ?, ?, ?, ?, ${NOW}, ?, (SELECT status FROM export_jobs WHERE id = ?))
            ON CONFLICT (id) DO NOTHING`,
+  // The job's timeline notes the dead letter (its row does not change).
+  jobEvent: `INSERT OR IGNORE INTO export_job_events (job_id, version, type, at, attempt, detail)
+             SELECT id, version, 'dead_lettered', ${NOW}, attempt, ? FROM export_jobs WHERE id = ?`,
   list: `SELECT * FROM dead_letters WHERE (received_at, id) < (?, ?)
          ORDER BY received_at DESC, id DESC LIMIT ?`,
   byId: "SELECT * FROM dead_letters WHERE id = ?",
@@ -45,7 +48,7 @@ export const DEAD_LETTER_SQL = {
   replayJob: `UPDATE export_jobs
               SET status = 'pending', runpod_job_id = NULL, retry_count = 0, error = NULL,
                   progress = 0, started_at = NULL, completed_at = NULL, due_at = ${NOW},
-                  pending_since = ${NOW}, version = version + 1
+                  pending_since = ${NOW}, version = version + 1, last_event = 'replayed'
               WHERE id = (SELECT job_id FROM dead_letters WHERE id = ? AND replayed_at = ?)
                 AND status IN ('pending', 'error') AND error IS NOT '${CANCELLED}'
               RETURNING *`,
@@ -67,7 +70,7 @@ export async function recordDeadLetters(
   if (letters.length === 0) return;
   await retryTransient(() =>
     db.batch(
-      letters.map((letter) =>
+      letters.flatMap((letter) => [
         db
           .prepare(DEAD_LETTER_SQL.insert)
           .bind(
@@ -79,7 +82,14 @@ export async function recordDeadLetters(
             letter.job_id,
             letter.job_id,
           ),
-      ),
+        ...(letter.job_id
+          ? [
+              db
+                .prepare(DEAD_LETTER_SQL.jobEvent)
+                .bind(`message ${letter.id} (${letter.reason})`, letter.job_id),
+            ]
+          : []),
+      ]),
     ),
   );
 }

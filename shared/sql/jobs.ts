@@ -56,7 +56,8 @@ export function toJob(row: JobRow): Job {
 export const CANCELLED = "cancelled";
 
 /** `SET` fragments every transition to `pending` shares: a fresh start for the next claim. */
-const BACK_TO_PENDING = `status = 'pending', runpod_job_id = NULL, version = version + 1`;
+const BACK_TO_PENDING = `status = 'pending', runpod_job_id = NULL, version = version + 1,
+                         last_event = 'retried'`;
 
 export const JOB_SQL = {
   insert: `INSERT INTO export_jobs (id, project_id, type, input_video_key, params, idempotency_key,
@@ -90,13 +91,13 @@ export const JOB_SQL = {
 
   claim: `UPDATE export_jobs
           SET status = 'processing', attempt = attempt + 1, started_at = ${NOW}, progress = 0,
-              due_at = ${NOW_PLUS}, version = version + 1
+              due_at = ${NOW_PLUS}, version = version + 1, last_event = 'claimed'
           WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
           RETURNING *`,
-  recordRun: `UPDATE export_jobs SET runpod_job_id = ?, due_at = ${NOW_PLUS}, version = version + 1
+  recordRun: `UPDATE export_jobs SET runpod_job_id = ?, due_at = ${NOW_PLUS}, version = version + 1, last_event = 'submitted'
               WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
               RETURNING *`,
-  release: `UPDATE export_jobs SET status = 'pending', due_at = ${NOW_PLUS}, version = version + 1
+  release: `UPDATE export_jobs SET status = 'pending', due_at = ${NOW_PLUS}, version = version + 1, last_event = 'released'
             WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
             RETURNING *`,
   // The seed's CASE update. SQLite evaluates every right-hand side on the old row, so the first
@@ -105,7 +106,7 @@ export const JOB_SQL = {
                    SET status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'error' END,
                        error = ?,
                        due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
-                       retry_count = retry_count + 1, version = version + 1
+                       retry_count = retry_count + 1, version = version + 1, last_event = ?
                    WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
                    RETURNING *`,
   // A run failed: a re-pended job forgets it (the next claim records its own), an ended one keeps it.
@@ -114,7 +115,7 @@ export const JOB_SQL = {
                         error = ?,
                         due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
                         runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE runpod_job_id END,
-                        retry_count = retry_count + 1, version = version + 1
+                        retry_count = retry_count + 1, version = version + 1, last_event = 'failed'
                     WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                     RETURNING *`,
   failUnrecordedRun: `UPDATE export_jobs
@@ -122,47 +123,47 @@ export const JOB_SQL = {
                           error = ?,
                           due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
                           runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE ? END,
-                          retry_count = retry_count + 1, version = version + 1
+                          retry_count = retry_count + 1, version = version + 1, last_event = 'failed'
                       WHERE id = ? AND status = 'processing' AND attempt = ?
                         AND runpod_job_id IS NULL
                       RETURNING *`,
   // The seed's "mark job complete", for the current attempt and run only.
   completeRecordedRun: `UPDATE export_jobs
                         SET status = 'complete', progress = 100, output_video_key = ?,
-                            completed_at = ${NOW}, due_at = NULL, version = version + 1
+                            completed_at = ${NOW}, due_at = NULL, version = version + 1, last_event = 'completed'
                         WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                         RETURNING *`,
   // A webhook faster than recordRun (or a run adopted after the client timed out on /run).
   completeUnrecordedRun: `UPDATE export_jobs
                           SET status = 'complete', progress = 100, output_video_key = ?,
                               completed_at = ${NOW}, due_at = NULL, runpod_job_id = ?,
-                              version = version + 1
+                              version = version + 1, last_event = 'completed'
                           WHERE id = ? AND status = 'processing' AND attempt = ?
                             AND runpod_job_id IS NULL
                           RETURNING *`,
   cancelledRecordedRun: `UPDATE export_jobs
                          SET status = 'error', error = '${CANCELLED}', due_at = NULL,
-                             version = version + 1
+                             version = version + 1, last_event = 'cancelled'
                          WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                          RETURNING *`,
   cancelledUnrecordedRun: `UPDATE export_jobs
                            SET status = 'error', error = '${CANCELLED}', due_at = NULL,
-                               runpod_job_id = ?, version = version + 1
+                               runpod_job_id = ?, version = version + 1, last_event = 'cancelled'
                            WHERE id = ? AND status = 'processing' AND attempt = ?
                              AND runpod_job_id IS NULL
                            RETURNING *`,
   cancel: `UPDATE export_jobs
-           SET status = 'error', error = '${CANCELLED}', due_at = NULL, version = version + 1
+           SET status = 'error', error = '${CANCELLED}', due_at = NULL, version = version + 1, last_event = 'cancelled'
            WHERE id = ? AND status IN ('pending', 'processing')
            RETURNING *`,
   // RunPod's /cancel failed after a user's cancel: due_at on an `error` row means "cancel its run
   // again"; the reconciler picks such rows through (status, due_at) and clears due_at when done.
-  cancelUnconfirmed: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1
+  cancelUnconfirmed: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1, last_event = NULL
                       WHERE id = ? AND status = 'error' AND error = '${CANCELLED}'
                         AND runpod_job_id = ?`,
-  cancelConfirmed: `UPDATE export_jobs SET due_at = NULL, version = version + 1
+  cancelConfirmed: `UPDATE export_jobs SET due_at = NULL, version = version + 1, last_event = NULL
                     WHERE id = ? AND status = 'error' AND due_at IS NOT NULL`,
-  progress: `UPDATE export_jobs SET progress = ?, due_at = ${NOW_PLUS}, version = version + 1
+  progress: `UPDATE export_jobs SET progress = ?, due_at = ${NOW_PLUS}, version = version + 1, last_event = CASE WHEN CAST(? AS INTEGER) / 25 > progress / 25 THEN 'progress' END
              WHERE id = ? AND status = 'processing' AND attempt = ? AND progress < ?
              RETURNING *`,
 
@@ -188,26 +189,26 @@ export const JOB_SQL = {
 
   // Reconciler leases: one statement picks due jobs *and* pushes their due_at forward, so two
   // reconciler passes running at once never pick the same job.
-  leaseLostPending: `UPDATE export_jobs SET due_at = ${NOW}, version = version + 1
+  leaseLostPending: `UPDATE export_jobs SET due_at = ${NOW}, version = version + 1, last_event = NULL
                      WHERE id IN (SELECT id FROM export_jobs
                                   WHERE status = 'pending' AND due_at <= ${NOW_PLUS}
                                   ORDER BY due_at LIMIT ?)
                        AND +status = 'pending'
                      RETURNING id`,
-  leaseDueProcessing: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1
+  leaseDueProcessing: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1, last_event = NULL
                        WHERE id IN (SELECT id FROM export_jobs
                                     WHERE status = 'processing' AND due_at <= ${NOW}
                                     ORDER BY due_at LIMIT ?)
                          AND +status = 'processing'
                        RETURNING *`,
-  leaseUnconfirmedCancels: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1
+  leaseUnconfirmedCancels: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1, last_event = NULL
                             WHERE id IN (SELECT id FROM export_jobs
                                          WHERE status = 'error' AND due_at <= ${NOW}
                                          ORDER BY due_at LIMIT ?)
                               AND +status = 'error'
                             RETURNING id, runpod_job_id`,
   expirePending: `UPDATE export_jobs
-                  SET status = 'error', error = ?, due_at = NULL, version = version + 1
+                  SET status = 'error', error = ?, due_at = NULL, version = version + 1, last_event = 'expired'
                   WHERE id IN (SELECT id FROM export_jobs
                                WHERE status = 'pending' AND created_at < ?
                                  AND pending_since < ?
@@ -377,9 +378,12 @@ export function failAttempt(
   runpodJobId: string | null,
   error: string,
   retryDelayS: number,
+  event: "submit_failed" | "failed" = runpodJobId === null ? "submit_failed" : "failed",
 ): Promise<JobRow | null> {
   const delay = seconds(retryDelayS);
-  if (runpodJobId === null) return first(db, JOB_SQL.failWithoutRun, error, delay, job.id, attempt);
+  if (runpodJobId === null) {
+    return first(db, JOB_SQL.failWithoutRun, error, delay, event, job.id, attempt);
+  }
   return byRun(
     job.runpod_job_id,
     runpodJobId,
@@ -446,7 +450,16 @@ export function recordProgress(
   progress: number,
   pollAfterS: number,
 ): Promise<JobRow | null> {
-  return first(db, JOB_SQL.progress, progress, seconds(pollAfterS), id, attempt, progress);
+  return first(
+    db,
+    JOB_SQL.progress,
+    progress,
+    seconds(pollAfterS),
+    progress,
+    id,
+    attempt,
+    progress,
+  );
 }
 
 export function retryJobsByIds(db: D1Database, ids: readonly string[]): Promise<JobRow[]> {

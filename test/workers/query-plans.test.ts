@@ -5,6 +5,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { DEAD_LETTER_SQL } from "../../shared/sql/dead-letters.ts";
+import { EVENT_SQL } from "../../shared/sql/events.ts";
 import { JOB_SQL } from "../../shared/sql/jobs.ts";
 import { STATS_SQL } from "../../shared/sql/stats.ts";
 import { freshProjectId, insertPendingJob, postJson, producerFetch, putInput } from "./helpers.ts";
@@ -43,7 +44,10 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   "jobs.claim": { binds: [delay, ids], uses: [`${PK} (id=?)`] },
   "jobs.recordRun": { binds: ["r", delay, "i", 1], uses: [`${PK} (id=?)`] },
   "jobs.release": { binds: [delay, "i", 1], uses: [`${PK} (id=?)`] },
-  "jobs.failWithoutRun": { binds: ["e", delay, "i", 1], uses: [`${PK} (id=?)`] },
+  "jobs.failWithoutRun": {
+    binds: ["e", delay, "submit_failed", "i", 1],
+    uses: [`${PK} (id=?)`],
+  },
   "jobs.failRecordedRun": { binds: ["e", delay, "i", 1, "r"], uses: [`${PK} (id=?)`] },
   "jobs.failUnrecordedRun": { binds: ["e", delay, "r", "i", 1], uses: [`${PK} (id=?)`] },
   "jobs.completeRecordedRun": { binds: ["k", "i", 1, "r"], uses: [`${PK} (id=?)`] },
@@ -53,7 +57,7 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   "jobs.cancel": { binds: ["i"], uses: [`${PK} (id=?)`] },
   "jobs.cancelUnconfirmed": { binds: [delay, "i", "r"], uses: [`${PK} (id=?)`] },
   "jobs.cancelConfirmed": { binds: ["i"], uses: [`${PK} (id=?)`] },
-  "jobs.progress": { binds: [50, delay, "i", 1, 50], uses: [`${PK} (id=?)`] },
+  "jobs.progress": { binds: [50, delay, 50, "i", 1, 50], uses: [`${PK} (id=?)`] },
   "jobs.retryByIds": { binds: [ids], uses: [`${PK} (id=?)`] },
   "jobs.retryByFilter": {
     binds: ["", "9999", "RunPod", "RunPod", 100],
@@ -93,6 +97,11 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     binds: ["m", "t"],
     uses: [`${PK} (id=?)`, "sqlite_autoindex_dead_letters_1 (id=?)"],
   },
+  "deadLetters.jobEvent": { binds: ["d", "j"], uses: [`${PK} (id=?)`] },
+  "events.byJob": {
+    binds: ["j"],
+    uses: ["SEARCH export_job_events USING PRIMARY KEY (job_id=?)"],
+  },
   "stats.counts": { binds: [], uses: [] },
   "stats.oldestPending": { binds: [], uses: ["idx_export_jobs_status_created (status=?)"] },
   "stats.processingWithoutRun": { binds: [], uses: ["idx_export_jobs_status_due (status=?)"] },
@@ -104,6 +113,7 @@ const STATEMENTS: Record<string, string> = Object.fromEntries([
   ...Object.entries(JOB_SQL).map(([name, sql]) => [`jobs.${name}`, sql]),
   ...Object.entries(DEAD_LETTER_SQL).map(([name, sql]) => [`deadLetters.${name}`, sql]),
   ...Object.entries(STATS_SQL).map(([name, sql]) => [`stats.${name}`, sql]),
+  ...Object.entries(EVENT_SQL).map(([name, sql]) => [`events.${name}`, sql]),
 ]);
 
 async function planOf(sql: string, binds: unknown[]): Promise<string[]> {

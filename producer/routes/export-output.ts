@@ -1,0 +1,70 @@
+// `GET /exports/{id}/output`: the finished export's file, streamed from R2, with byte ranges
+// (206, 416) and conditional requests (ETag / If-None-Match → 304), so players can seek and
+// browsers can cache.
+import { getJob } from "../../shared/sql/jobs.ts";
+import { type AppContext, apiError } from "../http.ts";
+
+type ByteRange = { offset: number; length: number } | "unsatisfiable" | null;
+
+/** One `bytes=` range of RFC 9110 against an object of `size` bytes; null: serve it whole. */
+export function parseRange(header: string | undefined, size: number): ByteRange {
+  if (!header) return null;
+  const match = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!match) return null; // several ranges or another unit: the whole object, as RFC 9110 allows
+  const [, first, last] = match;
+  if (first === "" && last === "") return null;
+  if (first === "") {
+    const suffix = Number(last);
+    if (suffix === 0) return "unsatisfiable";
+    return { offset: Math.max(0, size - suffix), length: Math.min(suffix, size) };
+  }
+  const start = Number(first);
+  const end = last === "" ? size - 1 : Math.min(Number(last), size - 1);
+  if (start >= size || end < start) return "unsatisfiable";
+  return { offset: start, length: end - start + 1 };
+}
+
+function etagMatches(header: string | undefined, etag: string): boolean {
+  if (!header) return false;
+  if (header.trim() === "*") return true;
+  const bare = (tag: string) => tag.trim().replace(/^W\//, "");
+  return header.split(",").some((tag) => bare(tag) === bare(etag));
+}
+
+export async function getExportOutput(c: AppContext): Promise<Response> {
+  const job = await getJob(c.env.DB, c.req.param("id") ?? "");
+  if (!job) return apiError(c, 404, "not_found", "no such export job");
+  if (job.status !== "complete" || !job.output_video_key) {
+    return apiError(c, 409, "not_complete", `the job is ${job.status}; there is no output yet`);
+  }
+  const key = job.output_video_key;
+  const head = await c.env.VIDEOS.head(key);
+  if (!head) return apiError(c, 404, "output_missing", `no object at ${key} any more`);
+
+  const headers = new Headers({
+    "Accept-Ranges": "bytes",
+    ETag: head.httpEtag,
+    "Content-Type": head.httpMetadata?.contentType ?? "video/mp4",
+    "Cache-Control": "private, max-age=3600",
+  });
+  if (etagMatches(c.req.header("if-none-match"), head.httpEtag)) {
+    return new Response(null, { status: 304, headers });
+  }
+  const range = parseRange(c.req.header("range"), head.size);
+  if (range === "unsatisfiable") {
+    c.header("Content-Range", `bytes */${head.size}`);
+    return apiError(c, 416, "range_not_satisfiable", `the object has ${head.size} bytes`);
+  }
+  const object = await c.env.VIDEOS.get(key, range ? { range } : {});
+  if (!object) return apiError(c, 404, "output_missing", `no object at ${key} any more`);
+  if (range) {
+    headers.set(
+      "Content-Range",
+      `bytes ${range.offset}-${range.offset + range.length - 1}/${head.size}`,
+    );
+    headers.set("Content-Length", String(range.length));
+    return new Response(object.body, { status: 206, headers });
+  }
+  headers.set("Content-Length", String(head.size));
+  return new Response(object.body, { status: 200, headers });
+}
