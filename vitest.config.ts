@@ -25,6 +25,8 @@ export const TEST_VARS = {
   BREAKER_THRESHOLD: "5",
   BREAKER_COOLDOWN_S: "30",
   PENDING_MAX_AGE_S: "86400",
+  LIVE_TICKET_TTL_S: "60",
+  RUNPOD_MAX_IN_FLIGHT: "20",
 };
 
 // A tiny Worker that consumes `export-jobs` in tests and writes every message it receives into
@@ -59,7 +61,11 @@ export default defineConfig({
               d1Databases: { DB: "reel-ballers-test" },
               r2Buckets: { VIDEOS: "reel-ballers-videos-test" },
               queueProducers: { EXPORT_QUEUE: { queueName: "export-jobs" } },
-              durableObjects: { DISPATCHER: "Dispatcher" },
+              durableObjects: {
+                DISPATCHER: { className: "Dispatcher", useSQLite: true },
+                LIVE_HUB: { className: "LiveHub", useSQLite: true },
+                LIVE_CHANNEL: { className: "LiveChannel", useSQLite: true },
+              },
               bindings: {
                 ...TEST_VARS,
                 RUNPOD_BASE_URL: `${inject<string>("runpodEmulatorUrl")}/v2`,

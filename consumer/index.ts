@@ -1,12 +1,14 @@
 // The consumer Worker: wiring only. Domain logic lives in process-jobs.ts, reconciler.ts,
-// dead-letters.ts and the dispatch gate's Durable Object, dispatcher.ts.
+// dead-letters.ts; its Durable Objects in shared/ (the dispatcher, live status).
 import type { ConsumerEnv } from "../shared/env.ts";
 import { log } from "../shared/log.ts";
 import { recordDeadLetterMessages } from "./dead-letters.ts";
 import { consumerDeps, processJobBatch } from "./process-jobs.ts";
 import { reconcile } from "./reconciler.ts";
 
-export { Dispatcher } from "./dispatcher.ts";
+// Every Durable Object class of reel-exports is hosted here; the producer binds them by name.
+export { Dispatcher } from "../shared/dispatcher.ts";
+export { LiveChannel, LiveHub } from "../shared/live-hub.ts";
 
 /**
  * A batch that could not run at all (a missing setting, D1 or the gate unreachable) is retried

@@ -10,15 +10,16 @@
 // `message.retry()`, which would count toward max_retries and end in the dead-letter queue.
 
 import { forEachBounded } from "../shared/concurrency.ts";
-import type { GateConfig, Grant, SubmitOutcome } from "../shared/dispatch-gate.ts";
+import type { GateConfig, SubmitOutcome } from "../shared/dispatch-gate.ts";
+import type { Admission, DispatchConfig } from "../shared/dispatcher.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
+import type { OfferedJob } from "../shared/fair-queue.ts";
 import {
   claimJobs,
   failRun,
   type JobDeps,
   recordRun,
   releaseJob,
-  requeue,
 } from "../shared/job-state.ts";
 import { livePublisher } from "../shared/live-publisher.ts";
 import { log } from "../shared/log.ts";
@@ -26,18 +27,22 @@ import { createRunpodClient, type RunpodClient, RunpodError } from "../shared/ru
 import { jobMessage } from "../shared/schemas.ts";
 import { type ConsumerSettings, consumerSettings } from "../shared/settings.ts";
 import type { JobRow } from "../shared/sql/jobs.ts";
+import * as jobs from "../shared/sql/jobs.ts";
 import { buildRunRequest } from "./run-request.ts";
 
-/** The dispatch gate as the consumer sees it (consumer/dispatcher.ts behind a stub). */
-export interface Gate {
-  acquire(wanted: number, config: GateConfig): Promise<Grant>;
-  report(outcomes: SubmitOutcome[], probe: boolean, config: GateConfig): Promise<void>;
+/** The dispatcher as the consumer sees it (shared/dispatcher.ts behind a stub). */
+export interface DispatcherApi {
+  dispatch(offered: OfferedJob[], config: DispatchConfig): Promise<Admission>;
+  report(outcomes: SubmitOutcome[], config: GateConfig): Promise<void>;
+  free(jobIds: string[]): Promise<void>;
+  heal(processing: string[], config: DispatchConfig, graceMs?: number): Promise<string[]>;
+  inFlight(): Promise<string[]>;
 }
 
 export interface ConsumerDeps extends JobDeps {
   runpod: RunpodClient;
   settings: ConsumerSettings;
-  gate: Gate;
+  dispatcher: DispatcherApi;
 }
 
 /** A consumer that cannot run: the batch is retried later, no job is touched. */
@@ -56,6 +61,7 @@ export function consumerDeps(env: ConsumerEnv): ConsumerDeps {
       `consumer is not configured: ${missing.map(([name]) => name).join(", ")}`,
     );
   }
+  const dispatcher = env.DISPATCHER.get(env.DISPATCHER.idFromName(settings.runpod.endpointId));
   return {
     db: env.DB,
     queue: env.EXPORT_QUEUE,
@@ -63,7 +69,8 @@ export function consumerDeps(env: ConsumerEnv): ConsumerDeps {
     pollAfterS: settings.pollAfterS,
     runpod: createRunpodClient(settings.runpod),
     settings,
-    gate: env.DISPATCHER.get(env.DISPATCHER.idFromName(settings.runpod.endpointId)),
+    dispatcher,
+    slots: dispatcher,
     videos: env.VIDEOS,
     live: livePublisher(env),
   };
@@ -93,36 +100,41 @@ export async function processJobBatch(
   if (byJob.size === 0) return poison;
 
   const gateConfig = deps.settings.gate;
-  const grant = await deps.gate.acquire(byJob.size, gateConfig);
-  const ids = [...byJob.keys()];
-  const allowed = ids.slice(0, grant.delaysMs.length);
-  const heldBack = ids.slice(grant.delaysMs.length);
-
-  // Held back by the gate (paused, or past the pace): not claimed, no retry spent.
-  if (heldBack.length > 0) {
-    await requeue(deps.queue, heldBack, grant.retryInS);
-    for (const id of heldBack) for (const message of byJob.get(id) ?? []) message.ack();
-    log("info", "dispatch held back", {
-      jobs: heldBack.length,
-      mode: grant.mode,
-      retry_in_s: grant.retryInS,
+  // Offer the jobs still pending to the dispatcher; it admits those whose turn it is (free slots,
+  // fairness, the gate) and keeps the others waiting, sending them when their turn comes.
+  const pending = await jobs.pendingJobs(deps.db, [...byJob.keys()]);
+  const admission = await deps.dispatcher.dispatch(
+    pending.map((job) => ({
+      id: job.id,
+      key: job.user_id === null ? `project:${job.project_id}` : `user:${job.user_id}`,
+      createdAt: job.created_at,
+    })),
+    gateConfig,
+  );
+  const delayOf = new Map(admission.admitted.map((entry) => [entry.id, entry.delayMs]));
+  // Every message but the one of each admitted job is done with: a duplicate (not pending, or a
+  // second message for the same job), or a job now waiting in the dispatcher.
+  for (const [id, list] of byJob) {
+    const [first, ...rest] = list;
+    for (const message of rest) message.ack();
+    if (!delayOf.has(id)) first?.ack();
+  }
+  if (delayOf.size < pending.length) {
+    log("info", "jobs wait for dispatch", {
+      waiting: pending.length - delayOf.size,
+      mode: admission.mode,
     });
   }
-  if (allowed.length === 0) return poison;
+  if (delayOf.size === 0) return poison;
 
-  const claimed = await claimJobs(deps, allowed, deps.settings.claimTimeoutS);
+  const claimed = await claimJobs(deps, [...delayOf.keys()], deps.settings.claimTimeoutS);
   const claimedIds = new Set(claimed.map((job) => job.id));
-  // Duplicates: a job that was not pending, or a second message for the same job in this batch.
-  for (const id of allowed) {
-    const [first, ...rest] = byJob.get(id) ?? [];
-    for (const message of rest) message.ack();
-    if (!claimedIds.has(id)) {
-      log("info", "duplicate delivery acknowledged", { job_id: id });
-      first?.ack();
-    }
+  for (const id of delayOf.keys()) {
+    // Admitted, but no longer pending (a duplicate of a job now running, or cancelled): nothing
+    // to submit; a slot it may hold is healed by the reconciler against D1.
+    if (!claimedIds.has(id)) byJob.get(id)?.[0]?.ack();
   }
 
-  const delayOf = new Map(allowed.map((id, i) => [id, grant.delaysMs[i] ?? 0]));
   const outcomes: SubmitOutcome[] = [];
   // The gate hears of this batch only at its end; within it, a bad key or a run of failures
   // stops the batch's own submissions at once, and the rest are released unsent.
@@ -152,7 +164,7 @@ export async function processJobBatch(
       byJob.get(job.id)?.[0]?.retry({ delaySeconds: deps.settings.claimTimeoutS });
     },
   );
-  await deps.gate.report(outcomes, grant.probe, gateConfig).catch((error: unknown) => {
+  await deps.dispatcher.report(outcomes, gateConfig).catch((error: unknown) => {
     log("warn", "dispatch gate report failed", { error: String(error) });
   });
   return poison;

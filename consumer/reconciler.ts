@@ -37,11 +37,12 @@ export interface ReconcileReport {
   polled: number;
   outcomes: Partial<Record<Count, number>>;
   failedSteps: string[];
+  slotsHealed: number;
 }
 
 export async function reconcile(
   deps: ConsumerDeps,
-  options: { budgetMs?: number; batch?: number } = {},
+  options: { budgetMs?: number; batch?: number; healGraceMs?: number } = {},
 ): Promise<ReconcileReport> {
   const { settings } = deps;
   const batch = options.batch ?? RECONCILE_BATCH;
@@ -53,6 +54,7 @@ export async function reconcile(
     polled: 0,
     outcomes: {},
     failedSteps: [],
+    slotsHealed: 0,
   };
   const count = (key: Count) => {
     report.outcomes[key] = (report.outcomes[key] ?? 0) + 1;
@@ -146,6 +148,17 @@ export async function reconcile(
           log("warn", "cancel retry failed", { job_id: row.id, error: String(error) }),
       ),
   );
+
+  // 5. The dispatcher's runs in flight against D1: a slot whose notification was lost is freed.
+  try {
+    const slots = await deps.dispatcher.inFlight();
+    const processing = await jobs.processingAmong(deps.db, slots);
+    const healed = await deps.dispatcher.heal(processing, settings.gate, options.healGraceMs);
+    report.slotsHealed = healed.length;
+  } catch (error) {
+    report.failedSteps.push("slots");
+    log("error", "reconciler step failed", { step: "slots", error: String(error) });
+  }
 
   log("info", "reconciled", { ...report });
   return report;

@@ -6,7 +6,9 @@ import { pollAfterSeconds, retrySettings, runpodSettings } from "../shared/setti
 import type { AppContext } from "./http.ts";
 
 export function jobDeps(c: AppContext): JobDeps {
+  const endpoint = runpodSettings(c.env).endpointId;
   return {
+    slots: c.env.DISPATCHER.get(c.env.DISPATCHER.idFromName(endpoint)),
     db: c.env.DB,
     queue: c.env.EXPORT_QUEUE,
     retry: retrySettings(c.env),

@@ -6,7 +6,9 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { z } from "zod";
 import type { ProducerEnv } from "../shared/env.ts";
 
-export type AppEnv = { Bindings: ProducerEnv };
+export type TokenName = "API_TOKEN" | "ADMIN_TOKEN";
+/** `token`: which bearer token the request presented (set by bearerAuth). */
+export type AppEnv = { Bindings: ProducerEnv; Variables: { token: TokenName } };
 export type AppContext = Context<AppEnv>;
 
 export const MAX_BODY_BYTES = 256 * 1024;
@@ -45,16 +47,34 @@ function sameToken(given: string, expected: string): boolean {
 }
 
 /** Requires `Authorization: Bearer <env[name]>`; fails closed when the secret is not set. */
-export function bearerAuth(name: "API_TOKEN" | "ADMIN_TOKEN"): MiddlewareHandler<AppEnv> {
+export function bearerAuth(name: TokenName): MiddlewareHandler<AppEnv> {
+  return tokenAuth([name]);
+}
+
+/**
+ * Either token, for the routes the operators' dashboard (which holds only ADMIN_TOKEN) shares with
+ * the frontend: `GET /exports/{id}/events` and `POST /live-tickets`. `c.get("token")` says which.
+ */
+export function apiOrAdminAuth(): MiddlewareHandler<AppEnv> {
+  return tokenAuth(["ADMIN_TOKEN", "API_TOKEN"]);
+}
+
+function tokenAuth(names: TokenName[]): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
-    const expected = c.env[name];
-    if (!expected) return apiError(c, 500, "not_configured", `${name} is not set on this Worker`);
+    const configured = names.filter((name) => c.env[name]);
+    if (configured.length === 0) {
+      return apiError(c, 500, "not_configured", `${names.join(" or ")} is not set on this Worker`);
+    }
     const header = c.req.header("authorization") ?? "";
-    const match = /^Bearer\s+(.+)$/i.exec(header);
-    if (!match?.[1] || !sameToken(match[1].trim(), expected)) {
+    const given = /^Bearer\s+(.+)$/i.exec(header)?.[1]?.trim();
+    const matched = given
+      ? configured.find((name) => sameToken(given, c.env[name] as string))
+      : undefined;
+    if (!matched) {
       c.header("WWW-Authenticate", 'Bearer realm="reel-exports"');
       return apiError(c, 401, "unauthorized", "a valid bearer token is required");
     }
+    c.set("token", matched);
     await next();
   };
 }

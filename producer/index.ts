@@ -2,7 +2,7 @@
 import { Hono } from "hono";
 import { cors } from "hono/cors";
 import { log } from "../shared/log.ts";
-import { type AppEnv, apiError, bearerAuth } from "./http.ts";
+import { type AppEnv, apiError, apiOrAdminAuth, bearerAuth } from "./http.ts";
 import { listJobsForOperators } from "./routes/admin-jobs.ts";
 import { cancelExport } from "./routes/cancel-export.ts";
 import { createExport } from "./routes/create-export.ts";
@@ -17,6 +17,7 @@ import { getExport } from "./routes/get-export.ts";
 import { health } from "./routes/health.ts";
 import { getExportEvents } from "./routes/job-events.ts";
 import { listExports } from "./routes/list-exports.ts";
+import { createLiveTicket, openLive } from "./routes/live.ts";
 import { openapi } from "./routes/openapi.ts";
 import { retryErrorJobs } from "./routes/retry-jobs.ts";
 import { runpodProgress, runpodWebhook } from "./routes/runpod-callbacks.ts";
@@ -41,8 +42,13 @@ app.post("/exports", exportsApi, createExport);
 app.get("/exports", exportsApi, listExports);
 app.get("/exports/:id", exportsApi, getExport);
 app.post("/exports/:id/cancel", exportsApi, cancelExport);
-app.get("/exports/:id/events", exportsApi, getExportEvents);
+// The dashboard, which holds only ADMIN_TOKEN, shows timelines and mints operators' tickets.
+const apiOrAdmin = apiOrAdminAuth();
+app.get("/exports/:id/events", apiOrAdmin, getExportEvents);
 app.get("/exports/:id/output", exportsApi, getExportOutput);
+
+app.post("/live-tickets", apiOrAdmin, createLiveTicket);
+app.get("/live", openLive);
 
 app.post("/runpod/webhook/:id", runpodWebhook);
 app.post("/runpod/progress/:id", runpodProgress);

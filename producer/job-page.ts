@@ -9,7 +9,7 @@ import { type AppContext, badCursor } from "./http.ts";
  */
 export async function jobPage(
   c: AppContext,
-  filter: Pick<repo.ListJobsQuery, "projectIds" | "statuses">,
+  filter: Pick<repo.ListJobsQuery, "projectIds" | "statuses" | "userId">,
   limit: number,
   rawCursor: string | undefined,
 ): Promise<Response> {

@@ -4,8 +4,10 @@
 // doc-only zod schemas whose types tsc checks against the code's (Job, Stats, ...).
 
 import { z } from "zod";
-import type { DispatchStatus } from "../consumer/dispatcher.ts";
+import type { DispatchStatus } from "../shared/dispatcher.ts";
 import type { RunOutcome } from "../shared/job-state.ts";
+import type { LiveMessage } from "../shared/live-publisher.ts";
+import { liveTicketRequest } from "../shared/live-ticket.ts";
 import {
   createExportRequest,
   JOB_TYPES,
@@ -61,6 +63,11 @@ const job = exactly<Job>()(
       completed_at: z.string().nullable().describe(stamp("completed")),
       due_at: z.string().nullable().describe(stamp("next attention (retry, claim deadline, poll)")),
       idempotency_key: z.string().nullable(),
+      user_id: z
+        .number()
+        .int()
+        .nullable()
+        .describe("the project's owner, when the request named one"),
       attempt: z
         .number()
         .int()
@@ -126,12 +133,37 @@ const dispatch = exactly<DispatchStatus>()(
       reason: z.string().nullable().describe("why dispatch paused"),
       since: z.string().describe("ISO 8601: when this state began"),
       runs_last_10s: z.number().int().describe("submissions let through in the last 10 s"),
+      in_flight: z.number().int().describe("runs submitted and not finished"),
+      max_in_flight: z.number().int().describe("RUNPOD_MAX_IN_FLIGHT"),
+      waiting: z.number().int().describe("jobs waiting in the dispatcher for a slot"),
+      waiting_keys: z
+        .number()
+        .int()
+        .describe("fairness keys (users, else projects) with jobs waiting"),
     })
     .describe("The dispatch gate of this RunPod endpoint; null when it could not be reached."),
 );
 
 const webhookOutcome = exactly<RunOutcome | "unknown_job">()(
   z.enum(["completed", "retrying", "failed", "cancelled", "progress", "unchanged", "unknown_job"]),
+);
+
+const liveMessage = exactly<LiveMessage>()(
+  z
+    .discriminatedUnion("type", [
+      z.object({
+        type: z.literal("snapshot"),
+        jobs: z
+          .array(job)
+          .describe("the active jobs of the ticket's projects and their 20 newest finished"),
+      }),
+      z.object({ type: z.literal("job"), job }),
+    ])
+    .describe(
+      "A text frame of GET /live: one snapshot on connect, then one `job` per change, the job " +
+        "as GET /exports/{id} answers it. Keep the highest `version` per job. Send `ping` to " +
+        "get `pong`.",
+    ),
 );
 
 const nextCursor = z
@@ -180,6 +212,12 @@ const SCHEMAS = {
     ),
   }),
   RetryResult: z.object({ retried: z.number().int(), job_ids: z.array(z.string()) }),
+  LiveTicketRequest: liveTicketRequest,
+  LiveTicket: z.object({
+    ticket: z.string().describe("pass as `ticket` to GET /live"),
+    expires_at: z.string().describe("ISO 8601: GET /live refuses the ticket from then on"),
+  }),
+  LiveMessage: liveMessage,
   WebhookAck: z.object({ applied: z.boolean(), outcome: webhookOutcome }),
   Health: z.object({ ok: z.literal(true) }),
   OpenApiDocument: z.looseObject({ openapi: z.literal("3.1.0") }).describe("This document."),
@@ -219,18 +257,23 @@ const ERRORS = {
   unsupported_media_type: "the body is not sent as application/json",
   input_not_found: "no R2 object at input_video_key",
   idempotency_key_reused: "this Idempotency-Key was used with a different body",
-  not_configured: "the token secret is not set on the Worker, so every call fails closed",
+  not_configured:
+    "a secret the route needs (its token; WEBHOOK_SECRET for live tickets) is not set on the " +
+    "Worker, so every call fails closed",
   internal_error: "unexpected failure; the request may be retried",
+  bad_ticket: "the live ticket is missing, forged or expired: mint a fresh one",
+  upgrade_required: "GET /live answers only a WebSocket upgrade (Upgrade: websocket)",
 } as const;
 type ErrorCode = keyof typeof ERRORS;
-type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 415 | 416 | 422 | 500;
+type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 415 | 416 | 422 | 426 | 500;
 
 // ---------------------------------------------------------------------------------------------
 // The routes.
 // ---------------------------------------------------------------------------------------------
 
 type Method = "get" | "post" | "delete";
-type Auth = "apiToken" | "adminToken" | "signedUrl" | "none";
+/** apiOrAdminToken: either bearer token; liveTicket: `?ticket=` from POST /live-tickets. */
+type Auth = "apiToken" | "adminToken" | "apiOrAdminToken" | "signedUrl" | "liveTicket" | "none";
 
 interface Reply {
   description: string;
@@ -244,7 +287,7 @@ interface Route {
   path: `/${string}`;
   operationId: string;
   summary: string;
-  tag: "exports" | "runpod" | "operators" | "meta";
+  tag: "exports" | "live" | "runpod" | "operators" | "meta";
   auth: Auth;
   /** The zod schema the route parses its query with; each key becomes a query parameter. */
   query?: z.ZodObject;
@@ -254,7 +297,7 @@ interface Route {
   params?: Record<string, string>;
   body?: { schema: SchemaId; anyContentType?: true };
   /** Success answers. */
-  ok: Partial<Record<200 | 202 | 204 | 206 | 304, Reply>>;
+  ok: Partial<Record<101 | 200 | 201 | 202 | 204 | 206 | 304, Reply>>;
   /** Error answers of the handler itself; those of auth, query and body are added. */
   errors?: Partial<Record<ErrorStatus, ErrorCode[]>>;
 }
@@ -265,6 +308,8 @@ const location: Reply["headers"] = {
 
 /** `?attempt=N&sig=HEX` of the URLs the producer hands RunPod (sig is checked, not parsed). */
 const signedQuery = z.object({ attempt: attemptParam, sig: z.string().min(1) });
+/** `?ticket=` of GET /live (checked, not parsed: a bad one is 401 bad_ticket). */
+const ticketQuery = z.object({ ticket: z.string().min(1) });
 
 const JOB_ID = "the job's id (a UUID)";
 const DEAD_LETTER_ID = "the dead letter's id (its queue message id)";
@@ -353,9 +398,9 @@ const ROUTES: Route[] = [
     method: "get",
     path: "/exports/{id}/events",
     operationId: "getExportEvents",
-    summary: "A job's timeline, oldest first",
+    summary: "A job's timeline, oldest first (API_TOKEN, or ADMIN_TOKEN for the dashboard)",
     tag: "exports",
-    auth: "apiToken",
+    auth: "apiOrAdminToken",
     params: { id: JOB_ID },
     ok: { 200: { description: "the events", schema: "EventList" } },
     errors: { 404: ["not_found"] },
@@ -391,6 +436,37 @@ const ROUTES: Route[] = [
     params: { id: JOB_ID },
     ok: { 200: { description: "the cancelled job", schema: "JobEnvelope" } },
     errors: { 404: ["not_found"], 409: ["already_finished"] },
+  },
+  {
+    method: "post",
+    path: "/live-tickets",
+    operationId: "createLiveTicket",
+    summary:
+      "Mint a live-status ticket for GET /live: `project_ids` with either token, " +
+      "`all_projects` (operators) with the ADMIN_TOKEN only; good for LIVE_TICKET_TTL_S (60 s)",
+    tag: "live",
+    auth: "apiOrAdminToken",
+    body: { schema: "LiveTicketRequest" },
+    ok: { 201: { description: "the signed ticket", schema: "LiveTicket" } },
+  },
+  {
+    method: "get",
+    path: "/live",
+    operationId: "openLive",
+    summary:
+      "Upgrades to a WebSocket (101 Switching Protocols) carrying LiveMessage text frames: a " +
+      "snapshot of the ticket's jobs, then every change of them; `ping` answers `pong`",
+    tag: "live",
+    auth: "liveTicket",
+    params: { ticket: "`ticket` of POST /live-tickets, before its `expires_at`" },
+    ok: {
+      101: {
+        description:
+          "Switching Protocols: the WebSocket (frames: LiveMessage). Reconnect with a fresh " +
+          "ticket when it closes; the new snapshot replaces what was missed.",
+      },
+    },
+    errors: { 426: ["upgrade_required"] },
   },
   {
     method: "post",
@@ -618,13 +694,29 @@ function parameters(route: Route): Parameter[] {
     return { name, in: "path", required: true, description, schema: { type: "string" } };
   });
   const query =
-    route.auth !== "signedUrl" ? route.query : signedQuery.extend(route.query?.shape ?? {});
+    route.auth === "signedUrl"
+      ? signedQuery.extend(route.query?.shape ?? {})
+      : route.auth === "liveTicket"
+        ? ticketQuery
+        : route.query;
   return [
     ...path,
     ...(query ? objectParameters(query, "query", docs) : []),
     ...(route.headers ? objectParameters(route.headers, "header", docs) : []),
   ];
 }
+
+const bearer = (route: Route) =>
+  route.auth === "apiToken" || route.auth === "adminToken" || route.auth === "apiOrAdminToken";
+
+const SECURITY: Record<Auth, Record<string, string[]>[]> = {
+  apiToken: [{ apiToken: [] }],
+  adminToken: [{ adminToken: [] }],
+  apiOrAdminToken: [{ apiToken: [] }, { adminToken: [] }],
+  signedUrl: [],
+  liveTicket: [],
+  none: [],
+};
 
 /** The error answers a route gives: its own, and those its auth, query and body imply. */
 function errorCodes(route: Route): Map<ErrorStatus, ErrorCode[]> {
@@ -633,8 +725,9 @@ function errorCodes(route: Route): Map<ErrorStatus, ErrorCode[]> {
     const list = codes.get(status) ?? [];
     codes.set(status, [...list, ...more.filter((code) => !list.includes(code))]);
   };
-  if (route.auth === "apiToken" || route.auth === "adminToken") add(401, "unauthorized");
+  if (bearer(route)) add(401, "unauthorized");
   if (route.auth === "signedUrl") add(401, "bad_signature");
+  if (route.auth === "liveTicket") add(401, "bad_ticket");
   if (route.body) {
     add(400, "invalid_json", "invalid_request");
     add(413, "payload_too_large");
@@ -644,7 +737,7 @@ function errorCodes(route: Route): Map<ErrorStatus, ErrorCode[]> {
   for (const [status, list] of Object.entries(route.errors ?? {})) {
     add(Number(status) as ErrorStatus, ...list);
   }
-  if (route.auth === "apiToken" || route.auth === "adminToken") add(500, "not_configured");
+  if (bearer(route) || route.auth === "liveTicket") add(500, "not_configured");
   add(500, "internal_error");
   return new Map([...codes].sort(([a], [b]) => a - b));
 }
@@ -665,7 +758,7 @@ function operation(route: Route): Operation {
   for (const [status, codes] of errorCodes(route)) {
     responses[status] = {
       description: `Error codes: ${codes.map((code) => `\`${code}\` (${ERRORS[code]})`).join("; ")}`,
-      ...(status === 401 && route.auth !== "signedUrl"
+      ...(status === 401 && bearer(route)
         ? {
             headers: {
               "WWW-Authenticate": {
@@ -683,8 +776,7 @@ function operation(route: Route): Operation {
     operationId: route.operationId,
     summary: route.summary,
     tags: [route.tag],
-    security:
-      route.auth === "apiToken" || route.auth === "adminToken" ? [{ [route.auth]: [] }] : [],
+    security: SECURITY[route.auth],
     ...(params.length > 0 ? { parameters: params } : {}),
     ...(route.body
       ? {
@@ -725,6 +817,11 @@ export function buildOpenApiDocument(): OpenApiDocument {
         description:
           "RunPod's callbacks; no bearer token: `attempt` and its HMAC `sig` in the query " +
           "authenticate the call",
+      },
+      {
+        name: "live",
+        description:
+          "Live status: a signed ticket (either token), then a WebSocket of the ticket's jobs",
       },
       { name: "operators", description: "Dead letters, stats and listings (ADMIN_TOKEN)" },
       { name: "meta", description: "No auth" },

@@ -1,6 +1,6 @@
 // Pure text formatting for the operators' CLI (scripts/dlq.ts): tables, `key: value` blocks,
 // ages. No I/O here, so it is unit-tested directly.
-import type { DispatchStatus } from "../consumer/dispatcher.ts";
+import type { DispatchStatus } from "../shared/dispatcher.ts";
 import type { DeadLetterRow } from "../shared/sql/dead-letters.ts";
 import type { Job } from "../shared/sql/jobs.ts";
 import type { Stats } from "../shared/sql/stats.ts";
@@ -145,7 +145,10 @@ export function formatDispatch(dispatch: DispatchStatus | null): string {
   if (dispatch === null) return "unknown (the producer could not reach the dispatch gate)";
   const reason = dispatch.reason ? ` (${dispatch.reason})` : "";
   const runs = plural(dispatch.runs_last_10s, "run");
-  return `${dispatch.state}${reason} since ${dispatch.since}, ${runs} in the last 10 s`;
+  const slots =
+    `${dispatch.in_flight}/${dispatch.max_in_flight} in flight, ` +
+    `${dispatch.waiting} waiting (${plural(dispatch.waiting_keys, "key")})`;
+  return `${dispatch.state}${reason} since ${dispatch.since}, ${runs} in the last 10 s; ${slots}`;
 }
 
 /**

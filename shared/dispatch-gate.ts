@@ -1,5 +1,5 @@
 // The dispatch gate's policy, as pure functions of its state and the time: the pace of
-// `POST /run` across the whole fleet and the circuit breaker. consumer/dispatcher.ts keeps one
+// `POST /run` across the whole fleet and the circuit breaker. shared/dispatcher.ts keeps one
 // such state per RunPod endpoint in a Durable Object and is the only caller.
 //
 // Pace: a GCRA token bucket. Submissions are spaced 10 s / RUNPOD_RUNS_PER_10S apart, with a burst
@@ -153,18 +153,21 @@ export function acquire(
   };
 }
 
-/** Applies a batch's submission outcomes, in the order they happened. */
+/**
+ * Applies a batch's submission outcomes, in the order they happened. While probing, the only
+ * submission let through is the probe, so an outcome reported then is the probe's (whichever
+ * consumer made it: the dispatcher may have sent the probe job to any of them).
+ */
 export function report(
   current: GateState,
   config: GateConfig,
   now: number,
   outcomes: readonly SubmitOutcome[],
-  probe: boolean,
 ): GateState {
   let state = current;
   for (const outcome of outcomes) {
     if (state.mode === "paused") break; // what is left of the batch says nothing new
-    const probing = state.mode === "probing" && probe;
+    const probing = state.mode === "probing";
     const reopen = (reason: string) =>
       pause(
         state,

@@ -1,7 +1,8 @@
 // Hand-kept binding types; they match wrangler.toml's [env.producer] and [env.consumer].
 // Every var arrives as a string (or is missing); shared/settings.ts turns them into numbers.
 
-import type { Dispatcher } from "../consumer/dispatcher.ts";
+import type { Dispatcher } from "./dispatcher.ts";
+import type { LiveChannel, LiveHub } from "./live-hub.ts";
 
 export interface JobMessage {
   job_id: string;
@@ -12,8 +13,12 @@ export interface CommonEnv {
   DB: D1Database;
   EXPORT_QUEUE: Queue<JobMessage>;
   VIDEOS: R2Bucket;
-  /** The dispatch gate, one object per RunPod endpoint (consumer/dispatcher.ts). */
+  /** The dispatch gate, one object per RunPod endpoint (shared/dispatcher.ts). */
   DISPATCHER: DurableObjectNamespace<Dispatcher>;
+  /** Live status: one hub per project and one for operators (shared/live-hub.ts); both publish. */
+  LIVE_HUB: DurableObjectNamespace<LiveHub>;
+  /** The socket of a live ticket naming several projects (shared/live-hub.ts). */
+  LIVE_CHANNEL: DurableObjectNamespace<LiveChannel>;
   RUNPOD_API_KEY?: string;
   RUNPOD_ENDPOINT_ID?: string;
   RUNPOD_BASE_URL?: string;
@@ -29,6 +34,8 @@ export interface ProducerEnv extends CommonEnv {
   CORS_ORIGIN?: string;
   /** Progress reports push the next poll of a run this far ahead (the consumer's setting). */
   POLL_AFTER_S?: string;
+  /** How long a live-status ticket (POST /live-tickets) can be used to open GET /live. */
+  LIVE_TICKET_TTL_S?: string;
 }
 
 export interface ConsumerEnv extends CommonEnv {
@@ -43,4 +50,5 @@ export interface ConsumerEnv extends CommonEnv {
   BREAKER_THRESHOLD?: string;
   BREAKER_COOLDOWN_S?: string;
   PENDING_MAX_AGE_S?: string;
+  RUNPOD_MAX_IN_FLIGHT?: string;
 }

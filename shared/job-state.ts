@@ -44,6 +44,29 @@ export interface JobDeps {
   pollAfterS: number;
   videos: R2Bucket;
   live: LivePublisher;
+  /** The dispatcher's runs in flight (shared/dispatcher.ts): a job's slot frees when its run ends. */
+  slots: Slots;
+}
+
+export interface Slots {
+  free(jobIds: string[]): Promise<void>;
+}
+
+/**
+ * freeSlots: a run ended (completed, failed, cancelled, released, lost) or a waiting job left
+ * (cancelled, expired); the dispatcher admits the next fairest job. Freeing is idempotent, so
+ * every path frees its slot exactly once; a notification that fails is healed by the
+ * reconciler, which checks the slots against D1.
+ */
+async function freeSlots(deps: JobDeps, rows: readonly (JobRow | null)[]): Promise<void> {
+  const ids = rows.filter((row): row is JobRow => row !== null).map((row) => row.id);
+  if (ids.length === 0) return;
+  await deps.slots.free(ids).catch((error: unknown) => {
+    log("warn", "freeing dispatch slots failed; the reconciler heals it", {
+      jobs: ids,
+      error: String(error),
+    });
+  });
 }
 
 /**
@@ -53,7 +76,8 @@ export interface JobDeps {
 export async function publishJobs(deps: JobDeps, rows: readonly (JobRow | null)[]): Promise<void> {
   const changed = rows.filter((row): row is JobRow => row !== null);
   const results = await Promise.allSettled(
-    changed.map((row) => deps.live.publish(jobs.toJob(row))),
+    // async: a publisher that throws instead of rejecting is a failed publication all the same.
+    changed.map(async (row) => deps.live.publish(jobs.toJob(row))),
   );
   results.forEach((result, i) => {
     if (result.status === "rejected") {
@@ -170,6 +194,7 @@ export async function recordRun(
  */
 export async function releaseJob(deps: JobDeps, job: JobRow, delayS: number): Promise<boolean> {
   const row = await published(deps, await jobs.releaseJob(deps.db, job.id, job.attempt, delayS));
+  await freeSlots(deps, [row]);
   if (row) await requeue(deps.queue, [job.id], delayS);
   return row !== null;
 }
@@ -199,6 +224,7 @@ export async function failRun(
     deps,
     await jobs.failAttempt(deps.db, job, attempt, runpodJobId, error, delayS, event),
   );
+  await freeSlots(deps, [row]);
   if (!row) return null;
   if (row.status === "pending") {
     await requeue(deps.queue, [job.id], delayS);
@@ -256,6 +282,7 @@ export async function applyRunStatus(
         deps,
         await jobs.endRunCancelled(deps.db, job, attempt, run.id),
       );
+      await freeSlots(deps, [ended]);
       return ended ? "cancelled" : "unchanged";
     }
     case "IN_QUEUE":
@@ -288,6 +315,7 @@ async function completeRun(
     deps,
     await jobs.completeJob(deps.db, job, attempt, runpodJobId, outputKey),
   );
+  await freeSlots(deps, [done]);
   return done ? "completed" : "unchanged";
 }
 
@@ -326,6 +354,7 @@ export async function cancelJob(
   id: string,
 ): Promise<JobRow | null> {
   const cancelled = await published(deps, await jobs.cancelJob(deps.db, id));
+  await freeSlots(deps, [cancelled]);
   if (cancelled?.runpod_job_id) await cancelRunOf(deps, cancelled.id, cancelled.runpod_job_id);
   return cancelled;
 }
@@ -397,5 +426,6 @@ export async function expirePendingJobs(
   const error = `${EXPIRED_PREFIX}: not dispatched within ${maxAgeS}s`;
   const expired = await jobs.expirePendingJobs(deps.db, cutoff.replace("Z", ""), error, limit);
   await publishJobs(deps, expired);
+  await freeSlots(deps, expired);
   return expired;
 }

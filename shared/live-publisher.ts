@@ -1,6 +1,8 @@
-// Where a job's changes go after D1 has them: the live-status Durable Objects (see README, "Live
-// status"). shared/job-state.ts calls `publish` for every transition, through publishJobs below;
-// D1 stays the truth, so a publication that fails is logged and changes nothing.
+// Where a job's changes go after D1 has them: the live-status Durable Objects of the producer
+// (shared/live-hub.ts, which says how they are keyed). shared/job-state.ts calls `publish` for
+// every transition, through publishJobs; D1 stays the truth, so a publication that fails is
+// logged there and changes nothing.
+import type { LiveHub } from "./live-hub.ts";
 import type { Job } from "./sql/jobs.ts";
 
 export interface LivePublisher {
@@ -10,7 +12,30 @@ export interface LivePublisher {
 /** For code paths with nobody to tell (tools, tests of the state machine alone). */
 export const NO_LIVE_STATUS: LivePublisher = { publish: async () => {} };
 
-/** The publisher of a Worker's bindings. */
-export function livePublisher(_env: object): LivePublisher {
-  return NO_LIVE_STATUS;
+/** The hub of one project's changes. */
+export const projectHubName = (projectId: number) => `project:${projectId}`;
+/** The operators' hub: every change of every project. */
+export const ALL_HUB = "all";
+
+/** What a live socket receives: a snapshot on connect, then one message per change. */
+export type LiveMessage = { type: "snapshot"; jobs: Job[] } | { type: "job"; job: Job };
+
+/**
+ * The publisher of a Worker's bindings: each change goes to its project's hub and to the "all"
+ * hub (each answers at once when nobody listens). Without the binding, nobody is told.
+ */
+export function livePublisher(env: { LIVE_HUB?: DurableObjectNamespace<LiveHub> }): LivePublisher {
+  const hubs = env.LIVE_HUB;
+  if (!hubs) return NO_LIVE_STATUS;
+  const hub = (name: string) => hubs.get(hubs.idFromName(name));
+  return {
+    async publish(job) {
+      const results = await Promise.allSettled([
+        hub(projectHubName(job.project_id)).publish(job),
+        hub(ALL_HUB).publish(job),
+      ]);
+      const failed = results.find((result) => result.status === "rejected");
+      if (failed) throw failed.reason;
+    },
+  };
 }

@@ -38,23 +38,28 @@ const highlightRegion = z
   });
 
 const projectId = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+/** The project's owner as the frontend's backend knows it: the fairness key of dispatch. */
+const userId = z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional();
 
 /** `POST /exports` body; `params` is validated per `type`, unknown params keys pass through. */
 export const createExportRequest = z.discriminatedUnion("type", [
   z.object({
     project_id: projectId,
+    user_id: userId,
     type: z.literal("framing"),
     input_video_key: r2Key,
     params: z.looseObject({ crop_keyframes: z.array(cropKeyframe).min(1) }),
   }),
   z.object({
     project_id: projectId,
+    user_id: userId,
     type: z.literal("overlay"),
     input_video_key: r2Key,
     params: z.looseObject({ highlight_regions: z.array(highlightRegion).min(1) }),
   }),
   z.object({
     project_id: projectId,
+    user_id: userId,
     type: z.literal("annotate"),
     input_video_key: r2Key,
     params: z.looseObject({ annotations: z.array(z.unknown()).min(1) }),

@@ -50,7 +50,7 @@ export interface ConsumerSettings {
   submitConcurrency: number;
   executionTimeoutMs: number;
   ttlMs: number;
-  gate: GateConfig;
+  gate: GateConfig & { maxInFlight: number };
   pendingMaxAgeS: number;
 }
 
@@ -83,6 +83,7 @@ export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
       runsPer10s: Math.max(1, numberVar(env.RUNPOD_RUNS_PER_10S, 900, "RUNPOD_RUNS_PER_10S")),
       breakerThreshold: Math.max(1, numberVar(env.BREAKER_THRESHOLD, 5, "BREAKER_THRESHOLD")),
       breakerCooldownS: Math.max(1, numberVar(env.BREAKER_COOLDOWN_S, 30, "BREAKER_COOLDOWN_S")),
+      maxInFlight: Math.max(1, numberVar(env.RUNPOD_MAX_IN_FLIGHT, 20, "RUNPOD_MAX_IN_FLIGHT")),
     },
     pendingMaxAgeS: numberVar(env.PENDING_MAX_AGE_S, 86_400, "PENDING_MAX_AGE_S"),
   };
@@ -91,4 +92,9 @@ export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
 /** The producer's copy of the consumer's poll interval: progress reports push the next poll. */
 export function pollAfterSeconds(env: ProducerEnv): number {
   return numberVar(env.POLL_AFTER_S, 300, "POLL_AFTER_S");
+}
+
+/** Seconds a live-status ticket stays good for opening `GET /live` (fractions allowed). */
+export function liveTicketTtlSeconds(env: ProducerEnv): number {
+  return numberVar(env.LIVE_TICKET_TTL_S, 60, "LIVE_TICKET_TTL_S");
 }

@@ -1,6 +1,7 @@
 // RunPod signs nothing, so the webhook and progress URLs carry their own proof:
 // sig = lowercase hex HMAC-SHA256(WEBHOOK_SECRET, "<kind>:<job id>:<attempt>"), kind "webhook" or
 // "progress". Distinct messages: the GPU handler, which sees progress_url, cannot sign a webhook.
+// Live-status tickets (shared/live-ticket.ts) sign "live:<payload>" with the same key.
 
 const encoder = new TextEncoder();
 
@@ -29,42 +30,43 @@ function hmacKey(secret: string, usage: "sign" | "verify"): Promise<CryptoKey> {
   return key;
 }
 
+/** Lowercase hex HMAC-SHA256 of `text` keyed with `secret`. */
+export async function signText(secret: string, text: string): Promise<string> {
+  return toHex(
+    await crypto.subtle.sign("HMAC", await hmacKey(secret, "sign"), encoder.encode(text)),
+  );
+}
+
+/** Constant-time check of a `signText` signature (crypto.subtle.verify compares in constant time). */
+export async function verifyText(secret: string, text: string, sig: string): Promise<boolean> {
+  if (!/^[0-9a-f]{64}$/.test(sig)) return false;
+  const bytes = new Uint8Array(32);
+  for (let i = 0; i < 32; i++) bytes[i] = Number.parseInt(sig.slice(i * 2, i * 2 + 2), 16);
+  return crypto.subtle.verify("HMAC", await hmacKey(secret, "verify"), bytes, encoder.encode(text));
+}
+
 export type SignedUrlKind = "webhook" | "progress";
 
 const message = (kind: SignedUrlKind, jobId: string, attempt: number) =>
-  encoder.encode(`${kind}:${jobId}:${attempt}`);
+  `${kind}:${jobId}:${attempt}`;
 
-export async function signAttempt(
+export function signAttempt(
   secret: string,
   kind: SignedUrlKind,
   jobId: string,
   attempt: number,
 ): Promise<string> {
-  const mac = await crypto.subtle.sign(
-    "HMAC",
-    await hmacKey(secret, "sign"),
-    message(kind, jobId, attempt),
-  );
-  return toHex(mac);
+  return signText(secret, message(kind, jobId, attempt));
 }
 
-/** Constant-time check (crypto.subtle.verify compares in constant time). */
-export async function verifyAttempt(
+export function verifyAttempt(
   secret: string,
   kind: SignedUrlKind,
   jobId: string,
   attempt: number,
   sig: string,
 ): Promise<boolean> {
-  if (!/^[0-9a-f]{64}$/.test(sig)) return false;
-  const bytes = new Uint8Array(32);
-  for (let i = 0; i < 32; i++) bytes[i] = Number.parseInt(sig.slice(i * 2, i * 2 + 2), 16);
-  return crypto.subtle.verify(
-    "HMAC",
-    await hmacKey(secret, "verify"),
-    bytes,
-    message(kind, jobId, attempt),
-  );
+  return verifyText(secret, message(kind, jobId, attempt), sig);
 }
 
 /** The signed webhook and progress URLs of one attempt of a job. */

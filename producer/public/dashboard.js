@@ -1,12 +1,36 @@
 // The operators' dashboard: plain DOM, no framework. It calls the producer's admin API with the
 // admin token kept in sessionStorage (this tab only).
+//
+// Jobs are live: the dashboard mints an operators' ticket (POST /live-tickets, all projects),
+// opens GET /live, and every job message moves its row; the highest `version` of each job wins,
+// whichever came first (the snapshot, a listing, a message). When the socket closes it reconnects
+// with a fresh ticket (and gets a fresh snapshot); meanwhile, and only then, it polls.
 const TOKEN_KEY = "reel-exports-admin-token";
 const REFRESH_MS = 2000;
+/** Jobs shown, newest first, of those matching the filter. */
+const SHOWN_JOBS = 50;
+/** Jobs kept in memory (newest first); older ones come back from a listing when needed. */
+const KEPT_JOBS = 2000;
+/** Waits before reconnecting the live socket, growing with each failure. */
+const RECONNECT_MS = [500, 1000, 2000, 5000, 10000, 30000];
+/** Keeps proxies from closing an idle socket; the server answers "pong" without waking. */
+const PING_MS = 30000;
+/** Stats and dead letters follow job changes, at most this often. */
+const SIDE_REFRESH_MS = 1000;
 /** The error of a job its owner cancelled: such jobs are never retried. */
 const CANCELLED = "cancelled";
 const $ = (selector) => document.querySelector(selector);
 
 let timer = null;
+/** Every job seen, by id: the highest version of each. */
+const jobs = new Map();
+/** The live socket: null while down. `up` once its snapshot arrived. */
+const live = { socket: null, up: false, failures: 0, reconnect: null, ping: null };
+/** The job whose timeline is open. */
+let openJobId = null;
+let renderQueued = false;
+let sideTimer = null;
+let timelineTimer = null;
 
 function token() {
   return sessionStorage.getItem(TOKEN_KEY);
@@ -122,16 +146,69 @@ function renderStats(stats) {
   );
 }
 
-function renderJobs(jobs) {
+/** Keeps `job` unless a newer version of it is known; true when it changed what is known. */
+function keep(job) {
+  const seen = jobs.get(job.id);
+  if (seen && seen.version >= job.version) return false;
+  jobs.set(job.id, job);
+  return true;
+}
+
+const newestFirst = (a, b) =>
+  a.created_at === b.created_at ? (a.id < b.id ? 1 : -1) : a.created_at < b.created_at ? 1 : -1;
+
+function forgetOldJobs() {
+  if (jobs.size <= KEPT_JOBS) return;
+  const old = [...jobs.values()].sort(newestFirst).slice(KEPT_JOBS);
+  for (const job of old) if (job.id !== openJobId) jobs.delete(job.id);
+}
+
+/** The jobs the filter selects, newest first. */
+function shownJobs() {
+  const project = $("#filter-project").value.trim();
+  const status = $("#filter-status").value;
+  return [...jobs.values()]
+    .filter(
+      (job) =>
+        (!project || String(job.project_id) === project) && (!status || job.status === status),
+    )
+    .sort(newestFirst)
+    .slice(0, SHOWN_JOBS);
+}
+
+/** Renders the job table once per burst of messages. */
+function queueRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  setTimeout(() => {
+    renderQueued = false;
+    renderJobs();
+  }, 50);
+}
+
+function renderJobs() {
   $("#jobs tbody").replaceChildren(
-    ...jobs.map((job) => {
+    ...shownJobs().map((job) => {
       const tr = document.createElement("tr");
       tr.dataset.jobId = job.id;
+      tr.dataset.version = String(job.version);
+      if (job.id === openJobId) tr.classList.add("selected");
+      tr.addEventListener("click", (event) => {
+        if (!event.target.closest("button, a")) openTimeline(job.id);
+      });
       const id = cell("");
+      const link = document.createElement("a");
+      link.href = `#job-${job.id}`;
+      link.className = "job-link";
+      link.title = `${job.id}: show its timeline`;
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        openTimeline(job.id);
+      });
       const code = document.createElement("code");
       code.textContent = short(job.id);
-      code.title = job.id;
-      id.append(code);
+      link.append(code);
+      id.append(link);
       const progress = cell("");
       const bar = document.createElement("progress");
       bar.max = 100;
@@ -199,6 +276,7 @@ function renderDeadLetters(letters) {
   );
 }
 
+/** Stats, the filter's listing and dead letters (the listing merges into what is known). */
 async function refresh() {
   const params = new URLSearchParams();
   const project = $("#filter-project").value.trim();
@@ -206,17 +284,178 @@ async function refresh() {
   if (project) params.set("project_id", project);
   if (status) params.set("status", status);
   try {
-    const [stats, jobs, letters] = await Promise.all([
+    const [stats, page, letters] = await Promise.all([
       api("/stats"),
       api(`/admin/jobs?${params}`),
       api("/dead-letters?limit=50"),
     ]);
     renderStats(stats);
-    renderJobs(jobs.jobs);
+    for (const job of page.jobs) keep(job);
+    forgetOldJobs();
+    renderJobs();
     renderDeadLetters(letters.dead_letters);
     document.body.dataset.refreshedAt = String(Date.now());
   } catch (error) {
     if (error.message !== "unauthorized") say(`Refresh failed: ${error.message}`);
+  }
+}
+
+/** While live: stats and dead letters after job changes (no polling). */
+function queueSideRefresh() {
+  if (sideTimer) return;
+  sideTimer = setTimeout(async () => {
+    sideTimer = null;
+    if (!token()) return;
+    try {
+      const [stats, letters] = await Promise.all([api("/stats"), api("/dead-letters?limit=50")]);
+      renderStats(stats);
+      renderDeadLetters(letters.dead_letters);
+    } catch (error) {
+      if (error.message !== "unauthorized") say(`Refresh failed: ${error.message}`);
+    }
+  }, SIDE_REFRESH_MS);
+}
+
+// ---- live status ----
+
+function showLiveState(state) {
+  const badge = $("#live-state");
+  badge.textContent = state;
+  badge.dataset.state = state;
+  badge.className = `badge live-${state}`;
+  document.body.dataset.live = state;
+}
+
+async function connectLive() {
+  clearTimeout(live.reconnect);
+  live.reconnect = null;
+  if (!token() || live.socket) return;
+  showLiveState(live.failures === 0 ? "connecting" : "reconnecting");
+  let ticket;
+  try {
+    ({ ticket } = await postJson("/live-tickets", { all_projects: true }));
+  } catch (error) {
+    if (error.message !== "unauthorized") liveDown();
+    return;
+  }
+  if (!token() || live.socket) return;
+  const url = new URL("/live", location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.searchParams.set("ticket", ticket);
+  const socket = new WebSocket(url);
+  live.socket = socket;
+  socket.addEventListener("message", (event) => {
+    if (live.socket === socket) onLiveMessage(event.data);
+  });
+  // An error is always followed by close.
+  socket.addEventListener("close", () => {
+    if (live.socket === socket) liveDown();
+  });
+}
+
+function onLiveMessage(data) {
+  if (data === "pong") return;
+  let message;
+  try {
+    message = JSON.parse(data);
+  } catch {
+    return;
+  }
+  if (message.type === "snapshot") {
+    live.up = true;
+    live.failures = 0;
+    showLiveState("live");
+    schedule(); // polling stops
+    clearInterval(live.ping);
+    live.ping = setInterval(() => live.socket?.send("ping"), PING_MS);
+    for (const job of message.jobs) keep(job);
+    // What changed while the socket was down and lies outside the snapshot: one listing.
+    refresh();
+  } else if (message.type === "job") {
+    if (!keep(message.job)) return;
+    forgetOldJobs();
+    queueRender();
+    queueSideRefresh();
+    if (message.job.id === openJobId) queueTimeline();
+  }
+}
+
+/** The socket closed (or never opened): poll meanwhile, reconnect with a fresh ticket. */
+function liveDown() {
+  live.socket = null;
+  live.up = false;
+  clearInterval(live.ping);
+  if (!token()) return;
+  showLiveState("polling");
+  schedule();
+  const delay = RECONNECT_MS[Math.min(live.failures, RECONNECT_MS.length - 1)];
+  live.failures += 1;
+  clearTimeout(live.reconnect);
+  live.reconnect = setTimeout(connectLive, delay);
+}
+
+function stopLive() {
+  clearTimeout(live.reconnect);
+  clearInterval(live.ping);
+  const socket = live.socket;
+  Object.assign(live, { socket: null, up: false, failures: 0, reconnect: null, ping: null });
+  socket?.close(1000, "signed out");
+}
+
+// ---- a job's timeline ----
+
+async function openTimeline(id) {
+  openJobId = id;
+  for (const tr of document.querySelectorAll("#jobs tbody tr")) {
+    tr.classList.toggle("selected", tr.dataset.jobId === id);
+  }
+  $("#job-detail-title").textContent = `Timeline of job ${short(id)}`;
+  $("#job-detail").hidden = false;
+  await loadTimeline(id);
+}
+
+function queueTimeline() {
+  clearTimeout(timelineTimer);
+  timelineTimer = setTimeout(() => {
+    if (openJobId) loadTimeline(openJobId);
+  }, 300);
+}
+
+async function loadTimeline(id) {
+  let body;
+  try {
+    body = await api(`/exports/${encodeURIComponent(id)}/events`);
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`Timeline failed: ${error.message}`);
+    return;
+  }
+  if (openJobId !== id) return;
+  const job = jobs.get(id);
+  $("#job-detail-summary").textContent = job
+    ? `${job.id} · project ${job.project_id} · ${job.type} · ${job.status} ${job.progress}% · attempt ${job.attempt} · version ${job.version}`
+    : id;
+  $("#job-timeline").replaceChildren(
+    ...body.events.map((event) => {
+      const li = document.createElement("li");
+      li.dataset.type = event.type;
+      const at = document.createElement("time");
+      at.textContent = event.at;
+      const type = document.createElement("strong");
+      type.textContent = event.type;
+      const parts = [`attempt ${event.attempt}`];
+      if (event.detail) parts.push(event.detail);
+      if (event.runpod_job_id) parts.push(`run ${event.runpod_job_id}`);
+      li.append(at, " ", type, ` · ${parts.join(" · ")}`);
+      return li;
+    }),
+  );
+}
+
+function closeTimeline() {
+  openJobId = null;
+  $("#job-detail").hidden = true;
+  for (const tr of document.querySelectorAll("#jobs tbody tr.selected")) {
+    tr.classList.remove("selected");
   }
 }
 
@@ -294,9 +533,11 @@ async function remove(id) {
   await refresh();
 }
 
+/** Polling: only while the live socket is down (and auto-refresh is on). */
 function schedule() {
   clearInterval(timer);
-  if ($("#auto-refresh").checked) timer = setInterval(refresh, REFRESH_MS);
+  timer = null;
+  if ($("#auto-refresh").checked && !live.up) timer = setInterval(refresh, REFRESH_MS);
 }
 
 function signIn() {
@@ -305,11 +546,15 @@ function signIn() {
   $("#sign-out").hidden = false;
   refresh();
   schedule();
+  connectLive();
 }
 
 function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
   clearInterval(timer);
+  stopLive();
+  jobs.clear();
+  closeTimeline();
   $("#login").hidden = false;
   $("#app").hidden = true;
   $("#sign-out").hidden = true;
@@ -328,8 +573,10 @@ $("#login-form").addEventListener("submit", async (event) => {
 $("#sign-out").addEventListener("click", () => signOut("Signed out."));
 $("#filters").addEventListener("submit", (event) => {
   event.preventDefault();
+  renderJobs();
   refresh();
 });
+$("#job-detail-close").addEventListener("click", closeTimeline);
 $("#retry-form").addEventListener("submit", retryFailed);
 $("#auto-refresh").addEventListener("change", schedule);
 $("#dl-detail-close").addEventListener("click", () => {

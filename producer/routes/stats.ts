@@ -1,4 +1,4 @@
-import type { DispatchStatus } from "../../consumer/dispatcher.ts";
+import type { DispatchStatus } from "../../shared/dispatcher.ts";
 import { log } from "../../shared/log.ts";
 import { runpodSettings } from "../../shared/settings.ts";
 import { readStats } from "../../shared/sql/stats.ts";

@@ -29,9 +29,6 @@ export const DEAD_LETTER_SQL = {
   insert: `INSERT INTO dead_letters (id, queue, reason, body, attempts, received_at, job_id, job_status)
            VALUES (?, ?, ?, ?, ?, ${NOW}, ?, (SELECT status FROM export_jobs WHERE id = ?))
            ON CONFLICT (id) DO NOTHING`,
-  // The job's timeline notes the dead letter (its row does not change).
-  jobEvent: `INSERT OR IGNORE INTO export_job_events (job_id, version, type, at, attempt, detail)
-             SELECT id, version, 'dead_lettered', ${NOW}, attempt, ? FROM export_jobs WHERE id = ?`,
   list: `SELECT * FROM dead_letters WHERE (received_at, id) < (?, ?)
          ORDER BY received_at DESC, id DESC LIMIT ?`,
   byId: "SELECT * FROM dead_letters WHERE id = ?",
@@ -70,7 +67,7 @@ export async function recordDeadLetters(
   if (letters.length === 0) return;
   await retryTransient(() =>
     db.batch(
-      letters.flatMap((letter) => [
+      letters.map((letter) =>
         db
           .prepare(DEAD_LETTER_SQL.insert)
           .bind(
@@ -82,14 +79,7 @@ export async function recordDeadLetters(
             letter.job_id,
             letter.job_id,
           ),
-        ...(letter.job_id
-          ? [
-              db
-                .prepare(DEAD_LETTER_SQL.jobEvent)
-                .bind(`message ${letter.id} (${letter.reason})`, letter.job_id),
-            ]
-          : []),
-      ]),
+      ),
     ),
   );
 }

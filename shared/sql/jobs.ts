@@ -41,15 +41,17 @@ export interface JobRow {
   attempt: number;
   version: number;
   pending_since: string | null;
+  last_event: string | null;
+  user_id: number | null;
 }
 
 /** A job as the API returns it: the row with `params` parsed back to an object. */
-export type Job = Omit<JobRow, "params" | "request_hash" | "pending_since"> & {
+export type Job = Omit<JobRow, "params" | "request_hash" | "pending_since" | "last_event"> & {
   params: Record<string, unknown>;
 };
 
 export function toJob(row: JobRow): Job {
-  const { request_hash: _hash, pending_since: _since, ...rest } = row;
+  const { request_hash: _hash, pending_since: _since, last_event: _event, ...rest } = row;
   return { ...rest, params: JSON.parse(row.params) as Record<string, unknown> };
 }
 
@@ -60,13 +62,19 @@ const BACK_TO_PENDING = `status = 'pending', runpod_job_id = NULL, version = ver
                          last_event = 'retried'`;
 
 export const JOB_SQL = {
-  insert: `INSERT INTO export_jobs (id, project_id, type, input_video_key, params, idempotency_key,
-                                    request_hash, created_at, due_at, pending_since)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ${NOW}, ${NOW}, ${NOW})
+  insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
+                                    idempotency_key, request_hash, created_at, due_at, pending_since)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ${NOW}, ${NOW}, ${NOW})
            ON CONFLICT DO NOTHING
            RETURNING *`,
   byIdempotencyKey: "SELECT * FROM export_jobs WHERE project_id = ? AND idempotency_key = ?",
   byId: "SELECT * FROM export_jobs WHERE id = ?",
+  // The dispatcher's slots checked against D1: which of these jobs are still processing.
+  processingAmong: `SELECT id FROM export_jobs
+                    WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'processing'`,
+  // What the dispatcher needs of a batch's jobs that are still waiting: their fairness key and age.
+  pendingByIds: `SELECT id, project_id, user_id, created_at FROM export_jobs
+                 WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'`,
 
   // Listings, newest first, keyset-paged on (created_at, id) with a row-value cursor.
   listByProjects: `SELECT * FROM export_jobs
@@ -83,6 +91,13 @@ export const JOB_SQL = {
                             WHERE project_id IN (SELECT value FROM json_each(?)) AND +status = ?
                               AND (created_at, id) < (?, ?)
                             ORDER BY created_at DESC, id DESC LIMIT ?`,
+  listByUser: `SELECT * FROM export_jobs
+               WHERE user_id = ? AND (created_at, id) < (?, ?)
+               ORDER BY created_at DESC, id DESC LIMIT ?`,
+  listActiveByUser: `SELECT * FROM export_jobs INDEXED BY idx_export_jobs_user_created
+                     WHERE user_id = ? AND +status IN ('pending', 'processing')
+                       AND (created_at, id) < (?, ?)
+                     ORDER BY created_at DESC, id DESC LIMIT ?`,
   listAll: `SELECT * FROM export_jobs WHERE (created_at, id) < (?, ?)
             ORDER BY created_at DESC, id DESC LIMIT ?`,
   // Operators' status filter walks (created_at, id) newest first until the page is full.
@@ -223,6 +238,7 @@ const FIRST_PAGE = { created_at: "9999-12-31", id: "" };
 export interface NewJob {
   id: string;
   project_id: number;
+  user_id?: number | undefined;
   type: JobType;
   input_video_key: string;
   params: Record<string, unknown>;
@@ -241,6 +257,7 @@ export function insertJob(db: D1Database, job: NewJob): Promise<JobRow | null> {
       .bind(
         job.id,
         job.project_id,
+        job.user_id ?? null,
         job.type,
         job.input_video_key,
         JSON.stringify(job.params),
@@ -261,6 +278,28 @@ export function findJobByIdempotencyKey(
   );
 }
 
+export async function processingAmong(db: D1Database, ids: readonly string[]): Promise<string[]> {
+  if (ids.length === 0) return [];
+  const { results } = await retryTransient(() =>
+    db.prepare(JOB_SQL.processingAmong).bind(JSON.stringify(ids)).all<{ id: string }>(),
+  );
+  return results.map((row) => row.id);
+}
+
+export async function pendingJobs(
+  db: D1Database,
+  ids: readonly string[],
+): Promise<Pick<JobRow, "id" | "project_id" | "user_id" | "created_at">[]> {
+  if (ids.length === 0) return [];
+  const { results } = await retryTransient(() =>
+    db
+      .prepare(JOB_SQL.pendingByIds)
+      .bind(JSON.stringify(ids))
+      .all<Pick<JobRow, "id" | "project_id" | "user_id" | "created_at">>(),
+  );
+  return results;
+}
+
 export function getJob(db: D1Database, id: string): Promise<JobRow | null> {
   return retryTransient(() => db.prepare(JOB_SQL.byId).bind(id).first<JobRow>());
 }
@@ -273,6 +312,8 @@ export interface ListCursor {
 export interface ListJobsQuery {
   /** Null: every project (operators). */
   projectIds: number[] | null;
+  /** Instead of projects: one user's jobs. */
+  userId?: number | undefined;
   /** Null: every status; `active`: pending and processing. */
   statuses: "active" | JobStatus | null;
   limit: number;
@@ -289,15 +330,19 @@ export async function listJobs(db: D1Database, query: ListJobsQuery): Promise<Jo
   const page = [after.created_at, after.id, query.limit + 1] as const;
   const projects = JSON.stringify(query.projectIds);
   const statement =
-    query.projectIds === null
-      ? query.statuses === null || query.statuses === "active"
-        ? db.prepare(JOB_SQL.listAll).bind(...page)
-        : db.prepare(JOB_SQL.listAllByStatus).bind(query.statuses, ...page)
-      : query.statuses === "active"
-        ? db.prepare(JOB_SQL.listActiveByProjects).bind(projects, ...page)
-        : query.statuses === null
-          ? db.prepare(JOB_SQL.listByProjects).bind(projects, ...page)
-          : db.prepare(JOB_SQL.listByProjectsAndStatus).bind(projects, query.statuses, ...page);
+    query.userId !== undefined
+      ? db
+          .prepare(query.statuses === "active" ? JOB_SQL.listActiveByUser : JOB_SQL.listByUser)
+          .bind(query.userId, ...page)
+      : query.projectIds === null
+        ? query.statuses === null || query.statuses === "active"
+          ? db.prepare(JOB_SQL.listAll).bind(...page)
+          : db.prepare(JOB_SQL.listAllByStatus).bind(query.statuses, ...page)
+        : query.statuses === "active"
+          ? db.prepare(JOB_SQL.listActiveByProjects).bind(projects, ...page)
+          : query.statuses === null
+            ? db.prepare(JOB_SQL.listByProjects).bind(projects, ...page)
+            : db.prepare(JOB_SQL.listByProjectsAndStatus).bind(projects, query.statuses, ...page);
   const { results } = await retryTransient(() => statement.all<JobRow>());
   return results;
 }

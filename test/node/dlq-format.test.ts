@@ -78,18 +78,29 @@ describe("formatDispatch", () => {
         reason: null,
         since: "2026-11-24T10:00:00.000Z",
         runs_last_10s: 1,
+        in_flight: 3,
+        max_in_flight: 20,
+        waiting: 9,
+        waiting_keys: 2,
       }),
-    ).toBe("running since 2026-11-24T10:00:00.000Z, 1 run in the last 10 s");
+    ).toBe(
+      "running since 2026-11-24T10:00:00.000Z, 1 run in the last 10 s; " +
+        "3/20 in flight, 9 waiting (2 keys)",
+    );
     expect(
       formatDispatch({
         state: "paused",
         reason: "5 failed submissions in a row: RunPod /run answered HTTP 503",
         since: "2026-11-24T10:00:00.000Z",
         runs_last_10s: 0,
+        in_flight: 0,
+        max_in_flight: 20,
+        waiting: 1,
+        waiting_keys: 1,
       }),
     ).toBe(
       "paused (5 failed submissions in a row: RunPod /run answered HTTP 503) " +
-        "since 2026-11-24T10:00:00.000Z, 0 runs in the last 10 s",
+        "since 2026-11-24T10:00:00.000Z, 0 runs in the last 10 s; 0/20 in flight, 1 waiting (1 key)",
     );
   });
 
@@ -189,6 +200,10 @@ const stats = {
     reason: "RunPod refused the API key: HTTP 401",
     since: "2026-11-24T10:02:00.000Z",
     runs_last_10s: 0,
+    in_flight: 0,
+    max_in_flight: 20,
+    waiting: 0,
+    waiting_keys: 0,
   },
 };
 
@@ -434,7 +449,7 @@ describe("dlq CLI", () => {
         "processing without run: 0",
         "dead letters:           5 total, 2 not replayed",
         "dispatch:               paused (RunPod refused the API key: HTTP 401) since " +
-          "2026-11-24T10:02:00.000Z, 0 runs in the last 10 s",
+          "2026-11-24T10:02:00.000Z, 0 runs in the last 10 s; 0/20 in flight, 0 waiting (0 keys)",
         "",
       ].join("\n"),
     );

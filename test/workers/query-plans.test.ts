@@ -18,7 +18,17 @@ const delay = "+30 seconds";
 
 /** For each statement: sample parameters, and what its plan must reach export_jobs through. */
 const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
-  "jobs.insert": { binds: ["i", 1, "overlay", "k", "{}", null, null], uses: [] },
+  "jobs.insert": { binds: ["i", 1, null, "overlay", "k", "{}", null, null], uses: [] },
+  "jobs.pendingByIds": { binds: [ids], uses: [`${PK} (id=?)`] },
+  "jobs.processingAmong": { binds: [ids], uses: [`${PK} (id=?)`] },
+  "jobs.listByUser": {
+    binds: [7, ...cursor, 21],
+    uses: ["idx_export_jobs_user_created (user_id=? AND (created_at,id)<(?,?))"],
+  },
+  "jobs.listActiveByUser": {
+    binds: [7, ...cursor, 21],
+    uses: ["idx_export_jobs_user_created (user_id=? AND (created_at,id)<(?,?))"],
+  },
   "jobs.byIdempotencyKey": { binds: [1, "key"], uses: ["idx_export_jobs_idempotency"] },
   "jobs.byId": { binds: ["i"], uses: [PK] },
   "jobs.listByProjects": {
@@ -97,7 +107,6 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     binds: ["m", "t"],
     uses: [`${PK} (id=?)`, "sqlite_autoindex_dead_letters_1 (id=?)"],
   },
-  "deadLetters.jobEvent": { binds: ["d", "j"], uses: [`${PK} (id=?)`] },
   "events.byJob": {
     binds: ["j"],
     uses: ["SEARCH export_job_events USING PRIMARY KEY (job_id=?)"],

@@ -12,6 +12,7 @@ import {
   emulatorRequests,
   insertPendingJob,
   processingJob,
+  putOutput,
   readJob,
   sentMessagesFor,
   uniqueEndpoint,
@@ -157,6 +158,7 @@ describe("reconciler (consumer cron)", () => {
     const endpoint = uniqueEndpoint("poll");
     const job = await insertPendingJob();
     const key = `exports/${job.project_id}/custom.mp4`;
+    await putOutput(job, key);
     const runId = await startRun(endpoint, { queueMs: 0, runMs: 1, dropWebhookRate: 1 }, key);
     await waitFor(async () => ((await runStatus(runId)) === "COMPLETED" ? true : undefined), "run");
     await claimedWithRun(job, runId);
@@ -175,6 +177,8 @@ describe("reconciler (consumer cron)", () => {
   it("keeps the planned output key when the polled run reports one outside the job's project", async () => {
     const endpoint = uniqueEndpoint("pollkey");
     const job = await insertPendingJob();
+    // Only the planned key holds an output; the reported one is not looked at.
+    await putOutput(job);
     const runId = await startRun(
       endpoint,
       { queueMs: 0, runMs: 1, dropWebhookRate: 1 },

@@ -4,8 +4,10 @@ import { signAttempt } from "../../shared/signing.ts";
 import * as repo from "../../shared/sql/jobs.ts";
 import {
   callbackPath,
+  plannedKey,
   postJson,
   processingJob,
+  putOutput,
   readJob,
   sentMessagesFor,
   waitFor,
@@ -24,6 +26,7 @@ describe("POST /runpod/webhook/{id}", () => {
     const job = await processingJob({ runId: "run-ok" });
     expect(job.attempt).toBe(1);
     const reported = `exports/${job.project_id}/custom/out.mp4`;
+    await putOutput(job, reported);
     const res = await webhook(job.id, 1, {
       id: "run-ok",
       status: "COMPLETED",
@@ -58,6 +61,7 @@ describe("POST /runpod/webhook/{id}", () => {
     ];
     for (const outputFor of outputs) {
       const job = await processingJob({ runId: "run-x" });
+      await putOutput(job);
       const output = outputFor(job.project_id);
       const res = await webhook(job.id, 1, { id: "run-x", status: "COMPLETED", output });
       expect(await res.json(), JSON.stringify(output)).toEqual({
@@ -124,8 +128,55 @@ describe("POST /runpod/webhook/{id}", () => {
     expect(await readJob(job.id)).toMatchObject({ status: "error", error: "cancelled" });
   });
 
+  it("COMPLETED without its output in R2 → the seed's CASE retry with `output missing: <key>`; the fourth ends error", async () => {
+    const job = await processingJob({ runId: "run-empty" });
+    const key = plannedKey(job);
+    const res = await webhook(job.id, 1, { id: "run-empty", status: "COMPLETED", output: {} });
+    expect(await res.json()).toEqual({ applied: true, outcome: "retrying" });
+    const row = await readJob(job.id);
+    expect(row).toMatchObject({
+      status: "pending",
+      retry_count: job.retry_count + 1,
+      attempt: 1,
+      runpod_job_id: null,
+      output_video_key: null,
+      completed_at: null,
+      error: `output missing: ${key}`,
+    });
+    expect(row?.progress).not.toBe(100);
+    // A reported key inside the project is the one that must exist (the planned one does here).
+    const other = await processingJob({ runId: "run-empty-2" });
+    await putOutput(other);
+    const reported = `exports/${other.project_id}/custom/missing.mp4`;
+    const otherRes = await webhook(other.id, 1, {
+      id: "run-empty-2",
+      status: "COMPLETED",
+      output: { output_video_key: reported },
+    });
+    expect(await otherRes.json()).toEqual({ applied: true, outcome: "retrying" });
+    expect(await readJob(other.id)).toMatchObject({
+      status: "pending",
+      retry_count: 1,
+      error: `output missing: ${reported}`,
+    });
+
+    const last = await processingJob({ retryCount: 3, runId: "run-empty-last" });
+    const lastRes = await webhook(last.id, 1, { id: "run-empty-last", status: "COMPLETED" });
+    expect(await lastRes.json()).toEqual({ applied: true, outcome: "failed" });
+    expect(await readJob(last.id)).toMatchObject({
+      status: "error",
+      retry_count: 4,
+      error: `output missing: ${plannedKey(last)}`,
+      runpod_job_id: "run-empty-last",
+      output_video_key: null,
+      due_at: null,
+    });
+  });
+
   it("ignores with 200: a repeat, an older attempt, another run's id, a finished job", async () => {
     const job = await processingJob({ runId: "run-1" });
+    // The output is in R2 throughout: stale news is ignored for being stale, not for lack of it.
+    await putOutput(job);
     const failed = { id: "run-1", status: "FAILED", error: "first" };
     expect(await (await webhook(job.id, 1, failed)).json()).toMatchObject({ applied: true });
     const afterFirst = await readJob(job.id);
@@ -183,6 +234,7 @@ describe("POST /runpod/webhook/{id}", () => {
 
   it("applies a webhook that arrives before the run was recorded; the late record does not undo it", async () => {
     const job = await processingJob({ runId: null });
+    await putOutput(job);
     await webhook(job.id, 1, { id: "run-fast", status: "COMPLETED", output: {} });
     const done = await readJob(job.id);
     expect(done).toMatchObject({
@@ -205,6 +257,7 @@ describe("POST /runpod/webhook/{id}", () => {
 
     // A run's webhook before recordRun, for an attempt that is not the current one: nothing.
     const early = await processingJob({ runId: null });
+    await putOutput(early);
     const stale = await webhook(early.id, 2, { id: "run-future", status: "COMPLETED" });
     expect(await stale.json()).toEqual({ applied: false, outcome: "unchanged" });
     expect(await readJob(early.id)).toEqual(early);
@@ -255,6 +308,7 @@ describe("POST /runpod/progress/{id}", () => {
 
   it("raises progress of the current attempt, never backwards, never after completion", async () => {
     const job = await processingJob({ runId: "run-p" });
+    await putOutput(job);
     const res = await progress(job.id, 1, 40);
     expect(res.status).toBe(204);
     const raised = await readJob(job.id);

@@ -1,0 +1,587 @@
+// Live status inside workerd with the real bindings: POST /live-tickets, GET /live's WebSockets
+// held by the real LiveHub / LiveChannel Durable Objects (test/workers/main.ts exports them), the
+// state machine publishing through livePublisher(env), and D1 as the truth.
+import { evictDurableObject, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { consumerDeps } from "../../consumer/process-jobs.ts";
+import * as state from "../../shared/job-state.ts";
+import type { LiveMessage, LivePublisher } from "../../shared/live-publisher.ts";
+import { projectHubName } from "../../shared/live-publisher.ts";
+import { mintTicket } from "../../shared/live-ticket.ts";
+import { type Job, type JobRow, toJob } from "../../shared/sql/jobs.ts";
+import {
+  ADMIN_TOKEN,
+  API_TOKEN,
+  callbackPath,
+  type FetchInit,
+  freshProjectId,
+  insertPendingJob,
+  overlayRequest,
+  postJson,
+  producerFetch,
+  putInput,
+  readJob,
+  waitFor,
+} from "./helpers.ts";
+
+interface MintedTicket {
+  ticket: string;
+  expires_at: string;
+}
+
+async function mint(body: unknown, init: FetchInit = {}): Promise<MintedTicket> {
+  const res = await postJson("/live-tickets", body, init);
+  expect(res.status).toBe(201);
+  return (await res.json()) as MintedTicket;
+}
+
+const mintProjects = (...projectIds: number[]) => mint({ project_ids: projectIds });
+const mintAll = () => mint({ all_projects: true }, { token: ADMIN_TOKEN });
+
+function openLive(ticket: string, init: FetchInit = {}): Promise<Response> {
+  return producerFetch(`/live?ticket=${encodeURIComponent(ticket)}`, {
+    token: null,
+    ...init,
+    headers: { Upgrade: "websocket", ...(init.headers as Record<string, string> | undefined) },
+  });
+}
+
+/** The test's end of a live socket: every message it received, in order. */
+class LiveClient {
+  readonly messages: LiveMessage[] = [];
+  pongs = 0;
+
+  readonly ws: WebSocket;
+
+  constructor(ws: WebSocket) {
+    this.ws = ws;
+    ws.addEventListener("message", (event) => {
+      const data = event.data as string;
+      if (data === "pong") this.pongs += 1;
+      else this.messages.push(JSON.parse(data) as LiveMessage);
+    });
+    ws.accept();
+  }
+
+  get snapshot(): Job[] {
+    const first = this.messages[0];
+    if (first?.type !== "snapshot") throw new Error("the first message is not the snapshot");
+    return first.jobs;
+  }
+
+  /** The `job` messages, in arrival order (of one job, with `id`). */
+  changes(id?: string): Job[] {
+    return this.messages.flatMap((message) =>
+      message.type === "job" && (id === undefined || message.job.id === id) ? [message.job] : [],
+    );
+  }
+
+  /** What a client keeping the highest version per job shows. */
+  latest(id: string): Job | undefined {
+    let best: Job | undefined;
+    for (const job of [...this.snapshot, ...this.changes(id)]) {
+      if (job.id === id && (!best || job.version > best.version)) best = job;
+    }
+    return best;
+  }
+
+  until(check: () => boolean, what: string): Promise<true> {
+    return waitFor(async () => (check() ? true : undefined), what);
+  }
+
+  /** Waits until a change of `id` with at least `version` arrived. */
+  untilVersion(id: string, version: number): Promise<true> {
+    return this.until(
+      () => this.changes(id).some((job) => job.version >= version),
+      `version ${version} of ${id}`,
+    );
+  }
+
+  close(): void {
+    this.ws.close(1000, "test done");
+  }
+}
+
+async function connect(ticket: string): Promise<LiveClient> {
+  const res = await openLive(ticket);
+  expect(res.status).toBe(101);
+  if (!res.webSocket) throw new Error("no WebSocket in the 101 answer");
+  const client = new LiveClient(res.webSocket);
+  await client.until(() => client.messages.length > 0, "the snapshot");
+  expect(client.messages[0]?.type).toBe("snapshot");
+  return client;
+}
+
+/** GET /exports/{id}'s job: what every live message must equal. */
+async function apiJob(id: string): Promise<Job> {
+  const res = await producerFetch(`/exports/${id}`);
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { job: Job }).job;
+}
+
+async function createJob(projectId: number): Promise<Job> {
+  const key = `uploads/${projectId}/live.mp4`;
+  await putInput(key);
+  const res = await postJson("/exports", overlayRequest(projectId, key));
+  expect(res.status).toBe(202);
+  return ((await res.json()) as { job: Job }).job;
+}
+
+/** The consumer's deps (the real publisher), or with `live` replaced. */
+function deps(live?: LivePublisher) {
+  const real = consumerDeps(env);
+  return live ? { ...real, live } : real;
+}
+
+/** A job row written straight to D1 at a fixed creation time (publishes nothing). */
+async function insertAt(projectId: number, status: JobRow["status"], createdAt: string) {
+  const row = await env.DB.prepare(
+    `INSERT INTO export_jobs (id, project_id, type, input_video_key, params, status, progress,
+                              created_at, due_at)
+     VALUES (?, ?, 'overlay', ?, '{"highlight_regions":[{"start_time":0,"end_time":1}]}', ?, ?, ?, NULL)
+     RETURNING *`,
+  )
+    .bind(
+      crypto.randomUUID(),
+      projectId,
+      `uploads/${projectId}/in.mp4`,
+      status,
+      status === "complete" ? 100 : 0,
+      createdAt,
+    )
+    .first<JobRow>();
+  if (!row) throw new Error("insert failed");
+  return row;
+}
+
+const hubOf = (projectId: number) =>
+  env.LIVE_HUB.get(env.LIVE_HUB.idFromName(projectHubName(projectId)));
+
+function subscriptionsOf(projectId: number): Promise<string[]> {
+  return runInDurableObject(hubOf(projectId), async (_hub, ctx) => [
+    ...(await ctx.storage.list({ prefix: "sub:" })).keys(),
+  ]);
+}
+
+function ticketClaims(ticket: string): { id: string; p: number[] | "all"; exp: number } {
+  const payload = ticket.split(".")[0] as string;
+  return JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/")));
+}
+
+const channelOf = (ticket: string) =>
+  env.LIVE_CHANNEL.get(env.LIVE_CHANNEL.idFromName(`channel:${ticketClaims(ticket).id}`));
+
+function base64UrlJson(value: unknown): string {
+  return btoa(JSON.stringify(value)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+describe("POST /live-tickets", () => {
+  it("mints a ticket for 1 to 100 projects (API_TOKEN) that expires after LIVE_TICKET_TTL_S", async () => {
+    const before = Date.now();
+    const minted = await mint({ project_ids: [freshProjectId(), freshProjectId()] });
+    expect(minted.ticket).toMatch(/^[A-Za-z0-9_-]+\.[0-9a-f]{64}$/);
+    const expires = Date.parse(minted.expires_at);
+    expect(expires).toBeGreaterThanOrEqual(before + 60_000);
+    expect(expires).toBeLessThanOrEqual(Date.now() + 60_000);
+
+    const short = await mint({ project_ids: [1] }, { vars: { LIVE_TICKET_TTL_S: "5" } });
+    expect(Date.parse(short.expires_at)).toBeLessThanOrEqual(Date.now() + 5_000);
+    const hundred = Array.from({ length: 100 }, (_, i) => i + 1);
+    await mint({ project_ids: hundred });
+    await mint({ project_ids: [1] }, { token: ADMIN_TOKEN });
+  });
+
+  it("mints an operators' ticket for all projects only with the ADMIN_TOKEN", async () => {
+    await mintAll();
+    const res = await postJson("/live-tickets", { all_projects: true }, { token: API_TOKEN });
+    expect(res.status).toBe(401);
+    expect(await res.json()).toMatchObject({ error: { code: "unauthorized" } });
+  });
+
+  it("answers 401 without a valid token and 400 with stable codes for bad bodies", async () => {
+    for (const token of [null, "not-a-token"]) {
+      const res = await postJson("/live-tickets", { project_ids: [1] }, { token });
+      expect(res.status).toBe(401);
+      expect(res.headers.get("www-authenticate")).toContain("Bearer");
+      expect(await res.json()).toMatchObject({ error: { code: "unauthorized" } });
+    }
+    const bad: unknown[] = [
+      {},
+      { project_ids: [] },
+      { project_ids: [0] },
+      { project_ids: [1.5] },
+      { project_ids: ["1"] },
+      { project_ids: Array.from({ length: 101 }, (_, i) => i + 1) },
+      { all_projects: false },
+      { project_ids: [1], all_projects: true },
+      [1, 2],
+    ];
+    for (const body of bad) {
+      const res = await postJson("/live-tickets", body);
+      expect({ body, status: res.status }).toEqual({ body, status: 400 });
+      const error = ((await res.json()) as { error: { code: string; issues?: unknown[] } }).error;
+      expect(error.code).toBe("invalid_request");
+      expect(error.issues?.length).toBeGreaterThan(0);
+    }
+    const notJson = await postJson("/live-tickets", "{nope");
+    expect(notJson.status).toBe(400);
+    expect(await notJson.json()).toMatchObject({ error: { code: "invalid_json" } });
+  });
+});
+
+describe("GET /live", () => {
+  it("answers 426 upgrade_required to a request that is not a WebSocket upgrade", async () => {
+    const { ticket } = await mintProjects(freshProjectId());
+    const res = await producerFetch(`/live?ticket=${encodeURIComponent(ticket)}`, { token: null });
+    expect(res.status).toBe(426);
+    expect(res.headers.get("upgrade")).toBe("websocket");
+    expect(await res.json()).toMatchObject({ error: { code: "upgrade_required" } });
+  });
+
+  it("answers 401 bad_ticket for a missing, malformed, forged or expired ticket", async () => {
+    const projectId = freshProjectId();
+    const { ticket } = await mintProjects(projectId);
+    const [payload, sig] = ticket.split(".") as [string, string];
+    const claims = ticketClaims(ticket);
+    const secret = env.WEBHOOK_SECRET as string;
+    const forged = {
+      // another project under the original signature
+      otherProjects: `${base64UrlJson({ ...claims, p: [projectId + 1] })}.${sig}`,
+      operatorsScope: `${base64UrlJson({ ...claims, p: "all" })}.${sig}`,
+      longerLife: `${base64UrlJson({ ...claims, exp: Date.now() + 86_400_000 })}.${sig}`,
+      otherSecret: await mintTicket(
+        "not-the-secret",
+        { all: false, projectIds: [projectId] },
+        Date.now() + 60_000,
+      ),
+      flippedSig: `${payload}.${sig.slice(0, -1)}${sig.endsWith("0") ? "1" : "0"}`,
+      // properly signed, but its expiry has passed
+      expired: await mintTicket(
+        secret,
+        { all: false, projectIds: [projectId] },
+        Date.now() - 1_000,
+      ),
+      expiredOperators: await mintTicket(secret, { all: true }, Date.now() - 1),
+      missing: "",
+      malformed: "not.a.ticket",
+      unsignedPayload: payload,
+    };
+    for (const [name, value] of Object.entries(forged)) {
+      const res = await openLive(value);
+      expect({ name, status: res.status }).toEqual({ name, status: 401 });
+      expect(await res.json()).toMatchObject({ error: { code: "bad_ticket" } });
+    }
+    const noParam = await producerFetch("/live", {
+      token: null,
+      headers: { Upgrade: "websocket" },
+    });
+    expect(noParam.status).toBe(401);
+
+    // A ticket minted with LIVE_TICKET_TTL_S = 0 is expired as soon as it is made.
+    const stillborn = await mint(
+      { project_ids: [projectId] },
+      { vars: { LIVE_TICKET_TTL_S: "0" } },
+    );
+    const res = await openLive(stillborn.ticket);
+    expect(res.status).toBe(401);
+    expect(await res.json()).toMatchObject({ error: { code: "bad_ticket" } });
+  });
+
+  it("upgrades behind the CORS middleware too", async () => {
+    const { ticket } = await mintProjects(freshProjectId());
+    const res = await openLive(ticket, { vars: { CORS_ORIGIN: "https://editor.test" } });
+    expect(res.status).toBe(101);
+    const client = new LiveClient(res.webSocket as WebSocket);
+    await client.until(() => client.messages.length > 0, "the snapshot");
+    expect(client.snapshot).toEqual([]);
+    client.close();
+  });
+});
+
+describe("the snapshot", () => {
+  it("holds the active jobs of the ticket's projects and their 20 newest finished, no others", async () => {
+    const [a, b, c] = [freshProjectId(), freshProjectId(), freshProjectId()];
+    const plan: [number, JobRow["status"]][] = [
+      [a, "pending"],
+      [a, "processing"],
+      [c, "processing"],
+    ];
+    for (let i = 0; i < 25; i++) plan.push([i % 5 < 3 ? a : b, i % 2 ? "error" : "complete"]);
+    plan.push([b, "pending"], [c, "complete"], [a, "processing"], [c, "error"]);
+    const rows: JobRow[] = [];
+    for (const [i, [projectId, status]] of plan.entries()) {
+      const at = `2026-01-01 00:${String(Math.floor(i / 60)).padStart(2, "0")}:${String(i % 60).padStart(2, "0")}.000`;
+      rows.push(await insertAt(projectId, status, at));
+    }
+    const finished = (row: JobRow) => row.status === "complete" || row.status === "error";
+    const expected = (projects: number[]) => {
+      const mine = rows.filter((row) => projects.includes(row.project_id)).reverse();
+      const active = mine.filter((row) => !finished(row));
+      const done = mine.filter(finished).slice(0, 20);
+      return mine.filter((row) => active.includes(row) || done.includes(row)).map(toJob);
+    };
+
+    // One project (its hub), several (a channel): newest first, exactly as the API answers.
+    const single = await connect((await mintProjects(a)).ticket);
+    expect(single.snapshot).toEqual(expected([a]));
+    expect(single.snapshot).toHaveLength(18);
+    const several = await connect((await mintProjects(a, b)).ticket);
+    expect(several.snapshot).toEqual(expected([a, b]));
+    expect(
+      several.snapshot.filter((job) => job.status === "complete" || job.status === "error"),
+    ).toHaveLength(20);
+    expect(
+      several.snapshot.filter((job) => job.status === "pending" || job.status === "processing"),
+    ).toHaveLength(4);
+    expect(several.snapshot.map((job) => job.project_id)).not.toContain(c);
+    const first = several.snapshot[0] as Job;
+    expect(first).toEqual(await apiJob(first.id));
+
+    // Operators: the newest jobs of every project.
+    const fresh = await createJob(freshProjectId());
+    const operators = await connect((await mintAll()).ticket);
+    expect(operators.snapshot.map((job) => job.id)).toContain(fresh.id);
+    for (const client of [single, several, operators]) client.close();
+  });
+});
+
+describe("changes", () => {
+  it("every transition sends a job message with a rising version to each ticket of its project", async () => {
+    const [p, q, other] = [freshProjectId(), freshProjectId(), freshProjectId()];
+    const hubClient = await connect((await mintProjects(p)).ticket);
+    const channelClient = await connect((await mintProjects(p, q)).ticket);
+    const operators = await connect((await mintAll()).ticket);
+    const clients = [hubClient, channelClient, operators];
+
+    // A job of another project first: it never reaches the project tickets.
+    const foreign = await createJob(other);
+
+    // created (the route), claimed and submitted (the consumer's state machine), progress and
+    // complete (RunPod's signed callbacks).
+    const created = await createJob(p);
+    const [claimed] = await state.claimJobs(deps(), [created.id], 120);
+    if (!claimed) throw new Error("claim failed");
+    const runId = `run-${crypto.randomUUID()}`;
+    expect(await state.recordRun(deps(), claimed, runId)).not.toBeNull();
+    const progress = await postJson(
+      await callbackPath("progress", created.id, claimed.attempt),
+      { progress: 50 },
+      { token: null },
+    );
+    expect(progress.status).toBe(204);
+    await env.VIDEOS.put(state.plannedOutputKey(claimed), new Uint8Array([1, 2, 3]));
+    const webhook = await postJson(
+      await callbackPath("webhook", created.id, claimed.attempt),
+      { id: runId, status: "COMPLETED", output: {} },
+      { token: null },
+    );
+    expect(await webhook.json()).toMatchObject({ applied: true, outcome: "completed" });
+    const done = await apiJob(created.id);
+    expect(done).toMatchObject({ status: "complete", progress: 100, version: 5 });
+
+    // And a cancel.
+    const toCancel = await createJob(q);
+    const cancel = await producerFetch(`/exports/${toCancel.id}/cancel`, { method: "POST" });
+    expect(cancel.status).toBe(200);
+    const cancelled = await apiJob(toCancel.id);
+
+    for (const client of clients) {
+      await client.untilVersion(created.id, done.version);
+      const seen = client.changes(created.id);
+      expect(seen.map((job) => job.version)).toEqual([1, 2, 3, 4, 5]);
+      expect(seen.map((job) => [job.status, job.attempt, job.progress, job.runpod_job_id])).toEqual(
+        [
+          ["pending", 0, 0, null],
+          ["processing", 1, 0, null],
+          ["processing", 1, 0, runId],
+          ["processing", 1, 50, runId],
+          ["complete", 1, 100, runId],
+        ],
+      );
+      expect(seen.at(-1)).toEqual(done);
+      expect(seen[0]).toEqual(created);
+    }
+    // The cancel reaches the channel (q is its project) and the operators, not p's own ticket.
+    for (const client of [channelClient, operators]) {
+      await client.untilVersion(toCancel.id, cancelled.version);
+      expect(client.changes(toCancel.id).map((job) => job.version)).toEqual([1, 2]);
+      expect(client.changes(toCancel.id).at(-1)).toEqual(cancelled);
+      expect(cancelled).toMatchObject({ status: "error", error: "cancelled" });
+    }
+    expect(hubClient.changes(toCancel.id)).toEqual([]);
+    // The other project's job: to the operators only.
+    await operators.untilVersion(foreign.id, 1);
+    expect(hubClient.changes(foreign.id)).toEqual([]);
+    expect(channelClient.changes(foreign.id)).toEqual([]);
+    for (const client of [hubClient, channelClient]) {
+      expect(client.changes().every((job) => job.project_id === p || job.project_id === q)).toBe(
+        true,
+      );
+    }
+    for (const client of clients) client.close();
+  });
+
+  it("a client keeping the highest version per job ends with D1's row, whatever the order", async () => {
+    const p = freshProjectId();
+    const [hubClient, channelClient] = [
+      await connect((await mintProjects(p)).ticket),
+      await connect((await mintProjects(p, freshProjectId())).ticket),
+    ];
+    const job = await insertPendingJob(p);
+    const [claimed] = await state.claimJobs(deps(), [job.id], 120);
+    if (!claimed) throw new Error("claim failed");
+    // Progress reports racing each other (some raise progress, some are too late to), and a
+    // client connecting meanwhile: its snapshot comes first, the changes it missed or not after.
+    const reports = [35, 5, 80, 20, 60, 95, 10, 70, 45, 90];
+    const lateTicket = (await mintProjects(p)).ticket;
+    let late: LiveClient | undefined;
+    await Promise.all([
+      connect(lateTicket).then((client) => {
+        late = client;
+      }),
+      ...reports.map(async (value) => {
+        const res = await postJson(
+          await callbackPath("progress", job.id, claimed.attempt),
+          { progress: value },
+          { token: null },
+        );
+        expect(res.status).toBe(204);
+      }),
+    ]);
+    const row = (await readJob(job.id)) as JobRow;
+    expect(row.progress).toBe(95);
+    if (!late) throw new Error("the late client did not connect");
+    await late.until(() => late?.latest(job.id)?.version === row.version, "the late client");
+    expect(late.latest(job.id)).toEqual(toJob(row));
+    late.close();
+    for (const client of [hubClient, channelClient]) {
+      await client.untilVersion(job.id, row.version);
+      expect(client.latest(job.id)).toEqual(toJob(row));
+      const versions = client.changes(job.id).map((seen) => seen.version);
+      expect(new Set(versions).size).toBe(versions.length);
+      expect(Math.max(...versions)).toBe(row.version);
+      client.close();
+    }
+    // A client that reconnects gets a fresh snapshot: D1's row.
+    const again = await connect((await mintProjects(p)).ticket);
+    expect(again.snapshot).toContainEqual(toJob(row));
+    again.close();
+  });
+
+  it("a failed publication is logged and changes nothing: the transition is in D1", async () => {
+    const p = freshProjectId();
+    const client = await connect((await mintProjects(p)).ticket);
+    const rejecting = deps({ publish: () => Promise.reject(new Error("live status is down")) });
+    const throwing = deps({
+      publish: () => {
+        throw new Error("live status threw");
+      },
+    });
+    const job = await insertPendingJob(p);
+    const [claimed] = await state.claimJobs(rejecting, [job.id], 120);
+    expect(claimed).toMatchObject({ status: "processing", attempt: 1, version: 2 });
+    expect(await readJob(job.id)).toMatchObject({ status: "processing", attempt: 1, version: 2 });
+    const recorded = await state.recordRun(throwing, claimed as JobRow, "run-unpublished");
+    expect(recorded).toMatchObject({ runpod_job_id: "run-unpublished", version: 3 });
+    expect(await readJob(job.id)).toMatchObject({ runpod_job_id: "run-unpublished", version: 3 });
+    const created = await state.createJob(rejecting, {
+      id: crypto.randomUUID(),
+      project_id: p,
+      type: "overlay",
+      input_video_key: `uploads/${p}/in.mp4`,
+      params: { highlight_regions: [{ start_time: 0, end_time: 1 }] },
+    });
+    expect(created && (await readJob(created.id))).toMatchObject({ status: "pending", version: 1 });
+
+    // The next change that is published carries the truth; the client keeps it.
+    const raised = await state.recordProgress(deps(), job.id, 1, 40);
+    expect(raised).toMatchObject({ progress: 40, version: 4 });
+    await client.untilVersion(job.id, 4);
+    expect(client.changes(job.id).map((seen) => seen.version)).toEqual([4]);
+    expect(client.latest(job.id)).toEqual(toJob(raised as JobRow));
+    expect(client.changes(created?.id)).toEqual([]);
+    client.close();
+
+    // Reconnecting, the snapshot has what was never published.
+    const again = await connect((await mintProjects(p)).ticket);
+    expect(again.snapshot.map((seen) => [seen.id, seen.version])).toEqual(
+      expect.arrayContaining([
+        [job.id, 4],
+        [created?.id, 1],
+      ]),
+    );
+    again.close();
+  });
+});
+
+describe("sockets", () => {
+  it("answer ping with pong without the object's handler, and survive hibernation", async () => {
+    const p = freshProjectId();
+    const hubClient = await connect((await mintProjects(p)).ticket);
+    const channelTicket = (await mintProjects(p, freshProjectId())).ticket;
+    const channelClient = await connect(channelTicket);
+    for (const client of [hubClient, channelClient]) {
+      client.ws.send("ping");
+      await client.until(() => client.pongs === 1, "pong");
+      expect(client.messages).toHaveLength(1); // the snapshot only
+    }
+    const autoResponded = await runInDurableObject(hubOf(p), (_hub, ctx) => {
+      const sockets = ctx.getWebSockets();
+      return {
+        sockets: sockets.length,
+        pair: ctx.getWebSocketAutoResponse()?.request,
+        answered: sockets.every((ws) => ctx.getWebSocketAutoResponseTimestamp(ws) !== null),
+      };
+    });
+    expect(autoResponded).toEqual({ sockets: 1, pair: "ping", answered: true });
+
+    // Evicted with their sockets hibernated, the hub and the channel wake for the next change and
+    // still know which socket may see what (the attachment) and which channels listen (storage).
+    await evictDurableObject(hubOf(p), { webSockets: "hibernate" });
+    await evictDurableObject(channelOf(channelTicket), { webSockets: "hibernate" });
+    const job = await createJob(p);
+    for (const client of [hubClient, channelClient]) {
+      await client.untilVersion(job.id, 1);
+      expect(client.changes(job.id)).toEqual([job]);
+      client.ws.send("ping");
+      await client.until(() => client.pongs === 2, "pong after hibernation");
+    }
+    hubClient.close();
+    channelClient.close();
+  });
+
+  it("a ticket of several projects is one socket; its channel subscribes and unsubscribes", async () => {
+    const [p, q] = [freshProjectId(), freshProjectId()];
+    expect(await subscriptionsOf(p)).toEqual([]);
+    const client = await connect((await mintProjects(p, q)).ticket);
+    const [subscribedP, subscribedQ] = [await subscriptionsOf(p), await subscriptionsOf(q)];
+    expect(subscribedP).toHaveLength(1);
+    expect(subscribedQ).toEqual(subscribedP);
+    expect(await runInDurableObject(hubOf(p), (_hub, ctx) => ctx.getWebSockets().length)).toBe(0);
+
+    client.close();
+    await waitFor(
+      async () => ((await subscriptionsOf(p)).length === 0 ? true : undefined),
+      "the channel to unsubscribe from p",
+    );
+    expect(await subscriptionsOf(q)).toEqual([]);
+    // With no listener left, a change of p goes nowhere (and fails nothing).
+    const job = await createJob(p);
+    expect(await readJob(job.id)).toMatchObject({ status: "pending", version: 1 });
+  });
+});
+
+describe("GET /exports/{id}/events", () => {
+  it("accepts the ADMIN_TOKEN (the dashboard's timeline) as well as the API_TOKEN", async () => {
+    const job = await createJob(freshProjectId());
+    for (const token of [API_TOKEN, ADMIN_TOKEN]) {
+      const res = await producerFetch(`/exports/${job.id}/events`, { token });
+      expect(res.status).toBe(200);
+      const body = (await res.json()) as { events: { type: string }[] };
+      expect(body.events.map((event) => event.type)).toEqual(["created"]);
+    }
+    const res = await producerFetch(`/exports/${job.id}/events`, { token: "nope" });
+    expect(res.status).toBe(401);
+  });
+});
