@@ -14,13 +14,7 @@ import type { GateConfig, SubmitOutcome } from "../shared/dispatch-gate.ts";
 import type { Admission, DispatchConfig } from "../shared/dispatcher.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
 import type { OfferedJob } from "../shared/fair-queue.ts";
-import {
-  claimJobs,
-  failRun,
-  type JobDeps,
-  recordRun,
-  releaseJob,
-} from "../shared/job-state.ts";
+import { claimJobs, failRun, type JobDeps, recordRun, releaseJob } from "../shared/job-state.ts";
 import { livePublisher } from "../shared/live-publisher.ts";
 import { log } from "../shared/log.ts";
 import { createRunpodClient, type RunpodClient, RunpodError } from "../shared/runpod-client.ts";

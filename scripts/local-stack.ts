@@ -1,6 +1,9 @@
 // Starts the whole pipeline on this machine: local D1 migrations, a sample input in local R2,
 // the RunPod emulator (unless RUNPOD_BASE_URL points elsewhere) and both Workers under
 // `wrangler dev`, sharing one `--persist-to` directory (and so D1, R2 and the queue).
+// With the emulator comes the local R2 writer (scripts/local-r2/, a local-only Worker on the same
+// state): the emulator, playing the GPU handler, copies each completed job's input to its
+// output_video_key through it, so a COMPLETED run has its output in R2 as a real one would.
 // Used by `npm start` (scripts/start.ts) and by the end-to-end tests.
 
 import { type ChildProcess, spawn } from "node:child_process";
@@ -11,6 +14,8 @@ import path from "node:path";
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
 const wranglerJs = path.join(root, "node_modules/wrangler/bin/wrangler.js");
 const guardTs = path.join(root, "scripts/guard.ts");
+/** The local R2 writer's own config: local only, never part of the product's `wrangler deploy`. */
+const r2WriterConfig = path.join(root, "scripts/local-r2/wrangler.toml");
 
 /** The contract's fixed local defaults; any of them (and every other setting) can be overridden. */
 export const LOCAL_DEFAULTS: Record<string, string> = {
@@ -44,13 +49,19 @@ export const SETTING_NAMES = [
   "BREAKER_THRESHOLD",
   "BREAKER_COOLDOWN_S",
   "PENDING_MAX_AGE_S",
+  "LIVE_TICKET_TTL_S",
+  "RUNPOD_MAX_IN_FLIGHT",
 ] as const;
 
 export interface StackOptions {
   producerPort?: number;
   consumerPort?: number;
   emulatorPort?: number;
+  /** The local R2 writer (only with the emulator); defaults to emulatorPort + 1 (8791). */
+  r2WriterPort?: number;
   inspectorPorts?: [number, number];
+  /** The local R2 writer's inspector; defaults to the consumer's inspector port + 1 (9231). */
+  r2WriterInspectorPort?: number;
   persistTo?: string;
   /** Settings for both Workers; missing ones fall back to LOCAL_DEFAULTS and wrangler.toml. */
   settings?: Record<string, string | undefined>;
@@ -67,6 +78,10 @@ export interface LocalStack {
   consumerUrl: string;
   runpodBaseUrl: string;
   emulatorUrl: string | null;
+  /** The local R2 writer (`GET|PUT /objects/<key>`), null when RUNPOD_BASE_URL is given. */
+  r2WriterUrl: string | null;
+  /** The sample input's file, stored at `uploads/demo/sample.mp4` in R2. */
+  sampleFile: string;
   settings: Record<string, string>;
   /** The state directory (D1, R2, queues) this stack holds. */
   persistTo: string;
@@ -185,7 +200,8 @@ export async function checkPortsFree(ports: Record<string, number>): Promise<voi
       `cannot start: port${busy.length > 1 ? "s" : ""} ${busy.join(", ")} already in use.\n` +
         "If a reel-exports stack of this checkout is still running, `npm run stop` stops it; " +
         "otherwise stop whatever holds the port, or choose other ports " +
-        "(PRODUCER_PORT, CONSUMER_PORT, EMULATOR_PORT, INSPECTOR_PORT).",
+        "(PRODUCER_PORT, CONSUMER_PORT, EMULATOR_PORT, INSPECTOR_PORT; " +
+        "the local R2 writer uses EMULATOR_PORT + 1 and INSPECTOR_PORT + 2).",
     );
   }
 }
@@ -258,6 +274,8 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
   const consumerPort = options.consumerPort ?? 8788;
   const emulatorPort = options.emulatorPort ?? 8790;
   const [producerInspector, consumerInspector] = options.inspectorPorts ?? [9229, 9230];
+  const r2WriterPort = options.r2WriterPort ?? emulatorPort + 1;
+  const r2WriterInspector = options.r2WriterInspectorPort ?? consumerInspector + 1;
   const persistTo = path.resolve(root, options.persistTo ?? ".wrangler/state");
   const out = options.onOutput ?? ((name, line) => console.log(`[${name}] ${line}`));
 
@@ -291,7 +309,13 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
     consumer: consumerPort,
     "producer inspector": producerInspector,
     "consumer inspector": consumerInspector,
-    ...(useEmulator ? { "RunPod emulator": emulatorPort } : {}),
+    ...(useEmulator
+      ? {
+          "RunPod emulator": emulatorPort,
+          "local R2 writer": r2WriterPort,
+          "local R2 writer inspector": r2WriterInspector,
+        }
+      : {}),
   };
   await checkPortsFree(ports);
   const lock = takeLock(persistTo, ports);
@@ -337,7 +361,10 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
     );
 
     let emulatorUrl: string | null = null;
+    let r2WriterUrl: string | null = null;
     if (useEmulator) {
+      // The emulator needs the R2 writer only when a run completes; it is started right after.
+      r2WriterUrl = `http://127.0.0.1:${r2WriterPort}`;
       const emulator = guarded(
         run(
           "emulator",
@@ -346,6 +373,8 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
             ...childEnv,
             RUNPOD_EMULATOR_PORT: String(emulatorPort),
             RUNPOD_EMULATOR_API_KEY: settings.RUNPOD_API_KEY,
+            // onComplete copies input_video_key to output_video_key through the R2 writer.
+            RUNPOD_EMULATOR_OUTPUT_URL: `${r2WriterUrl}/objects`,
             ...options.emulatorEnv,
           },
           out,
@@ -353,6 +382,33 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
       );
       emulatorUrl = `http://127.0.0.1:${emulatorPort}`;
       await waitUntilUp(`${emulatorUrl}/health`, "the RunPod emulator", emulator);
+
+      // The GPU handler's access to R2, played locally: a Worker of its own (own config, never
+      // deployed) on the same state directory, hence the same local bucket as the producer and
+      // the consumer. Up before those Workers, which share its SQLite files (see below); only with
+      // the emulator, since a real RunPod writes to R2 by itself.
+      const r2Writer = guarded(
+        run(
+          "r2-writer",
+          wrangler(
+            "dev",
+            "--config",
+            r2WriterConfig,
+            "--local",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            String(r2WriterPort),
+            "--inspector-port",
+            String(r2WriterInspector),
+            "--show-interactive-dev-session=false",
+            ...persist,
+          ),
+          childEnv,
+          out,
+        ),
+      );
+      await waitUntilUp(`${r2WriterUrl}/health`, "the local R2 writer", r2Writer);
     }
 
     const varFlags = (values: Record<string, string>) =>
@@ -404,6 +460,8 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
       consumerUrl,
       runpodBaseUrl: settings.RUNPOD_BASE_URL as string,
       emulatorUrl,
+      r2WriterUrl,
+      sampleFile: sample,
       settings,
       persistTo,
       crashConsumer: () => stopChild(consumer, "SIGKILL"),

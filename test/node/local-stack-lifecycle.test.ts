@@ -12,7 +12,14 @@ const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../.
 const work = mkdtempSync(path.join(os.tmpdir(), "reel-lifecycle-"));
 const PORTS = { PRODUCER_PORT: 47787, CONSUMER_PORT: 47788, EMULATOR_PORT: 47790 };
 const INSPECTOR_PORT = 47229;
-const ALL_PORTS = [...Object.values(PORTS), INSPECTOR_PORT, INSPECTOR_PORT + 1];
+// The local R2 writer (scripts/local-r2/) listens on EMULATOR_PORT + 1, its inspector INSPECTOR_PORT + 2.
+const ALL_PORTS = [
+  ...Object.values(PORTS),
+  INSPECTOR_PORT,
+  INSPECTOR_PORT + 1,
+  PORTS.EMULATOR_PORT + 1,
+  INSPECTOR_PORT + 2,
+];
 
 interface Started {
   child: ChildProcess;

@@ -1,8 +1,11 @@
 // End to end: both Workers under `wrangler dev` (the same scripts/local-stack.ts as `npm start`),
 // sharing local D1, R2 and the queue, with the RunPod emulator over real HTTP. The reconciler is
-// driven through the consumer's `GET /__scheduled`, as the cron would run it.
+// driven through the consumer's `GET /__scheduled`, as the cron would run it. The emulator plays
+// the GPU handler's storage side too: a run it completes has first copied its input to its
+// output_video_key in the shared local R2 (through scripts/local-r2/), since a COMPLETED run
+// counts only with its output there.
 import { execFile } from "node:child_process";
-import { cpSync, mkdtempSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -159,6 +162,19 @@ describe("the pipeline end to end", () => {
     };
     expect(run.webhookDeliveries.map((d) => d.status)).toEqual([200]);
     expect(run.progressCalls.map((c) => c.status)).toEqual([204, 204, 204]);
+
+    // The output the emulator wrote through the local R2 writer, read back through the producer:
+    // one local bucket for the three wrangler dev processes. The "render" is the sample itself.
+    const sample = readFileSync(stack.sampleFile);
+    const output = await api(`/exports/${job.id}/output`);
+    expect(output.status).toBe(200);
+    expect(output.headers.get("content-type")).toBe("video/mp4");
+    expect(output.headers.get("accept-ranges")).toBe("bytes");
+    expect(Buffer.from(await output.arrayBuffer())).toEqual(sample);
+    const head = await api(`/exports/${job.id}/output`, { headers: { range: "bytes=0-3" } });
+    expect(head.status).toBe(206);
+    expect(head.headers.get("content-range")).toBe(`bytes 0-3/${sample.length}`);
+    expect(Buffer.from(await head.arrayBuffer())).toEqual(sample.subarray(0, 4));
   });
 
   it("retries a run that ends FAILED and completes on the next attempt", async () => {
@@ -178,6 +194,8 @@ describe("the pipeline end to end", () => {
       jobs: unknown[];
     };
     expect(runs.jobs).toHaveLength(4);
+    // No run completed, so nothing was written and there is nothing to download.
+    expect((await api(`/exports/${job.id}/output`)).status).toBe(409);
   });
 
   it("recovers a dropped webhook with the reconciler's poll", async () => {
