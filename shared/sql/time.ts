@@ -5,6 +5,3 @@ export const NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')";
 export const NOW_PLUS = "strftime('%Y-%m-%d %H:%M:%f', 'now', ?)";
 /** The bound parameter of NOW_PLUS. */
 export const seconds = (n: number) => `${n >= 0 ? "+" : ""}${Math.round(n)} seconds`;
-/** A JavaScript time as the text D1 stores. */
-export const sqlTime = (ms: number) =>
-  new Date(ms).toISOString().replace("T", " ").replace("Z", "");
