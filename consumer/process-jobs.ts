@@ -97,14 +97,18 @@ export async function processJobBatch(
   // Offer the jobs still pending to the dispatcher; it admits those whose turn it is (free slots,
   // fairness, the gate) and keeps the others waiting, sending them when their turn comes.
   const pending = await jobs.pendingJobs(deps.db, [...byJob.keys()]);
-  const admission = await deps.dispatcher.dispatch(
-    pending.map((job) => ({
-      id: job.id,
-      key: job.user_id === null ? `project:${job.project_id}` : `user:${job.user_id}`,
-      createdAt: job.created_at,
-    })),
-    gateConfig,
-  );
+  // Only duplicates (no job still pending): nothing to ask the dispatcher.
+  const admission: Admission =
+    pending.length === 0
+      ? { admitted: [], mode: "running", reason: null }
+      : await deps.dispatcher.dispatch(
+          pending.map((job) => ({
+            id: job.id,
+            key: job.user_id === null ? `project:${job.project_id}` : `user:${job.user_id}`,
+            createdAt: job.created_at,
+          })),
+          gateConfig,
+        );
   const delayOf = new Map(admission.admitted.map((entry) => [entry.id, entry.delayMs]));
   // Every message but the one of each admitted job is done with: a duplicate (not pending, or a
   // second message for the same job), or a job now waiting in the dispatcher.
