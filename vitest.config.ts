@@ -27,6 +27,7 @@ export const TEST_VARS = {
   PENDING_MAX_AGE_S: "86400",
   LIVE_TICKET_TTL_S: "60",
   RUNPOD_MAX_IN_FLIGHT: "20",
+  ARCHIVE_AFTER_S: "2592000",
 };
 
 // A tiny Worker that consumes `export-jobs` in tests and writes every message it receives into

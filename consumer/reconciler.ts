@@ -5,8 +5,10 @@
 // Each step leases due jobs in batches through (status, due_at) and goes on while a batch comes
 // back full and the pass's time budget lasts, so a backlog is worked off at the pace it grows;
 // a step that fails is logged and the next step runs all the same. Every pick is a lease that
-// moves due_at, so two passes at once never take the same job.
+// moves due_at, so two passes at once never take the same job — except the archive's, which
+// needs none (shared/archive.ts: an idempotent put, then a delete guarded by version).
 
+import { archiveJobs } from "../shared/archive.ts";
 import { forEachBounded } from "../shared/concurrency.ts";
 import {
   applyLostRun,
@@ -27,6 +29,8 @@ import type { ConsumerDeps } from "./process-jobs.ts";
 export const RECONCILE_BATCH = 100;
 /** A pass stops starting new batches after this long (a cron invocation may run 15 minutes). */
 export const RECONCILE_BUDGET_MS = 25_000;
+/** Finished jobs archived per batch: each is an R2 put, so the batches are smaller. */
+export const ARCHIVE_BATCH = 50;
 
 type Count = RunOutcome | "expired" | "poll_failed" | "cancel_retried";
 
@@ -38,6 +42,8 @@ export interface ReconcileReport {
   outcomes: Partial<Record<Count, number>>;
   failedSteps: string[];
   slotsHealed: number;
+  /** Jobs archived to R2 and deleted from D1 by this pass. */
+  archived: number;
 }
 
 export async function reconcile(
@@ -46,6 +52,7 @@ export async function reconcile(
 ): Promise<ReconcileReport> {
   const { settings } = deps;
   const batch = options.batch ?? RECONCILE_BATCH;
+  const archiveBatch = options.batch ?? ARCHIVE_BATCH;
   const deadline = Date.now() + (options.budgetMs ?? RECONCILE_BUDGET_MS);
   const report: ReconcileReport = {
     requeued: 0,
@@ -55,6 +62,7 @@ export async function reconcile(
     outcomes: {},
     failedSteps: [],
     slotsHealed: 0,
+    archived: 0,
   };
   const count = (key: Count) => {
     report.outcomes[key] = (report.outcomes[key] ?? 0) + 1;
@@ -67,6 +75,7 @@ export async function reconcile(
     name: string,
     lease: () => Promise<T[]>,
     work: (rows: T[]) => unknown,
+    size = batch,
   ) => {
     const seen = new Set<string>();
     try {
@@ -74,7 +83,7 @@ export async function reconcile(
         const rows = (await lease()).filter((row) => !seen.has(row.id));
         await work(rows);
         for (const row of rows) seen.add(row.id);
-        if (rows.length < batch || Date.now() >= deadline) return;
+        if (rows.length < size || Date.now() >= deadline) return;
       }
     } catch (error) {
       report.failedSteps.push(name);
@@ -158,6 +167,31 @@ export async function reconcile(
   } catch (error) {
     report.failedSteps.push("slots");
     log("error", "reconciler step failed", { step: "slots", error: String(error) });
+  }
+
+  // 6. Retention: jobs finished more than ARCHIVE_AFTER_S ago, to R2 and out of D1. Batches go on
+  //    while they come back full and time is left, so the archive keeps up with the rate at which
+  //    jobs finish; each pass starts again from the oldest, past any job a batch had to leave.
+  if (settings.archiveAfterS > 0) {
+    let after = jobs.ARCHIVE_START;
+    await step(
+      "archive",
+      async () => {
+        const rows = await jobs.archivableJobs(
+          deps.db,
+          settings.archiveAfterS,
+          after,
+          archiveBatch,
+        );
+        const last = rows.at(-1);
+        if (last) after = { finished_at: last.finished_at ?? "", id: last.id };
+        return rows;
+      },
+      async (rows) => {
+        report.archived += (await archiveJobs(deps.db, deps.videos, rows)).archived;
+      },
+      archiveBatch,
+    );
   }
 
   log("info", "reconciled", { ...report });

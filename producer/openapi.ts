@@ -17,7 +17,7 @@ import {
 } from "../shared/schemas.ts";
 import type { DeadLetterRow } from "../shared/sql/dead-letters.ts";
 import type { Job } from "../shared/sql/jobs.ts";
-import type { Stats } from "../shared/sql/stats.ts";
+import type { StatsWithArchive } from "../shared/sql/stats.ts";
 import { MAX_BODY_BYTES } from "./http.ts";
 import { adminQuery } from "./routes/admin-jobs.ts";
 import { pageQuery } from "./routes/dead-letters.ts";
@@ -78,6 +78,13 @@ const job = exactly<Job>()(
         .int()
         .min(1)
         .describe("raised by every change of the job: keep the highest one you have seen"),
+      archived: z
+        .literal(true)
+        .optional()
+        .describe(
+          "present when the job finished more than ARCHIVE_AFTER_S ago and is answered from its " +
+            "archive in R2; such a job is no longer listed",
+        ),
     })
     .describe("An export job: the export_jobs row with params parsed back to an object."),
 );
@@ -111,7 +118,7 @@ const apiErrorBody = z
     "Every error answer. `code` is stable snake_case; `issues` lists what failed validation.",
   );
 
-const stats = exactly<Stats>()(
+const stats = exactly<StatsWithArchive>()(
   z.object({
     jobs: z.object({
       pending: z.number().int(),
@@ -123,6 +130,7 @@ const stats = exactly<Stats>()(
     oldest_pending_age_s: z.number().int().nullable(),
     processing_without_run: z.number().int(),
     dead_letters: z.object({ total: z.number().int(), not_replayed: z.number().int() }),
+    archived: z.number().int().describe("jobs archived to R2 and deleted from D1 so far"),
   }),
 );
 
@@ -391,7 +399,12 @@ const ROUTES: Route[] = [
     tag: "exports",
     auth: "apiToken",
     params: { id: JOB_ID },
-    ok: { 200: { description: "the job", schema: "JobEnvelope" } },
+    ok: {
+      200: {
+        description: "the job; from its archive in R2, `archived: true`, once it was archived",
+        schema: "JobEnvelope",
+      },
+    },
     errors: { 404: ["not_found"] },
   },
   {
@@ -547,7 +560,8 @@ const ROUTES: Route[] = [
     method: "get",
     path: "/stats",
     operationId: "stats",
-    summary: "Jobs by status, oldest pending age, processing without a run, dead letters",
+    summary:
+      "Jobs by status, oldest pending age, processing without a run, dead letters, jobs archived",
     tag: "operators",
     auth: "adminToken",
     ok: { 200: { description: "the counts", schema: "Stats" } },

@@ -4,6 +4,8 @@
 // With the emulator comes the local R2 writer (scripts/local-r2/, a local-only Worker on the same
 // state): the emulator, playing the GPU handler, copies each completed job's input to its
 // output_video_key through it, so a COMPLETED run has its output in R2 as a real one would.
+// Last comes the frontend example (examples/frontend/): a page and its stand-in backend, which
+// holds API_TOKEN and proxies to the producer, showing create → live progress → download.
 // Used by `npm start` (scripts/start.ts) and by the end-to-end tests.
 
 import { type ChildProcess, spawn } from "node:child_process";
@@ -16,6 +18,8 @@ const wranglerJs = path.join(root, "node_modules/wrangler/bin/wrangler.js");
 const guardTs = path.join(root, "scripts/guard.ts");
 /** The local R2 writer's own config: local only, never part of the product's `wrangler deploy`. */
 const r2WriterConfig = path.join(root, "scripts/local-r2/wrangler.toml");
+/** The frontend example's backend (Node built-ins only), which also serves its page. */
+const exampleFrontendTs = path.join(root, "examples/frontend/server.ts");
 
 /** The contract's fixed local defaults; any of them (and every other setting) can be overridden. */
 export const LOCAL_DEFAULTS: Record<string, string> = {
@@ -51,6 +55,7 @@ export const SETTING_NAMES = [
   "PENDING_MAX_AGE_S",
   "LIVE_TICKET_TTL_S",
   "RUNPOD_MAX_IN_FLIGHT",
+  "ARCHIVE_AFTER_S",
 ] as const;
 
 export interface StackOptions {
@@ -62,6 +67,8 @@ export interface StackOptions {
   inspectorPorts?: [number, number];
   /** The local R2 writer's inspector; defaults to the consumer's inspector port + 1 (9231). */
   r2WriterInspectorPort?: number;
+  /** The frontend example (examples/frontend/); defaults to producerPort + 5 (8792); null: none. */
+  exampleFrontendPort?: number | null;
   persistTo?: string;
   /** Settings for both Workers; missing ones fall back to LOCAL_DEFAULTS and wrangler.toml. */
   settings?: Record<string, string | undefined>;
@@ -80,6 +87,8 @@ export interface LocalStack {
   emulatorUrl: string | null;
   /** The local R2 writer (`GET|PUT /objects/<key>`), null when RUNPOD_BASE_URL is given. */
   r2WriterUrl: string | null;
+  /** The frontend example's page (examples/frontend/), null when not started. */
+  exampleFrontendUrl: string | null;
   /** The sample input's file, stored at `uploads/demo/sample.mp4` in R2. */
   sampleFile: string;
   settings: Record<string, string>;
@@ -201,7 +210,8 @@ export async function checkPortsFree(ports: Record<string, number>): Promise<voi
         "If a reel-exports stack of this checkout is still running, `npm run stop` stops it; " +
         "otherwise stop whatever holds the port, or choose other ports " +
         "(PRODUCER_PORT, CONSUMER_PORT, EMULATOR_PORT, INSPECTOR_PORT; " +
-        "the local R2 writer uses EMULATOR_PORT + 1 and INSPECTOR_PORT + 2).",
+        "the local R2 writer uses EMULATOR_PORT + 1 and INSPECTOR_PORT + 2; " +
+        "the frontend example PRODUCER_PORT + 5 or EXAMPLE_FRONTEND_PORT, off to skip it).",
     );
   }
 }
@@ -276,6 +286,8 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
   const [producerInspector, consumerInspector] = options.inspectorPorts ?? [9229, 9230];
   const r2WriterPort = options.r2WriterPort ?? emulatorPort + 1;
   const r2WriterInspector = options.r2WriterInspectorPort ?? consumerInspector + 1;
+  const examplePort =
+    options.exampleFrontendPort === undefined ? producerPort + 5 : options.exampleFrontendPort;
   const persistTo = path.resolve(root, options.persistTo ?? ".wrangler/state");
   const out = options.onOutput ?? ((name, line) => console.log(`[${name}] ${line}`));
 
@@ -316,6 +328,7 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
           "local R2 writer inspector": r2WriterInspector,
         }
       : {}),
+    ...(examplePort !== null ? { "frontend example": examplePort } : {}),
   };
   await checkPortsFree(ports);
   const lock = takeLock(persistTo, ports);
@@ -455,12 +468,35 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
       run("producer", dev("producer", producerPort, producerInspector), childEnv, out),
     );
     await waitUntilUp(`${producerUrl}/health`, "the producer", producer);
+
+    // The frontend example: a page and the stand-in for the frontend's own backend, which holds
+    // API_TOKEN and proxies to the producer; its page opens the live WebSocket to the producer.
+    let exampleFrontendUrl: string | null = null;
+    if (examplePort !== null) {
+      const example = guarded(
+        run(
+          "example",
+          [exampleFrontendTs],
+          {
+            ...childEnv,
+            EXAMPLE_FRONTEND_PORT: String(examplePort),
+            EXAMPLE_FRONTEND_HOST: "127.0.0.1",
+            REEL_EXPORTS_URL: producerUrl,
+            API_TOKEN: settings.API_TOKEN,
+          },
+          out,
+        ),
+      );
+      exampleFrontendUrl = `http://127.0.0.1:${examplePort}`;
+      await waitUntilUp(`${exampleFrontendUrl}/health`, "the frontend example", example);
+    }
     return {
       producerUrl,
       consumerUrl,
       runpodBaseUrl: settings.RUNPOD_BASE_URL as string,
       emulatorUrl,
       r2WriterUrl,
+      exampleFrontendUrl,
       sampleFile: sample,
       settings,
       persistTo,

@@ -15,6 +15,13 @@ function port(name: string, fallback: number): number {
   return parsed;
 }
 const inspector = port("INSPECTOR_PORT", 9229);
+// The frontend example: PRODUCER_PORT + 5 (8792) by default, EXAMPLE_FRONTEND_PORT=off skips it.
+const exampleFrontendPort =
+  process.env.EXAMPLE_FRONTEND_PORT === "off"
+    ? null
+    : process.env.EXAMPLE_FRONTEND_PORT
+      ? port("EXAMPLE_FRONTEND_PORT", 0)
+      : undefined;
 
 let stopStack: (() => Promise<void>) | undefined;
 let stopping = false;
@@ -49,6 +56,7 @@ try {
     consumerPort: port("CONSUMER_PORT", 8788),
     emulatorPort: port("EMULATOR_PORT", 8790),
     inspectorPorts: [inspector, inspector + 1],
+    exampleFrontendPort,
     persistTo: process.env.STATE_DIR || undefined,
   });
 } catch (error) {
@@ -57,13 +65,16 @@ try {
 }
 stopStack = stack.stop;
 
+const exampleLine = stack.exampleFrontendUrl
+  ? `\n  frontend example ${stack.exampleFrontendUrl}  (Export → live progress → download: examples/frontend/)`
+  : "";
 console.log(`
 reel-exports is running locally
   producer   ${stack.producerUrl}        (API_TOKEN=${stack.settings.API_TOKEN}, ADMIN_TOKEN=${stack.settings.ADMIN_TOKEN})
   consumer   ${stack.consumerUrl}        (reconciler every minute; GET /__scheduled runs it now)
   RunPod     ${stack.runpodBaseUrl}${stack.emulatorUrl ? "  (emulator)" : ""}
   state      ${stack.persistTo}
-  sample     uploads/demo/sample.mp4 in R2 bucket reel-ballers-videos
+  sample     uploads/demo/sample.mp4 in R2 bucket reel-ballers-videos${exampleLine}
 
 Try:
   curl -s -X POST ${stack.producerUrl}/exports \\

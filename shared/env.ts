@@ -51,4 +51,6 @@ export interface ConsumerEnv extends CommonEnv {
   BREAKER_COOLDOWN_S?: string;
   PENDING_MAX_AGE_S?: string;
   RUNPOD_MAX_IN_FLIGHT?: string;
+  /** A job finished this long ago is archived to R2 and deleted from D1; 0 keeps everything. */
+  ARCHIVE_AFTER_S?: string;
 }

@@ -52,6 +52,8 @@ export interface ConsumerSettings {
   ttlMs: number;
   gate: GateConfig & { maxInFlight: number };
   pendingMaxAgeS: number;
+  /** Retention (shared/archive.ts): 0 keeps every job in D1. */
+  archiveAfterS: number;
 }
 
 /**
@@ -86,6 +88,7 @@ export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
       maxInFlight: Math.max(1, numberVar(env.RUNPOD_MAX_IN_FLIGHT, 20, "RUNPOD_MAX_IN_FLIGHT")),
     },
     pendingMaxAgeS: numberVar(env.PENDING_MAX_AGE_S, 86_400, "PENDING_MAX_AGE_S"),
+    archiveAfterS: numberVar(env.ARCHIVE_AFTER_S, 2_592_000, "ARCHIVE_AFTER_S"),
   };
 }
 

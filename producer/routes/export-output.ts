@@ -1,6 +1,8 @@
 // `GET /exports/{id}/output`: the finished export's file, streamed from R2, with byte ranges
 // (206, 416) and conditional requests (ETag / If-None-Match → 304), so players can seek and
-// browsers can cache.
+// browsers can cache. An archived job's output key comes from its archive (shared/archive.ts): the
+// object is served for as long as it exists.
+import { readArchivedJob } from "../../shared/archive.ts";
 import { getJob } from "../../shared/sql/jobs.ts";
 import { type AppContext, apiError } from "../http.ts";
 
@@ -32,7 +34,8 @@ function etagMatches(header: string | undefined, etag: string): boolean {
 }
 
 export async function getExportOutput(c: AppContext): Promise<Response> {
-  const job = await getJob(c.env.DB, c.req.param("id") ?? "");
+  const id = c.req.param("id") ?? "";
+  const job = (await getJob(c.env.DB, id)) ?? (await readArchivedJob(c.env.VIDEOS, id))?.job;
   if (!job) return apiError(c, 404, "not_found", "no such export job");
   if (job.status !== "complete" || !job.output_video_key) {
     return apiError(c, 409, "not_complete", `the job is ${job.status}; there is no output yet`);

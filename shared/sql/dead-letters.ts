@@ -1,7 +1,7 @@
 // Every statement on `dead_letters` (and the job side of a replay).
 
 import { retryTransient } from "../d1-retry.ts";
-import { CANCELLED, type JobRow, type JobStatus } from "./jobs.ts";
+import { ARCHIVED_PAIRS, CANCELLED, type JobRow, type JobStatus } from "./jobs.ts";
 import { NOW } from "./time.ts";
 
 export interface DeadLetterRow {
@@ -44,11 +44,16 @@ export const DEAD_LETTER_SQL = {
                  RETURNING *`,
   replayJob: `UPDATE export_jobs
               SET status = 'pending', runpod_job_id = NULL, retry_count = 0, error = NULL,
-                  progress = 0, started_at = NULL, completed_at = NULL, due_at = ${NOW},
-                  pending_since = ${NOW}, version = version + 1, last_event = 'replayed'
+                  progress = 0, started_at = NULL, completed_at = NULL, finished_at = NULL,
+                  due_at = ${NOW}, pending_since = ${NOW}, version = version + 1,
+                  last_event = 'replayed'
               WHERE id = (SELECT job_id FROM dead_letters WHERE id = ? AND replayed_at = ?)
                 AND status IN ('pending', 'error') AND error IS NOT '${CANCELLED}'
               RETURNING *`,
+  // Retention: the dead letters of the jobs a batch archives (idx_dead_letters_job), in the same
+  // transaction as the jobs' delete and only for jobs still as they were archived.
+  deleteArchived: `DELETE FROM dead_letters
+                   WHERE job_id IN (SELECT id FROM export_jobs WHERE ${ARCHIVED_PAIRS})`,
 } as const;
 
 const FIRST_PAGE = ["9999-12-31", ""] as const;

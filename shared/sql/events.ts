@@ -1,6 +1,7 @@
 // Every statement on `export_job_events`: a job's timeline. The rows are written by migration
 // 0005's triggers, in the same statement as the change each records, and by recordDeadLetters.
 import { retryTransient } from "../d1-retry.ts";
+import { ARCHIVED_PAIRS, JOB_SQL, type JobRow } from "./jobs.ts";
 
 export interface JobEvent {
   at: string;
@@ -10,7 +11,8 @@ export interface JobEvent {
   detail?: string;
 }
 
-interface EventRow {
+/** A row of byJob; byJobs adds `job_id`. */
+export interface EventRow {
   at: string;
   attempt: number;
   type: string;
@@ -21,16 +23,44 @@ interface EventRow {
 export const EVENT_SQL = {
   byJob: `SELECT at, attempt, type, runpod_job_id, detail FROM export_job_events
           WHERE job_id = ? ORDER BY version, at`,
+  // Retention: the events of a batch of jobs, each job's in byJob's order, within a range of
+  // versions. Every event but a dead letter's has a version of its own, so a range of N versions
+  // holds about N rows: shared/archive.ts sizes the ranges so that no statement touches more than
+  // 1,000 rows, however long a timeline is.
+  byJobs: `SELECT job_id, at, attempt, type, runpod_job_id, detail FROM export_job_events
+           WHERE job_id IN (SELECT value FROM json_each(?)) AND version >= ? AND version < ?
+           ORDER BY job_id, version, at`,
+  // The same ranges, deleted in the archive's transaction for jobs still as they were archived.
+  deleteArchived: `DELETE FROM export_job_events
+                   WHERE job_id IN (SELECT id FROM export_jobs WHERE ${ARCHIVED_PAIRS})
+                     AND version >= ? AND version < ?`,
 } as const;
+
+/** An event as the API answers it: without the columns that are null. */
+export function toEvent({ runpod_job_id, detail, ...event }: EventRow): JobEvent {
+  return {
+    ...event,
+    ...(runpod_job_id ? { runpod_job_id } : {}),
+    ...(detail ? { detail } : {}),
+  };
+}
 
 /** A job's events, oldest first (the primary key's order). */
 export async function listEvents(db: D1Database, jobId: string): Promise<JobEvent[]> {
   const { results } = await retryTransient(() =>
     db.prepare(EVENT_SQL.byJob).bind(jobId).all<EventRow>(),
   );
-  return results.map(({ runpod_job_id, detail, ...event }) => ({
-    ...event,
-    ...(runpod_job_id ? { runpod_job_id } : {}),
-    ...(detail ? { detail } : {}),
-  }));
+  return results.map(toEvent);
+}
+
+/**
+ * A job's events, or null when the job is not in D1 (never was, or archived). One transaction, so
+ * a job archived meanwhile is either read whole or not at all, never as a row without its events.
+ */
+export async function listJobEvents(db: D1Database, jobId: string): Promise<JobEvent[] | null> {
+  const [job, events] = await retryTransient(() =>
+    db.batch([db.prepare(JOB_SQL.byId).bind(jobId), db.prepare(EVENT_SQL.byJob).bind(jobId)]),
+  );
+  if (((job?.results ?? []) as JobRow[]).length === 0) return null;
+  return ((events?.results ?? []) as EventRow[]).map(toEvent);
 }

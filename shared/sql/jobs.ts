@@ -43,15 +43,30 @@ export interface JobRow {
   pending_since: string | null;
   last_event: string | null;
   user_id: number | null;
+  /** When the job reached complete or error (migration 0007); internal, never returned. */
+  finished_at: string | null;
 }
 
-/** A job as the API returns it: the row with `params` parsed back to an object. */
-export type Job = Omit<JobRow, "params" | "request_hash" | "pending_since" | "last_event"> & {
+/**
+ * A job as the API returns it: the row with `params` parsed back to an object. `archived` is there
+ * (true) only when the job is answered from its archive in R2 (shared/archive.ts).
+ */
+export type Job = Omit<
+  JobRow,
+  "params" | "request_hash" | "pending_since" | "last_event" | "finished_at"
+> & {
   params: Record<string, unknown>;
+  archived?: true;
 };
 
 export function toJob(row: JobRow): Job {
-  const { request_hash: _hash, pending_since: _since, last_event: _event, ...rest } = row;
+  const {
+    request_hash: _hash,
+    pending_since: _since,
+    last_event: _event,
+    finished_at: _finished,
+    ...rest
+  } = row;
   return { ...rest, params: JSON.parse(row.params) as Record<string, unknown> };
 }
 
@@ -59,7 +74,19 @@ export const CANCELLED = "cancelled";
 
 /** `SET` fragments every transition to `pending` shares: a fresh start for the next claim. */
 const BACK_TO_PENDING = `status = 'pending', runpod_job_id = NULL, version = version + 1,
-                         last_event = 'retried'`;
+                         finished_at = NULL, last_event = 'retried'`;
+
+/** The seed's CASE ends the job on its fourth failure: then it has finished. */
+const FINISHED_ON_FOURTH_FAILURE = `finished_at = CASE WHEN retry_count < 3 THEN NULL ELSE ${NOW} END`;
+
+/**
+ * The rows of a batch about to be archived, exactly as they were archived: `(id, version)` pairs
+ * of one JSON array parameter (`[{"id":…,"version":…}]`). Every change raises version, so a job
+ * that changed since it was read (an operator's retry) matches no pair and is neither counted nor
+ * deleted.
+ */
+export const ARCHIVED_PAIRS = `(id, version) IN (SELECT value ->> '$.id', value ->> '$.version'
+                                                 FROM json_each(?))`;
 
 export const JOB_SQL = {
   insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
@@ -121,6 +148,7 @@ export const JOB_SQL = {
                    SET status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'error' END,
                        error = ?,
                        due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
+                       ${FINISHED_ON_FOURTH_FAILURE},
                        retry_count = retry_count + 1, version = version + 1, last_event = ?
                    WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
                    RETURNING *`,
@@ -130,6 +158,7 @@ export const JOB_SQL = {
                         error = ?,
                         due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
                         runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE runpod_job_id END,
+                        ${FINISHED_ON_FOURTH_FAILURE},
                         retry_count = retry_count + 1, version = version + 1, last_event = 'failed'
                     WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                     RETURNING *`,
@@ -138,6 +167,7 @@ export const JOB_SQL = {
                           error = ?,
                           due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
                           runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE ? END,
+                          ${FINISHED_ON_FOURTH_FAILURE},
                           retry_count = retry_count + 1, version = version + 1, last_event = 'failed'
                       WHERE id = ? AND status = 'processing' AND attempt = ?
                         AND runpod_job_id IS NULL
@@ -145,30 +175,34 @@ export const JOB_SQL = {
   // The seed's "mark job complete", for the current attempt and run only.
   completeRecordedRun: `UPDATE export_jobs
                         SET status = 'complete', progress = 100, output_video_key = ?,
-                            completed_at = ${NOW}, due_at = NULL, version = version + 1, last_event = 'completed'
+                            completed_at = ${NOW}, finished_at = ${NOW}, due_at = NULL,
+                            version = version + 1, last_event = 'completed'
                         WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                         RETURNING *`,
   // A webhook faster than recordRun (or a run adopted after the client timed out on /run).
   completeUnrecordedRun: `UPDATE export_jobs
                           SET status = 'complete', progress = 100, output_video_key = ?,
-                              completed_at = ${NOW}, due_at = NULL, runpod_job_id = ?,
+                              completed_at = ${NOW}, finished_at = ${NOW}, due_at = NULL,
+                              runpod_job_id = ?,
                               version = version + 1, last_event = 'completed'
                           WHERE id = ? AND status = 'processing' AND attempt = ?
                             AND runpod_job_id IS NULL
                           RETURNING *`,
   cancelledRecordedRun: `UPDATE export_jobs
                          SET status = 'error', error = '${CANCELLED}', due_at = NULL,
-                             version = version + 1, last_event = 'cancelled'
+                             finished_at = ${NOW}, version = version + 1, last_event = 'cancelled'
                          WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                          RETURNING *`,
   cancelledUnrecordedRun: `UPDATE export_jobs
                            SET status = 'error', error = '${CANCELLED}', due_at = NULL,
-                               runpod_job_id = ?, version = version + 1, last_event = 'cancelled'
+                               finished_at = ${NOW}, runpod_job_id = ?, version = version + 1,
+                               last_event = 'cancelled'
                            WHERE id = ? AND status = 'processing' AND attempt = ?
                              AND runpod_job_id IS NULL
                            RETURNING *`,
   cancel: `UPDATE export_jobs
-           SET status = 'error', error = '${CANCELLED}', due_at = NULL, version = version + 1, last_event = 'cancelled'
+           SET status = 'error', error = '${CANCELLED}', due_at = NULL, finished_at = ${NOW},
+               version = version + 1, last_event = 'cancelled'
            WHERE id = ? AND status IN ('pending', 'processing')
            RETURNING *`,
   // RunPod's /cancel failed after a user's cancel: due_at on an `error` row means "cancel its run
@@ -223,13 +257,29 @@ export const JOB_SQL = {
                               AND +status = 'error'
                             RETURNING id, runpod_job_id`,
   expirePending: `UPDATE export_jobs
-                  SET status = 'error', error = ?, due_at = NULL, version = version + 1, last_event = 'expired'
+                  SET status = 'error', error = ?, due_at = NULL, finished_at = ${NOW},
+                      version = version + 1, last_event = 'expired'
                   WHERE id IN (SELECT id FROM export_jobs
                                WHERE status = 'pending' AND created_at < ?
                                  AND pending_since < ?
                                ORDER BY created_at LIMIT ?)
                     AND +status = 'pending'
                   RETURNING *`,
+
+  // Retention (shared/archive.ts): jobs that finished before the cutoff (now − ARCHIVE_AFTER_S),
+  // oldest first, keyset-paged within a pass on (finished_at, id) so that a job that cannot be
+  // archived (its put failed) never holds up the ones after it. A plain read, no lease: the put
+  // is idempotent and the delete is guarded by version (ARCHIVED_PAIRS), so two passes at once
+  // at worst put the same object twice. A job whose RunPod /cancel is still to be retried
+  // (due_at set) waits for it.
+  archivable: `SELECT * FROM export_jobs
+               WHERE (finished_at, id) > (?, ?) AND finished_at < ${NOW_PLUS}
+                 AND +status IN ('complete', 'error') AND due_at IS NULL
+               ORDER BY finished_at, id LIMIT ?`,
+  // Which of a batch are still as they were read, in the same transaction as reading their events.
+  archivedUnchanged: `SELECT id FROM export_jobs WHERE ${ARCHIVED_PAIRS}`,
+  // RETURNING: D1's meta.changes would count the job_counts trigger's rows too.
+  deleteArchived: `DELETE FROM export_jobs WHERE ${ARCHIVED_PAIRS} RETURNING id`,
 } as const;
 
 /** The upper bound of a first page's row-value cursor: sorts after every stored timestamp. */
@@ -577,4 +627,21 @@ export function expirePendingJobs(
   limit: number,
 ): Promise<JobRow[]> {
   return all(db, JOB_SQL.expirePending, error, cutoff, cutoff, limit);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention (shared/archive.ts composes these with the events, dead letters and counts).
+// ---------------------------------------------------------------------------------------------
+
+/** The keyset start of a pass: sorts before every stored timestamp. */
+export const ARCHIVE_START = { finished_at: "", id: "" };
+
+/** Up to `limit` jobs that finished more than `archiveAfterS` ago, after `after`, oldest first. */
+export function archivableJobs(
+  db: D1Database,
+  archiveAfterS: number,
+  after: { finished_at: string; id: string },
+  limit: number,
+): Promise<JobRow[]> {
+  return all(db, JOB_SQL.archivable, after.finished_at, after.id, seconds(-archiveAfterS), limit);
 }

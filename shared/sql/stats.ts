@@ -1,8 +1,9 @@
 // GET /stats in one round trip that reads a few rows: status counts come from `job_counts`
-// (kept by migration 0004's triggers in the same transaction as every change of export_jobs).
+// (kept by migration 0004's triggers in the same transaction as every change of export_jobs), the
+// archived count from `archive_counts` (raised in the archive's own transaction, migration 0007).
 
 import { retryTransient } from "../d1-retry.ts";
-import type { JobStatus } from "./jobs.ts";
+import { ARCHIVED_PAIRS, type JobStatus } from "./jobs.ts";
 
 export interface Stats {
   jobs: Record<JobStatus, number>;
@@ -10,6 +11,12 @@ export interface Stats {
   oldest_pending_age_s: number | null;
   processing_without_run: number;
   dead_letters: { total: number; not_replayed: number };
+}
+
+/** GET /stats' counts since retention (migration 0007); older producers answered Stats alone. */
+export interface StatsWithArchive extends Stats {
+  /** Jobs archived to R2 and deleted from D1 so far (shared/archive.ts). */
+  archived: number;
 }
 
 export const STATS_SQL = {
@@ -22,15 +29,21 @@ export const STATS_SQL = {
     "SELECT COUNT(*) AS n FROM export_jobs WHERE status = 'processing' AND runpod_job_id IS NULL",
   deadLetters: `SELECT COUNT(*) AS total, COALESCE(SUM(replayed_at IS NULL), 0) AS not_replayed
                 FROM dead_letters`,
+  archived: "SELECT archived FROM archive_counts WHERE id = 1",
+  // In the archive's transaction, before its deletes: raised by the rows they are about to delete.
+  addArchived: `UPDATE archive_counts
+                SET archived = archived + (SELECT COUNT(*) FROM export_jobs WHERE ${ARCHIVED_PAIRS})
+                WHERE id = 1`,
 } as const;
 
-export async function readStats(db: D1Database): Promise<Stats> {
-  const [byStatus, oldest, withoutRun, letters] = await retryTransient(() =>
+export async function readStats(db: D1Database): Promise<StatsWithArchive> {
+  const [byStatus, oldest, withoutRun, letters, archived] = await retryTransient(() =>
     db.batch([
       db.prepare(STATS_SQL.counts),
       db.prepare(STATS_SQL.oldestPending),
       db.prepare(STATS_SQL.processingWithoutRun),
       db.prepare(STATS_SQL.deadLetters),
+      db.prepare(STATS_SQL.archived),
     ]),
   );
   const jobs: Record<JobStatus, number> = { pending: 0, processing: 0, complete: 0, error: 0 };
@@ -45,5 +58,6 @@ export async function readStats(db: D1Database): Promise<Stats> {
     oldest_pending_age_s: first?.age_s ?? null,
     processing_without_run: (withoutRun?.results as { n: number }[] | undefined)?.[0]?.n ?? 0,
     dead_letters: { total: counts?.total ?? 0, not_replayed: counts?.not_replayed ?? 0 },
+    archived: (archived?.results as { archived: number }[] | undefined)?.[0]?.archived ?? 0,
   };
 }

@@ -19,6 +19,7 @@ const ALL_PORTS = [
   INSPECTOR_PORT + 1,
   PORTS.EMULATOR_PORT + 1,
   INSPECTOR_PORT + 2,
+  PORTS.PRODUCER_PORT + 5, // the frontend example (examples/frontend/)
 ];
 
 interface Started {

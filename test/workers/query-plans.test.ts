@@ -15,6 +15,10 @@ const ids = JSON.stringify([crypto.randomUUID(), crypto.randomUUID()]);
 const projects = JSON.stringify([1, 2, 3]);
 const cursor = ["2026-01-01 00:00:00.000", "z"];
 const delay = "+30 seconds";
+const pairs = JSON.stringify([{ id: crypto.randomUUID(), version: 5 }]);
+const EVENT_RANGE =
+  "SEARCH export_job_events USING PRIMARY KEY (job_id=? AND version>? AND version<?)";
+const ARCHIVE_COUNT = "SEARCH archive_counts USING INTEGER PRIMARY KEY (rowid=?)";
 
 /** For each statement: sample parameters, and what its plan must reach export_jobs through. */
 const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
@@ -92,6 +96,12 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     binds: ["expired", "2026-01-01", "2026-01-01", 100],
     uses: [`${PK} (id=?)`, "idx_export_jobs_status_created (status=? AND created_at<?)"],
   },
+  "jobs.archivable": {
+    binds: ["", "", "-2592000 seconds", 50],
+    uses: ["idx_export_jobs_finished ((finished_at,id)>(?,?) AND finished_at<?)"],
+  },
+  "jobs.archivedUnchanged": { binds: [pairs], uses: [`${PK} (id=?)`] },
+  "jobs.deleteArchived": { binds: [pairs], uses: [`${PK} (id=?)`] },
   "deadLetters.insert": { binds: ["m", "q", "dead_lettered", "{}", 1, "j", "j"], uses: [PK] },
   "deadLetters.list": {
     binds: [...cursor, 21],
@@ -107,15 +117,23 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     binds: ["m", "t"],
     uses: [`${PK} (id=?)`, "sqlite_autoindex_dead_letters_1 (id=?)"],
   },
+  "deadLetters.deleteArchived": {
+    binds: [pairs],
+    uses: ["idx_dead_letters_job (job_id=?)", `${PK} (id=?)`],
+  },
   "events.byJob": {
     binds: ["j"],
     uses: ["SEARCH export_job_events USING PRIMARY KEY (job_id=?)"],
   },
+  "events.byJobs": { binds: [ids, 0, 900], uses: [EVENT_RANGE] },
+  "events.deleteArchived": { binds: [pairs, 0, 900], uses: [EVENT_RANGE, `${PK} (id=?)`] },
   "stats.counts": { binds: [], uses: [] },
   "stats.oldestPending": { binds: [], uses: ["idx_export_jobs_status_created (status=?)"] },
   "stats.processingWithoutRun": { binds: [], uses: ["idx_export_jobs_status_due (status=?)"] },
   // dead_letters is operators' inbox, kept small by replay and delete: counted in full.
   "stats.deadLetters": { binds: [], uses: [] },
+  "stats.archived": { binds: [], uses: [ARCHIVE_COUNT] },
+  "stats.addArchived": { binds: [pairs], uses: [ARCHIVE_COUNT, `${PK} (id=?)`] },
 };
 
 const STATEMENTS: Record<string, string> = Object.fromEntries([
