@@ -20,9 +20,9 @@ import {
   report,
   type SubmitOutcome,
 } from "./dispatch-gate.ts";
-import type { ConsumerEnv } from "./env.ts";
 import { FairQueue, type OfferedJob } from "./fair-queue.ts";
 import { log } from "./log.ts";
+import type { JobMessage } from "./schemas.ts";
 
 /** The longest a batch is asked to wait inside its invocation for a permit. */
 export const MAX_WAIT_MS = 5_000;
@@ -53,13 +53,18 @@ export interface Admission {
 const GATE = "gate";
 const CONFIG = "config";
 
-export class Dispatcher extends DurableObject<ConsumerEnv> {
+/** The one binding the dispatcher uses: it sends admitted jobs to the queue itself. */
+export interface DispatcherEnv {
+  EXPORT_QUEUE: Queue<JobMessage>;
+}
+
+export class Dispatcher extends DurableObject<DispatcherEnv> {
   #gate: GateState | undefined;
   #queue: FairQueue;
   /** When permits were granted in the last 10 s (for /stats only; not kept across restarts). */
   #recent: number[] = [];
 
-  constructor(ctx: DurableObjectState, env: ConsumerEnv) {
+  constructor(ctx: DurableObjectState, env: DispatcherEnv) {
     super(ctx, env);
     this.#queue = new FairQueue(ctx.storage.sql);
   }

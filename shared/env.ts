@@ -4,9 +4,9 @@
 import type { Dispatcher } from "./dispatcher.ts";
 import type { LiveChannel, LiveHub } from "./live-hub.ts";
 
-export interface JobMessage {
-  job_id: string;
-}
+import type { JobMessage } from "./schemas.ts";
+
+export type { JobMessage };
 
 /** Settings both Workers read. */
 export interface CommonEnv {

@@ -13,11 +13,24 @@
 // snapshot from D1, so no change falls between the two; changes that arrive while it reads wait
 // and follow the snapshot. Clients keep the highest `version` per job.
 import { DurableObject } from "cloudflare:workers";
-import type { CommonEnv } from "./env.ts";
-import { ALL_HUB, type LiveMessage, projectHubName } from "./live-publisher.ts";
 import type { LiveScope, LiveTicket } from "./live-ticket.ts";
 import { log } from "./log.ts";
 import { type Job, type JobRow, listJobs, toJob } from "./sql/jobs.ts";
+
+/** The hub of one project's changes. */
+export const projectHubName = (projectId: number) => `project:${projectId}`;
+/** The operators' hub: every change of every project. */
+export const ALL_HUB = "all";
+
+/** What a live socket receives: a snapshot on connect, then one message per change. */
+export type LiveMessage = { type: "snapshot"; jobs: Job[] } | { type: "job"; job: Job };
+
+/** The bindings the live-status objects use (both Workers have them). */
+export interface LiveEnv {
+  DB: D1Database;
+  LIVE_HUB: DurableObjectNamespace<LiveHub>;
+  LIVE_CHANNEL: DurableObjectNamespace<LiveChannel>;
+}
 
 /** Finished jobs in a snapshot, newest first. */
 export const SNAPSHOT_FINISHED = 20;
@@ -79,7 +92,7 @@ export const channelName = (ticketId: string) => `channel:${ticketId}`;
 
 /** The object that holds the one socket of `ticket`, and what that socket carries. */
 export function liveRoomFor(
-  env: Pick<CommonEnv, "LIVE_HUB" | "LIVE_CHANNEL">,
+  env: Pick<LiveEnv, "LIVE_HUB" | "LIVE_CHANNEL">,
   ticket: LiveTicket,
 ): { room: { fetch(request: Request): Promise<Response> }; info: SocketInfo } {
   const { scope } = ticket;
@@ -114,12 +127,12 @@ function parseSocketInfo(header: string | null): SocketInfo | null {
  * What every live object shares: it accepts hibernatable sockets, sends each its snapshot, answers
  * "ping" with "pong" without waking, and sends changes to the sockets whose scope they are in.
  */
-abstract class LiveRoom extends DurableObject<CommonEnv> {
+abstract class LiveRoom extends DurableObject<LiveEnv> {
   /** Sockets whose snapshot is being read, with the changes that came meanwhile (in memory: a
    * connecting request keeps the object awake). */
   readonly #waiting = new Map<WebSocket, string[]>();
 
-  constructor(ctx: DurableObjectState, env: CommonEnv) {
+  constructor(ctx: DurableObjectState, env: LiveEnv) {
     super(ctx, env);
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair("ping", "pong"));
   }

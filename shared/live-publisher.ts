@@ -2,8 +2,10 @@
 // (shared/live-hub.ts, which says how they are keyed). shared/job-state.ts calls `publish` for
 // every transition, through publishJobs; D1 stays the truth, so a publication that fails is
 // logged there and changes nothing.
-import type { LiveHub } from "./live-hub.ts";
+import { ALL_HUB, type LiveHub, projectHubName } from "./live-hub.ts";
 import type { Job } from "./sql/jobs.ts";
+
+export { ALL_HUB, type LiveMessage, projectHubName } from "./live-hub.ts";
 
 export interface LivePublisher {
   publish(job: Job): Promise<void>;
@@ -11,14 +13,6 @@ export interface LivePublisher {
 
 /** For code paths with nobody to tell (tools, tests of the state machine alone). */
 export const NO_LIVE_STATUS: LivePublisher = { publish: async () => {} };
-
-/** The hub of one project's changes. */
-export const projectHubName = (projectId: number) => `project:${projectId}`;
-/** The operators' hub: every change of every project. */
-export const ALL_HUB = "all";
-
-/** What a live socket receives: a snapshot on connect, then one message per change. */
-export type LiveMessage = { type: "snapshot"; jobs: Job[] } | { type: "job"; job: Job };
 
 /**
  * The publisher of a Worker's bindings: each change goes to its project's hub and to the "all"

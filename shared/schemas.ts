@@ -69,6 +69,7 @@ export type CreateExportRequest = z.infer<typeof createExportRequest>;
 
 /** The queue message: the job id and nothing else; the row is the truth. */
 export const jobMessage = z.object({ job_id: z.uuid() });
+export type JobMessage = z.infer<typeof jobMessage>;
 
 export const RUNPOD_STATUSES = [
   "IN_QUEUE",
