@@ -88,6 +88,17 @@ const FINISHED_ON_FOURTH_FAILURE = `finished_at = CASE WHEN retry_count < 3 THEN
 export const ARCHIVED_PAIRS = `(id, version) IN (SELECT value ->> '$.id', value ->> '$.version'
                                                  FROM json_each(?))`;
 
+/**
+ * The seed's CASE update, binding the error and the retry delay. SQLite evaluates every
+ * right-hand side on the old row, so the first three failures re-pend the job and the fourth
+ * leaves it `error` with retry_count 4.
+ */
+const SEED_RETRY = `status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'error' END,
+  error = ?,
+  due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
+  ${FINISHED_ON_FOURTH_FAILURE},
+  retry_count = retry_count + 1, version = version + 1`;
+
 export const JOB_SQL = {
   insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
                                     idempotency_key, request_hash, created_at, due_at, pending_since)
@@ -142,33 +153,19 @@ export const JOB_SQL = {
   release: `UPDATE export_jobs SET status = 'pending', due_at = ${NOW_PLUS}, version = version + 1, last_event = 'released'
             WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
             RETURNING *`,
-  // The seed's CASE update. SQLite evaluates every right-hand side on the old row, so the first
-  // three failures re-pend the job and the fourth leaves it `error` with retry_count 4.
-  failWithoutRun: `UPDATE export_jobs
-                   SET status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'error' END,
-                       error = ?,
-                       due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
-                       ${FINISHED_ON_FOURTH_FAILURE},
-                       retry_count = retry_count + 1, version = version + 1, last_event = ?
+  // The seed's CASE update (SEED_RETRY), for no run, the recorded run, or a run not recorded yet.
+  failWithoutRun: `UPDATE export_jobs SET ${SEED_RETRY}, last_event = ?
                    WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
                    RETURNING *`,
   // A run failed: a re-pended job forgets it (the next claim records its own), an ended one keeps it.
   failRecordedRun: `UPDATE export_jobs
-                    SET status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'error' END,
-                        error = ?,
-                        due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
-                        runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE runpod_job_id END,
-                        ${FINISHED_ON_FOURTH_FAILURE},
-                        retry_count = retry_count + 1, version = version + 1, last_event = 'failed'
+                    SET ${SEED_RETRY}, last_event = 'failed',
+                        runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE runpod_job_id END
                     WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                     RETURNING *`,
   failUnrecordedRun: `UPDATE export_jobs
-                      SET status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'error' END,
-                          error = ?,
-                          due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
-                          runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE ? END,
-                          ${FINISHED_ON_FOURTH_FAILURE},
-                          retry_count = retry_count + 1, version = version + 1, last_event = 'failed'
+                      SET ${SEED_RETRY}, last_event = 'failed',
+                          runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE ? END
                       WHERE id = ? AND status = 'processing' AND attempt = ?
                         AND runpod_job_id IS NULL
                       RETURNING *`,
