@@ -6,13 +6,16 @@ import { jobMessage } from "../shared/schemas.ts";
 import type { DeadLetterRow } from "../shared/sql/dead-letters.ts";
 import * as repo from "../shared/sql/dead-letters.ts";
 
+/** The body as text, whatever it is: a dead letter must be recordable even when it is odd. */
 function bodyAsText(body: unknown): string {
   if (typeof body === "string") return JSON.stringify(body);
-  try {
-    return JSON.stringify(body) ?? String(body);
-  } catch {
-    return String(body);
+  for (const render of [() => JSON.stringify(body), () => String(body)]) {
+    try {
+      const text = render();
+      if (typeof text === "string") return text;
+    } catch {}
   }
+  return `<unprintable ${typeof body}>`;
 }
 
 /** A job id when the body carries one, even if the rest of the body is odd. */

@@ -37,6 +37,29 @@ const highlightRegion = z
     path: ["end_time"],
   });
 
+/** How deep `params` may nest: far beyond any export's needs, far below a stack's limits. */
+export const MAX_PARAMS_DEPTH = 32;
+
+/** The nesting depth of a JSON value, counted without recursion. */
+function depthOf(value: unknown): number {
+  let deepest = 0;
+  const stack: [unknown, number][] = [[value, 1]];
+  while (stack.length > 0) {
+    const [item, depth] = stack.pop() as [unknown, number];
+    if (typeof item !== "object" || item === null) continue;
+    deepest = Math.max(deepest, depth);
+    if (deepest > MAX_PARAMS_DEPTH) return deepest;
+    for (const child of Object.values(item)) stack.push([child, depth + 1]);
+  }
+  return deepest;
+}
+
+/** A type's `params`: its own checks, and a bounded depth (canonical hashing, live messages). */
+const paramsOf = <T extends z.core.$ZodLooseShape>(shape: T) =>
+  z.looseObject(shape).refine((params) => depthOf(params) <= MAX_PARAMS_DEPTH, {
+    message: `must not nest deeper than ${MAX_PARAMS_DEPTH} levels`,
+  });
+
 const projectId = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
 /** The project's owner as the frontend's backend knows it: the fairness key of dispatch. */
 const userId = z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional();
@@ -48,21 +71,21 @@ export const createExportRequest = z.discriminatedUnion("type", [
     user_id: userId,
     type: z.literal("framing"),
     input_video_key: r2Key,
-    params: z.looseObject({ crop_keyframes: z.array(cropKeyframe).min(1) }),
+    params: paramsOf({ crop_keyframes: z.array(cropKeyframe).min(1) }),
   }),
   z.object({
     project_id: projectId,
     user_id: userId,
     type: z.literal("overlay"),
     input_video_key: r2Key,
-    params: z.looseObject({ highlight_regions: z.array(highlightRegion).min(1) }),
+    params: paramsOf({ highlight_regions: z.array(highlightRegion).min(1) }),
   }),
   z.object({
     project_id: projectId,
     user_id: userId,
     type: z.literal("annotate"),
     input_video_key: r2Key,
-    params: z.looseObject({ annotations: z.array(z.unknown()).min(1) }),
+    params: paramsOf({ annotations: z.array(z.unknown()).min(1) }),
   }),
 ]);
 export type CreateExportRequest = z.infer<typeof createExportRequest>;

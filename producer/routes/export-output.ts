@@ -11,6 +11,7 @@ type ByteRange = { offset: number; length: number } | "unsatisfiable" | null;
 /** One `bytes=` range of RFC 9110 against an object of `size` bytes; null: serve it whole. */
 export function parseRange(header: string | undefined, size: number): ByteRange {
   if (!header) return null;
+  if (size === 0) return /^bytes=\d*-\d*$/.test(header.trim()) ? "unsatisfiable" : null;
   const match = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
   if (!match) return null; // several ranges or another unit: the whole object, as RFC 9110 allows
   const [, first, last] = match;
