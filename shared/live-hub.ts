@@ -13,17 +13,10 @@
 // snapshot from D1, so no change falls between the two; changes that arrive while it reads wait
 // and follow the snapshot. Clients keep the highest `version` per job.
 import { DurableObject } from "cloudflare:workers";
+import { ALL_HUB, type LiveMessage, projectHubName } from "./live-keys.ts";
 import type { LiveScope, LiveTicket } from "./live-ticket.ts";
 import { log } from "./log.ts";
 import { type Job, type JobRow, listJobs, toJob } from "./sql/jobs.ts";
-
-/** The hub of one project's changes. */
-export const projectHubName = (projectId: number) => `project:${projectId}`;
-/** The operators' hub: every change of every project. */
-export const ALL_HUB = "all";
-
-/** What a live socket receives: a snapshot on connect, then one message per change. */
-export type LiveMessage = { type: "snapshot"; jobs: Job[] } | { type: "job"; job: Job };
 
 /** The bindings the live-status objects use (both Workers have them). */
 export interface LiveEnv {

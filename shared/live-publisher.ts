@@ -2,10 +2,11 @@
 // (shared/live-hub.ts, which says how they are keyed). shared/job-state.ts calls `publish` for
 // every transition, through publishJobs; D1 stays the truth, so a publication that fails is
 // logged there and changes nothing.
-import { ALL_HUB, type LiveHub, projectHubName } from "./live-hub.ts";
+import type { LiveHub } from "./live-hub.ts";
+import { ALL_HUB, projectHubName } from "./live-keys.ts";
 import type { Job } from "./sql/jobs.ts";
 
-export { ALL_HUB, type LiveMessage, projectHubName } from "./live-hub.ts";
+export { ALL_HUB, type LiveMessage, projectHubName } from "./live-keys.ts";
 
 export interface LivePublisher {
   publish(job: Job): Promise<void>;
