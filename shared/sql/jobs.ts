@@ -124,7 +124,12 @@ export const JOB_SQL = {
                          WHERE project_id IN (SELECT value FROM json_each(?))
                            AND status IN ('pending', 'processing') AND (created_at, id) < (?, ?)
                          ORDER BY created_at DESC, id DESC LIMIT ?`,
-  // A status other than "active" walks the projects' history newest first until the page is full.
+  // One active status: its few rows through (project_id, status), then sorted.
+  listByProjectsAndActiveStatus: `SELECT * FROM export_jobs INDEXED BY idx_export_jobs_project_status
+                                  WHERE project_id IN (SELECT value FROM json_each(?))
+                                    AND status = ? AND (created_at, id) < (?, ?)
+                                  ORDER BY created_at DESC, id DESC LIMIT ?`,
+  // A finished status (most of a project's history) walks it newest first until the page is full.
   listByProjectsAndStatus: `SELECT * FROM export_jobs
                             WHERE project_id IN (SELECT value FROM json_each(?)) AND +status = ?
                               AND (created_at, id) < (?, ?)
@@ -138,8 +143,12 @@ export const JOB_SQL = {
                      ORDER BY created_at DESC, id DESC LIMIT ?`,
   listAll: `SELECT * FROM export_jobs WHERE (created_at, id) < (?, ?)
             ORDER BY created_at DESC, id DESC LIMIT ?`,
-  // Operators' status filter walks (created_at, id) newest first until the page is full.
-  listAllByStatus: `SELECT * FROM export_jobs WHERE +status = ? AND (created_at, id) < (?, ?)
+  // Operators' status filter: (status, created_at) newest first, ties sorted by id as they come
+  // (SQLite sorts only the right part of the ORDER BY), so a page reads about a page of rows
+  // whether the status is rare or common. Walking (created_at, id) instead read the whole table
+  // for a rare status (1,000,001 rows for `processing` among 1M jobs, measured by npm run bench).
+  listAllByStatus: `SELECT * FROM export_jobs INDEXED BY idx_export_jobs_status_created
+                    WHERE status = ? AND (created_at, id) < (?, ?)
                     ORDER BY created_at DESC, id DESC LIMIT ?`,
 
   claim: `UPDATE export_jobs
@@ -389,7 +398,13 @@ export async function listJobs(db: D1Database, query: ListJobsQuery): Promise<Jo
           ? db.prepare(JOB_SQL.listActiveByProjects).bind(projects, ...page)
           : query.statuses === null
             ? db.prepare(JOB_SQL.listByProjects).bind(projects, ...page)
-            : db.prepare(JOB_SQL.listByProjectsAndStatus).bind(projects, query.statuses, ...page);
+            : db
+                .prepare(
+                  query.statuses === "pending" || query.statuses === "processing"
+                    ? JOB_SQL.listByProjectsAndActiveStatus
+                    : JOB_SQL.listByProjectsAndStatus,
+                )
+                .bind(projects, query.statuses, ...page);
   const { results } = await retryTransient(() => statement.all<JobRow>());
   return results;
 }

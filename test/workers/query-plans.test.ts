@@ -53,7 +53,11 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   },
   "jobs.listAllByStatus": {
     binds: ["error", ...cursor, 51],
-    uses: ["idx_export_jobs_created ((created_at,id)<(?,?))"],
+    uses: ["idx_export_jobs_status_created (status=? AND created_at<?)", "TEMP B-TREE FOR LAST TERM OF ORDER BY"],
+  },
+  "jobs.listByProjectsAndActiveStatus": {
+    binds: [projects, "processing", ...cursor, 21],
+    uses: ["idx_export_jobs_project_status (project_id=? AND status=?)"],
   },
   "jobs.claim": { binds: [delay, ids], uses: [`${PK} (id=?)`] },
   "jobs.recordRun": { binds: ["r", delay, "i", 1], uses: [`${PK} (id=?)`] },
