@@ -5,6 +5,16 @@ import { createRunpodClient, type RunpodClient } from "../shared/runpod-client.t
 import { pollAfterSeconds, retrySettings, runpodSettings } from "../shared/settings.ts";
 import type { AppContext } from "./http.ts";
 
+/** The request's `waitUntil`, when the runtime gave it an execution context. */
+function waitUntilOf(c: AppContext): JobDeps["defer"] {
+  try {
+    const ctx = c.executionCtx;
+    return (work) => ctx.waitUntil(work);
+  } catch {
+    return undefined; // called without one (the handler invoked directly)
+  }
+}
+
 export function jobDeps(c: AppContext): JobDeps {
   const endpoint = runpodSettings(c.env).endpointId;
   return {
@@ -15,6 +25,7 @@ export function jobDeps(c: AppContext): JobDeps {
     pollAfterS: pollAfterSeconds(c.env),
     videos: c.env.VIDEOS,
     live: livePublisher(c.env),
+    defer: waitUntilOf(c),
   };
 }
 

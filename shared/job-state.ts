@@ -46,6 +46,11 @@ export interface JobDeps {
   live: LivePublisher;
   /** The dispatcher's runs in flight (shared/dispatcher.ts): a job's slot frees when its run ends. */
   slots: Slots;
+  /**
+   * Lets publication finish after the answer (an HTTP handler's `waitUntil`), so a request does
+   * not wait for live clients; without it, publication is awaited.
+   */
+  defer?: (work: Promise<unknown>) => void;
 }
 
 export interface Slots {
@@ -75,6 +80,13 @@ async function freeSlots(deps: JobDeps, rows: readonly (JobRow | null)[]): Promi
  */
 export async function publishJobs(deps: JobDeps, rows: readonly (JobRow | null)[]): Promise<void> {
   const changed = rows.filter((row): row is JobRow => row !== null);
+  if (changed.length === 0) return;
+  const publishing = publishNow(deps, changed);
+  if (deps.defer) deps.defer(publishing);
+  else await publishing;
+}
+
+async function publishNow(deps: JobDeps, changed: readonly JobRow[]): Promise<void> {
   const results = await Promise.allSettled(
     // async: a publisher that throws instead of rejecting is a failed publication all the same.
     changed.map(async (row) => deps.live.publish(jobs.toJob(row))),
