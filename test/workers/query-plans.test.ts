@@ -53,7 +53,10 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   },
   "jobs.listAllByStatus": {
     binds: ["error", ...cursor, 51],
-    uses: ["idx_export_jobs_status_created (status=? AND created_at<?)", "TEMP B-TREE FOR LAST TERM OF ORDER BY"],
+    uses: [
+      "idx_export_jobs_status_created (status=? AND created_at<?)",
+      "TEMP B-TREE FOR LAST TERM OF ORDER BY",
+    ],
   },
   "jobs.listByProjectsAndActiveStatus": {
     binds: [projects, "processing", ...cursor, 21],
