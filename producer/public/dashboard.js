@@ -122,6 +122,17 @@ function renderStats(stats) {
   const items = [
     ["Dispatch", dispatchNode(stats.dispatch)],
     ["Runs in the last 10 s", stats.dispatch ? stats.dispatch.runs_last_10s : "—"],
+    [
+      "In flight / cap",
+      stats.dispatch ? `${stats.dispatch.in_flight} / ${stats.dispatch.max_in_flight}` : "—",
+    ],
+    [
+      "Waiting for a slot",
+      stats.dispatch
+        ? `${stats.dispatch.waiting} (${stats.dispatch.waiting_keys} users or projects)`
+        : "—",
+    ],
+    ["Archived", stats.archived ?? "—"],
     ["Pending", stats.jobs.pending],
     ["Processing", stats.jobs.processing],
     ["Complete", stats.jobs.complete],

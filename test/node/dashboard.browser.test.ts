@@ -210,6 +210,10 @@ describe("dashboard", () => {
     await expect.poll(() => badge.textContent()).toBe("running");
     expect(await badge.getAttribute("class")).toContain("dispatch-running");
     expect(await page.locator("#stats").textContent()).toMatch(/Runs in the last 10 s\d+/);
+    expect(await page.locator("#stats").textContent()).toMatch(/In flight \/ cap\d+ \/ \d+/);
+    expect(await page.locator("#stats").textContent()).toMatch(
+      /Waiting for a slot\d+ \(\d+ users or projects\)/,
+    );
     expect(await page.locator("#dead-letters tbody tr").count()).toBe(0);
 
     const row = (id: string) => page.locator(`#jobs tr[data-job-id="${id}"]`);
