@@ -20,13 +20,17 @@ export function infrastructureRetryDelayS(attempts: number): number {
 }
 
 export default {
-  async queue(batch: MessageBatch<unknown>, env: ConsumerEnv): Promise<void> {
+  async queue(
+    batch: MessageBatch<unknown>,
+    env: ConsumerEnv,
+    ctx?: ExecutionContext,
+  ): Promise<void> {
     try {
       if (batch.queue.endsWith("-dlq")) {
         await recordDeadLetterMessages(env.DB, batch.queue, "dead_lettered", batch.messages);
         return;
       }
-      const poison = await processJobBatch(consumerDeps(env), batch.messages);
+      const poison = await processJobBatch(consumerDeps(env, ctx), batch.messages);
       await recordDeadLetterMessages(env.DB, batch.queue, "unparseable", poison);
     } catch (error) {
       const attempts = Math.max(1, ...batch.messages.map((message) => message.attempts));
@@ -41,7 +45,11 @@ export default {
     }
   },
 
-  async scheduled(_controller: ScheduledController, env: ConsumerEnv): Promise<void> {
-    await reconcile(consumerDeps(env));
+  async scheduled(
+    _controller: ScheduledController,
+    env: ConsumerEnv,
+    ctx?: ExecutionContext,
+  ): Promise<void> {
+    await reconcile(consumerDeps(env, ctx));
   },
 } satisfies ExportedHandler<ConsumerEnv>;

@@ -42,7 +42,8 @@ export interface ConsumerDeps extends JobDeps {
 /** A consumer that cannot run: the batch is retried later, no job is touched. */
 export class NotConfiguredError extends Error {}
 
-export function consumerDeps(env: ConsumerEnv): ConsumerDeps {
+/** `ctx`: the invocation's, when there is one; live publication then finishes after the work. */
+export function consumerDeps(env: ConsumerEnv, ctx?: ExecutionContext): ConsumerDeps {
   const settings = consumerSettings(env);
   const missing = [
     ["RUNPOD_ENDPOINT_ID", settings.runpod.endpointId],
@@ -67,6 +68,7 @@ export function consumerDeps(env: ConsumerEnv): ConsumerDeps {
     slots: dispatcher,
     videos: env.VIDEOS,
     live: livePublisher(env),
+    defer: ctx ? (work) => ctx.waitUntil(work) : undefined,
   };
 }
 
