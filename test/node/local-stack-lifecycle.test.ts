@@ -10,8 +10,8 @@ import { afterAll, afterEach, describe, expect, it } from "vitest";
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
 const work = mkdtempSync(path.join(os.tmpdir(), "reel-lifecycle-"));
-const PORTS = { PRODUCER_PORT: 47787, CONSUMER_PORT: 47788, EMULATOR_PORT: 47790 };
-const INSPECTOR_PORT = 47229;
+const PORTS = { PRODUCER_PORT: 23787, CONSUMER_PORT: 23788, EMULATOR_PORT: 23790 };
+const INSPECTOR_PORT = 23229;
 // The local R2 writer (scripts/local-r2/) listens on EMULATOR_PORT + 1, its inspector INSPECTOR_PORT + 2.
 const ALL_PORTS = [
   ...Object.values(PORTS),
@@ -186,10 +186,10 @@ describe("npm start's lifecycle", () => {
 
     // Other ports, same state directory: refused before anything touches its SQLite files.
     const third = npmStart(path.join(work, "first"), {
-      PRODUCER_PORT: "46787",
-      CONSUMER_PORT: "46788",
-      EMULATOR_PORT: "46790",
-      INSPECTOR_PORT: "46229",
+      PRODUCER_PORT: "24787",
+      CONSUMER_PORT: "24788",
+      EMULATOR_PORT: "24790",
+      INSPECTOR_PORT: "24229",
     });
     expect(await third.exited).not.toBe(0);
     expect(third.output()).toContain(`pid ${first.child.pid}`);

@@ -260,7 +260,9 @@ describe("the pipeline end to end", () => {
     const runsOfJob = runs.jobs.filter((run) => run.input.export_job_id === job.id);
     if (done.retry_count === 1) {
       expect(done.error).toMatch(/no RunPod run recorded/);
-      expect(runsOfJob).toHaveLength(2);
+      // The first run exists only if RunPod received it before the kill.
+      expect(runsOfJob.length).toBeLessThanOrEqual(2);
+      expect(runsOfJob.map((run) => run.id)).toContain(done.runpod_job_id);
     } else {
       expect(done.retry_count).toBe(0);
       expect(runsOfJob.map((run) => run.id)).toContain(done.runpod_job_id);
