@@ -14,7 +14,14 @@ import type { GateConfig, SubmitOutcome } from "../shared/dispatch-gate.ts";
 import type { Admission, DispatchConfig } from "../shared/dispatcher.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
 import type { OfferedJob } from "../shared/fair-queue.ts";
-import { claimJobs, failRun, type JobDeps, recordRun, releaseJob } from "../shared/job-state.ts";
+import {
+  claimJobs,
+  failRun,
+  holdJobs,
+  type JobDeps,
+  recordRun,
+  releaseJob,
+} from "../shared/job-state.ts";
 import { livePublisher } from "../shared/live-publisher.ts";
 import { log } from "../shared/log.ts";
 import { createRunpodClient, type RunpodClient, RunpodError } from "../shared/runpod-client.ts";
@@ -31,6 +38,7 @@ export interface DispatcherApi {
   free(jobIds: string[]): Promise<void>;
   heal(processing: string[], config: DispatchConfig, graceMs?: number): Promise<string[]>;
   inFlight(): Promise<string[]>;
+  known(jobIds: string[]): Promise<string[]>;
 }
 
 export interface ConsumerDeps extends JobDeps {
@@ -120,9 +128,12 @@ export async function processJobBatch(
     if (!delayOf.has(id)) first?.ack();
   }
   if (delayOf.size < pending.length) {
-    log("info", "jobs wait for dispatch", {
-      waiting: pending.length - delayOf.size,
-      mode: admission.mode,
+    const waiting = pending.filter((job) => !delayOf.has(job.id)).map((job) => job.id);
+    log("info", "jobs wait for dispatch", { waiting: waiting.length, mode: admission.mode });
+    // The dispatcher holds them now; a hold that fails leaves them to the reconciler's
+    // lost-message lease, which re-enqueues them and their next batch holds them again.
+    await holdJobs(deps, waiting).catch((error: unknown) => {
+      log("warn", "holding waiting jobs failed", { jobs: waiting, error: String(error) });
     });
   }
   if (delayOf.size === 0) return poison;
@@ -197,6 +208,14 @@ async function submissionFailed(
     log("warn", "rate limited; released", { ...fields, delay_s: delayS });
     return { kind: "rate_limited", retryAfterS: error.retryAfterS };
   }
+  if (error instanceof RunpodError && error.unavailable) {
+    // RunPod is down or unreachable (502/503/504, no answer at all): nobody's job failed. The
+    // gate counts it as a failed submission (enough of them pause dispatch); the job is released.
+    const delayS = Math.max(1, error.retryAfterS ?? deps.settings.gate.breakerCooldownS);
+    await releaseJob(deps, job, delayS);
+    log("warn", "RunPod unavailable; released", { ...fields, delay_s: delayS });
+    return { kind: "failed", error: text };
+  }
   if (error instanceof RunpodError && (error.httpStatus === 401 || error.httpStatus === 403)) {
     await releaseJob(deps, job, deps.settings.gate.breakerCooldownS);
     log("error", "RunPod refused the API key; released", fields);
@@ -208,6 +227,7 @@ async function submissionFailed(
     log("warn", "submission timed out; waiting for the run to report", fields);
     return { kind: "failed", error: text };
   }
+  // A submission RunPod answered with an error (500, 400, a bad answer): the seed's CASE.
   const failure = await failRun(deps, job, job.attempt, null, text);
   log("warn", "submission failed", { ...fields, ...failure });
   const isRunpodHealth = error instanceof RunpodError && error.kind === "retryable";

@@ -15,7 +15,9 @@ import {
   applyRunStatus,
   cancelRunOf,
   expirePendingJobs,
-  failRun,
+  leaseCancelRetries,
+  leaseDueProcessingJobs,
+  leaseLostPendingJobs,
   type RunOutcome,
   requeue,
 } from "../shared/job-state.ts";
@@ -36,6 +38,8 @@ type Count = RunOutcome | "expired" | "poll_failed" | "cancel_retried";
 
 export interface ReconcileReport {
   requeued: number;
+  /** Held jobs (waiting for a dispatch slot) the dispatcher did not know, re-enqueued. */
+  unheld: number;
   expired: number;
   claimsExpired: number;
   polled: number;
@@ -56,6 +60,7 @@ export async function reconcile(
   const deadline = Date.now() + (options.budgetMs ?? RECONCILE_BUDGET_MS);
   const report: ReconcileReport = {
     requeued: 0,
+    unheld: 0,
     expired: 0,
     claimsExpired: 0,
     polled: 0,
@@ -103,10 +108,7 @@ export async function reconcile(
   // 2. Pending jobs whose message was lost.
   await step(
     "requeue",
-    async () =>
-      (await jobs.leaseLostPendingJobs(deps.db, settings.pendingGraceS, batch)).map((id) => ({
-        id,
-      })),
+    () => leaseLostPendingJobs(deps, settings.pendingGraceS, batch),
     async (rows) => {
       await requeue(
         deps.queue,
@@ -117,10 +119,31 @@ export async function reconcile(
     },
   );
 
+  // 2b. Jobs held for a dispatch slot: every one must be known to the dispatcher (waiting or in
+  //     flight). One it does not know (its slot was healed after the admitted job's message was
+  //     lost) is re-enqueued, and its consumer batch offers it again. A read, no lease: two
+  //     passes at once at worst send a job's message twice, which its claim absorbs.
+  let afterSeq = 0;
+  await step(
+    "held",
+    async () => {
+      const page = await jobs.heldJobs(deps.db, afterSeq, batch);
+      afterSeq = page.at(-1)?.seq ?? afterSeq;
+      return page;
+    },
+    async (page) => {
+      if (page.length === 0) return;
+      const known = new Set(await deps.dispatcher.known(page.map((job) => job.id)));
+      const unknown = page.filter((job) => !known.has(job.id)).map((job) => job.id);
+      await requeue(deps.queue, unknown, 0);
+      report.unheld += unknown.length;
+    },
+  );
+
   // 3. Processing jobs past their claim deadline or poll time.
   await step(
     "poll",
-    () => jobs.leaseDueProcessingJobs(deps.db, settings.pollAfterS, batch),
+    () => leaseDueProcessingJobs(deps, settings.pollAfterS, batch),
     (due) =>
       forEachBounded(
         due,
@@ -144,7 +167,7 @@ export async function reconcile(
   // 4. Cancelled jobs whose RunPod /cancel failed.
   await step(
     "cancel",
-    () => jobs.leaseUnconfirmedCancels(deps.db, 60, batch),
+    () => leaseCancelRetries(deps, 60, batch),
     (rows) =>
       forEachBounded(
         rows,
@@ -203,10 +226,8 @@ async function reconcileJob(
   job: JobRow,
 ): Promise<RunOutcome | "claim_expired"> {
   if (!job.runpod_job_id) {
-    // Claimed but no run recorded within CLAIM_TIMEOUT_S: the consumer died in between, or
-    // RunPod's /run answer never came and no news of the run did either.
-    const message = `no RunPod run recorded within ${deps.settings.claimTimeoutS}s of the claim`;
-    await failRun(deps, job, job.attempt, null, message, "failed");
+    // Claimed but no run recorded within CLAIM_TIMEOUT_S: a lost run, like a /status 404.
+    await applyLostRun(deps, job, deps.settings.claimTimeoutS);
     return "claim_expired";
   }
   try {
@@ -214,6 +235,6 @@ async function reconcileJob(
     return await applyRunStatus(deps, job, job.attempt, status);
   } catch (error) {
     if (!(error instanceof RunpodError && error.kind === "not_found")) throw error;
-    return applyLostRun(deps, job);
+    return applyLostRun(deps, job, deps.settings.claimTimeoutS);
   }
 }

@@ -179,6 +179,11 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     return healed;
   }
 
+  /** Which of these jobs the dispatcher knows (waiting or in flight): the reconciler's audit. */
+  async known(jobIds: string[]): Promise<string[]> {
+    return this.#queue.known(jobIds);
+  }
+
   /** The slots' job ids, for the reconciler to compare with D1. */
   async inFlight(): Promise<string[]> {
     return this.#queue.inFlightIds();

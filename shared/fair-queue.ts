@@ -167,6 +167,18 @@ export class FairQueue {
     return stale;
   }
 
+  /** Which of these jobs wait or hold a slot. */
+  known(jobIds: readonly string[]): string[] {
+    return this.#sql
+      .exec<{ job_id: string }>(
+        `SELECT value AS job_id FROM json_each(?1)
+         WHERE value IN (SELECT job_id FROM waiting) OR value IN (SELECT job_id FROM in_flight)`,
+        JSON.stringify(jobIds),
+      )
+      .toArray()
+      .map((row) => row.job_id);
+  }
+
   /** Every in-flight job id (the reconciler compares them with D1). */
   inFlightIds(): string[] {
     return this.#sql

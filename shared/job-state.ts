@@ -15,9 +15,11 @@
 // Attempts never repeat: every claim raises `attempt`, webhook and progress URLs carry it, and
 // news about any other attempt matches no row and changes nothing.
 //
-// Every transition that changed a row hands it to publishJobs (live status), the one place that
-// publishes; each statement also writes the job's timeline event in the same statement (migration
-// 0005's trigger on `last_event`).
+// Every statement that changed a row — a transition, and the bookkeeping too (a reconciler lease,
+// a hold, a cancel retry: they move due_at and raise version) — hands it to publishJobs (live
+// status), the one place that publishes, so a live view always ends at D1's version; each
+// transition also writes the job's timeline event in the same statement (migration 0005's trigger
+// on `last_event`).
 
 import type { JobMessage } from "./env.ts";
 import type { LivePublisher } from "./live-publisher.ts";
@@ -315,7 +317,7 @@ async function completeRun(
   deps: JobDeps,
   job: JobRow,
   attempt: number,
-  runpodJobId: string,
+  runpodJobId: string | null,
   outputKey: string,
 ): Promise<RunOutcome> {
   if (!(await deps.videos.head(outputKey))) {
@@ -331,13 +333,25 @@ async function completeRun(
   return done ? "completed" : "unchanged";
 }
 
-/** A run RunPod no longer knows (its 30-minute retention passed): finished if its output is in R2. */
-export async function applyLostRun(deps: JobDeps, job: JobRow): Promise<RunOutcome> {
-  const runId = job.runpod_job_id as string;
+/**
+ * applyLostRun: the current attempt's run is lost — RunPod no longer knows it (a /status 404: its
+ * 30-minute retention passed), or no run was recorded within the claim timeout (the consumer died
+ * between claim and record, or RunPod's /run answer never came and no news of the run did
+ * either). Either way the run may have finished and only its news been lost: the job is complete
+ * when the planned output is in R2, and the attempt failed (the seed's CASE) when it is not.
+ */
+export async function applyLostRun(
+  deps: JobDeps,
+  job: JobRow,
+  claimTimeoutS: number,
+): Promise<RunOutcome> {
+  const runId = job.runpod_job_id;
   const key = plannedOutputKey(job);
   if (await deps.videos.head(key)) return completeRun(deps, job, job.attempt, runId, key);
-  const message = `RunPod run ${runId} not found (expired) and no output at ${key}`;
-  return failedOutcome(await failRun(deps, job, job.attempt, runId, message));
+  const message = runId
+    ? `RunPod run ${runId} not found (expired) and no output at ${key}`
+    : `no RunPod run recorded within ${claimTimeoutS}s of the claim and no output at ${key}`;
+  return failedOutcome(await failRun(deps, job, job.attempt, runId, message, "failed"));
 }
 
 /** recordProgress: a progress report of attempt `attempt`. */
@@ -386,11 +400,13 @@ export async function cancelRunOf(
         runpod_job_id: runpodJobId,
         error: String(error),
       });
-      await jobs.markCancelUnconfirmed(deps.db, jobId, runpodJobId, CANCEL_RETRY_S);
+      await publishJobs(deps, [
+        await jobs.markCancelUnconfirmed(deps.db, jobId, runpodJobId, CANCEL_RETRY_S),
+      ]);
       return false;
     }
   }
-  await jobs.markCancelConfirmed(deps.db, jobId);
+  await publishJobs(deps, [await jobs.markCancelConfirmed(deps.db, jobId)]);
   return true;
 }
 
@@ -424,6 +440,54 @@ export async function replayDeadLetter(
   await publishJobs(deps, [replayed?.job ?? null]);
   if (replayed) await requeue(deps.queue, [replayed.job.id], 0);
   return replayed;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bookkeeping: no transition, only due_at (when the reconciler looks next) and version change.
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * holdJobs: jobs the dispatcher keeps waiting for a slot. Their due_at is cleared, so the
+ * reconciler does not take them for lost messages (and does not re-enqueue them every grace
+ * period); it audits them against the dispatcher instead (unheldJobs).
+ */
+export async function holdJobs(deps: JobDeps, ids: readonly string[]): Promise<JobRow[]> {
+  const held = await jobs.holdJobs(deps.db, ids);
+  await publishJobs(deps, held);
+  return held;
+}
+
+/** Pending jobs due for longer than `graceS` (their message looks lost), leased for a re-enqueue. */
+export async function leaseLostPendingJobs(
+  deps: JobDeps,
+  graceS: number,
+  limit: number,
+): Promise<JobRow[]> {
+  const leased = await jobs.leaseLostPendingJobs(deps.db, graceS, limit);
+  await publishJobs(deps, leased);
+  return leased;
+}
+
+/** Processing jobs past their claim deadline or poll time, leased for `leaseS`. */
+export async function leaseDueProcessingJobs(
+  deps: JobDeps,
+  leaseS: number,
+  limit: number,
+): Promise<JobRow[]> {
+  const leased = await jobs.leaseDueProcessingJobs(deps.db, leaseS, limit);
+  await publishJobs(deps, leased);
+  return leased;
+}
+
+/** Cancelled jobs whose RunPod /cancel is due to be tried again, leased for `leaseS`. */
+export async function leaseCancelRetries(
+  deps: JobDeps,
+  leaseS: number,
+  limit: number,
+): Promise<JobRow[]> {
+  const leased = await jobs.leaseUnconfirmedCancels(deps.db, leaseS, limit);
+  await publishJobs(deps, leased);
+  return leased;
 }
 
 export const EXPIRED_PREFIX = "expired";

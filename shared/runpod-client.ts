@@ -46,18 +46,28 @@ export class RunpodError extends Error {
   readonly retryAfterS: number | null;
   /** The client gave up waiting: RunPod may have accepted the request all the same. */
   readonly timedOut: boolean;
+  /**
+   * RunPod is down for everyone, not refusing this request: 502/503/504, or no connection at
+   * all. Never set for a timeout (RunPod may have accepted) or an answer that did not parse.
+   */
+  readonly unavailable: boolean;
 
   constructor(
     kind: RunpodErrorKind,
     message: string,
     httpStatus?: number,
-    extra: { retryAfterS?: number | null; timedOut?: boolean } = {},
+    extra: { retryAfterS?: number | null; timedOut?: boolean; unreachable?: boolean } = {},
   ) {
     super(message);
     this.kind = kind;
     this.httpStatus = httpStatus;
     this.retryAfterS = extra.retryAfterS ?? null;
     this.timedOut = extra.timedOut ?? false;
+    this.unavailable =
+      (extra.unreachable ?? false) ||
+      httpStatus === 502 ||
+      httpStatus === 503 ||
+      httpStatus === 504;
   }
 }
 
@@ -87,12 +97,17 @@ function classify(error: unknown, what: string): RunpodError {
     if (status === 429) {
       return new RunpodError("retryable", message, status, { retryAfterS: retryAfterOf(e) });
     }
-    if (status >= 500) return new RunpodError("retryable", message, status);
+    if (status >= 500) {
+      return new RunpodError("retryable", message, status, { retryAfterS: retryAfterOf(e) });
+    }
     return new RunpodError("permanent", message, status);
   }
   const timedOut = e.name === "XiorTimeoutError";
   const reason = timedOut ? "timed out" : `failed: ${e.message ?? e.name}`;
-  return new RunpodError("retryable", `RunPod ${what} ${reason}`, undefined, { timedOut });
+  return new RunpodError("retryable", `RunPod ${what} ${reason}`, undefined, {
+    timedOut,
+    unreachable: !timedOut,
+  });
 }
 
 /** Runs `call` with a hard deadline, so a stalled body read cannot hold a batch forever. */

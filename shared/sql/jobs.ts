@@ -215,9 +215,11 @@ export const JOB_SQL = {
   // again"; the reconciler picks such rows through (status, due_at) and clears due_at when done.
   cancelUnconfirmed: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1, last_event = NULL
                       WHERE id = ? AND status = 'error' AND error = '${CANCELLED}'
-                        AND runpod_job_id = ?`,
+                        AND runpod_job_id = ?
+                      RETURNING *`,
   cancelConfirmed: `UPDATE export_jobs SET due_at = NULL, version = version + 1, last_event = NULL
-                    WHERE id = ? AND status = 'error' AND due_at IS NOT NULL`,
+                    WHERE id = ? AND status = 'error' AND due_at IS NOT NULL
+                    RETURNING *`,
   progress: `UPDATE export_jobs SET progress = ?, due_at = ${NOW_PLUS}, version = version + 1, last_event = CASE WHEN CAST(? AS INTEGER) / 25 > progress / 25 THEN 'progress' END
              WHERE id = ? AND status = 'processing' AND attempt = ? AND progress < ?
              RETURNING *`,
@@ -249,7 +251,18 @@ export const JOB_SQL = {
                                   WHERE status = 'pending' AND due_at <= ${NOW_PLUS}
                                   ORDER BY due_at LIMIT ?)
                        AND +status = 'pending'
-                     RETURNING id`,
+                     RETURNING *`,
+  // Jobs the dispatcher keeps waiting for a slot: due_at NULL on a pending row means "the
+  // dispatcher holds it", so the lost-message lease above never takes it (once per wait).
+  hold: `UPDATE export_jobs SET due_at = NULL, version = version + 1, last_event = NULL
+         WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
+           AND due_at IS NOT NULL
+         RETURNING *`,
+  // The reconciler's audit of held jobs against the dispatcher, keyset-paged on rowid (the
+  // order of the (status, due_at) index within due_at IS NULL): a read, no lease.
+  held: `SELECT rowid AS seq, id FROM export_jobs
+         WHERE status = 'pending' AND due_at IS NULL AND rowid > ?
+         ORDER BY rowid LIMIT ?`,
   leaseDueProcessing: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1, last_event = NULL
                        WHERE id IN (SELECT id FROM export_jobs
                                     WHERE status = 'processing' AND due_at <= ${NOW}
@@ -261,7 +274,7 @@ export const JOB_SQL = {
                                          WHERE status = 'error' AND due_at <= ${NOW}
                                          ORDER BY due_at LIMIT ?)
                               AND +status = 'error'
-                            RETURNING id, runpod_job_id`,
+                            RETURNING *`,
   expirePending: `UPDATE export_jobs
                   SET status = 'error', error = ?, due_at = NULL, finished_at = ${NOW},
                       version = version + 1, last_event = 'expired'
@@ -499,13 +512,17 @@ export function failAttempt(
   );
 }
 
+/** The seed's "mark job complete"; `runpodJobId` null: the attempt recorded no run (claim timeout). */
 export function completeJob(
   db: D1Database,
   job: Pick<JobRow, "id" | "runpod_job_id">,
   attempt: number,
-  runpodJobId: string,
+  runpodJobId: string | null,
   outputVideoKey: string,
 ): Promise<JobRow | null> {
+  if (runpodJobId === null) {
+    return first(db, JOB_SQL.completeUnrecordedRun, outputVideoKey, null, job.id, attempt);
+  }
   return byRun(
     job.runpod_job_id,
     runpodJobId,
@@ -534,19 +551,17 @@ export function cancelJob(db: D1Database, id: string): Promise<JobRow | null> {
   return first(db, JOB_SQL.cancel, id);
 }
 
-export async function markCancelUnconfirmed(
+export function markCancelUnconfirmed(
   db: D1Database,
   id: string,
   runpodJobId: string,
   retryInS: number,
-): Promise<void> {
-  await retryTransient(() =>
-    db.prepare(JOB_SQL.cancelUnconfirmed).bind(seconds(retryInS), id, runpodJobId).run(),
-  );
+): Promise<JobRow | null> {
+  return first(db, JOB_SQL.cancelUnconfirmed, seconds(retryInS), id, runpodJobId);
 }
 
-export async function markCancelConfirmed(db: D1Database, id: string): Promise<void> {
-  await retryTransient(() => db.prepare(JOB_SQL.cancelConfirmed).bind(id).run());
+export function markCancelConfirmed(db: D1Database, id: string): Promise<JobRow | null> {
+  return first(db, JOB_SQL.cancelConfirmed, id);
 }
 
 /** recordProgress: raise the current attempt's progress (never backwards); it is news, too. */
@@ -602,13 +617,30 @@ export function retryJobsByFilter(db: D1Database, filter: RetryFilter): Promise<
  * delay has due_at in the future and is not picked. Picked jobs get due_at = now, so the next
  * re-enqueue of the same job waits another grace period.
  */
-export async function leaseLostPendingJobs(
+export function leaseLostPendingJobs(
   db: D1Database,
   graceS: number,
   limit: number,
-): Promise<string[]> {
-  const rows = await all(db, JOB_SQL.leaseLostPending, seconds(-graceS), limit);
-  return rows.map((row) => row.id);
+): Promise<JobRow[]> {
+  return all(db, JOB_SQL.leaseLostPending, seconds(-graceS), limit);
+}
+
+/** Pending jobs the dispatcher keeps waiting: their due_at cleared (see JOB_SQL.hold). */
+export function holdJobs(db: D1Database, ids: readonly string[]): Promise<JobRow[]> {
+  if (ids.length === 0) return Promise.resolve([]);
+  return all(db, JOB_SQL.hold, JSON.stringify(ids));
+}
+
+/** A page of held jobs after rowid `after` (0 for the first page), for the reconciler's audit. */
+export async function heldJobs(
+  db: D1Database,
+  after: number,
+  limit: number,
+): Promise<{ seq: number; id: string }[]> {
+  const { results } = await retryTransient(() =>
+    db.prepare(JOB_SQL.held).bind(after, limit).all<{ seq: number; id: string }>(),
+  );
+  return results;
 }
 
 /**
@@ -623,11 +655,11 @@ export function leaseDueProcessingJobs(
   return all(db, JOB_SQL.leaseDueProcessing, seconds(leaseS), limit);
 }
 
-export async function leaseUnconfirmedCancels(
+export function leaseUnconfirmedCancels(
   db: D1Database,
   leaseS: number,
   limit: number,
-): Promise<{ id: string; runpod_job_id: string | null }[]> {
+): Promise<JobRow[]> {
   return all(db, JOB_SQL.leaseUnconfirmedCancels, seconds(leaseS), limit);
 }
 

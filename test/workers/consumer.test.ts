@@ -366,7 +366,8 @@ describe("consumer: submit", () => {
     expect(heldResult.explicitAcks).toEqual([held.id]);
     expect(heldResult.retryMessages).toEqual([]);
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(1);
-    expect(await readJob(other.id)).toEqual(other);
+    // Not claimed: the row is only marked held by the dispatcher (due_at cleared).
+    expect(await readJob(other.id)).toEqual({ ...other, due_at: null, version: other.version + 1 });
     // It waits in the dispatcher, which sends it again when the pause is over.
     expect(sendsFor(goodKey, other.id)).toEqual([]);
     const gate = env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint));
@@ -397,8 +398,9 @@ describe("consumer: submit", () => {
     expect(result.explicitAcks).toEqual([msg.id]);
     expect(result.retryMessages).toEqual([]);
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(2);
-    // Not claimed: no attempt spent, the row untouched; it waits in the dispatcher.
-    expect(await readJob(held.id)).toEqual(held);
+    // Not claimed: no attempt spent; the row is only marked held by the dispatcher (due_at
+    // cleared, so the reconciler does not re-enqueue it), where it waits.
+    expect(await readJob(held.id)).toEqual({ ...held, due_at: null, version: held.version + 1 });
     expect(sendsFor(testEnv, held.id)).toEqual([]);
     const gate = env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint));
     expect(await gate.status()).toMatchObject({ state: "paused", waiting: 1, in_flight: 0 });

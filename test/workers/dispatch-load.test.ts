@@ -51,7 +51,7 @@ async function rowsOf(projectId: number): Promise<Row[]> {
 async function dueIds(projectId: number): Promise<string[]> {
   const { results } = await env.DB.prepare(
     `SELECT id FROM export_jobs WHERE project_id = ? AND status = 'pending'
-       AND due_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')`,
+       AND (due_at IS NULL OR due_at <= strftime('%Y-%m-%d %H:%M:%f', 'now'))`,
   )
     .bind(projectId)
     .all<{ id: string }>();
@@ -91,7 +91,8 @@ async function drain(projectId: number, testEnv: TestEnv, onRound?: (round: numb
   for (let round = 0; round < 600; round++) {
     const rows = await rowsOf(projectId);
     if (rows.every((row) => row.status !== "pending")) return wasted;
-    // Held back by the gate: not claimed, still pending with due_at in the past.
+    // Held back by the gate: not claimed, still pending, due or held by the dispatcher (due_at
+    // NULL; the dispatcher's own messages go to the test queue's recorder, so this loop plays them).
     const ids = await dueIds(projectId);
     if (ids.length > 0) {
       const result = await deliverRound(ids, testEnv);
@@ -174,10 +175,9 @@ describe("dispatch under load", () => {
     const rows = await rowsOf(projectId);
     expect(rows.filter((row) => row.status === "error")).toEqual([]);
     expect(rows.filter((row) => !(row.status === "processing" && row.runpod_job_id))).toEqual([]);
-    // Only the submissions that opened the breaker (and failed probes) spent a retry.
-    const spent = rows.reduce((n, row) => n + row.retry_count, 0);
-    expect(spent).toBeGreaterThanOrEqual(3);
-    expect(Math.max(...rows.map((row) => row.retry_count))).toBeLessThan(4);
+    // An outage is nobody's fault: the submissions that met it (those that opened the breaker,
+    // and failed probes) were released, and no job spent a retry.
+    expect(rows.map((row) => row.retry_count)).toEqual(rows.map(() => 0));
     expect((await dispatchState(testEnv)).state).toBe("running");
     const answers = await runAnswers(endpoint);
     expect(answers["503"]).toBeLessThan(20); // most jobs were never sent into the outage

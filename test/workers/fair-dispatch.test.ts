@@ -2,10 +2,8 @@
 // admits at most RUNPOD_MAX_IN_FLIGHT runs, gives each freed slot to the fairness key that has had
 // the least, and every way a run ends frees exactly one slot. Through the real binding, the real
 // consumer and the real state machine.
-import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import consumer from "../../consumer/index.ts";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
 import type { DispatchConfig } from "../../shared/dispatcher.ts";
@@ -13,6 +11,7 @@ import { applyRunStatus, cancelJob } from "../../shared/job-state.ts";
 import type * as jobs from "../../shared/sql/jobs.ts";
 import {
   configureEndpoint,
+  deliverJobs,
   freshProjectId,
   insertPendingJob,
   readJob,
@@ -133,21 +132,7 @@ function envFor(endpoint: string, extra: Record<string, string> = {}): typeof en
   };
 }
 
-let counter = 0;
-async function deliver(ids: string[], testEnv: typeof env) {
-  const batch = createMessageBatch(
-    "export-jobs",
-    ids.map((id) => ({
-      id: `fair-${++counter}`,
-      timestamp: new Date(),
-      attempts: 1,
-      body: { job_id: id },
-    })),
-  );
-  const ctx = createExecutionContext();
-  await consumer.queue(batch, testEnv);
-  return getQueueResult(batch, ctx);
-}
+const deliver = deliverJobs;
 
 async function processingCount(projectId: number): Promise<number> {
   const row = await env.DB.prepare(

@@ -1,4 +1,6 @@
+import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
+import consumer from "../../consumer/index.ts";
 import app from "../../producer/index.ts";
 import { type SignedUrlKind, signAttempt } from "../../shared/signing.ts";
 import type { JobRow } from "../../shared/sql/jobs.ts";
@@ -121,6 +123,23 @@ export async function sentMessagesMentioning(needle: string): Promise<number> {
     .bind(needle)
     .first<{ n: number }>();
   return row?.n ?? 0;
+}
+
+let delivered = 0;
+/** Runs the consumer Worker's queue() on one batch of `export-jobs` messages, one per job id. */
+export async function deliverJobs(ids: readonly string[], testEnv: typeof env = env) {
+  const batch = createMessageBatch(
+    "export-jobs",
+    ids.map((id) => ({
+      id: `delivered-${++delivered}`,
+      timestamp: new Date(),
+      attempts: 1,
+      body: { job_id: id },
+    })),
+  );
+  const ctx = createExecutionContext();
+  await consumer.queue(batch, testEnv);
+  return getQueueResult(batch, ctx);
 }
 
 // ---- the RunPod emulator's admin API ----

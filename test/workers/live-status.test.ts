@@ -5,6 +5,7 @@ import { evictDurableObject, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
+import { reconcile } from "../../consumer/reconciler.ts";
 import * as state from "../../shared/job-state.ts";
 import type { LiveMessage, LivePublisher } from "../../shared/live-publisher.ts";
 import { projectHubName } from "../../shared/live-publisher.ts";
@@ -467,6 +468,57 @@ describe("changes", () => {
     const again = await connect((await mintProjects(p)).ticket);
     expect(again.snapshot).toContainEqual(toJob(row));
     again.close();
+  });
+
+  it("bookkeeping is published too: a cancel retried by the reconciler ends the view at D1's version", async () => {
+    const p = freshProjectId();
+    const client = await connect((await mintProjects(p)).ticket);
+    const endpoint = `live-recancel-${crypto.randomUUID().slice(0, 8)}`;
+    const testEnv = { ...env, RUNPOD_ENDPOINT_ID: endpoint };
+    const emulator = new URL(env.RUNPOD_BASE_URL).origin;
+    const configure = (config: Record<string, unknown>) =>
+      fetch(`${emulator}/__emulator/endpoints/${endpoint}/config`, {
+        method: "PUT",
+        body: JSON.stringify(config),
+      });
+    await configure({ runMs: 60_000 });
+    const job = await createJob(p);
+    const [claimed] = await state.claimJobs(consumerDeps(testEnv), [job.id], 120);
+    if (!claimed) throw new Error("claim failed");
+    const submitted = await fetch(`${env.RUNPOD_BASE_URL}/${endpoint}/run`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${env.RUNPOD_API_KEY}` },
+      body: JSON.stringify({ input: {} }),
+    });
+    const runId = ((await submitted.json()) as { id: string }).id;
+    expect(await state.recordRun(consumerDeps(testEnv), claimed, runId)).not.toBeNull();
+    // RunPod is down when the user cancels: the cancel is remembered (due_at), then retried by
+    // the reconciler once RunPod is back (a lease, then the confirmation): three bookkeeping
+    // changes of a finished job, each raising its version.
+    await configure({ outage: true });
+    const cancel = await postJson(
+      `/exports/${job.id}/cancel`,
+      {},
+      { vars: { RUNPOD_ENDPOINT_ID: endpoint } },
+    );
+    expect(cancel.status).toBe(200);
+    const remembered = (await readJob(job.id)) as JobRow;
+    expect(remembered.due_at).not.toBeNull();
+    await configure({ outage: false });
+    await env.DB.prepare(
+      "UPDATE export_jobs SET due_at = datetime('now', '-1 seconds') WHERE id = ?",
+    )
+      .bind(job.id)
+      .run();
+    expect((await reconcile(consumerDeps(testEnv))).outcomes.cancel_retried).toBeGreaterThanOrEqual(
+      1,
+    );
+    const row = (await readJob(job.id)) as JobRow;
+    expect(row).toMatchObject({ status: "error", error: "cancelled", due_at: null });
+    expect(row.version).toBeGreaterThan(remembered.version);
+    await client.untilVersion(job.id, row.version);
+    expect(client.latest(job.id)).toEqual(toJob(row));
+    client.close();
   });
 
   it("a failed publication is logged and changes nothing: the transition is in D1", async () => {

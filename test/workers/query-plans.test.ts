@@ -91,6 +91,11 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     binds: ["-900 seconds", 100],
     uses: [`${PK} (id=?)`, "idx_export_jobs_status_due (status=? AND due_at<?)"],
   },
+  "jobs.hold": { binds: [ids], uses: [`${PK} (id=?)`] },
+  "jobs.held": {
+    binds: [0, 100],
+    uses: ["idx_export_jobs_status_due (status=? AND due_at=? AND rowid>?)"],
+  },
   "jobs.leaseDueProcessing": {
     binds: [delay, 100],
     uses: [`${PK} (id=?)`, "idx_export_jobs_status_due (status=? AND due_at<?)"],

@@ -1,0 +1,163 @@
+// What the chaos run (npm run chaos) found, each with its test: a lost run is finished when its
+// output is in R2 also when no run was ever recorded; RunPod being down or unreachable is nobody's
+// fault (released, no retry spent) while an error answer is the seed's CASE; jobs waiting in the
+// dispatcher are not re-enqueued every grace period, and one the dispatcher lost is. (The live
+// view ending at D1's version after bookkeeping is in live-status.test.ts.)
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { consumerDeps } from "../../consumer/process-jobs.ts";
+import { reconcile } from "../../consumer/reconciler.ts";
+import type { DispatchStatus } from "../../shared/dispatcher.ts";
+import * as repo from "../../shared/sql/jobs.ts";
+import {
+  configureEndpoint,
+  deliverJobs,
+  emulatorRequests,
+  freshProjectId,
+  insertPendingJob,
+  plannedKey,
+  processingJob,
+  putOutput,
+  readJob,
+  runCalls,
+  sentMessagesFor,
+  uniqueEndpoint,
+  waitFor,
+} from "./helpers.ts";
+
+const envFor = (endpoint: string, extra: Record<string, string> = {}): typeof env => ({
+  ...env,
+  RUNPOD_ENDPOINT_ID: endpoint,
+  ...extra,
+});
+
+async function makeDue(id: string): Promise<void> {
+  await env.DB.prepare("UPDATE export_jobs SET due_at = datetime('now', '-1 seconds') WHERE id = ?")
+    .bind(id)
+    .run();
+}
+
+async function eventTypes(id: string): Promise<string[]> {
+  const { results } = await env.DB.prepare(
+    "SELECT type FROM export_job_events WHERE job_id = ? ORDER BY version, type",
+  )
+    .bind(id)
+    .all<{ type: string }>();
+  return results.map((row) => row.type);
+}
+
+function dispatchStatus(endpoint: string): Promise<DispatchStatus> {
+  return env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint)).status();
+}
+
+describe("a claim timeout is a lost run", () => {
+  it("completes the job when the run's output is in R2 (its /run answer and its news were lost)", async () => {
+    const endpoint = uniqueEndpoint("claim-output");
+    const job = await processingJob({ runId: null });
+    const key = await putOutput(job);
+    await makeDue(job.id);
+    await reconcile(consumerDeps(envFor(endpoint)));
+    expect(await readJob(job.id)).toMatchObject({
+      status: "complete",
+      progress: 100,
+      retry_count: 0,
+      output_video_key: key,
+      runpod_job_id: null,
+      error: null,
+    });
+    expect(await eventTypes(job.id)).toEqual(["created", "claimed", "completed"]);
+  });
+
+  it("fails the attempt with the seed's CASE when there is no output, and says where it looked", async () => {
+    const endpoint = uniqueEndpoint("claim-none");
+    const job = await processingJob({ runId: null });
+    await makeDue(job.id);
+    await reconcile(consumerDeps(envFor(endpoint, { RETRY_BASE_DELAY_S: "0" })));
+    const row = await readJob(job.id);
+    expect(row).toMatchObject({ status: "pending", retry_count: 1, runpod_job_id: null });
+    expect(row?.error).toBe(
+      `no RunPod run recorded within 120s of the claim and no output at ${plannedKey(job)}`,
+    );
+  });
+});
+
+describe("RunPod down is nobody's fault; an error answer is the job's attempt failing", () => {
+  it("a 503 on /run releases the job with its retries intact, and the gate counts it", async () => {
+    const endpoint = uniqueEndpoint("down-503");
+    await configureEndpoint(endpoint, { outage: true });
+    const job = await insertPendingJob();
+    await deliverJobs([job.id], envFor(endpoint, { BREAKER_THRESHOLD: "1" }));
+    expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(1);
+    expect(await readJob(job.id)).toMatchObject({
+      status: "pending",
+      retry_count: 0,
+      error: null,
+      attempt: 1,
+    });
+    expect(await eventTypes(job.id)).toEqual(["created", "claimed", "released"]);
+    expect((await dispatchStatus(endpoint)).state).toBe("paused");
+  });
+
+  it("no connection to RunPod at all releases the job too", async () => {
+    const endpoint = uniqueEndpoint("down-unreachable");
+    const job = await insertPendingJob();
+    // Port 9 (discard) on the loopback: nothing listens, the connection is refused.
+    await deliverJobs(
+      [job.id],
+      envFor(endpoint, { RUNPOD_BASE_URL: "http://127.0.0.1:9/v2", BREAKER_THRESHOLD: "1" }),
+    );
+    expect(await readJob(job.id)).toMatchObject({ status: "pending", retry_count: 0 });
+    expect(await eventTypes(job.id)).toEqual(["created", "claimed", "released"]);
+    expect((await dispatchStatus(endpoint)).state).toBe("paused");
+  });
+
+  it("a 500 answer to /run takes the seed's CASE", async () => {
+    const endpoint = uniqueEndpoint("down-500");
+    await configureEndpoint(endpoint, { outage: true, outageStatus: 500 });
+    const job = await insertPendingJob();
+    await deliverJobs([job.id], envFor(endpoint));
+    const row = await readJob(job.id);
+    expect(row).toMatchObject({ status: "pending", retry_count: 1 });
+    expect(row?.error).toMatch(/answered HTTP 500/);
+    expect(await eventTypes(job.id)).toEqual(["created", "claimed", "submit_failed"]);
+  });
+});
+
+describe("jobs waiting for a dispatch slot", () => {
+  it("are held (not re-enqueued by the reconciler); one the dispatcher does not know is", async () => {
+    const endpoint = uniqueEndpoint("held");
+    await configureEndpoint(endpoint, { runMs: 600_000 });
+    const testEnv = envFor(endpoint, { RUNPOD_MAX_IN_FLIGHT: "1", PENDING_GRACE_S: "0" });
+    const projectId = freshProjectId();
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push((await insertPendingJob(projectId)).id);
+    await deliverJobs(ids, testEnv);
+    const rows = await Promise.all(ids.map((id) => readJob(id)));
+    // One was admitted (the oldest, or the least id among equal creation times); two wait.
+    expect(rows.filter((row) => row?.status === "processing")).toHaveLength(1);
+    const [first, second] = rows.filter((row) => row?.status === "pending");
+    if (!first || !second) throw new Error("two jobs should wait");
+    for (const waiting of [first, second]) {
+      expect(await readJob(waiting.id)).toMatchObject({ status: "pending", due_at: null });
+    }
+    expect((await dispatchStatus(endpoint)).waiting).toBe(2);
+
+    // A grace of 0 makes every due pending job look lost; held ones are not due.
+    const before = await reconcile(consumerDeps(testEnv));
+    expect(before.unheld).toBe(0);
+
+    // The dispatcher forgets one (as when its admitted message was lost and its slot healed).
+    await env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint)).free([second.id]);
+    const report = await reconcile(consumerDeps(testEnv));
+    expect(report.unheld).toBeGreaterThanOrEqual(1);
+    await waitFor(
+      async () => ((await sentMessagesFor(second.id)).length > 0 ? true : undefined),
+      "the forgotten job's message",
+    );
+    // Sent once, and never for the job the dispatcher still holds (by either pass).
+    expect(await sentMessagesFor(second.id)).toEqual([{ job_id: second.id }]);
+    expect(await sentMessagesFor(first.id)).toEqual([]);
+    // Still pending and held: its next batch offers it to the dispatcher again.
+    expect(await repo.getJob(env.DB, second.id)).toMatchObject({ status: "pending", due_at: null });
+  });
+});
