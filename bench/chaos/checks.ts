@@ -4,7 +4,7 @@
 import { RUN_DELAY_MS } from "./config.ts";
 import type { ChaosRun, CreatedJob } from "./harness.ts";
 import type { LiveClient } from "./live.ts";
-import { attemptOfUrl, type EmulatorRun, type Job, type JobEvent } from "./types.ts";
+import { attemptOfUrl, type EmulatorRun, type Job, type JobEvent, TERMINAL } from "./types.ts";
 import { bump, type Counts, forEachBounded, pct, secs, showCounts, sleep, total } from "./util.ts";
 
 export interface Violation {
@@ -124,16 +124,8 @@ export async function verify(run: ChaosRun): Promise<Report> {
   const rows: [string, string][] = [];
   const timelines = new Map<string, JobEvent[]>();
   const d1 = await listAll(run);
-  const runs = await emulator.runs();
-  const runAnswers = await emulator.runAnswers();
+  // Filled once D1 has been read: a run is at the emulator before D1 hears of its end.
   const runsByJob = new Map<string, EmulatorRun[]>();
-  for (const r of runs) {
-    const id = r.input.export_job_id;
-    if (typeof id !== "string") continue;
-    const list = runsByJob.get(id) ?? [];
-    list.push(r);
-    runsByJob.set(id, list);
-  }
   const created = run.created.filter((job): job is CreatedJob & { id: string } => job.id !== null);
   const createdIds = new Set(created.map((job) => job.id));
   const cancelledByUs = new Set(
@@ -189,6 +181,15 @@ export async function verify(run: ChaosRun): Promise<Report> {
       d1.delete(id);
     }
   });
+  const runs = await emulator.runs();
+  const runAnswers = await emulator.runAnswers();
+  for (const r of runs) {
+    const id = r.input.export_job_id;
+    if (typeof id !== "string") continue;
+    const list = runsByJob.get(id) ?? [];
+    list.push(r);
+    runsByJob.set(id, list);
+  }
   const unlisted = [...createdIds].filter((id) => d1.has(id) && !listed.has(id));
   if (unlisted.length > 0) {
     await fail("jobs missing from GET /exports", `${unlisted.length} job(s)`, unlisted);
@@ -507,6 +508,8 @@ export async function verify(run: ChaosRun): Promise<Report> {
         if (!client.inScope(projectId)) continue;
         const truth = d1.get(id);
         if (!truth) continue;
+        // A job still running (a run that did not drain) moves on while it is compared.
+        if (!TERMINAL.has(truth.status)) continue;
         const seen = client.view.get(id);
         if (!seen) diffs.push({ id, why: "never seen" });
         else if (stable(seen) !== stable(truth)) {
@@ -537,9 +540,11 @@ export async function verify(run: ChaosRun): Promise<Report> {
   }
   for (const client of run.live) {
     const diffs = liveDiffs.get(client) ?? [];
-    const inScope = created.filter((job) => client.inScope(job.projectId)).length;
+    const inScope = created.filter(
+      (job) => client.inScope(job.projectId) && TERMINAL.has(d1.get(job.id)?.status ?? ""),
+    ).length;
     liveRows.push(
-      `${client.name}: ${inScope} jobs, ${client.messages} messages, ${client.snapshots} snapshots, ` +
+      `${client.name}: ${inScope} finished jobs compared, ${client.messages} messages, ${client.snapshots} snapshots, ` +
         `${client.closes} drops, ${client.connectFailures} failed connects (GET /live not 101), catch-up repaired ` +
         `${client.repairedByCatchUp}, ${diffs.length} differ from D1`,
     );
