@@ -290,6 +290,7 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
     options.exampleFrontendPort === undefined ? producerPort + 5 : options.exampleFrontendPort;
   const persistTo = path.resolve(root, options.persistTo ?? ".wrangler/state");
   const out = options.onOutput ?? ((name, line) => console.log(`[${name}] ${line}`));
+  const registryPath = path.join(persistTo, "..", "registry");
 
   const given = Object.fromEntries(
     Object.entries(options.settings ?? {}).filter(
@@ -311,7 +312,7 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
     NO_COLOR: "1",
     // Both Workers find each other (and the queue's consumer) through wrangler's dev registry;
     // one registry per state directory keeps two stacks on one machine from crossing wires.
-    WRANGLER_REGISTRY_PATH: path.join(persistTo, "..", "registry"),
+    WRANGLER_REGISTRY_PATH: registryPath,
   };
   const wrangler = (...args: string[]) => [wranglerJs, ...args];
   const persist = ["--persist-to", persistTo];
@@ -502,6 +503,12 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
       persistTo,
       crashConsumer: () => stopChild(consumer, "SIGKILL"),
       restartConsumer: async () => {
+        // The dev registry holds one file per Worker name (JSON: debug port, instanceId), kept
+        // fresh by its owner's 10 s heartbeat. A SIGKILLed consumer leaves its file behind, and
+        // miniflare will not register a new instance over another's entry until it is 90 s stale
+        // (WORKER_STALE_MS): until then the producer's DO and queue bindings still point at the
+        // dead one. The stack owns this registry and killed that consumer: remove its entry.
+        rmSync(path.join(registryPath, "reel-exports-consumer"), { force: true });
         consumer = await startConsumer();
       },
       stop,
