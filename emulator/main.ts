@@ -87,7 +87,8 @@ function copyInputToOutput(
     const bytes = await read.arrayBuffer();
     const written = await storage(base, to, {
       method: "PUT",
-      headers: { "content-type": "video/mp4" },
+      // The run's id as the object's metadata, as docs/gpu-worker.md asks of a handler.
+      headers: { "content-type": "video/mp4", "x-amz-meta-runpod-job-id": id },
       body: bytes,
     });
     const answer = await written.text();

@@ -571,7 +571,8 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
       const call: ProgressCall = { url: target, progress, status: null, error: null, at: now() };
       job.state.progressCalls.push(call);
       try {
-        call.status = await post(target, { progress });
+        // As a handler would: it knows its run's id (`job["id"]`).
+        call.status = await post(target, { progress, runpod_job_id: job.state.id });
       } catch (error) {
         call.error = errorText(error);
         log(`job ${job.state.id} progress ${progress} to ${target} failed: ${call.error}`);

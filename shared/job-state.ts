@@ -303,7 +303,7 @@ export async function applyRunStatus(
     case "IN_PROGRESS": {
       const progress = progressOf(run.output);
       if (progress === null) return "unchanged";
-      const raised = await recordProgress(deps, job.id, attempt, progress);
+      const raised = await recordProgress(deps, job.id, attempt, progress, run.id);
       return raised ? "progress" : "unchanged";
     }
   }
@@ -333,6 +333,9 @@ async function completeRun(
   return done ? "completed" : "unchanged";
 }
 
+/** The output object's custom metadata key naming the RunPod run that wrote it. */
+export const OUTPUT_RUN_METADATA = "runpod-job-id";
+
 /**
  * applyLostRun: the current attempt's run is lost — RunPod no longer knows it (a /status 404: its
  * 30-minute retention passed), or no run was recorded within the claim timeout (the consumer died
@@ -347,24 +350,38 @@ export async function applyLostRun(
 ): Promise<RunOutcome> {
   const runId = job.runpod_job_id;
   const key = plannedOutputKey(job);
-  if (await deps.videos.head(key)) return completeRun(deps, job, job.attempt, runId, key);
+  const output = await deps.videos.head(key);
+  if (output) {
+    // The handler names its run in the object's metadata (docs/gpu-worker.md), so an attempt
+    // that recorded none still names the run that produced its output.
+    const producedBy = output.customMetadata?.[OUTPUT_RUN_METADATA] ?? null;
+    return completeRun(deps, job, job.attempt, runId ?? producedBy, key);
+  }
   const message = runId
     ? `RunPod run ${runId} not found (expired) and no output at ${key}`
     : `no RunPod run recorded within ${claimTimeoutS}s of the claim and no output at ${key}`;
   return failedOutcome(await failRun(deps, job, job.attempt, runId, message, "failed"));
 }
 
-/** recordProgress: a progress report of attempt `attempt`. */
+/**
+ * recordProgress: a progress report of attempt `attempt`. A report that names its run
+ * (`runpodJobId`) while the attempt has none recorded adopts it, as a webhook would: the run whose
+ * `/run` answer timed out is then polled, cancelled and named like any other. The adoption is a
+ * second statement only in that case; a report that raises nothing adopts nothing.
+ */
 export async function recordProgress(
   deps: JobDeps,
   jobId: string,
   attempt: number,
   progress: number,
+  runpodJobId?: string,
 ): Promise<JobRow | null> {
-  return published(
-    deps,
-    await jobs.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS),
-  );
+  const raised = await jobs.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS);
+  const adopted =
+    raised && runpodJobId && raised.runpod_job_id === null
+      ? await jobs.recordRun(deps.db, jobId, attempt, runpodJobId, deps.pollAfterS)
+      : null;
+  return published(deps, adopted ?? raised);
 }
 
 /** How long until the reconciler tries RunPod's /cancel again after it failed. */

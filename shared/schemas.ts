@@ -115,5 +115,11 @@ export const runpodStatusObject = z.looseObject({
 });
 export type RunpodStatusObject = z.infer<typeof runpodStatusObject>;
 
-/** `POST /runpod/progress/{id}` body. */
-export const progressReport = z.object({ progress: z.number().min(0).max(100) });
+/**
+ * `POST /runpod/progress/{id}` body. `runpod_job_id` (optional): the run's id as RunPod gave it to
+ * the handler (`job["id"]`); a run whose `/run` answer never reached the consumer is adopted by it.
+ */
+export const progressReport = z.object({
+  progress: z.number().min(0).max(100),
+  runpod_job_id: z.string().min(1).max(255).optional(),
+});

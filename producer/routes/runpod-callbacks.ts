@@ -44,7 +44,10 @@ export async function runpodWebhook(c: AppContext): Promise<Response> {
   return c.json({ applied: outcome !== "unchanged", outcome });
 }
 
-/** `POST /runpod/progress/{id}?attempt=N&sig=HEX` body `{"progress": 0..100}` → 204. */
+/**
+ * `POST /runpod/progress/{id}?attempt=N&sig=HEX` body `{"progress": 0..100, "runpod_job_id"?}` →
+ * 204.
+ */
 export async function runpodProgress(c: AppContext): Promise<Response> {
   const attempt = await verifiedAttempt(c, "progress");
   if (attempt === null) return badSignature(c);
@@ -55,6 +58,7 @@ export async function runpodProgress(c: AppContext): Promise<Response> {
     c.req.param("id") ?? "",
     attempt,
     Math.floor(body.value.progress),
+    body.value.runpod_job_id,
   );
   return c.body(null, 204);
 }

@@ -49,7 +49,16 @@ export default {
         ? request.body
         : await request.arrayBuffer();
       const contentType = request.headers.get("content-type") ?? "application/octet-stream";
-      const stored = await env.VIDEOS.put(key, body, { httpMetadata: { contentType } });
+      // S3's user metadata headers (x-amz-meta-*) become the object's custom metadata, as R2's
+      // S3 API stores them.
+      const customMetadata: Record<string, string> = {};
+      for (const [name, value] of request.headers) {
+        if (name.startsWith("x-amz-meta-")) customMetadata[name.slice(11)] = value;
+      }
+      const stored = await env.VIDEOS.put(key, body, {
+        httpMetadata: { contentType },
+        customMetadata,
+      });
       if (!stored) return json(500, { error: `R2 did not store ${key}` });
       return json(201, { key, size: stored.size, etag: stored.httpEtag });
     }

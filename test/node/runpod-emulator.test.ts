@@ -197,10 +197,11 @@ describe("RunPod routes", () => {
     expect(Number.isInteger(done.delayTime)).toBe(true);
     expect(Number.isInteger(done.executionTime)).toBe(true);
 
+    // As a handler does, each report names its run (docs/gpu-worker.md).
     expect(progress.calls.map((c) => c.body)).toEqual([
-      { progress: 25 },
-      { progress: 50 },
-      { progress: 75 },
+      { progress: 25, runpod_job_id: id },
+      { progress: 50, runpod_job_id: id },
+      { progress: 75, runpod_job_id: id },
     ]);
     expect(progress.calls[0]?.path).toBe("/runpod/progress/a?attempt=0");
     expect(progress.calls[0]?.contentType).toBe("application/json");

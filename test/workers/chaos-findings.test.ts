@@ -10,12 +10,14 @@ import { reconcile } from "../../consumer/reconciler.ts";
 import type { DispatchStatus } from "../../shared/dispatcher.ts";
 import * as repo from "../../shared/sql/jobs.ts";
 import {
+  callbackPath,
   configureEndpoint,
   deliverJobs,
   emulatorRequests,
   freshProjectId,
   insertPendingJob,
   plannedKey,
+  postJson,
   processingJob,
   putOutput,
   readJob,
@@ -66,6 +68,20 @@ describe("a claim timeout is a lost run", () => {
       error: null,
     });
     expect(await eventTypes(job.id)).toEqual(["created", "claimed", "completed"]);
+  });
+
+  it("names the run that wrote the output (the handler's runpod-job-id metadata)", async () => {
+    const endpoint = uniqueEndpoint("claim-named");
+    const job = await processingJob({ runId: null });
+    await env.VIDEOS.put(plannedKey(job), new Uint8Array([1, 2, 3]), {
+      customMetadata: { "runpod-job-id": "run-that-wrote-it" },
+    });
+    await makeDue(job.id);
+    await reconcile(consumerDeps(envFor(endpoint)));
+    expect(await readJob(job.id)).toMatchObject({
+      status: "complete",
+      runpod_job_id: "run-that-wrote-it",
+    });
   });
 
   it("fails the attempt with the seed's CASE when there is no output, and says where it looked", async () => {
@@ -120,6 +136,53 @@ describe("RunPod down is nobody's fault; an error answer is the job's attempt fa
     expect(row).toMatchObject({ status: "pending", retry_count: 1 });
     expect(row?.error).toMatch(/answered HTTP 500/);
     expect(await eventTypes(job.id)).toEqual(["created", "claimed", "submit_failed"]);
+  });
+});
+
+describe("a progress report that names its run", () => {
+  it("adopts the run of an attempt that recorded none (its /run answer timed out), once", async () => {
+    const job = await processingJob({ runId: null });
+    const path = await callbackPath("progress", job.id, job.attempt);
+    const first = await postJson(
+      path,
+      { progress: 25, runpod_job_id: "run-timed-out" },
+      { token: null },
+    );
+    expect(first.status).toBe(204);
+    expect(await readJob(job.id)).toMatchObject({
+      status: "processing",
+      progress: 25,
+      runpod_job_id: "run-timed-out",
+    });
+    // Another run's report (none can be this attempt's) never replaces it.
+    const other = await postJson(
+      path,
+      { progress: 50, runpod_job_id: "another-run" },
+      { token: null },
+    );
+    expect(other.status).toBe(204);
+    expect(await readJob(job.id)).toMatchObject({ progress: 50, runpod_job_id: "run-timed-out" });
+    expect(await eventTypes(job.id)).toEqual([
+      "created",
+      "claimed",
+      "progress",
+      "submitted",
+      "progress",
+    ]);
+  });
+
+  it("400 when runpod_job_id is not a non-empty string; nothing changes", async () => {
+    const job = await processingJob({ runId: null });
+    const path = await callbackPath("progress", job.id, job.attempt);
+    for (const runpodJobId of ["", 7, null, "x".repeat(256)]) {
+      const res = await postJson(
+        path,
+        { progress: 10, runpod_job_id: runpodJobId },
+        { token: null },
+      );
+      expect(res.status).toBe(400);
+    }
+    expect(await readJob(job.id)).toEqual(job);
   });
 });
 
