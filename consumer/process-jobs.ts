@@ -152,6 +152,23 @@ export async function processJobBatch(
   let failuresInRow = 0;
   let stopped = false;
   const started = Date.now();
+  // A lane holds one `/run` call, never the D1 work after it: what a submission met is recorded
+  // (settled) while the lane already sends the next one, so a batch's rounds of `/run` are not
+  // lengthened by a statement each. Every settlement is awaited before the batch ends.
+  const settling: Promise<void>[] = [];
+  const settle = (job: JobRow, work: () => Promise<unknown>) => {
+    settling.push(
+      work().then(
+        () => byJob.get(job.id)?.[0]?.ack(),
+        (error: unknown) => {
+          // D1 itself failed mid-way: the job stays `processing` without a run, which the
+          // reconciler's claim timeout treats as a lost run; this message is redelivered later.
+          log("error", "processing failed", { job_id: job.id, error: String(error) });
+          byJob.get(job.id)?.[0]?.retry({ delaySeconds: deps.settings.claimTimeoutS });
+        },
+      ),
+    );
+  };
   await forEachBounded(
     claimed,
     deps.settings.submitConcurrency,
@@ -159,77 +176,118 @@ export async function processJobBatch(
       const wait = (delayOf.get(job.id) ?? 0) - (Date.now() - started);
       if (wait > 0 && !stopped) await new Promise((resolve) => setTimeout(resolve, wait));
       if (stopped) {
-        await releaseJob(deps, job, gateConfig.breakerCooldownS);
-      } else {
-        const outcome = await submitJob(deps, job);
-        outcomes.push(outcome);
-        failuresInRow = outcome.kind === "failed" ? failuresInRow + 1 : 0;
-        stopped ||= outcome.kind === "auth_failed" || failuresInRow >= gateConfig.breakerThreshold;
+        settle(job, () => releaseJob(deps, job, gateConfig.breakerCooldownS));
+        return;
       }
-      byJob.get(job.id)?.[0]?.ack();
+      const submitted = await submitRun(deps, job);
+      const verdict = "runId" in submitted ? null : verdictOf(submitted.error, deps.settings);
+      const outcome = verdict ? outcomeOf(verdict) : { kind: "ok" as const };
+      outcomes.push(outcome);
+      failuresInRow = outcome.kind === "failed" ? failuresInRow + 1 : 0;
+      stopped ||= outcome.kind === "auth_failed" || failuresInRow >= gateConfig.breakerThreshold;
+      settle(job, () =>
+        "runId" in submitted
+          ? recordRun(deps, job, submitted.runId)
+          : settleFailure(deps, job, verdict as Verdict),
+      );
     },
     (job, error) => {
-      // D1 itself failed mid-way: the job stays `processing` without a run, which the
-      // reconciler's claim timeout turns back into a retry; this message is redelivered later.
       log("error", "processing failed", { job_id: job.id, error: String(error) });
       byJob.get(job.id)?.[0]?.retry({ delaySeconds: deps.settings.claimTimeoutS });
     },
   );
+  await Promise.all(settling);
   await deps.dispatcher.report(outcomes, gateConfig).catch((error: unknown) => {
     log("warn", "dispatch gate report failed", { error: String(error) });
   });
   return poison;
 }
 
-/** Submits one claimed job; what happened, as the gate counts it. */
-async function submitJob(deps: ConsumerDeps, job: JobRow): Promise<SubmitOutcome> {
-  let runpodJobId: string;
-  try {
-    const request = await buildRunRequest(job, deps.settings);
-    runpodJobId = (await deps.runpod.submitRun(request)).id;
-  } catch (error) {
-    return submissionFailed(deps, job, error);
-  }
-  await recordRun(deps, job, runpodJobId);
-  return { kind: "ok" };
-}
-
-async function submissionFailed(
+/** Sends one claimed job to RunPod's `/run`: its run id, or what went wrong. No D1 work. */
+async function submitRun(
   deps: ConsumerDeps,
   job: JobRow,
-  error: unknown,
-): Promise<SubmitOutcome> {
-  const text = error instanceof Error ? error.message : String(error);
-  const fields = { job_id: job.id, attempt: job.attempt, error: text };
-  if (error instanceof RunpodError && error.httpStatus === 429) {
-    // Not the job's fault: back to pending with its retries intact.
-    const delayS = Math.max(1, error.retryAfterS ?? deps.settings.gate.breakerCooldownS);
-    await releaseJob(deps, job, delayS);
-    log("warn", "rate limited; released", { ...fields, delay_s: delayS });
-    return { kind: "rate_limited", retryAfterS: error.retryAfterS };
+): Promise<{ runId: string } | { error: unknown }> {
+  try {
+    const request = await buildRunRequest(job, deps.settings);
+    return { runId: (await deps.runpod.submitRun(request)).id };
+  } catch (error) {
+    return { error };
   }
-  if (error instanceof RunpodError && error.unavailable) {
+}
+
+/** What a failed submission means for the job, decided once from the error. */
+type Verdict = { text: string } & (
+  | { kind: "rate_limited"; delayS: number; retryAfterS: number | null }
+  | { kind: "unavailable"; delayS: number }
+  | { kind: "auth_failed"; delayS: number }
+  | { kind: "timed_out" }
+  /** RunPod answered with an error: the seed's CASE; `health` when it also says RunPod is unwell. */
+  | { kind: "failed"; health: boolean }
+);
+
+function verdictOf(error: unknown, settings: ConsumerSettings): Verdict {
+  const text = error instanceof Error ? error.message : String(error);
+  const cooldownS = settings.gate.breakerCooldownS;
+  if (!(error instanceof RunpodError)) return { text, kind: "failed", health: false };
+  if (error.httpStatus === 429) {
+    // Not the job's fault: back to pending with its retries intact.
+    const delayS = Math.max(1, error.retryAfterS ?? cooldownS);
+    return { text, kind: "rate_limited", delayS, retryAfterS: error.retryAfterS };
+  }
+  if (error.unavailable) {
     // RunPod is down or unreachable (502/503/504, no answer at all): nobody's job failed. The
     // gate counts it as a failed submission (enough of them pause dispatch); the job is released.
-    const delayS = Math.max(1, error.retryAfterS ?? deps.settings.gate.breakerCooldownS);
-    await releaseJob(deps, job, delayS);
-    log("warn", "RunPod unavailable; released", { ...fields, delay_s: delayS });
-    return { kind: "failed", error: text };
+    return { text, kind: "unavailable", delayS: Math.max(1, error.retryAfterS ?? cooldownS) };
   }
-  if (error instanceof RunpodError && (error.httpStatus === 401 || error.httpStatus === 403)) {
-    await releaseJob(deps, job, deps.settings.gate.breakerCooldownS);
-    log("error", "RunPod refused the API key; released", fields);
-    return { kind: "auth_failed", error: text };
+  if (error.httpStatus === 401 || error.httpStatus === 403) {
+    return { text, kind: "auth_failed", delayS: cooldownS };
   }
-  if (error instanceof RunpodError && error.timedOut) {
-    // RunPod may have accepted the run. The attempt stays open: the run's progress or webhook
-    // adopts it; if none comes, the reconciler's claim timeout retries the job.
-    log("warn", "submission timed out; waiting for the run to report", fields);
-    return { kind: "failed", error: text };
-  }
+  // RunPod may have accepted the run: the attempt stays open for the run's news.
+  if (error.timedOut) return { text, kind: "timed_out" };
   // A submission RunPod answered with an error (500, 400, a bad answer): the seed's CASE.
-  const failure = await failRun(deps, job, job.attempt, null, text);
-  log("warn", "submission failed", { ...fields, ...failure });
-  const isRunpodHealth = error instanceof RunpodError && error.kind === "retryable";
-  return isRunpodHealth ? { kind: "failed", error: text } : { kind: "rejected" };
+  return { text, kind: "failed", health: error.kind === "retryable" };
+}
+
+/** What the gate counts. */
+function outcomeOf(verdict: Verdict): SubmitOutcome {
+  switch (verdict.kind) {
+    case "rate_limited":
+      return { kind: "rate_limited", retryAfterS: verdict.retryAfterS };
+    case "auth_failed":
+      return { kind: "auth_failed", error: verdict.text };
+    case "unavailable":
+    case "timed_out":
+      return { kind: "failed", error: verdict.text };
+    case "failed":
+      return verdict.health ? { kind: "failed", error: verdict.text } : { kind: "rejected" };
+  }
+}
+
+/** The job's transition for a failed submission. */
+async function settleFailure(deps: ConsumerDeps, job: JobRow, verdict: Verdict): Promise<void> {
+  const fields = { job_id: job.id, attempt: job.attempt, error: verdict.text };
+  switch (verdict.kind) {
+    case "rate_limited":
+      await releaseJob(deps, job, verdict.delayS);
+      log("warn", "rate limited; released", { ...fields, delay_s: verdict.delayS });
+      return;
+    case "unavailable":
+      await releaseJob(deps, job, verdict.delayS);
+      log("warn", "RunPod unavailable; released", { ...fields, delay_s: verdict.delayS });
+      return;
+    case "auth_failed":
+      await releaseJob(deps, job, verdict.delayS);
+      log("error", "RunPod refused the API key; released", fields);
+      return;
+    case "timed_out":
+      // If no news of the run comes, the reconciler's claim timeout treats it as a lost run.
+      log("warn", "submission timed out; waiting for the run to report", fields);
+      return;
+    case "failed": {
+      const failure = await failRun(deps, job, job.attempt, null, verdict.text);
+      log("warn", "submission failed", { ...fields, ...failure });
+      return;
+    }
+  }
 }

@@ -271,9 +271,10 @@ const ERRORS = {
   internal_error: "unexpected failure; the request may be retried",
   bad_ticket: "the live ticket is missing, forged or expired: mint a fresh one",
   upgrade_required: "GET /live answers only a WebSocket upgrade (Upgrade: websocket)",
+  live_unavailable: "live status cannot be reached right now (Retry-After); D1 is unaffected",
 } as const;
 type ErrorCode = keyof typeof ERRORS;
-type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 415 | 416 | 422 | 426 | 500;
+type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 415 | 416 | 422 | 426 | 500 | 503;
 
 // ---------------------------------------------------------------------------------------------
 // The routes.
@@ -479,7 +480,7 @@ const ROUTES: Route[] = [
           "ticket when it closes; the new snapshot replaces what was missed.",
       },
     },
-    errors: { 426: ["upgrade_required"] },
+    errors: { 426: ["upgrade_required"], 503: ["live_unavailable"] },
   },
   {
     method: "post",

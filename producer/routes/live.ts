@@ -9,6 +9,7 @@ import {
   mintTicket,
   readTicket,
 } from "../../shared/live-ticket.ts";
+import { log } from "../../shared/log.ts";
 import { liveTicketTtlSeconds } from "../../shared/settings.ts";
 import { type AppContext, apiError, readJsonBody } from "../http.ts";
 
@@ -54,9 +55,16 @@ export async function openLive(c: AppContext): Promise<Response> {
     );
   }
   const { room, info } = liveRoomFor(c.env, ticket);
-  return room.fetch(
-    new Request("https://live.internal/connect", {
-      headers: { Upgrade: "websocket", [LIVE_SOCKET_HEADER]: JSON.stringify(info) },
-    }),
-  );
+  try {
+    return await room.fetch(
+      new Request("https://live.internal/connect", {
+        headers: { Upgrade: "websocket", [LIVE_SOCKET_HEADER]: JSON.stringify(info) },
+      }),
+    );
+  } catch (error) {
+    // The live-status object cannot be reached (its Worker is restarting): the client retries.
+    log("warn", "live status unreachable", { error: String(error) });
+    c.header("Retry-After", "5");
+    return apiError(c, 503, "live_unavailable", "live status is unavailable; retry shortly");
+  }
 }

@@ -268,9 +268,9 @@ describe("the pipeline end to end", () => {
       expect(runsOfJob.map((run) => run.id)).toContain(done.runpod_job_id);
     }
 
-    // Under wrangler dev the producer keeps the crashed consumer's address, so its next send is
-    // lost: the "row inserted, message lost" case. The reconciler re-enqueues the job once it
-    // has been pending for PENDING_GRACE_S, and the restarted consumer finishes it.
+    // A job created after the restart reaches the new consumer (npm start's restart removes the
+    // killed consumer's dev-registry entry); a send lost meanwhile would be re-enqueued by the
+    // reconciler once the job has been pending for PENDING_GRACE_S.
     const next = await createJob();
     const recovered = await waitForJob(next.id, finished, { reconcile: true });
     expect(recovered).toMatchObject({ status: "complete", retry_count: 0 });
