@@ -468,43 +468,42 @@ export async function replayDeadLetter(
  * reconciler does not take them for lost messages (and does not re-enqueue them every grace
  * period); it audits them against the dispatcher instead (unheldJobs).
  */
-export async function holdJobs(deps: JobDeps, ids: readonly string[]): Promise<JobRow[]> {
-  const held = await jobs.holdJobs(deps.db, ids);
-  await publishJobs(deps, held);
-  return held;
+export function holdJobs(deps: JobDeps, ids: readonly string[]): Promise<JobRow[]> {
+  return allPublished(deps, jobs.holdJobs(deps.db, ids));
+}
+
+/** Publishes every row a statement changed, and hands them back. */
+async function allPublished(deps: JobDeps, changing: Promise<JobRow[]>): Promise<JobRow[]> {
+  const rows = await changing;
+  await publishJobs(deps, rows);
+  return rows;
 }
 
 /** Pending jobs due for longer than `graceS` (their message looks lost), leased for a re-enqueue. */
-export async function leaseLostPendingJobs(
+export function leaseLostPendingJobs(
   deps: JobDeps,
   graceS: number,
   limit: number,
 ): Promise<JobRow[]> {
-  const leased = await jobs.leaseLostPendingJobs(deps.db, graceS, limit);
-  await publishJobs(deps, leased);
-  return leased;
+  return allPublished(deps, jobs.leaseLostPendingJobs(deps.db, graceS, limit));
 }
 
 /** Processing jobs past their claim deadline or poll time, leased for `leaseS`. */
-export async function leaseDueProcessingJobs(
+export function leaseDueProcessingJobs(
   deps: JobDeps,
   leaseS: number,
   limit: number,
 ): Promise<JobRow[]> {
-  const leased = await jobs.leaseDueProcessingJobs(deps.db, leaseS, limit);
-  await publishJobs(deps, leased);
-  return leased;
+  return allPublished(deps, jobs.leaseDueProcessingJobs(deps.db, leaseS, limit));
 }
 
 /** Cancelled jobs whose RunPod /cancel is due to be tried again, leased for `leaseS`. */
-export async function leaseCancelRetries(
+export function leaseCancelRetries(
   deps: JobDeps,
   leaseS: number,
   limit: number,
 ): Promise<JobRow[]> {
-  const leased = await jobs.leaseUnconfirmedCancels(deps.db, leaseS, limit);
-  await publishJobs(deps, leased);
-  return leased;
+  return allPublished(deps, jobs.leaseUnconfirmedCancels(deps.db, leaseS, limit));
 }
 
 export const EXPIRED_PREFIX = "expired";

@@ -2,13 +2,12 @@
 // dispatch gate Durable Object and D1, against the RunPod emulator's rate limit and outage switch.
 // The test plays the queue: each round delivers, in batches of 10, one message per pending job
 // that is due (held-back and released jobs wait for their delay, as Queues would make them).
-import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import consumer from "../../consumer/index.ts";
 import {
   ADMIN_TOKEN,
   configureEndpoint,
+  deliverJobs,
   emulatorOrigin,
   emulatorRequests,
   freshProjectId,
@@ -58,27 +57,11 @@ async function dueIds(projectId: number): Promise<string[]> {
   return results.map((row) => row.id);
 }
 
-let counter = 0;
 /** Delivers one message per job id, 10 per batch, all batches at once; every message is acked. */
 async function deliverRound(ids: string[], testEnv: TestEnv) {
   const batches: string[][] = [];
   for (let i = 0; i < ids.length; i += 10) batches.push(ids.slice(i, i + 10));
-  const results = await Promise.all(
-    batches.map(async (chunk) => {
-      const batch = createMessageBatch(
-        "export-jobs",
-        chunk.map((id) => ({
-          id: `load-${++counter}`,
-          timestamp: new Date(),
-          attempts: 1,
-          body: { job_id: id },
-        })),
-      );
-      const ctx = createExecutionContext();
-      await consumer.queue(batch, testEnv);
-      return getQueueResult(batch, ctx);
-    }),
-  );
+  const results = await Promise.all(batches.map((chunk) => deliverJobs(chunk, testEnv)));
   return {
     acked: results.reduce((n, r) => n + r.explicitAcks.length, 0),
     retried: results.reduce((n, r) => n + r.retryMessages.length + (r.retryBatch.retry ? 1 : 0), 0),
