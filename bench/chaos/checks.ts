@@ -2,8 +2,8 @@
 // clients and the captured output say once the jobs have drained. Every check that must hold is a
 // violation when it does not, with evidence (job ids, timelines, log lines).
 import { RUN_DELAY_MS } from "./config.ts";
-import type { ChaosRun, CreatedJob } from "./harness.ts";
 import type { LiveClient } from "./live.ts";
+import type { ChaosRun, CreatedJob } from "./run.ts";
 import { attemptOfUrl, type EmulatorRun, type Job, type JobEvent, TERMINAL } from "./types.ts";
 import { bump, type Counts, forEachBounded, pct, secs, showCounts, sleep, total } from "./util.ts";
 

@@ -28,23 +28,10 @@ import { type Report, verify } from "./checks.ts";
 import { type ChaosPorts, ENDPOINT, FAULTS, RUN_DELAY_MS, SETTINGS } from "./config.ts";
 import { EmulatorAdmin } from "./emulator.ts";
 import { LiveClient } from "./live.ts";
+import type { ChaosOptions, ChaosRun, CreatedJob, ProbeKind } from "./run.ts";
 import { OutputScan } from "./scan.ts";
 import { attemptOfUrl, type Job, statusObjectOf, TERMINAL } from "./types.ts";
-import { bump, type Counts, pause, prng, sleep, total, unitHash } from "./util.ts";
-
-export interface ChaosOptions {
-  n: number;
-  ports: ChaosPorts;
-  seed?: number;
-  /** POST /exports a second (paced); default 20. */
-  postRatePerS?: number;
-  /** How long after the last fault the jobs may take to end; default max(240 s, n × 100 ms). */
-  drainTimeoutMs?: number;
-  /** Progress lines; default none. */
-  log?: (line: string) => void;
-  /** Every line the stack's children print goes here too (for digging into a run). */
-  outputFile?: string;
-}
+import { bump, pause, prng, sleep, total, unitHash } from "./util.ts";
 
 const DELAY_WINDOW_MS = 600;
 const DELAYED_SHARE = 0.05;
@@ -61,73 +48,6 @@ const POST_CONCURRENCY = 32;
 const OUTAGE_CANCELS = 3;
 /** How long runs last that start right before the outage. */
 const LONG_RUN_MS = 3500;
-
-export interface CreatedJob {
-  index: number;
-  key: string;
-  projectId: number;
-  body: Record<string, unknown>;
-  id: string | null;
-  postedAt: number;
-  duplicate: "concurrent" | "later" | null;
-  cancel: { at: number; status: number; error: string | null } | null;
-}
-
-export type ProbeKind =
-  | "duplicate"
-  | "late duplicate"
-  | "out-of-order IN_PROGRESS"
-  | "progress replay"
-  | "stale attempt COMPLETED"
-  | "stale attempt replay"
-  | "forged: random sig"
-  | "forged: no sig"
-  | "forged: progress sig"
-  | "forged: other attempt";
-
-export interface Probe {
-  kind: ProbeKind;
-  jobId: string;
-  status: number;
-  applied: boolean | null;
-  /** What the job was just before (status, attempt), and the URL's attempt. */
-  before: string;
-  violation: string | null;
-}
-
-export interface ChaosRun {
-  options: Required<Omit<ChaosOptions, "log" | "outputFile">> & { log: (line: string) => void };
-  settings: Record<string, string>;
-  stack: LocalStack;
-  api: Api;
-  emulator: EmulatorAdmin;
-  scan: OutputScan;
-  live: LiveClient[];
-  created: CreatedJob[];
-  byId: Map<string, CreatedJob>;
-  projects: number;
-  dedupe: { concurrent: number; later: number; answers: Counts; violations: string[] };
-  cancels: Counts;
-  probes: Probe[];
-  probeSkips: Counts;
-  retries: { calls: number; answers: Counts; jobsRetried: number };
-  deadLetters: { seen: number; replayAnswers: Counts };
-  cron: { calls: number; answers: Counts };
-  gate: { states: Counts; transitions: Counts; last: string | null };
-  delayWindows: { start: number; end: number }[];
-  outage: { start: number; end: number } | null;
-  crash: { at: number; restartedAt: number | null; reachableAt: number | null } | null;
-  stats: { jobs: Record<string, number>; at: number } | null;
-  timings: {
-    startedAt: number;
-    stackUpAt: number;
-    firstPostAt: number;
-    postsDoneAt: number;
-    activeEndAt: number;
-    drainedAt: number | null;
-    endAt: number;
-  };
-}
 
 const portFree = (port: number) =>
   new Promise<boolean>((resolve) => {
