@@ -169,11 +169,18 @@ export async function processJobBatch(
       ),
     );
   };
+  // Each job is sent at its permit's time, and never sooner than its place in the batch at the
+  // gate's pace: a job the dispatcher admitted earlier spent its permit then, and its message may
+  // come back in a bunch with others (delays are whole seconds), which must not reach RunPod at
+  // once (a 30-message batch of them drew 429s from a RunPod allowing a burst of 20).
+  const spacingMs = 10_000 / Math.max(0.001, gateConfig.runsPer10s);
+  const place = new Map(claimed.map((job, i) => [job.id, i]));
   await forEachBounded(
     claimed,
     deps.settings.submitConcurrency,
     async (job) => {
-      const wait = (delayOf.get(job.id) ?? 0) - (Date.now() - started);
+      const due = Math.max(delayOf.get(job.id) ?? 0, (place.get(job.id) ?? 0) * spacingMs);
+      const wait = due - (Date.now() - started);
       if (wait > 0 && !stopped) await new Promise((resolve) => setTimeout(resolve, wait));
       if (stopped) {
         settle(job, () => releaseJob(deps, job, gateConfig.breakerCooldownS));

@@ -120,6 +120,31 @@ describe("dispatch under load", () => {
     expect(answers["429"] ?? 0).toBe(0);
   }, 60_000);
 
+  it("jobs admitted earlier whose messages come back in one batch are sent at the gate's pace, not at once", async () => {
+    const endpoint = uniqueEndpoint("bunched");
+    // RunPod allows 5 /run a second (a bucket of 5); the gate's pace is the same.
+    await configureEndpoint(endpoint, { runRateLimitPerS: 5, runMs: 600_000 });
+    const projectId = freshProjectId();
+    const jobs = await Promise.all(Array.from({ length: 12 }, () => insertPendingJob(projectId)));
+    // The dispatcher admitted all twelve earlier (their permits spent then) and sent their
+    // messages, which the queue now delivers together.
+    const dispatcher = env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint));
+    const earlier = await dispatcher.dispatch(
+      jobs.map((job) => ({ id: job.id, key: `project:${projectId}`, createdAt: job.created_at })),
+      { runsPer10s: 100_000, breakerThreshold: 5, breakerCooldownS: 30, maxInFlight: 1000 },
+    );
+    expect(earlier.admitted).toHaveLength(12);
+    await deliverJobs(
+      jobs.map((job) => job.id),
+      loadEnv(endpoint, { RUNPOD_RUNS_PER_10S: "50" }),
+    );
+    const answers = await runAnswers(endpoint);
+    expect(answers["429"] ?? 0).toBe(0);
+    expect(answers["200"]).toBe(12);
+    const rows = await rowsOf(projectId);
+    expect(rows.filter((row) => row.status === "processing" && row.runpod_job_id)).toHaveLength(12);
+  });
+
   it("a RunPod that allows less than configured: 429s release jobs and slow the gate; none errs", async () => {
     const endpoint = uniqueEndpoint("limit");
     await configureEndpoint(endpoint, { runRateLimitPerS: 4, runMs: 600_000 });
