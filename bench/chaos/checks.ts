@@ -701,6 +701,10 @@ export async function verify(run: ChaosRun): Promise<Report> {
       "Idempotency-Key repeats",
       `${run.dedupe.concurrent} racing, ${run.dedupe.later} later: ${showCounts(run.dedupe.answers)}`,
     ],
+    [
+      "duplicate queue messages",
+      `${total(run.queueDuplicates)} sent: ${showCounts(run.queueDuplicates)}`,
+    ],
     ["cancels", `${total(run.cancels)} sent: ${showCounts(run.cancels)}`],
     ["webhooks re-posted by the harness", showCounts(probeCounts)],
     ["probes skipped", showCounts(run.probeSkips)],

@@ -10,9 +10,10 @@
 //     twice (half at once, half late, in random order), some an out-of-order IN_PROGRESS and a
 //     progress replay after the end, stale attempts get a COMPLETED on their old URL, and forged
 //     ones (bad, missing, progress-kind or other-attempt signatures) are sent while jobs run;
-//   - queue duplicates approximated: 5 % of POST /exports repeated with their Idempotency-Key
-//     (half racing the first, half later), the reconciler called every 2 s (sometimes twice
-//     at once);
+//   - duplicates: 5 % of jobs get a second message on the real queue (through the local tools
+//     Worker of scripts/local-r2/, any time from at once to after the job's end), 5 % of
+//     POST /exports are repeated with their Idempotency-Key (half racing the first, half later),
+//     and the reconciler is called every 2 s (sometimes twice at once);
 //   - ~2 % of jobs cancelled, operators' retries (`error_prefix`) and dead-letter replays during
 //     the run, and the consumer SIGKILLed and restarted mid-run;
 //   - live clients (the operators' ticket, single- and several-project tickets) for the whole run.
@@ -41,6 +42,7 @@ const RETRY_EVERY_MS = 10_000;
 const RETRY_PREFIXES = ["RunPod FAILED", "RunPod TIMED_OUT", "RunPod /run answered HTTP 500"];
 const DUPLICATE_POST_SHARE = 0.05;
 const CANCEL_SHARE = 0.02;
+const QUEUE_DUPLICATE_SHARE = 0.05;
 const DUPLICATE_WEBHOOK_SHARE = 0.05;
 const FORGED_SHARE = 0.01;
 const POST_CONCURRENCY = 32;
@@ -173,6 +175,7 @@ export async function runChaos(options: ChaosOptions): Promise<Report> {
       byId: new Map(),
       projects,
       dedupe: { concurrent: 0, later: 0, answers: {}, violations: [] },
+      queueDuplicates: {},
       cancels: {},
       probes: [],
       probeSkips: {},
@@ -283,12 +286,17 @@ async function scenario(run: ChaosRun): Promise<Report> {
       run.created.push(job);
       const cancelAfter = random() < CANCEL_SHARE ? 200 + random() * 12_000 : null;
       const laterAfter = 1000 + random() * 9000;
+      // A second message for the job on the real queue, from right away to well after its end.
+      const duplicateAfter = random() < QUEUE_DUPLICATE_SHARE ? random() * 15_000 : null;
       const posting: Promise<void> = createJob(run, job)
         .then(() => {
           if (job.id === null) return;
           if (job.duplicate === "later")
             tasks.push(sleep(laterAfter).then(() => postLater(run, job)));
           if (cancelAfter !== null) tasks.push(sleep(cancelAfter).then(() => cancelJob(run, job)));
+          if (duplicateAfter !== null) {
+            tasks.push(sleep(duplicateAfter).then(() => sendDuplicateMessage(run, job)));
+          }
         })
         .finally(() => inflight.delete(posting));
       inflight.add(posting);
@@ -388,6 +396,15 @@ async function postLater(run: ChaosRun, job: CreatedJob): Promise<void> {
         `(first: ${job.id})`,
     );
   }
+}
+
+/** Queues deliver at least once: one more `{"job_id"}` message on the stack's real queue. */
+async function sendDuplicateMessage(run: ChaosRun, job: CreatedJob): Promise<void> {
+  const answer = await run.api.request("POST", `${run.stack.r2WriterUrl}/queue/export-jobs`, {
+    token: null,
+    body: { job_id: job.id },
+  });
+  bump(run.queueDuplicates, String(answer.status));
 }
 
 async function cancelJob(run: ChaosRun, job: CreatedJob): Promise<void> {

@@ -67,6 +67,8 @@ export interface ChaosRun {
   byId: Map<string, CreatedJob>;
   projects: number;
   dedupe: { concurrent: number; later: number; answers: Counts; violations: string[] };
+  /** Duplicate job messages put on the real queue (the local tools Worker), by its answer. */
+  queueDuplicates: Counts;
   cancels: Counts;
   probes: Probe[];
   probeSkips: Counts;

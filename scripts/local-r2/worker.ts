@@ -5,12 +5,15 @@
 //   GET|HEAD /objects/<key>  → 200 the object (content-type, etag, content-length), 404
 //   PUT      /objects/<key>  → 201 {"key","size","etag"}; the body is stored with its content-type
 //   GET      /health         → 200
+//   POST     /queue/export-jobs  body {"job_id"} → 202: one more message on the local queue (the
+//            chaos harness's duplicate deliveries; the producer sends the first)
 //
 // Keys are the path after /objects/, percent-decoded per segment. It listens on 127.0.0.1 only and
 // has no authentication: it is the local stack's, like the emulator.
 
 interface Env {
   VIDEOS: R2Bucket;
+  EXPORT_QUEUE: Queue<{ job_id: string }>;
 }
 
 const PREFIX = "/objects/";
@@ -33,6 +36,12 @@ export default {
   async fetch(request, env): Promise<Response> {
     const url = new URL(request.url);
     if (url.pathname === "/health") return json(200, { ok: true });
+    if (url.pathname === "/queue/export-jobs" && request.method === "POST") {
+      const body = (await request.json().catch(() => null)) as { job_id?: unknown } | null;
+      if (typeof body?.job_id !== "string") return json(400, { error: "body must be {job_id}" });
+      await env.EXPORT_QUEUE.send({ job_id: body.job_id });
+      return json(202, { sent: body.job_id });
+    }
     const key = keyOf(url.pathname);
     if (key === null) return json(404, { error: "not found: use /objects/<key>" });
 
