@@ -11,7 +11,7 @@
 
 import { forEachBounded } from "../shared/concurrency.ts";
 import type { GateConfig, SubmitOutcome } from "../shared/dispatch-gate.ts";
-import type { Admission, DispatchConfig } from "../shared/dispatcher.ts";
+import { type Admission, type DispatchConfig, MAX_WAIT_MS } from "../shared/dispatcher.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
 import type { OfferedJob } from "../shared/fair-queue.ts";
 import {
@@ -39,6 +39,8 @@ export interface DispatcherApi {
   heal(processing: string[], config: DispatchConfig, graceMs?: number): Promise<string[]>;
   inFlight(): Promise<string[]>;
   known(jobIds: string[]): Promise<string[]>;
+  auditCursor(): Promise<number>;
+  setAuditCursor(seq: number): Promise<void>;
 }
 
 export interface ConsumerDeps extends JobDeps {
@@ -179,7 +181,11 @@ export async function processJobBatch(
     claimed,
     deps.settings.submitConcurrency,
     async (job) => {
-      const due = Math.max(delayOf.get(job.id) ?? 0, (place.get(job.id) ?? 0) * spacingMs);
+      const due = Math.max(
+        delayOf.get(job.id) ?? 0,
+        // At most the dispatcher's horizon: a slow pace never holds a claim near its timeout.
+        Math.min(MAX_WAIT_MS, (place.get(job.id) ?? 0) * spacingMs),
+      );
       const wait = due - (Date.now() - started);
       if (wait > 0 && !stopped) await new Promise((resolve) => setTimeout(resolve, wait));
       if (stopped) {
@@ -243,7 +249,7 @@ function verdictOf(error: unknown, settings: ConsumerSettings): Verdict {
     return { text, kind: "rate_limited", delayS, retryAfterS: error.retryAfterS };
   }
   if (error.unavailable) {
-    // RunPod is down or unreachable (502/503/504, no answer at all): nobody's job failed. The
+    // RunPod is down or unreachable (502/503, no answer at all): nobody's job failed. The
     // gate counts it as a failed submission (enough of them pause dispatch); the job is released.
     return { text, kind: "unavailable", delayS: Math.max(1, error.retryAfterS ?? cooldownS) };
   }

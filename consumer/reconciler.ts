@@ -5,8 +5,9 @@
 // Each step leases due jobs in batches through (status, due_at) and goes on while a batch comes
 // back full and the pass's time budget lasts, so a backlog is worked off at the pace it grows;
 // a step that fails is logged and the next step runs all the same. Every pick is a lease that
-// moves due_at, so two passes at once never take the same job — except the archive's, which
-// needs none (shared/archive.ts: an idempotent put, then a delete guarded by version).
+// moves due_at, so two passes at once never take the same job — except two that need none: the
+// held-jobs audit (a read; at worst a job's message is sent twice, which its claim absorbs) and
+// the archive's (shared/archive.ts: an idempotent put, then a delete guarded by version).
 
 import { archiveJobs } from "../shared/archive.ts";
 import { forEachBounded } from "../shared/concurrency.ts";
@@ -31,6 +32,8 @@ import type { ConsumerDeps } from "./process-jobs.ts";
 export const RECONCILE_BATCH = 100;
 /** A pass stops starting new batches after this long (a cron invocation may run 15 minutes). */
 export const RECONCILE_BUDGET_MS = 25_000;
+/** Pages of held jobs the audit reads per pass. */
+export const HELD_PAGES_PER_PASS = 10;
 /** Finished jobs archived per batch: each is an R2 put, so the batches are smaller. */
 export const ARCHIVE_BATCH = 50;
 
@@ -120,14 +123,21 @@ export async function reconcile(
   );
 
   // 2b. Jobs held for a dispatch slot: every one must be known to the dispatcher (waiting or in
-  //     flight). One it does not know (its slot was healed after the admitted job's message was
-  //     lost) is re-enqueued, and its consumer batch offers it again. A read, no lease: two
+  //     flight). One it does not know (the dispatcher was replaced: another endpoint id, lost
+  //     storage) is re-enqueued, and its consumer batch offers it again. A sweep: at most
+  //     HELD_PAGES_PER_PASS pages a pass, resumed where the last pass stopped (the dispatcher
+  //     keeps the cursor), so a large backlog costs each pass the same. A read, no lease: two
   //     passes at once at worst send a job's message twice, which its claim absorbs.
-  let afterSeq = 0;
+  let afterSeq = await deps.dispatcher.auditCursor();
+  let pages = 0;
+  let swept = false;
   await step(
     "held",
     async () => {
+      if (pages >= HELD_PAGES_PER_PASS) return [];
       const page = await jobs.heldJobs(deps.db, afterSeq, batch);
+      pages += 1;
+      if (page.length < batch) swept = true;
       afterSeq = page.at(-1)?.seq ?? afterSeq;
       return page;
     },
@@ -139,6 +149,9 @@ export async function reconcile(
       report.unheld += unknown.length;
     },
   );
+  await deps.dispatcher.setAuditCursor(swept ? 0 : afterSeq).catch((error: unknown) => {
+    log("warn", "saving the held-jobs audit cursor failed", { error: String(error) });
+  });
 
   // 3. Processing jobs past their claim deadline or poll time.
   await step(
@@ -187,6 +200,9 @@ export async function reconcile(
     const processing = await jobs.processingAmong(deps.db, slots);
     const healed = await deps.dispatcher.heal(processing, settings.gate, options.healGraceMs);
     report.slotsHealed = healed.length;
+    // A healed job that is still pending lost its message after admission: sent again now (one
+    // that finished meanwhile is not offered again: its batch finds it not pending).
+    await requeue(deps.queue, healed, 0);
   } catch (error) {
     report.failedSteps.push("slots");
     log("error", "reconciler step failed", { step: "slots", error: String(error) });

@@ -52,6 +52,7 @@ export interface Admission {
 
 const GATE = "gate";
 const CONFIG = "config";
+const AUDIT_CURSOR = "held-audit-cursor";
 
 /** The one binding the dispatcher uses: it sends admitted jobs to the queue itself. */
 export interface DispatcherEnv {
@@ -111,7 +112,8 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
         })),
       );
     } catch (error) {
-      // The jobs hold their slots; the reconciler re-enqueues pending jobs that look lost.
+      // The jobs hold their slots until the reconciler heals them (no processing row after
+      // HEAL_GRACE_MS); its held-jobs audit then re-enqueues them.
       log("warn", "dispatcher could not send admitted jobs", { jobs: ids, error: String(error) });
     }
   }
@@ -177,6 +179,15 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     const { ids, delays } = await this.#admit(config);
     await this.#send(ids, delays);
     return healed;
+  }
+
+  /** Where the reconciler's sweep of held jobs resumes (a rowid of export_jobs; 0: the start). */
+  async auditCursor(): Promise<number> {
+    return (await this.ctx.storage.get<number>(AUDIT_CURSOR)) ?? 0;
+  }
+
+  async setAuditCursor(seq: number): Promise<void> {
+    await this.ctx.storage.put(AUDIT_CURSOR, seq);
   }
 
   /** Which of these jobs the dispatcher knows (waiting or in flight): the reconciler's audit. */

@@ -333,6 +333,13 @@ async function completeRun(
   return done ? "completed" : "unchanged";
 }
 
+/** When the current attempt was claimed (`started_at`, UTC), in ms; 0 when unknown. */
+function claimedAt(job: Pick<JobRow, "started_at">): number {
+  if (!job.started_at) return 0;
+  const at = Date.parse(`${job.started_at.replace(" ", "T")}Z`);
+  return Number.isFinite(at) ? at : 0;
+}
+
 /** The output object's custom metadata key naming the RunPod run that wrote it. */
 export const OUTPUT_RUN_METADATA = "runpod-job-id";
 
@@ -351,7 +358,9 @@ export async function applyLostRun(
   const runId = job.runpod_job_id;
   const key = plannedOutputKey(job);
   const output = await deps.videos.head(key);
-  if (output) {
+  // Every attempt writes the same key: only an object written since this attempt's claim is its
+  // output (an older one is an earlier attempt's, from before a failure or an operator's retry).
+  if (output && output.uploaded.getTime() >= claimedAt(job)) {
     // The handler names its run in the object's metadata (docs/gpu-worker.md), so an attempt
     // that recorded none still names the run that produced its output.
     const producedBy = output.customMetadata?.[OUTPUT_RUN_METADATA] ?? null;
@@ -376,12 +385,13 @@ export async function recordProgress(
   progress: number,
   runpodJobId?: string,
 ): Promise<JobRow | null> {
-  const raised = await jobs.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS);
-  const adopted =
-    raised && runpodJobId && raised.runpod_job_id === null
-      ? await jobs.recordRun(deps.db, jobId, attempt, runpodJobId, deps.pollAfterS)
-      : null;
-  return published(deps, adopted ?? raised);
+  const raised = await published(
+    deps,
+    await jobs.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS),
+  );
+  if (!raised || !runpodJobId || raised.runpod_job_id !== null) return raised;
+  const adopted = await jobs.recordRun(deps.db, jobId, attempt, runpodJobId, deps.pollAfterS);
+  return (await published(deps, adopted)) ?? raised;
 }
 
 /** How long until the reconciler tries RunPod's /cancel again after it failed. */

@@ -47,8 +47,9 @@ export class RunpodError extends Error {
   /** The client gave up waiting: RunPod may have accepted the request all the same. */
   readonly timedOut: boolean;
   /**
-   * RunPod is down for everyone, not refusing this request: 502/503/504, or no connection at
-   * all. Never set for a timeout (RunPod may have accepted) or an answer that did not parse.
+   * RunPod is down for everyone, not refusing this request: 502/503, or no connection at all.
+   * Never set for a timeout or a 504 (RunPod may have accepted: `timedOut`) or an answer that did
+   * not parse.
    */
   readonly unavailable: boolean;
 
@@ -62,12 +63,9 @@ export class RunpodError extends Error {
     this.kind = kind;
     this.httpStatus = httpStatus;
     this.retryAfterS = extra.retryAfterS ?? null;
-    this.timedOut = extra.timedOut ?? false;
-    this.unavailable =
-      (extra.unreachable ?? false) ||
-      httpStatus === 502 ||
-      httpStatus === 503 ||
-      httpStatus === 504;
+    // A 504 is RunPod's gateway giving up on an answer: the request may have been accepted.
+    this.timedOut = (extra.timedOut ?? false) || httpStatus === 504;
+    this.unavailable = (extra.unreachable ?? false) || httpStatus === 502 || httpStatus === 503;
   }
 }
 

@@ -721,7 +721,7 @@ export async function verify(run: ChaosRun): Promise<Report> {
       crash
         ? `SIGKILL at +${secs(crash.at - run.timings.firstPostAt)}, up again after ` +
           `${secs((crash.restartedAt ?? crash.at) - crash.at)}; the producer reached its Durable ` +
-          `Objects again ${crash.reachableAt ? secs(crash.reachableAt - (crash.restartedAt ?? crash.at)) : "never"} after the restart`
+          `Objects again ${crash.reachableAt ? secs(Math.max(0, crash.reachableAt - (crash.restartedAt ?? crash.at))) : "never"} after the restart`
         : "none",
     ],
     ["reconciler calls", `${run.cron.calls}: ${showCounts(run.cron.answers)}`],

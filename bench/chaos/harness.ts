@@ -227,9 +227,9 @@ async function scenario(run: ChaosRun): Promise<Report> {
     client.onSnapshot = (at) => {
       for (const ticket of client.tickets) scan.addTicket(ticket);
       const crash = run.crash;
-      if (crash?.restartedAt && at > crash.restartedAt && crash.reachableAt === null) {
-        crash.reachableAt = at;
-      }
+      // The first snapshot after the kill: the producer reaches the (new) consumer's objects.
+      // It can come before restartConsumer() returns, which waits for the new one's /health.
+      if (crash && at > crash.at && crash.reachableAt === null) crash.reachableAt = at;
     };
   }
   await Promise.all(run.live.map((client) => client.start()));

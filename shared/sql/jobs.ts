@@ -253,10 +253,11 @@ export const JOB_SQL = {
                        AND +status = 'pending'
                      RETURNING *`,
   // Jobs the dispatcher keeps waiting for a slot: due_at NULL on a pending row means "the
-  // dispatcher holds it", so the lost-message lease above never takes it (once per wait).
+  // dispatcher holds it", so the lost-message lease above never takes it (once per wait). Only a
+  // job that is due: one re-pended or released meanwhile (its due_at ahead) waits out its delay.
   hold: `UPDATE export_jobs SET due_at = NULL, version = version + 1, last_event = NULL
          WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
-           AND due_at IS NOT NULL
+           AND due_at <= ${NOW}
          RETURNING *`,
   // The reconciler's audit of held jobs against the dispatcher, keyset-paged on rowid (the
   // order of the (status, due_at) index within due_at IS NULL): a read, no lease.

@@ -6,8 +6,9 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
-import { reconcile } from "../../consumer/reconciler.ts";
+import { HELD_PAGES_PER_PASS, reconcile } from "../../consumer/reconciler.ts";
 import type { DispatchStatus } from "../../shared/dispatcher.ts";
+import { holdJobs } from "../../shared/job-state.ts";
 import * as repo from "../../shared/sql/jobs.ts";
 import {
   callbackPath,
@@ -84,6 +85,18 @@ describe("a claim timeout is a lost run", () => {
     });
   });
 
+  it("an output older than the attempt's claim is an earlier attempt's: not this one's", async () => {
+    const endpoint = uniqueEndpoint("claim-stale-output");
+    const job = await insertPendingJob();
+    await putOutput(job); // left by an earlier attempt
+    await new Promise((resolve) => setTimeout(resolve, 5)); // the claim comes strictly after it
+    const [claimed] = await repo.claimJobs(env.DB, [job.id], 120);
+    if (!claimed) throw new Error("claim failed");
+    await makeDue(job.id);
+    await reconcile(consumerDeps(envFor(endpoint, { RETRY_BASE_DELAY_S: "0" })));
+    expect(await readJob(job.id)).toMatchObject({ status: "pending", retry_count: 1 });
+  });
+
   it("fails the attempt with the seed's CASE when there is no output, and says where it looked", async () => {
     const endpoint = uniqueEndpoint("claim-none");
     const job = await processingJob({ runId: null });
@@ -125,6 +138,20 @@ describe("RunPod down is nobody's fault; an error answer is the job's attempt fa
     expect(await readJob(job.id)).toMatchObject({ status: "pending", retry_count: 0 });
     expect(await eventTypes(job.id)).toEqual(["created", "claimed", "released"]);
     expect((await dispatchStatus(endpoint)).state).toBe("paused");
+  });
+
+  it("a 504 (RunPod's gateway gave up waiting) leaves the attempt open for the run's news", async () => {
+    const endpoint = uniqueEndpoint("down-504");
+    await configureEndpoint(endpoint, { outage: true, outageStatus: 504 });
+    const job = await insertPendingJob();
+    await deliverJobs([job.id], envFor(endpoint));
+    expect(await readJob(job.id)).toMatchObject({
+      status: "processing",
+      attempt: 1,
+      retry_count: 0,
+      runpod_job_id: null,
+    });
+    expect(await eventTypes(job.id)).toEqual(["created", "claimed"]);
   });
 
   it("a 500 answer to /run takes the seed's CASE", async () => {
@@ -222,5 +249,42 @@ describe("jobs waiting for a dispatch slot", () => {
     expect(await sentMessagesFor(first.id)).toEqual([]);
     // Still pending and held: its next batch offers it to the dispatcher again.
     expect(await repo.getJob(env.DB, second.id)).toMatchObject({ status: "pending", due_at: null });
+  });
+
+  it("a job re-pended or released meanwhile is not held: it waits out its delay", async () => {
+    const job = await insertPendingJob();
+    await env.DB.prepare(
+      "UPDATE export_jobs SET due_at = datetime('now', '+600 seconds') WHERE id = ?",
+    )
+      .bind(job.id)
+      .run();
+    const before = await readJob(job.id);
+    expect(await holdJobs(consumerDeps(env), [job.id])).toEqual([]);
+    expect(await readJob(job.id)).toEqual(before);
+  });
+
+  it("the audit reads at most 10 pages a pass and resumes where the last pass stopped", async () => {
+    // A fresh endpoint's dispatcher knows none of these held jobs.
+    const testEnv = envFor(uniqueEndpoint("sweep"));
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) ids.push((await insertPendingJob()).id);
+    await env.DB.prepare(
+      "UPDATE export_jobs SET due_at = NULL WHERE id IN (SELECT value FROM json_each(?))",
+    )
+      .bind(JSON.stringify(ids))
+      .run();
+    const first = await reconcile(consumerDeps(testEnv), { batch: 1 });
+    expect(first.unheld).toBe(HELD_PAGES_PER_PASS);
+    // The twelve are the newest held rows, after at least ten others or some of themselves: a
+    // sweep that started over each pass would never reach the last of them.
+    for (let pass = 0; pass < 50; pass++) {
+      const sent = await Promise.all(ids.map(async (id) => (await sentMessagesFor(id)).length));
+      if (sent.every((n) => n > 0)) break;
+      await reconcile(consumerDeps(testEnv), { batch: 1 });
+    }
+    await waitFor(async () => {
+      const sent = await Promise.all(ids.map(async (id) => (await sentMessagesFor(id)).length));
+      return sent.every((n) => n > 0) ? true : undefined;
+    }, "a message for each of the twelve");
   });
 });
