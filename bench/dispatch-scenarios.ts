@@ -6,11 +6,12 @@
 //   2. outage: `/run` answers 503 for 30 s, then 100 POST /exports.
 // Every job must end `complete`, no POST may answer 5xx; the figures go to the terminal and to
 // bench/scenarios.json. Exits non-zero (saying why) otherwise.
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { type LocalStack, startLocalStack } from "../scripts/local-stack.ts";
+import { writeResults } from "./support.ts";
 
 const ENDPOINT = "scenarios-endpoint";
 const PORTS = [36787, 36788, 36790, 36229, 36230] as const; // producer, consumer, emulator, inspectors
@@ -742,22 +743,15 @@ try {
   }
   printTable(results);
   const failures = results.flatMap(failuresOf);
-  writeFileSync(
-    RESULTS_FILE,
-    `${JSON.stringify(
-      {
-        generated_at: new Date().toISOString(),
-        machine: `${os.cpus().length} CPUs, ${os.platform()} ${os.arch()}, node ${process.version}`,
-        settings: SETTINGS,
-        emulator_baseline: BASELINE,
-        clients: CLIENTS,
-        scenarios: results,
-        failures,
-      },
-      null,
-      2,
-    )}\n`,
-  );
+  writeResults(RESULTS_FILE, {
+    generated_at: new Date().toISOString(),
+    machine: `${os.cpus().length} CPUs, ${os.platform()} ${os.arch()}, node ${process.version}`,
+    settings: SETTINGS,
+    emulator_baseline: BASELINE,
+    clients: CLIENTS,
+    scenarios: results,
+    failures,
+  });
   console.log(`\nwritten to ${path.relative(process.cwd(), RESULTS_FILE)}`);
   if (failures.length > 0) {
     process.exitCode = 1;

@@ -11,12 +11,13 @@
 //   3. D1 bytes per job, measured on the local database file, and days until 10 GB at 10,000
 //      and 100,000 exports a day.
 // Prints a table and writes bench/fairness.json.
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { type LocalStack, startLocalStack } from "../scripts/local-stack.ts";
+import { writeResults } from "./support.ts";
 
 const ENDPOINT = "fairness-endpoint";
 const RUN_MS = 1000;
@@ -296,7 +297,7 @@ try {
     days_to_10gb_at_10k_per_day: Math.round(daysTo10GB(10_000)),
     days_to_10gb_at_100k_per_day: Math.round(daysTo10GB(100_000)),
   });
-  writeFileSync(path.join(root, "bench/fairness.json"), `${JSON.stringify(results, null, 2)}\n`);
+  writeResults(path.join(root, "bench/fairness.json"), results);
   console.table(
     Object.fromEntries(Object.entries(results).map(([k, v]) => [k, JSON.stringify(v)])),
   );

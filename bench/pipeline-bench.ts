@@ -1,14 +1,3 @@
-// `npm run bench`: the pipeline's figures, measured side by side in one run (about five minutes on
-// a 2-CPU machine), printed as a table and written to bench/results.json; bench/README.md says
-// how each is measured and read.
-//
-// One local stack (scripts/local-stack.ts: the RunPod emulator, the local R2 writer, both Workers
-// under `wrangler dev`) whose consumer Worker is replaced between phases by one the bench starts
-// itself with other settings (and, for the fan-out, a copy of wrangler.toml with a larger
-// batch), each phase on an endpoint id of its own (a fresh dispatcher, a fresh emulator endpoint);
-// and the bench Worker (bench/worker/: the bare producer, and D1 statements with their meta).
-// While nothing is timed (Workers starting), the bench Worker seeds a million jobs for the plans.
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -42,6 +31,7 @@ import {
   waitUntilUp,
   wranglerEnv,
   wranglerJs,
+  writeResults,
 } from "./support.ts";
 
 // ---- settings ----------------------------------------------------------------------------------
@@ -1607,11 +1597,7 @@ function report(m: Measured): void {
   results.machine = { ...mach, load_avg_1m_by_phase: loads };
   results.generated_at = new Date().toISOString();
   results.duration_s = Math.round((Date.now() - started) / 1000);
-  writeFileSync(RESULTS_FILE, `${JSON.stringify(results, null, 2)}\n`);
-  // In Biome's own format, so that `biome check .` (npm test) stays clean after a run.
-  spawnSync(path.join(root, "node_modules/.bin/biome"), ["format", "--write", RESULTS_FILE], {
-    stdio: "ignore",
-  });
+  writeResults(RESULTS_FILE, results);
   writeFileSync(LOG_FILE, `${logs.join("\n")}\n`);
   console.log(`written to ${path.relative(process.cwd(), RESULTS_FILE)}`);
 }

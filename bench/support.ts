@@ -2,8 +2,8 @@
 // machine, and child processes that cannot outlive the bench (each runs under scripts/guard.ts,
 // which ends its whole process group when its stdin pipe from this process closes, however the
 // bench ends).
-import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -214,6 +214,14 @@ export function wranglerEnv(registryPath: string): NodeJS.ProcessEnv {
 
 // biome-ignore lint/suspicious/noControlCharactersInRegex: ANSI colour codes start with ESC
 const ANSI = /\u001b\[[0-9;]*m/g;
+/** Writes a results file as JSON in Biome's own format, so `biome check .` stays clean after a run. */
+export function writeResults(file: string, value: unknown): void {
+  writeFileSync(file, `${JSON.stringify(value, null, 2)}\n`);
+  spawnSync(path.join(root, "node_modules/.bin/biome"), ["format", "--write", file], {
+    stdio: "ignore",
+  });
+}
+
 export const stripAnsi = (text: string) => text.replace(ANSI, "");
 
 /** `2026-12-01 20:11:11.804` (D1's UTC text) → ms since the epoch. */
