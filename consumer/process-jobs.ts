@@ -165,7 +165,11 @@ export async function processJobBatch(
         (error: unknown) => {
           // D1 itself failed mid-way: the job stays `processing` without a run, which the
           // reconciler's claim timeout treats as a lost run; this message is redelivered later.
-          log("error", "processing failed", { job_id: job.id, error: String(error) });
+          log("error", "processing failed", {
+            job_id: job.id,
+            attempt: job.attempt,
+            error: String(error),
+          });
           byJob.get(job.id)?.[0]?.retry({ delaySeconds: deps.settings.claimTimeoutS });
         },
       ),
@@ -205,7 +209,11 @@ export async function processJobBatch(
       );
     },
     (job, error) => {
-      log("error", "processing failed", { job_id: job.id, error: String(error) });
+      log("error", "processing failed", {
+        job_id: job.id,
+        attempt: job.attempt,
+        error: String(error),
+      });
       byJob.get(job.id)?.[0]?.retry({ delaySeconds: deps.settings.claimTimeoutS });
     },
   );

@@ -172,7 +172,11 @@ export async function reconcile(
         (job, error) => {
           // RunPod or D1 failed for this job; its lease expires and a later pass tries again.
           count("poll_failed");
-          log("warn", "reconcile failed for a job", { job_id: job.id, error: String(error) });
+          log("warn", "reconcile failed for a job", {
+            job_id: job.id,
+            attempt: job.attempt,
+            error: String(error),
+          });
         },
       ),
   );

@@ -97,6 +97,7 @@ async function publishNow(deps: JobDeps, changed: readonly JobRow[]): Promise<vo
     if (result.status === "rejected") {
       log("warn", "live publication failed", {
         job_id: changed[i]?.id,
+        attempt: changed[i]?.attempt,
         error: String(result.reason),
       });
     }
@@ -192,11 +193,16 @@ export async function recordRun(
     await deps.runpod.cancelRun(runpodJobId).catch((error: unknown) => {
       log("warn", "cancel of an unwanted run failed", {
         job_id: job.id,
+        attempt: job.attempt,
         runpod_job_id: runpodJobId,
         error: String(error),
       });
     });
-    log("info", "unwanted run cancelled", { job_id: job.id, runpod_job_id: runpodJobId });
+    log("info", "unwanted run cancelled", {
+      job_id: job.id,
+      attempt: job.attempt,
+      runpod_job_id: runpodJobId,
+    });
   }
   return null;
 }

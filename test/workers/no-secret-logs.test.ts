@@ -262,15 +262,29 @@ describe("logs", () => {
     expect(leaks).toEqual([]);
     expect(sigParams).toEqual([]);
 
-    // Every line is one JSON object with a level and a message (shared/log.ts).
+    // Every line is one JSON object with a level, a message and its event name (shared/log.ts);
+    // a line about a submission names its job and attempt.
     const notJson = lines.filter((line) => {
       try {
-        const parsed = JSON.parse(line.text) as { level?: unknown; message?: unknown };
+        const parsed = JSON.parse(line.text) as {
+          level?: unknown;
+          message?: unknown;
+          event?: unknown;
+          job_id?: unknown;
+          attempt?: unknown;
+        };
+        const aboutSubmission =
+          typeof parsed.message === "string" &&
+          /^(submission failed|RunPod refused the API key; released)$/.test(parsed.message);
         return (
           typeof parsed !== "object" ||
           parsed === null ||
           typeof parsed.message !== "string" ||
-          !["info", "warn", "error"].includes(parsed.level as string)
+          !["info", "warn", "error"].includes(parsed.level as string) ||
+          typeof parsed.event !== "string" ||
+          !/^[a-z0-9]+(_[a-z0-9]+)*$/.test(parsed.event) ||
+          (aboutSubmission &&
+            (typeof parsed.job_id !== "string" || typeof parsed.attempt !== "number"))
         );
       } catch {
         return true;
