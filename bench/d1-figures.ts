@@ -6,6 +6,7 @@
 //   million seeded jobs.
 import { mkdirSync } from "node:fs";
 import path from "node:path";
+import { devServerFlags } from "../scripts/local-stack.ts";
 import { DEAD_LETTER_SQL } from "../shared/sql/dead-letters.ts";
 import { EVENT_SQL } from "../shared/sql/events.ts";
 import { JOB_SQL } from "../shared/sql/jobs.ts";
@@ -61,21 +62,7 @@ export async function startBenchWorker(
   }
   const proc = guarded(
     "bench-worker",
-    [
-      wranglerJs,
-      "dev",
-      "--config",
-      CONFIG,
-      "--local",
-      "--ip",
-      "127.0.0.1",
-      "--port",
-      String(port),
-      "--inspector-port",
-      String(inspectorPort),
-      "--show-interactive-dev-session=false",
-      ...persist,
-    ],
+    [wranglerJs, "dev", "--config", CONFIG, ...devServerFlags(port, inspectorPort), ...persist],
     env,
     onLine,
   );

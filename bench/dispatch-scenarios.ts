@@ -11,7 +11,7 @@ import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { type LocalStack, startLocalStack } from "../scripts/local-stack.ts";
-import { writeResults } from "./support.ts";
+import { pause, sleep, stripAnsi, writeResults } from "./support.ts";
 
 const ENDPOINT = "scenarios-endpoint";
 const PORTS = [36787, 36788, 36790, 36229, 36230] as const; // producer, consumer, emulator, inspectors
@@ -156,31 +156,11 @@ const tmp = mkdtempSync(path.join(os.tmpdir(), "reel-scenarios-"));
 let interrupted = false;
 let stack: Promise<LocalStack> | null = null; // set as it starts, so SIGINT can stop it
 process.env.WRANGLER_LOG ??= "log"; // the Workers' own log lines, for the dump on failure
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Sleeps ms, or less if the signal aborts first. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done);
-  });
-}
-
 const portFree = (port: number) =>
   new Promise<boolean>((resolve) => {
     const server = createServer().once("error", () => resolve(false));
     server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
   });
-
-// biome-ignore lint/suspicious/noControlCharactersInRegex: ANSI colour codes start with ESC
-const ANSI = /\u001b\[[0-9;]*m/g;
-const stripAnsi = (text: string) => text.replace(ANSI, "");
 
 /** The emulator's routine lines per job, left out of the dump on failure. */
 const ROUTINE = [/planned COMPLETED/, / COMPLETED$/, /webhook attempt 1: 200$/, /output written:/];

@@ -1,7 +1,12 @@
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { type LocalStack, type StackOptions, startLocalStack } from "../scripts/local-stack.ts";
+import {
+  devServerFlags,
+  type LocalStack,
+  type StackOptions,
+  startLocalStack,
+} from "../scripts/local-stack.ts";
 import { signText } from "../shared/signing.ts";
 import { STATS_SQL } from "../shared/sql/stats.ts";
 import { type CostInputs, costPerMillion, readPrices } from "./cost.ts";
@@ -382,14 +387,7 @@ async function startWorker(
       ...(config ? ["--config", config] : []),
       "--env",
       env,
-      "--local",
-      "--ip",
-      "127.0.0.1",
-      "--port",
-      String(port),
-      "--inspector-port",
-      String(inspector),
-      "--show-interactive-dev-session=false",
+      ...devServerFlags(port, inspector),
       "--persist-to",
       s.persistTo,
       ...varFlags(vars),
@@ -951,14 +949,7 @@ async function startBare(s: LocalStack): Promise<string> {
       "dev",
       "--config",
       path.join(dir, "wrangler.toml"),
-      "--local",
-      "--ip",
-      "127.0.0.1",
-      "--port",
-      String(PORTS.bare),
-      "--inspector-port",
-      String(PORTS.bareInspector),
-      "--show-interactive-dev-session=false",
+      ...devServerFlags(PORTS.bare, PORTS.bareInspector),
       "--persist-to",
       s.persistTo,
     ],

@@ -12,7 +12,33 @@ export const root = path.resolve(path.dirname(new URL(import.meta.url).pathname)
 export const wranglerJs = path.join(root, "node_modules/wrangler/bin/wrangler.js");
 const guardTs = path.join(root, "scripts/guard.ts");
 
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Sleeps ms, or less if the signal aborts first. */
+export function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done);
+  });
+}
+
+/** mulberry32: a small seeded PRNG, so a run's choices repeat with its seed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
 
 /** Nearest-rank quantile of values (sorted here). NaN for none. */
 export function quantile(values: readonly number[], q: number): number {

@@ -186,6 +186,20 @@ function stopChild(child: ChildProcess, signal?: NodeJS.Signals): Promise<void> 
 }
 
 /** A start that cannot come up: the message says why and what to do. */
+/** `wrangler dev`'s flags for a local Worker on 127.0.0.1:`port`, its inspector on `inspector`. */
+export function devServerFlags(port: number, inspector: number): string[] {
+  return [
+    "--local",
+    "--ip",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--inspector-port",
+    String(inspector),
+    "--show-interactive-dev-session=false",
+  ];
+}
+
 export class StackStartError extends Error {}
 
 /** Resolves with whether something listens on 127.0.0.1:port (or the port cannot be bound). */
@@ -408,14 +422,7 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
             "dev",
             "--config",
             r2WriterConfig,
-            "--local",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            String(r2WriterPort),
-            "--inspector-port",
-            String(r2WriterInspector),
-            "--show-interactive-dev-session=false",
+            ...devServerFlags(r2WriterPort, r2WriterInspector),
             ...persist,
           ),
           childEnv,
@@ -433,14 +440,7 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
         "dev",
         "--env",
         envName,
-        "--local",
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        String(port),
-        "--inspector-port",
-        String(inspector),
-        "--show-interactive-dev-session=false",
+        ...devServerFlags(port, inspector),
         ...persist,
         ...vars,
         ...extra,

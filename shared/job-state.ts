@@ -331,6 +331,17 @@ async function completeRun(
       await failRun(deps, job, attempt, runpodJobId, `output missing: ${outputKey}`),
     );
   }
+  return markComplete(deps, job, attempt, runpodJobId, outputKey);
+}
+
+/** The transition to complete, for an output already found in R2. */
+async function markComplete(
+  deps: JobDeps,
+  job: JobRow,
+  attempt: number,
+  runpodJobId: string | null,
+  outputKey: string,
+): Promise<RunOutcome> {
   const done = await published(
     deps,
     await jobs.completeJob(deps.db, job, attempt, runpodJobId, outputKey),
@@ -370,7 +381,7 @@ export async function applyLostRun(
     // The handler names its run in the object's metadata (docs/gpu-worker.md), so an attempt
     // that recorded none still names the run that produced its output.
     const producedBy = output.customMetadata?.[OUTPUT_RUN_METADATA] ?? null;
-    return completeRun(deps, job, job.attempt, runId ?? producedBy, key);
+    return markComplete(deps, job, job.attempt, runId ?? producedBy, key);
   }
   const message = runId
     ? `RunPod run ${runId} not found (expired) and no output at ${key}`

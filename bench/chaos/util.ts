@@ -1,32 +1,6 @@
 // Small helpers of the chaos harness: time, seeded randomness, counters, bounded concurrency.
 
-export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** Sleeps ms, or less if the signal aborts first. */
-export function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done);
-  });
-}
-
-/** mulberry32: a small seeded PRNG, so a run's choices repeat with its seed. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { pause, prng, sleep, stripAnsi } from "../support.ts";
 
 /** A stable number in [0, 1) for `text` (FNV-1a), to pick a share of jobs without state. */
 export function unitHash(text: string): number {
@@ -85,7 +59,3 @@ export const reasonOf = (error: string | null) =>
     .replace(/exports\/\d+\/[^\s"]+/g, "exports/…")
     .replace(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(-u1)?/g, "…")
     .slice(0, 90);
-
-// biome-ignore lint/suspicious/noControlCharactersInRegex: ANSI colour codes start with ESC
-const ANSI = /\u001b\[[0-9;]*m/g;
-export const stripAnsi = (text: string) => text.replace(ANSI, "");
