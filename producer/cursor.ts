@@ -25,14 +25,11 @@ export function decodeCursor(cursor: string): SortKey | null {
   }
 }
 
-/** The cursor of a query string: null for the first page, or a 400 answer for a bad cursor. */
-export function readCursor(
-  raw: string | undefined,
-  invalid: () => Response,
-): { after: SortKey | null } | { response: Response } {
+/** The cursor of a query string (`after` null: the first page), or null for a bad cursor. */
+export function readCursor(raw: string | undefined): { after: SortKey | null } | null {
   if (raw === undefined) return { after: null };
   const after = decodeCursor(raw);
-  return after ? { after } : { response: invalid() };
+  return after ? { after } : null;
 }
 
 /** Cuts `limit + 1` fetched rows to a page and the cursor of the next one (null on the last). */

@@ -1,42 +1,69 @@
 // The producer's HTTP conventions: one error shape, bearer auth, and a JSON body reader that
 // enforces the contract's limits before anything is parsed.
 
-import type { Context, MiddlewareHandler } from "hono";
+import type { Hook } from "@hono/zod-openapi";
+import type { Context, Env, MiddlewareHandler } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { z } from "zod";
 import type { ProducerEnv } from "../shared/env.ts";
+import type { LiveTicket } from "../shared/live-ticket.ts";
 
 export type TokenName = "API_TOKEN" | "ADMIN_TOKEN";
-/** `token`: which bearer token the request presented (set by bearerAuth). */
-export type AppEnv = { Bindings: ProducerEnv; Variables: { token: TokenName } };
+/**
+ * What auth learned of the request: `token`, the bearer token it presented (bearerAuth); `attempt`,
+ * the attempt its signed URL names (RunPod's callbacks); `ticket`, its live ticket (GET /live).
+ */
+export type AppEnv = {
+  Bindings: ProducerEnv;
+  Variables: { token: TokenName; attempt: number; ticket: LiveTicket };
+};
 export type AppContext = Context<AppEnv>;
 
 export const MAX_BODY_BYTES = 256 * 1024;
 
 export interface ApiIssue {
-  path: PropertyKey[];
+  path: (string | number)[];
   message: string;
   code?: string;
 }
 
+interface ApiErrorBody {
+  error: { code: string; message: string; issues?: ApiIssue[] };
+}
+
 /** `{"error": {"code", "message", "issues"?}}` with a stable snake_case code. */
-export function apiError(
-  c: Context,
-  status: ContentfulStatusCode,
+export function apiError<S extends ContentfulStatusCode, E extends Env>(
+  c: Context<E>,
+  status: S,
   code: string,
   message: string,
   issues?: ApiIssue[],
-): Response {
-  return c.json({ error: { code, message, ...(issues ? { issues } : {}) } }, status);
+) {
+  const body: ApiErrorBody = { error: { code, message, ...(issues ? { issues } : {}) } };
+  return c.json(body, status);
 }
 
-export function zodIssues(error: z.ZodError): ApiIssue[] {
+export function zodIssues(error: z.core.$ZodError): ApiIssue[] {
   return error.issues.map((issue) => ({
-    path: issue.path,
+    path: issue.path.map((key) => (typeof key === "symbol" ? String(key) : key)),
     message: issue.message,
     code: issue.code,
   }));
 }
+
+const WHAT: Record<string, string> = {
+  query: "the query",
+  param: "the path",
+  header: "a header",
+  json: "the body",
+};
+
+/** A request that fails its route's params, query or headers: 400 invalid_request, zod's issues. */
+export const defaultHook: Hook<unknown, AppEnv, string, unknown> = (result, c) => {
+  if (result.success) return;
+  const what = WHAT[result.target] ?? "the request";
+  return apiError(c, 400, "invalid_request", `${what} is not valid`, zodIssues(result.error));
+};
 
 /** Timing-safe string comparison of two tokens. */
 function sameToken(given: string, expected: string): boolean {
@@ -121,8 +148,8 @@ export type BodyResult<T> = { ok: true; value: T } | { ok: false; response: Resp
  * Reads a JSON body: 415 unless it is `application/json`, 413 past 256 KiB (declared or actual),
  * 400 `invalid_json` when it does not parse, 400 `invalid_request` with zod's issues otherwise.
  */
-export async function readJsonBody<T>(
-  c: AppContext,
+export async function readJsonBody<T, E extends Env>(
+  c: Context<E>,
   schema: z.ZodType<T>,
   options: { requireJsonContentType?: boolean } = {},
 ): Promise<BodyResult<T>> {
@@ -158,7 +185,7 @@ export async function readJsonBody<T>(
 }
 
 /** 400 for a cursor this API did not hand out. */
-export function badCursor(c: Context): Response {
+export function badCursor<E extends Env>(c: Context<E>) {
   return apiError(c, 400, "invalid_request", "the cursor is not valid", [
     { path: ["cursor"], message: "not a cursor returned by this API" },
   ]);

@@ -1,21 +1,35 @@
+import { z } from "@hono/zod-openapi";
 import * as repo from "../shared/sql/jobs.ts";
-import { toJob } from "../shared/sql/jobs.ts";
+import { type Job, toJob } from "../shared/sql/jobs.ts";
+import { queryParam } from "./api.ts";
 import { readCursor, toPage } from "./cursor.ts";
-import { type AppContext, badCursor } from "./http.ts";
+
+/** `limit` (1 to 100, default `size`) and `cursor` of every paged listing. */
+export function pageQuery(size: number) {
+  return z.object({
+    limit: queryParam(
+      z.coerce.number().int().min(1).max(100).default(size).openapi({ description: "page size" }),
+    ),
+    cursor: queryParam(
+      z.string().min(1).optional().openapi({ description: "`next_cursor` of the previous page" }),
+    ),
+  });
+}
 
 /**
- * One page of jobs, newest first, as `{"jobs", "next_cursor"}`: the frontend's `GET /exports`
- * and the operators' `GET /admin/jobs` differ only in their filters.
+ * One page of jobs, newest first, as `{"jobs", "next_cursor"}`, or null for a cursor this API did
+ * not hand out: the frontend's `GET /exports` and the operators' `GET /admin/jobs` differ only in
+ * their filters.
  */
 export async function jobPage(
-  c: AppContext,
+  db: D1Database,
   filter: Pick<repo.ListJobsQuery, "projectIds" | "statuses" | "userId">,
   limit: number,
   rawCursor: string | undefined,
-): Promise<Response> {
-  const cursor = readCursor(rawCursor, () => badCursor(c));
-  if ("response" in cursor) return cursor.response;
-  const rows = await repo.listJobs(c.env.DB, { ...filter, limit, after: cursor.after });
+): Promise<{ jobs: Job[]; next_cursor: string | null } | null> {
+  const cursor = readCursor(rawCursor);
+  if (!cursor) return null;
+  const rows = await repo.listJobs(db, { ...filter, limit, after: cursor.after });
   const page = toPage(rows, limit, (row) => row);
-  return c.json({ jobs: page.items.map(toJob), next_cursor: page.next_cursor });
+  return { jobs: page.items.map(toJob), next_cursor: page.next_cursor };
 }

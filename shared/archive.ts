@@ -20,7 +20,7 @@ import { log } from "./log.ts";
 import { MAX_SUBMIT_CONCURRENCY } from "./settings.ts";
 import { DEAD_LETTER_SQL } from "./sql/dead-letters.ts";
 import { EVENT_SQL, type EventRow, type JobEvent, toEvent } from "./sql/events.ts";
-import { JOB_SQL, type Job, type JobRow, toJob } from "./sql/jobs.ts";
+import { getJob, JOB_SQL, type Job, type JobRow, toJob } from "./sql/jobs.ts";
 import { STATS_SQL } from "./sql/stats.ts";
 
 export const ARCHIVE_PREFIX = "archive/export_jobs/";
@@ -177,4 +177,29 @@ export async function readArchivedJob(
   if (!object) return null;
   const archive = await object.json<ArchivedJob>();
   return { job: { ...archive.job, archived: true }, events: archive.events };
+}
+
+/**
+ * What D1 holds of a job (`inD1`), else what `pick` takes from its archive in R2; null when
+ * neither has it. The fallback of every route that reads one job: get, events, output, cancel.
+ */
+export async function orArchived<T>(
+  videos: R2Bucket,
+  jobId: string,
+  inD1: T | null,
+  pick: (archived: ArchivedJob) => T,
+): Promise<T | null> {
+  if (inD1 !== null) return inD1;
+  const archived = await readArchivedJob(videos, jobId);
+  return archived ? pick(archived) : null;
+}
+
+/** The job as GET /exports/{id} answers it: from D1, else from its archive (`archived: true`). */
+export async function findJob(
+  db: D1Database,
+  videos: R2Bucket,
+  jobId: string,
+): Promise<Job | null> {
+  const row = await getJob(db, jobId);
+  return orArchived(videos, jobId, row && toJob(row), (archived) => archived.job);
 }

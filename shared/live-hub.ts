@@ -13,8 +13,13 @@
 // snapshot from D1, so no change falls between the two; changes that arrive while it reads wait
 // and follow the snapshot. Clients keep the highest `version` per job.
 import { DurableObject } from "cloudflare:workers";
-import { ALL_HUB, type LiveMessage, projectHubName } from "./live-keys.ts";
-import type { LiveScope, LiveTicket } from "./live-ticket.ts";
+import {
+  LIVE_SOCKET_HEADER,
+  type LiveMessage,
+  projectHubName,
+  type SocketInfo,
+} from "./live-keys.ts";
+import type { LiveScope } from "./live-ticket.ts";
 import { log } from "./log.ts";
 import { type Job, type JobRow, listJobs, toJob } from "./sql/jobs.ts";
 
@@ -64,44 +69,6 @@ export async function snapshotJobs(db: D1Database, scope: LiveScope): Promise<Jo
     if (!seen || seen.version < row.version) byId.set(row.id, row);
   }
   return [...byId.values()].sort(newestFirst).map(toJob);
-}
-
-/**
- * The Worker → object header that carries a socket's verified ticket (GET /live sets it; the
- * objects are reachable only through the Worker, never with a client's headers).
- */
-export const LIVE_SOCKET_HEADER = "x-live-socket";
-
-/** Kept on each socket (serializeAttachment), so it survives hibernation. */
-export interface SocketInfo {
-  scope: LiveScope;
-  /** In a LiveChannel: its name, which its project hubs forward to. */
-  channel: string | null;
-  /** This connection's subscription: a hub drops a channel only for the token it holds. */
-  token: string;
-}
-
-export const channelName = (ticketId: string) => `channel:${ticketId}`;
-
-/** The object that holds the one socket of `ticket`, and what that socket carries. */
-export function liveRoomFor(
-  env: Pick<LiveEnv, "LIVE_HUB" | "LIVE_CHANNEL">,
-  ticket: LiveTicket,
-): { room: { fetch(request: Request): Promise<Response> }; info: SocketInfo } {
-  const { scope } = ticket;
-  const token = crypto.randomUUID();
-  if (scope.all || scope.projectIds.length === 1) {
-    const name = scope.all ? ALL_HUB : projectHubName(scope.projectIds[0] as number);
-    return {
-      room: env.LIVE_HUB.get(env.LIVE_HUB.idFromName(name)),
-      info: { scope, channel: null, token },
-    };
-  }
-  const channel = channelName(ticket.id);
-  return {
-    room: env.LIVE_CHANNEL.get(env.LIVE_CHANNEL.idFromName(channel)),
-    info: { scope, channel, token },
-  };
 }
 
 const inScope = (scope: LiveScope, projectId: number) =>

@@ -1,5 +1,7 @@
 // How live-status objects are named, and what their sockets receive: shared by the objects
 // (shared/live-hub.ts) and the publisher (shared/live-publisher.ts), with no runtime imports.
+import type { LiveEnv } from "./live-hub.ts";
+import type { LiveScope, LiveTicket } from "./live-ticket.ts";
 import type { Job } from "./sql/jobs.ts";
 
 /** The hub of one project's changes. */
@@ -9,3 +11,41 @@ export const ALL_HUB = "all";
 
 /** What a live socket receives: a snapshot on connect, then one message per change. */
 export type LiveMessage = { type: "snapshot"; jobs: Job[] } | { type: "job"; job: Job };
+
+/**
+ * The Worker → object header that carries a socket's verified ticket (GET /live sets it; the
+ * objects are reachable only through the Worker, never with a client's headers).
+ */
+export const LIVE_SOCKET_HEADER = "x-live-socket";
+
+/** Kept on each socket (serializeAttachment), so it survives hibernation. */
+export interface SocketInfo {
+  scope: LiveScope;
+  /** In a LiveChannel: its name, which its project hubs forward to. */
+  channel: string | null;
+  /** This connection's subscription: a hub drops a channel only for the token it holds. */
+  token: string;
+}
+
+export const channelName = (ticketId: string) => `channel:${ticketId}`;
+
+/** The object that holds the one socket of `ticket`, and what that socket carries. */
+export function liveRoomFor(
+  env: Pick<LiveEnv, "LIVE_HUB" | "LIVE_CHANNEL">,
+  ticket: LiveTicket,
+): { room: { fetch(request: Request): Promise<Response> }; info: SocketInfo } {
+  const { scope } = ticket;
+  const token = crypto.randomUUID();
+  if (scope.all || scope.projectIds.length === 1) {
+    const name = scope.all ? ALL_HUB : projectHubName(scope.projectIds[0] as number);
+    return {
+      room: env.LIVE_HUB.get(env.LIVE_HUB.idFromName(name)),
+      info: { scope, channel: null, token },
+    };
+  }
+  const channel = channelName(ticket.id);
+  return {
+    room: env.LIVE_CHANNEL.get(env.LIVE_CHANNEL.idFromName(channel)),
+    info: { scope, channel, token },
+  };
+}

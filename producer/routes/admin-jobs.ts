@@ -1,31 +1,51 @@
-import { z } from "zod";
-import { type AppContext, apiError, zodIssues } from "../http.ts";
-import { jobPage } from "../job-page.ts";
+import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
+import { auth, errorReplies, queryParam, reply } from "../api.ts";
+import { JobPage, jobStatus } from "../api-schemas.ts";
+import { type AppEnv, badCursor } from "../http.ts";
+import { jobPage, pageQuery } from "../job-page.ts";
 
+// An empty value (`?status=`, as the dashboard's "any" option sends) means no filter.
 export const adminQuery = z.object({
-  project_id: z.coerce.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
-  status: z.enum(["pending", "processing", "complete", "error"]).optional(),
-  limit: z.coerce.number().int().min(1).max(100).default(50),
-  cursor: z.string().min(1).optional(),
+  project_id: queryParam(
+    z.coerce
+      .number()
+      .int()
+      .positive()
+      .max(Number.MAX_SAFE_INTEGER)
+      .optional()
+      .openapi({ description: "only this project" }),
+    { emptyIsAbsent: true },
+  ),
+  status: queryParam(jobStatus.optional().openapi({ description: "only this status" }), {
+    emptyIsAbsent: true,
+  }),
+  ...pageQuery(50).shape,
+});
+
+export const listJobsForOperatorsRoute = createRoute({
+  method: "get",
+  path: "/admin/jobs",
+  operationId: "listJobsForOperators",
+  summary: "List jobs across projects, newest first (the dashboard's listing)",
+  tags: ["operators"],
+  ...auth("adminToken"),
+  request: { query: adminQuery },
+  responses: {
+    200: reply("one page", JobPage),
+    ...errorReplies("adminToken", { 400: ["invalid_request"] }),
+  },
 });
 
 /**
  * `GET /admin/jobs?project_id=&status=&limit=&cursor=` (ADMIN_TOKEN): the operators' listing
  * across projects for the dashboard; not part of the frontend's API.
  */
-export async function listJobsForOperators(c: AppContext): Promise<Response> {
-  const parsed = adminQuery.safeParse({
-    project_id: c.req.query("project_id") || undefined,
-    status: c.req.query("status") || undefined,
-    limit: c.req.query("limit"),
-    cursor: c.req.query("cursor"),
-  });
-  if (!parsed.success) {
-    return apiError(c, 400, "invalid_request", "the query is not valid", zodIssues(parsed.error));
-  }
-  const query = parsed.data;
-  return jobPage(
-    c,
+export const listJobsForOperators: RouteHandler<typeof listJobsForOperatorsRoute, AppEnv> = async (
+  c,
+) => {
+  const query = c.req.valid("query");
+  const page = await jobPage(
+    c.env.DB,
     {
       projectIds: query.project_id === undefined ? null : [query.project_id],
       statuses: query.status ?? null,
@@ -33,4 +53,5 @@ export async function listJobsForOperators(c: AppContext): Promise<Response> {
     query.limit,
     query.cursor,
   );
-}
+  return page ? c.json(page, 200) : badCursor(c);
+};

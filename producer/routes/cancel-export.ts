@@ -1,9 +1,25 @@
-import { readArchivedJob } from "../../shared/archive.ts";
+import { createRoute, type RouteHandler } from "@hono/zod-openapi";
+import { findJob } from "../../shared/archive.ts";
 import { cancelJob } from "../../shared/job-state.ts";
-import * as repo from "../../shared/sql/jobs.ts";
 import { toJob } from "../../shared/sql/jobs.ts";
+import { auth, errorReplies, jobIdParams, reply } from "../api.ts";
+import { JobEnvelope } from "../api-schemas.ts";
 import { jobDepsWithRunpod } from "../deps.ts";
-import { type AppContext, apiError } from "../http.ts";
+import { type AppEnv, apiError } from "../http.ts";
+
+export const cancelExportRoute = createRoute({
+  method: "post",
+  path: "/exports/{id}/cancel",
+  operationId: "cancelExport",
+  summary: "Cancel a pending or processing job (error 'cancelled'; RunPod's run is cancelled)",
+  tags: ["exports"],
+  ...auth("apiToken"),
+  request: { params: jobIdParams },
+  responses: {
+    200: reply("the cancelled job", JobEnvelope),
+    ...errorReplies("apiToken", { 404: ["not_found"], 409: ["already_finished"] }),
+  },
+});
 
 /**
  * `POST /exports/{id}/cancel`: pending or processing → error 'cancelled', then RunPod's
@@ -11,14 +27,13 @@ import { type AppContext, apiError } from "../http.ts";
  * run's late webhook is ignored because the job is terminal. An archived job (shared/archive.ts)
  * answers 409 already_finished like any finished one.
  */
-export async function cancelExport(c: AppContext): Promise<Response> {
-  const id = c.req.param("id") ?? "";
+export const cancelExport: RouteHandler<typeof cancelExportRoute, AppEnv> = async (c) => {
+  const { id } = c.req.valid("param");
   const cancelled = await cancelJob(jobDepsWithRunpod(c), id);
   if (!cancelled) {
-    // Not in D1 any more: an archived job finished long ago.
-    const job = (await repo.getJob(c.env.DB, id)) ?? (await readArchivedJob(c.env.VIDEOS, id))?.job;
+    const job = await findJob(c.env.DB, c.env.VIDEOS, id);
     if (!job) return apiError(c, 404, "not_found", "no such export job");
     return apiError(c, 409, "already_finished", `the job is already ${job.status}`);
   }
-  return c.json({ job: toJob(cancelled) });
-}
+  return c.json({ job: toJob(cancelled) }, 200);
+};

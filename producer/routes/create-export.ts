@@ -1,12 +1,49 @@
+import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
 import { createJob } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
-import { type CreateExportRequest, createExportRequest } from "../../shared/schemas.ts";
+import type { CreateExportRequest as Request } from "../../shared/schemas.ts";
 import { toHex } from "../../shared/signing.ts";
 import type { JobRow } from "../../shared/sql/jobs.ts";
 import * as repo from "../../shared/sql/jobs.ts";
 import { toJob } from "../../shared/sql/jobs.ts";
+import { auth, errorReplies, header, JSON_BODY_ERRORS, jsonBody, reply } from "../api.ts";
+import { CreateExportRequest, JobEnvelope } from "../api-schemas.ts";
 import { jobDeps } from "../deps.ts";
-import { type AppContext, apiError, readJsonBody } from "../http.ts";
+import { type AppContext, type AppEnv, apiError } from "../http.ts";
+
+const location = { Location: header("/exports/{id} of the job") };
+
+export const createExportRoute = createRoute({
+  method: "post",
+  path: "/exports",
+  operationId: "createExport",
+  summary: "Create an export job",
+  tags: ["exports"],
+  ...auth("apiToken"),
+  request: {
+    headers: z.object({
+      "Idempotency-Key": z
+        .string()
+        .min(1, "must be 1 to 255 characters")
+        .max(255, "must be 1 to 255 characters")
+        .optional()
+        .openapi({
+          description:
+            "Scoped per project: a repeat with the same body answers the first job (200) and " +
+            "creates nothing; with another body, 422 idempotency_key_reused.",
+        }),
+    }),
+    body: jsonBody(CreateExportRequest),
+  },
+  responses: {
+    202: reply("accepted: the job is pending", JobEnvelope, location),
+    200: reply("an Idempotency-Key repeat: the first job", JobEnvelope, location),
+    ...errorReplies("apiToken", {
+      ...JSON_BODY_ERRORS,
+      422: ["input_not_found", "idempotency_key_reused"],
+    }),
+  },
+});
 
 /** JSON with object keys sorted at every level, so equal bodies hash equally. */
 function canonicalJson(value: unknown): string {
@@ -18,7 +55,7 @@ function canonicalJson(value: unknown): string {
   return JSON.stringify(value);
 }
 
-async function requestHash(request: CreateExportRequest): Promise<string> {
+async function requestHash(request: Request): Promise<string> {
   const digest = await crypto.subtle.digest(
     "SHA-256",
     new TextEncoder().encode(canonicalJson(request)),
@@ -27,7 +64,7 @@ async function requestHash(request: CreateExportRequest): Promise<string> {
 }
 
 /** A repeat of an Idempotency-Key: the first job (200) if the body is the same, else 422. */
-function answerRepeat(c: AppContext, existing: JobRow, hash: string): Response {
+function answerRepeat(c: AppContext, existing: JobRow, hash: string) {
   if (existing.request_hash !== hash) {
     return apiError(
       c,
@@ -46,16 +83,9 @@ function answerRepeat(c: AppContext, existing: JobRow, hash: string): Response {
  * `Idempotency-Key` (scoped per project, enforced by a unique index), a repeat of the same body
  * returns the first job and sends nothing.
  */
-export async function createExport(c: AppContext): Promise<Response> {
-  const key = c.req.header("idempotency-key");
-  if (key !== undefined && (key.length < 1 || key.length > 255)) {
-    return apiError(c, 400, "invalid_request", "Idempotency-Key must be 1 to 255 characters", [
-      { path: ["Idempotency-Key"], message: "must be 1 to 255 characters" },
-    ]);
-  }
-  const body = await readJsonBody(c, createExportRequest);
-  if (!body.ok) return body.response;
-  const request = body.value;
+export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = async (c) => {
+  const key = c.req.valid("header")["Idempotency-Key"];
+  const request = c.req.valid("json");
 
   const hash = key === undefined ? null : await requestHash(request);
   if (key !== undefined && hash !== null) {
@@ -96,4 +126,4 @@ export async function createExport(c: AppContext): Promise<Response> {
   }
   c.header("Location", `/exports/${row.id}`);
   return c.json({ job: toJob(row) }, 202);
-}
+};

@@ -2,9 +2,32 @@
 // (206, 416) and conditional requests (ETag / If-None-Match → 304), so players can seek and
 // browsers can cache. An archived job's output key comes from its archive (shared/archive.ts): the
 // object is served for as long as it exists.
-import { readArchivedJob } from "../../shared/archive.ts";
-import { getJob } from "../../shared/sql/jobs.ts";
-import { type AppContext, apiError } from "../http.ts";
+import { createRoute, type RouteHandler } from "@hono/zod-openapi";
+import { findJob } from "../../shared/archive.ts";
+import { auth, errorReplies, jobIdParams } from "../api.ts";
+import { type AppEnv, apiError } from "../http.ts";
+
+export const getExportOutputRoute = createRoute({
+  method: "get",
+  path: "/exports/{id}/output",
+  operationId: "getExportOutput",
+  summary:
+    "Download a complete job's output from R2 (Range → 206, If-None-Match → 304; " +
+    "Content-Type, Content-Length, ETag, Accept-Ranges: bytes)",
+  tags: ["exports"],
+  ...auth("apiToken"),
+  request: { params: jobIdParams },
+  responses: {
+    200: { description: "the file (video/mp4 unless R2 says otherwise)" },
+    206: { description: "the requested byte range, with Content-Range" },
+    304: { description: "the client's copy (If-None-Match) is current" },
+    ...errorReplies("apiToken", {
+      404: ["not_found", "output_missing"],
+      409: ["not_complete"],
+      416: ["range_not_satisfiable"],
+    }),
+  },
+});
 
 type ByteRange = { offset: number; length: number } | "unsatisfiable" | null;
 
@@ -34,9 +57,8 @@ function etagMatches(header: string | undefined, etag: string): boolean {
   return header.split(",").some((tag) => bare(tag) === bare(etag));
 }
 
-export async function getExportOutput(c: AppContext): Promise<Response> {
-  const id = c.req.param("id") ?? "";
-  const job = (await getJob(c.env.DB, id)) ?? (await readArchivedJob(c.env.VIDEOS, id))?.job;
+export const getExportOutput: RouteHandler<typeof getExportOutputRoute, AppEnv> = async (c) => {
+  const job = await findJob(c.env.DB, c.env.VIDEOS, c.req.valid("param").id);
   if (!job) return apiError(c, 404, "not_found", "no such export job");
   if (job.status !== "complete" || !job.output_video_key) {
     return apiError(c, 409, "not_complete", `the job is ${job.status}; there is no output yet`);
@@ -71,4 +93,4 @@ export async function getExportOutput(c: AppContext): Promise<Response> {
   }
   headers.set("Content-Length", String(head.size));
   return new Response(object.body, { status: 200, headers });
-}
+};

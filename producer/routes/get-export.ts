@@ -1,14 +1,29 @@
-import { readArchivedJob } from "../../shared/archive.ts";
-import * as repo from "../../shared/sql/jobs.ts";
-import { toJob } from "../../shared/sql/jobs.ts";
-import { type AppContext, apiError } from "../http.ts";
+import { createRoute, type RouteHandler } from "@hono/zod-openapi";
+import { findJob } from "../../shared/archive.ts";
+import { auth, errorReplies, jobIdParams, reply } from "../api.ts";
+import { JobEnvelope } from "../api-schemas.ts";
+import { type AppEnv, apiError } from "../http.ts";
+
+export const getExportRoute = createRoute({
+  method: "get",
+  path: "/exports/{id}",
+  operationId: "getExport",
+  summary: "Get an export job",
+  tags: ["exports"],
+  ...auth("apiToken"),
+  request: { params: jobIdParams },
+  responses: {
+    200: reply(
+      "the job; from its archive in R2, `archived: true`, once it was archived",
+      JobEnvelope,
+    ),
+    ...errorReplies("apiToken", { 404: ["not_found"] }),
+  },
+});
 
 /** `GET /exports/{id}`: from D1, else from its archive in R2 (`"archived": true`). */
-export async function getExport(c: AppContext): Promise<Response> {
-  const id = c.req.param("id") ?? "";
-  const row = await repo.getJob(c.env.DB, id);
-  if (row) return c.json({ job: toJob(row) });
-  const archived = await readArchivedJob(c.env.VIDEOS, id);
-  if (!archived) return apiError(c, 404, "not_found", "no such export job");
-  return c.json({ job: archived.job });
-}
+export const getExport: RouteHandler<typeof getExportRoute, AppEnv> = async (c) => {
+  const job = await findJob(c.env.DB, c.env.VIDEOS, c.req.valid("param").id);
+  if (!job) return apiError(c, 404, "not_found", "no such export job");
+  return c.json({ job }, 200);
+};

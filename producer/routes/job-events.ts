@@ -1,12 +1,30 @@
-import { readArchivedJob } from "../../shared/archive.ts";
+import { createRoute, type RouteHandler } from "@hono/zod-openapi";
+import { orArchived } from "../../shared/archive.ts";
 import { listJobEvents } from "../../shared/sql/events.ts";
-import { type AppContext, apiError } from "../http.ts";
+import { auth, errorReplies, jobIdParams, reply } from "../api.ts";
+import { EventList } from "../api-schemas.ts";
+import { type AppEnv, apiError } from "../http.ts";
+
+// The dashboard, which holds only ADMIN_TOKEN, shows timelines too.
+export const getExportEventsRoute = createRoute({
+  method: "get",
+  path: "/exports/{id}/events",
+  operationId: "getExportEvents",
+  summary: "A job's timeline, oldest first (API_TOKEN, or ADMIN_TOKEN for the dashboard)",
+  tags: ["exports"],
+  ...auth("apiOrAdminToken"),
+  request: { params: jobIdParams },
+  responses: {
+    200: reply("the events", EventList),
+    ...errorReplies("apiOrAdminToken", { 404: ["not_found"] }),
+  },
+});
 
 /** `GET /exports/{id}/events`: the job's timeline, oldest first; an archived job's from R2. */
-export async function getExportEvents(c: AppContext): Promise<Response> {
-  const id = c.req.param("id") ?? "";
-  const events =
-    (await listJobEvents(c.env.DB, id)) ?? (await readArchivedJob(c.env.VIDEOS, id))?.events;
+export const getExportEvents: RouteHandler<typeof getExportEventsRoute, AppEnv> = async (c) => {
+  const { id } = c.req.valid("param");
+  const inD1 = await listJobEvents(c.env.DB, id);
+  const events = await orArchived(c.env.VIDEOS, id, inD1, (archived) => archived.events);
   if (!events) return apiError(c, 404, "not_found", "no such export job");
-  return c.json({ events });
-}
+  return c.json({ events }, 200);
+};

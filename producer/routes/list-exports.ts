@@ -1,44 +1,76 @@
-import { z } from "zod";
-import { type AppContext, apiError, zodIssues } from "../http.ts";
-import { jobPage } from "../job-page.ts";
+import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
+import { auth, errorReplies, queryParam, reply } from "../api.ts";
+import { JobPage } from "../api-schemas.ts";
+import { type AppEnv, badCursor } from "../http.ts";
+import { jobPage, pageQuery } from "../job-page.ts";
 
 const MAX_PROJECTS = 100;
 
 const positiveId = z.coerce.number().int().positive().max(Number.MAX_SAFE_INTEGER);
 
+/**
+ * `?project_id=` repeated: a query string gives one value as a string and several as an array;
+ * both (and none) are read as a list, and documented as the array they are.
+ */
+const projectIds = z
+  .preprocess(
+    (value) => (value === undefined ? [] : Array.isArray(value) ? value : [value]),
+    z.array(positiveId).max(MAX_PROJECTS, `at most ${MAX_PROJECTS} project_id values`),
+  )
+  .openapi({
+    type: "array",
+    items: { type: "integer", minimum: 1, maximum: Number.MAX_SAFE_INTEGER },
+    maxItems: MAX_PROJECTS,
+    description:
+      "Repeat for several projects (1 to 100): ?project_id=1&project_id=2. Give project_id " +
+      "or user_id, exactly one of them.",
+  });
+
 export const listQuery = z
   .object({
-    project_id: z.array(positiveId).max(MAX_PROJECTS, `at most ${MAX_PROJECTS} project_id values`),
-    user_id: positiveId.optional(),
-    active: z.enum(["true", "false"]).default("false"),
-    limit: z.coerce.number().int().min(1).max(100).default(20),
-    cursor: z.string().min(1).optional(),
+    project_id: projectIds,
+    user_id: queryParam(
+      positiveId.optional().openapi({
+        description: "A user's jobs instead of projects' (never together with project_id).",
+      }),
+    ),
+    active: queryParam(
+      z
+        .enum(["true", "false"])
+        .default("false")
+        .openapi({ description: "true: only pending and processing jobs" }),
+    ),
+    ...pageQuery(20).shape,
   })
   .refine((query) => query.project_id.length > 0 !== (query.user_id !== undefined), {
     message: "give project_id (1 to 100) or user_id, not both",
     path: ["project_id"],
   });
 
+export const listExportsRoute = createRoute({
+  method: "get",
+  path: "/exports",
+  operationId: "listExports",
+  summary:
+    "List the jobs of one or more projects (`project_id`), or of one user (`user_id`), newest " +
+    "first; exactly one of the two is given",
+  tags: ["exports"],
+  ...auth("apiToken"),
+  request: { query: listQuery },
+  responses: {
+    200: reply("one page", JobPage),
+    ...errorReplies("apiToken", { 400: ["invalid_request"] }),
+  },
+});
+
 /**
  * `GET /exports?project_id=1&project_id=2&active=true&limit=20&cursor=…` or `?user_id=7&…`:
  * newest first; `next_cursor` is null on the last page.
  */
-export async function listExports(c: AppContext): Promise<Response> {
-  const url = new URL(c.req.url);
-  const single = (name: string) => url.searchParams.get(name) ?? undefined;
-  const parsed = listQuery.safeParse({
-    project_id: url.searchParams.getAll("project_id"),
-    user_id: single("user_id"),
-    active: single("active"),
-    limit: single("limit"),
-    cursor: single("cursor"),
-  });
-  if (!parsed.success) {
-    return apiError(c, 400, "invalid_request", "the query is not valid", zodIssues(parsed.error));
-  }
-  const query = parsed.data;
-  return jobPage(
-    c,
+export const listExports: RouteHandler<typeof listExportsRoute, AppEnv> = async (c) => {
+  const query = c.req.valid("query");
+  const page = await jobPage(
+    c.env.DB,
     {
       projectIds: [...new Set(query.project_id)],
       userId: query.user_id,
@@ -47,4 +79,5 @@ export async function listExports(c: AppContext): Promise<Response> {
     query.limit,
     query.cursor,
   );
-}
+  return page ? c.json(page, 200) : badCursor(c);
+};

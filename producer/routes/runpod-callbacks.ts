@@ -1,64 +1,141 @@
 // RunPod's calls back into the producer: the completion webhook and the progress reports.
 // RunPod signs nothing, so the URL carries `attempt` and an HMAC of "<kind>:<id>:<attempt>".
 
-import { z } from "zod";
+import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
+import type { MiddlewareHandler } from "hono";
 import { applyRunStatus, recordProgress } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
-import { progressReport, runpodStatusObject } from "../../shared/schemas.ts";
 import { type SignedUrlKind, verifyAttempt } from "../../shared/signing.ts";
 import * as repo from "../../shared/sql/jobs.ts";
+import { BODY_ERRORS, errorReplies, jobIdParams, jsonBody, queryParam, reply } from "../api.ts";
+import { ProgressReport, RunpodStatus, WebhookAck } from "../api-schemas.ts";
 import { jobDeps } from "../deps.ts";
-import { type AppContext, apiError, readJsonBody } from "../http.ts";
+import { type AppEnv, apiError } from "../http.ts";
 
 export const attemptParam = z.coerce.number().int().min(0).max(1_000_000);
 
-/** The verified attempt number, or null when the URL's signature does not hold. */
-async function verifiedAttempt(c: AppContext, kind: SignedUrlKind): Promise<number | null> {
-  const attempt = attemptParam.safeParse(c.req.query("attempt"));
-  const sig = c.req.query("sig");
-  const secret = c.env.WEBHOOK_SECRET;
-  if (!attempt.success || !sig || !secret) return null;
-  const ok = await verifyAttempt(secret, kind, c.req.param("id") ?? "", attempt.data, sig);
-  return ok ? attempt.data : null;
+/** `?attempt=N&sig=HEX` of the URLs the producer hands RunPod. */
+const signedQuery = z.object({
+  // Said in full: a coerced number takes any input, so the generator would call it optional
+  // and nullable.
+  attempt: queryParam(attemptParam).openapi({
+    type: "integer",
+    minimum: 0,
+    maximum: 1_000_000,
+    description: "the attempt number the URL was signed for",
+    param: { required: true },
+  }),
+  sig: queryParam(
+    z
+      .string()
+      .min(1)
+      .openapi({
+        description:
+          'lowercase hex HMAC-SHA256(WEBHOOK_SECRET, "webhook:<id>:<attempt>") for the webhook, ' +
+          '"progress:<id>:<attempt>" for progress',
+      }),
+  ),
+});
+
+/**
+ * The URL's signature, checked before anything else is read: 401 bad_signature unless `sig` is
+ * the HMAC of this kind, id and attempt; the verified attempt is `c.get("attempt")`.
+ */
+function signedBy(kind: SignedUrlKind): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const query = signedQuery.safeParse({
+      attempt: c.req.query("attempt"),
+      sig: c.req.query("sig"),
+    });
+    const secret = c.env.WEBHOOK_SECRET;
+    const ok =
+      query.success &&
+      secret !== undefined &&
+      secret !== "" &&
+      (await verifyAttempt(
+        secret,
+        kind,
+        c.req.param("id") ?? "",
+        query.data.attempt,
+        query.data.sig,
+      ));
+    if (!ok || !query.success) {
+      return apiError(c, 401, "bad_signature", "the URL's signature does not match");
+    }
+    c.set("attempt", query.data.attempt);
+    await next();
+  };
 }
 
-function badSignature(c: AppContext): Response {
-  return apiError(c, 401, "bad_signature", "the URL's signature does not match");
-}
+export const runpodWebhookRoute = createRoute({
+  method: "post",
+  path: "/runpod/webhook/{id}",
+  operationId: "runpodWebhook",
+  summary: "RunPod's completion webhook for one attempt",
+  tags: ["runpod"],
+  security: [],
+  middleware: [signedBy("webhook")],
+  request: {
+    params: jobIdParams,
+    query: signedQuery,
+    body: jsonBody(RunpodStatus, { anyContentType: true }),
+  },
+  responses: {
+    200: reply(
+      "applied, or ignored as a duplicate, stale, finished or unknown job (RunPod retries " +
+        "every non-200)",
+      WebhookAck,
+    ),
+    ...errorReplies("signedUrl", BODY_ERRORS),
+  },
+});
 
 /**
  * `POST /runpod/webhook/{id}?attempt=N&sig=HEX`: RunPod's status object for one run. Anything
  * valid answers 200 — applied, or ignored as a duplicate, stale or finished — because RunPod
  * retries every non-200.
  */
-export async function runpodWebhook(c: AppContext): Promise<Response> {
-  const attempt = await verifiedAttempt(c, "webhook");
-  if (attempt === null) return badSignature(c);
-  const body = await readJsonBody(c, runpodStatusObject, { requireJsonContentType: false });
-  if (!body.ok) return body.response;
+export const runpodWebhook: RouteHandler<typeof runpodWebhookRoute, AppEnv> = async (c) => {
+  const attempt = c.get("attempt");
+  const status = c.req.valid("json");
+  const job = await repo.getJob(c.env.DB, c.req.valid("param").id);
+  if (!job) return c.json({ applied: false, outcome: "unknown_job" as const }, 200);
+  const outcome = await applyRunStatus(jobDeps(c), job, attempt, status);
+  log("info", "runpod webhook", { job_id: job.id, attempt, status: status.status, outcome });
+  return c.json({ applied: outcome !== "unchanged", outcome }, 200);
+};
 
-  const job = await repo.getJob(c.env.DB, c.req.param("id") ?? "");
-  if (!job) return c.json({ applied: false, outcome: "unknown_job" });
-  const outcome = await applyRunStatus(jobDeps(c), job, attempt, body.value);
-  log("info", "runpod webhook", { job_id: job.id, attempt, status: body.value.status, outcome });
-  return c.json({ applied: outcome !== "unchanged", outcome });
-}
+export const runpodProgressRoute = createRoute({
+  method: "post",
+  path: "/runpod/progress/{id}",
+  operationId: "runpodProgress",
+  summary: "Progress report of one attempt (never lowers progress)",
+  tags: ["runpod"],
+  security: [],
+  middleware: [signedBy("progress")],
+  request: {
+    params: jobIdParams,
+    query: signedQuery,
+    body: jsonBody(ProgressReport, { anyContentType: true }),
+  },
+  responses: {
+    204: { description: "recorded, or ignored when the attempt is not current" },
+    ...errorReplies("signedUrl", BODY_ERRORS),
+  },
+});
 
 /**
  * `POST /runpod/progress/{id}?attempt=N&sig=HEX` body `{"progress": 0..100, "runpod_job_id"?}` →
  * 204.
  */
-export async function runpodProgress(c: AppContext): Promise<Response> {
-  const attempt = await verifiedAttempt(c, "progress");
-  if (attempt === null) return badSignature(c);
-  const body = await readJsonBody(c, progressReport, { requireJsonContentType: false });
-  if (!body.ok) return body.response;
+export const runpodProgress: RouteHandler<typeof runpodProgressRoute, AppEnv> = async (c) => {
+  const report = c.req.valid("json");
   await recordProgress(
     jobDeps(c),
-    c.req.param("id") ?? "",
-    attempt,
-    Math.floor(body.value.progress),
-    body.value.runpod_job_id,
+    c.req.valid("param").id,
+    c.get("attempt"),
+    Math.floor(report.progress),
+    report.runpod_job_id,
   );
   return c.body(null, 204);
-}
+};

@@ -3,10 +3,28 @@
 import { retryTransient } from "../d1-retry.ts";
 import { ARCHIVED_PAIRS, JOB_SQL, type JobRow } from "./jobs.ts";
 
+/** The timeline's event types, as migration 0005's triggers and recordDeadLetters write them. */
+export const EVENT_TYPES = [
+  "created",
+  "claimed",
+  "submitted",
+  "submit_failed",
+  "released",
+  "progress",
+  "completed",
+  "failed",
+  "cancelled",
+  "dead_lettered",
+  "replayed",
+  "retried",
+  "expired",
+] as const;
+export type EventType = (typeof EVENT_TYPES)[number];
+
 export interface JobEvent {
   at: string;
   attempt: number;
-  type: string;
+  type: EventType;
   runpod_job_id?: string;
   detail?: string;
 }
@@ -15,7 +33,7 @@ export interface JobEvent {
 export interface EventRow {
   at: string;
   attempt: number;
-  type: string;
+  type: EventType;
   runpod_job_id: string | null;
   detail: string | null;
 }

@@ -1,0 +1,278 @@
+// The API's named schemas: the shapes of the answers, and the request bodies under the names the
+// OpenAPI document gives them. Each is registered once with `component(name, schema)`; routes use
+// the returned schema, so the document refers to it as `#/components/schemas/<name>`.
+// `exactly<T>()(schema)` compiles only while the schema's output type and T are assignable both
+// ways, so a column added to the code breaks the build, not the document.
+
+import { z } from "@hono/zod-openapi";
+import type { DispatchStatus } from "../shared/dispatcher.ts";
+import type { RunOutcome } from "../shared/job-state.ts";
+import type { LiveMessage } from "../shared/live-keys.ts";
+import { liveTicketRequest } from "../shared/live-ticket.ts";
+import {
+  createExportRequest,
+  JOB_TYPES,
+  progressReport,
+  runpodStatusObject,
+} from "../shared/schemas.ts";
+import type { DeadLetterRow } from "../shared/sql/dead-letters.ts";
+import { EVENT_TYPES } from "../shared/sql/events.ts";
+import type { Job } from "../shared/sql/jobs.ts";
+import type { StatsWithArchive } from "../shared/sql/stats.ts";
+
+export interface Component {
+  schema: z.ZodType;
+  /** What the document says of it: the schema's description, or a note in its place. */
+  note?: string;
+}
+const COMPONENTS = new Map<string, Component>();
+
+/** Names `schema` as a component of the document; use the schema this returns. */
+export function component<S extends z.ZodType>(name: string, schema: S, note?: string): S {
+  if (COMPONENTS.has(name)) throw new Error(`component ${name} is declared twice`);
+  // A clone: a schema made before @hono/zod-openapi extended zod (shared/ never imports it) has
+  // no .openapi(); its clone, made now, does.
+  const named = schema.clone().openapi(name) as S;
+  // The clone is not the described schema: its description travels as the note.
+  const description = note ?? schema.description;
+  COMPONENTS.set(name, { schema: named, ...(description ? { note: description } : {}) });
+  return named;
+}
+
+/** Every named schema, by name (the document's components). */
+export function components(): ReadonlyMap<string, Component> {
+  return COMPONENTS;
+}
+
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const exactly =
+  <T>() =>
+  <S extends z.ZodType>(
+    schema: S,
+    ..._mismatch: Same<z.output<S>, T> extends true ? [] : [never]
+  ) =>
+    schema;
+
+const stamp = (what: string) => `${what}: UTC text "YYYY-MM-DD HH:MM:SS.SSS"`;
+export const jobStatus = z.enum(["pending", "processing", "complete", "error"]);
+
+export const JobSchema = component(
+  "Job",
+  exactly<Job>()(
+    z
+      .object({
+        id: z.string().describe("UUID"),
+        project_id: z.number().int(),
+        type: z.enum(JOB_TYPES),
+        status: jobStatus,
+        progress: z.number().int().min(0).max(100),
+        input_video_key: z.string(),
+        output_video_key: z.string().nullable().describe("set when the job is complete"),
+        params: z.record(z.string(), z.unknown()).describe("the request's params, as sent"),
+        error: z.string().nullable().describe("the last failure, or 'cancelled'"),
+        retry_count: z.number().int().min(0).describe("failed attempts so far"),
+        runpod_job_id: z.string().nullable(),
+        created_at: z.string().describe(stamp("created")),
+        started_at: z.string().nullable().describe(stamp("last claimed")),
+        completed_at: z.string().nullable().describe(stamp("completed")),
+        due_at: z
+          .string()
+          .nullable()
+          .describe(stamp("next attention (retry, claim deadline, poll)")),
+        idempotency_key: z.string().nullable(),
+        user_id: z
+          .number()
+          .int()
+          .nullable()
+          .describe("the project's owner, when the request named one"),
+        attempt: z
+          .number()
+          .int()
+          .min(0)
+          .describe("raised by every claim; webhooks of any other attempt change nothing"),
+        version: z
+          .number()
+          .int()
+          .min(1)
+          .describe("raised by every change of the job: keep the highest one you have seen"),
+        archived: z
+          .literal(true)
+          .optional()
+          .describe(
+            "present when the job finished more than ARCHIVE_AFTER_S ago and is answered from " +
+              "its archive in R2; such a job is no longer listed",
+          ),
+      })
+      .describe("An export job: the export_jobs row with params parsed back to an object."),
+  ),
+);
+
+export const DeadLetterSchema = component(
+  "DeadLetter",
+  exactly<Omit<DeadLetterRow, "body"> & { body: unknown }>()(
+    z
+      .object({
+        id: z.string().describe("the queue message id"),
+        queue: z.string(),
+        reason: z.enum(["dead_lettered", "unparseable"]),
+        body: z.unknown().describe("the message body, parsed when it is JSON, else the raw text"),
+        attempts: z.number().int(),
+        received_at: z.string().describe(stamp("recorded")),
+        job_id: z.string().nullable(),
+        job_status: jobStatus.nullable().describe("the job's status when it was dead-lettered"),
+        replayed_at: z.string().nullable().describe(stamp("replayed")),
+      })
+      .describe("A message the consumer gave up on."),
+  ),
+);
+
+const issue = z.object({
+  path: z.array(z.union([z.string(), z.number()])),
+  message: z.string(),
+  code: z.string().optional(),
+});
+export const ErrorSchema = component(
+  "Error",
+  z
+    .object({
+      error: z.object({
+        code: z.string(),
+        message: z.string(),
+        issues: z.array(issue).optional(),
+      }),
+    })
+    .describe(
+      "Every error answer. `code` is stable snake_case; `issues` lists what failed validation.",
+    ),
+);
+
+const stats = exactly<StatsWithArchive>()(
+  z.object({
+    jobs: z.object({
+      pending: z.number().int(),
+      processing: z.number().int(),
+      complete: z.number().int(),
+      error: z.number().int(),
+    }),
+    oldest_pending_created_at: z.string().nullable(),
+    oldest_pending_age_s: z.number().int().nullable(),
+    processing_without_run: z.number().int(),
+    dead_letters: z.object({ total: z.number().int(), not_replayed: z.number().int() }),
+    archived: z.number().int().describe("jobs archived to R2 and deleted from D1 so far"),
+  }),
+);
+
+const dispatch = exactly<DispatchStatus>()(
+  z
+    .object({
+      state: z.enum(["running", "paused", "probing"]),
+      reason: z.string().nullable().describe("why dispatch paused"),
+      since: z.string().describe("ISO 8601: when this state began"),
+      runs_last_10s: z.number().int().describe("submissions let through in the last 10 s"),
+      in_flight: z.number().int().describe("runs submitted and not finished"),
+      max_in_flight: z.number().int().describe("RUNPOD_MAX_IN_FLIGHT"),
+      waiting: z.number().int().describe("jobs waiting in the dispatcher for a slot"),
+      waiting_keys: z
+        .number()
+        .int()
+        .describe("fairness keys (users, else projects) with jobs waiting"),
+    })
+    .describe("The dispatch gate of this RunPod endpoint; null when it could not be reached."),
+);
+
+export const StatsSchema = component("Stats", stats.extend({ dispatch: dispatch.nullable() }));
+
+const webhookOutcome = exactly<RunOutcome | "unknown_job">()(
+  z.enum(["completed", "retrying", "failed", "cancelled", "progress", "unchanged", "unknown_job"]),
+);
+
+export const LiveMessageSchema = component(
+  "LiveMessage",
+  exactly<LiveMessage>()(
+    z
+      .discriminatedUnion("type", [
+        z.object({
+          type: z.literal("snapshot"),
+          jobs: z
+            .array(JobSchema)
+            .describe("the active jobs of the ticket's projects and their 20 newest finished"),
+        }),
+        z.object({ type: z.literal("job"), job: JobSchema }),
+      ])
+      .describe(
+        "A text frame of GET /live: one snapshot on connect, then one `job` per change, the " +
+          "job as GET /exports/{id} answers it. Keep the highest `version` per job. Send `ping` " +
+          "to get `pong`.",
+      ),
+  ),
+);
+
+const nextCursor = z
+  .string()
+  .nullable()
+  .describe("pass as `cursor` for the next page; null on the last");
+
+export const JobEnvelope = component("JobEnvelope", z.object({ job: JobSchema }));
+export const JobPage = component(
+  "JobPage",
+  z.object({ jobs: z.array(JobSchema), next_cursor: nextCursor }),
+);
+export const DeadLetterPage = component(
+  "DeadLetterPage",
+  z.object({ dead_letters: z.array(DeadLetterSchema), next_cursor: nextCursor }),
+);
+export const DeadLetterDetail = component(
+  "DeadLetterDetail",
+  z.object({ dead_letter: DeadLetterSchema, job: JobSchema.nullable() }),
+);
+export const DeadLetterReplay = component(
+  "DeadLetterReplay",
+  z.object({ dead_letter: DeadLetterSchema, job: JobSchema }),
+);
+
+export const EventList = component(
+  "EventList",
+  z.object({
+    events: z.array(
+      z.object({
+        at: z.string().describe(stamp("happened")),
+        attempt: z.number().int(),
+        type: z.enum(EVENT_TYPES),
+        runpod_job_id: z.string().optional(),
+        detail: z.string().optional().describe("why it failed; the progress reached; …"),
+      }),
+    ),
+  }),
+);
+
+export const LiveTicketRequest = component("LiveTicketRequest", liveTicketRequest);
+export const LiveTicket = component(
+  "LiveTicket",
+  z.object({
+    ticket: z.string().describe("pass as `ticket` to GET /live"),
+    expires_at: z.string().describe("ISO 8601: GET /live refuses the ticket from then on"),
+  }),
+);
+export const WebhookAck = component(
+  "WebhookAck",
+  z.object({ applied: z.boolean(), outcome: webhookOutcome }),
+);
+export const Health = component("Health", z.object({ ok: z.literal(true) }));
+export const OpenApiDocumentSchema = component(
+  "OpenApiDocument",
+  z.looseObject({ openapi: z.literal("3.1.0") }).describe("This document."),
+);
+
+export const CreateExportRequest = component(
+  "CreateExportRequest",
+  createExportRequest,
+  "`params` is checked per `type`; unknown keys of `params` (and of its items) pass through. " +
+    "Also checked, not expressible here: each highlight region's end_time > start_time, and " +
+    "input_video_key is at most 1024 UTF-8 bytes.",
+);
+export const RunpodStatus = component(
+  "RunpodStatus",
+  runpodStatusObject,
+  "RunPod's job status object, as returned by /status/{id}; unknown keys pass through.",
+);
+export const ProgressReport = component("ProgressReport", progressReport);
