@@ -11,7 +11,7 @@ import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { type LocalStack, startLocalStack } from "../scripts/local-stack.ts";
-import { pause, sleep, stripAnsi, writeResults } from "./support.ts";
+import { delta, pause, sleep, stripAnsi, writeResults } from "./support.ts";
 
 const ENDPOINT = "scenarios-endpoint";
 const PORTS = [36787, 36788, 36790, 36229, 36230] as const; // producer, consumer, emulator, inspectors
@@ -241,15 +241,6 @@ async function putConfig(s: LocalStack, config: Record<string, number | boolean>
 async function runAnswers(s: LocalStack): Promise<Record<string, number>> {
   const url = `${s.emulatorUrl}/__emulator/endpoints/${ENDPOINT}/stats`;
   return ((await readJson(url)) as RunAnswers).run_answers;
-}
-
-function delta(before: Record<string, number>, after: Record<string, number>) {
-  const out: Record<string, number> = {};
-  for (const key of new Set([...Object.keys(before), ...Object.keys(after)])) {
-    const n = (after[key] ?? 0) - (before[key] ?? 0);
-    if (n !== 0) out[key] = n;
-  }
-  return out;
 }
 
 const bump = (counts: Record<string, number>, key: string, by = 1) => {

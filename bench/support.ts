@@ -48,6 +48,16 @@ export function quantile(values: readonly number[], q: number): number {
 
 export const median = (values: readonly number[]) => quantile(values, 0.5);
 
+/** The counts that changed from `before` to `after`, by key (zeros left out). */
+export function delta(before: Record<string, number>, after: Record<string, number>) {
+  const out: Record<string, number> = {};
+  for (const key of new Set([...Object.keys(before), ...Object.keys(after)])) {
+    const n = (after[key] ?? 0) - (before[key] ?? 0);
+    if (n !== 0) out[key] = n;
+  }
+  return out;
+}
+
 export const round = (value: number, digits = 2) =>
   Number.isFinite(value) ? Number(value.toFixed(digits)) : value;
 
