@@ -1,5 +1,5 @@
-import * as repo from "../shared/sql/jobs.ts";
-import { toJob } from "../shared/sql/jobs.ts";
+import * as repo from "../shared/sql/jobs/listings.ts";
+import { toJob } from "../shared/sql/jobs/row.ts";
 import { readCursor, toPage } from "./cursor.ts";
 import { type AppContext, badCursor } from "./http.ts";
 

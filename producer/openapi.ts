@@ -16,7 +16,7 @@ import {
   runpodStatusObject,
 } from "../shared/schemas.ts";
 import type { DeadLetterRow } from "../shared/sql/dead-letters.ts";
-import type { Job } from "../shared/sql/jobs.ts";
+import type { Job } from "../shared/sql/jobs/row.ts";
 import type { StatsWithArchive } from "../shared/sql/stats.ts";
 import { MAX_BODY_BYTES } from "./http.ts";
 import { adminQuery } from "./routes/admin-jobs.ts";

@@ -1,6 +1,6 @@
 // How live-status objects are named, and what their sockets receive: shared by the objects
 // (shared/live-hub.ts) and the publisher (shared/live-publisher.ts), with no runtime imports.
-import type { Job } from "./sql/jobs.ts";
+import type { Job } from "./sql/jobs/row.ts";
 
 /** The hub of one project's changes. */
 export const projectHubName = (projectId: number) => `project:${projectId}`;

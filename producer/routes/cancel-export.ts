@@ -1,7 +1,7 @@
 import { readArchivedJob } from "../../shared/archive.ts";
 import { cancelJob } from "../../shared/job-state.ts";
-import * as repo from "../../shared/sql/jobs.ts";
-import { toJob } from "../../shared/sql/jobs.ts";
+import * as repo from "../../shared/sql/jobs/reads.ts";
+import { toJob } from "../../shared/sql/jobs/row.ts";
 import { jobDepsWithRunpod } from "../deps.ts";
 import { type AppContext, apiError } from "../http.ts";
 

@@ -2,9 +2,8 @@ import { createJob } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import { type CreateExportRequest, createExportRequest } from "../../shared/schemas.ts";
 import { toHex } from "../../shared/signing.ts";
-import type { JobRow } from "../../shared/sql/jobs.ts";
-import * as repo from "../../shared/sql/jobs.ts";
-import { toJob } from "../../shared/sql/jobs.ts";
+import * as repo from "../../shared/sql/jobs/reads.ts";
+import { type JobRow, toJob } from "../../shared/sql/jobs/row.ts";
 import { jobDeps } from "../deps.ts";
 import { type AppContext, apiError, readJsonBody } from "../http.ts";
 

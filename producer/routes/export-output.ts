@@ -3,7 +3,7 @@
 // browsers can cache. An archived job's output key comes from its archive (shared/archive.ts): the
 // object is served for as long as it exists.
 import { readArchivedJob } from "../../shared/archive.ts";
-import { getJob } from "../../shared/sql/jobs.ts";
+import { getJob } from "../../shared/sql/jobs/reads.ts";
 import { type AppContext, apiError } from "../http.ts";
 
 type ByteRange = { offset: number; length: number } | "unsatisfiable" | null;

@@ -1,6 +1,6 @@
 import { readArchivedJob } from "../../shared/archive.ts";
-import * as repo from "../../shared/sql/jobs.ts";
-import { toJob } from "../../shared/sql/jobs.ts";
+import * as repo from "../../shared/sql/jobs/reads.ts";
+import { toJob } from "../../shared/sql/jobs/row.ts";
 import { type AppContext, apiError } from "../http.ts";
 
 /** `GET /exports/{id}`: from D1, else from its archive in R2 (`"archived": true`). */

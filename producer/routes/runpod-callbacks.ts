@@ -6,7 +6,7 @@ import { applyRunStatus, recordProgress } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import { progressReport, runpodStatusObject } from "../../shared/schemas.ts";
 import { type SignedUrlKind, verifyAttempt } from "../../shared/signing.ts";
-import * as repo from "../../shared/sql/jobs.ts";
+import * as repo from "../../shared/sql/jobs/reads.ts";
 import { jobDeps } from "../deps.ts";
 import { type AppContext, apiError, readJsonBody } from "../http.ts";
 

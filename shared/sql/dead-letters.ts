@@ -1,7 +1,8 @@
 // Every statement on `dead_letters` (and the job side of a replay).
 
 import { retryTransient } from "../d1-retry.ts";
-import { ARCHIVED_PAIRS, CANCELLED, type JobRow, type JobStatus } from "./jobs.ts";
+import { ARCHIVED_PAIRS } from "./jobs/archive.ts";
+import { CANCELLED, type JobRow, type JobStatus } from "./jobs/row.ts";
 import { NOW } from "./time.ts";
 
 export interface DeadLetterRow {
