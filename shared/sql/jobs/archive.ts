@@ -2,6 +2,7 @@
 // letters and counts): which jobs are archivable, and the guard of an archived batch.
 
 import { NOW_PLUS, seconds } from "../time.ts";
+import * as due from "./due.ts";
 import { allRows, type JobRow } from "./row.ts";
 
 /**
@@ -21,7 +22,7 @@ export const ARCHIVE_SQL = {
   // object twice. A job whose RunPod /cancel is still to be retried (due_at set) waits for it.
   archivable: `SELECT * FROM export_jobs
                WHERE (finished_at, id) > (?, ?) AND finished_at < ${NOW_PLUS}
-                 AND +status IN ('complete', 'error') AND due_at IS NULL
+                 AND +status IN ('complete', 'error') AND ${due.isNothingDue}
                ORDER BY finished_at, id LIMIT ?`,
   // Which of a batch are still as they were read, in the same transaction as reading their events.
   archivedUnchanged: `SELECT id FROM export_jobs WHERE ${ARCHIVED_PAIRS}`,

@@ -3,12 +3,13 @@
 import { retryTransient } from "../../d1-retry.ts";
 import type { JobType } from "../../schemas.ts";
 import { NOW } from "../time.ts";
+import * as due from "./due.ts";
 import type { JobRow } from "./row.ts";
 
 export const INSERT_SQL = {
   insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
                                     idempotency_key, request_hash, created_at, due_at, pending_since)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ${NOW}, ${NOW}, ${NOW})
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ${NOW}, ${due.firstTry}, ${NOW})
            ON CONFLICT DO NOTHING
            RETURNING *`,
 } as const;

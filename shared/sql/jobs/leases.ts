@@ -4,48 +4,50 @@
 //
 // A lease is one statement that picks due jobs *and* pushes their due_at forward, through the
 // (status, due_at) index, so two reconciler passes running at once never pick the same job.
+// What due_at means for each status, and the helpers that set and test it: due.ts.
 
 import { retryTransient } from "../../d1-retry.ts";
 import { NOW, NOW_PLUS, seconds } from "../time.ts";
+import * as due from "./due.ts";
 import { allRows, CANCELLED, firstRow, type JobRow } from "./row.ts";
 
 export const LEASE_SQL = {
-  leaseLostPending: `UPDATE export_jobs SET due_at = ${NOW}, version = version + 1, last_event = NULL
+  leaseLostPending: `UPDATE export_jobs SET ${due.retryAt(NOW)}, version = version + 1, last_event = NULL
                      WHERE id IN (SELECT id FROM export_jobs
-                                  WHERE status = 'pending' AND due_at <= ${NOW_PLUS}
+                                  WHERE status = 'pending' AND ${due.retryDueBy(NOW_PLUS)}
                                   ORDER BY due_at LIMIT ?)
                        AND +status = 'pending'
                      RETURNING *`,
   // Jobs the dispatcher keeps waiting for a slot: due_at NULL on a pending row means "the
   // dispatcher holds it", so the lost-message lease above never takes it (once per wait). Only a
   // job that is due: one re-pended or released meanwhile (its due_at ahead) waits out its delay.
-  hold: `UPDATE export_jobs SET due_at = NULL, version = version + 1, last_event = NULL
+  hold: `UPDATE export_jobs SET ${due.held}, version = version + 1, last_event = NULL
          WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
-           AND due_at <= ${NOW}
+           AND ${due.retryDueBy(NOW)}
          RETURNING *`,
   // The reconciler's audit of held jobs against the dispatcher, keyset-paged on rowid (the
   // order of the (status, due_at) index within due_at IS NULL): a read, no lease.
   held: `SELECT rowid AS seq, id FROM export_jobs
-         WHERE status = 'pending' AND due_at IS NULL AND rowid > ?
+         WHERE status = 'pending' AND ${due.isHeld} AND rowid > ?
          ORDER BY rowid LIMIT ?`,
-  leaseDueProcessing: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1, last_event = NULL
+  leaseDueProcessing: `UPDATE export_jobs SET ${due.claimDeadlineOrPollAt(NOW_PLUS)}, version = version + 1, last_event = NULL
                        WHERE id IN (SELECT id FROM export_jobs
-                                    WHERE status = 'processing' AND due_at <= ${NOW}
+                                    WHERE status = 'processing' AND ${due.claimDeadlineOrPollDueBy(NOW)}
                                     ORDER BY due_at LIMIT ?)
                          AND +status = 'processing'
                        RETURNING *`,
   // RunPod's /cancel failed after a user's cancel: due_at on an `error` row means "cancel its run
   // again"; the reconciler picks such rows through (status, due_at) and clears due_at when done.
-  cancelUnconfirmed: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1, last_event = NULL
+  cancelUnconfirmed: `UPDATE export_jobs SET ${due.cancelRetryAt(NOW_PLUS)}, version = version + 1, last_event = NULL
                       WHERE id = ? AND status = 'error' AND error = '${CANCELLED}'
                         AND runpod_job_id = ?
                       RETURNING *`,
-  cancelConfirmed: `UPDATE export_jobs SET due_at = NULL, version = version + 1, last_event = NULL
-                    WHERE id = ? AND status = 'error' AND due_at IS NOT NULL
+  cancelConfirmed: `UPDATE export_jobs SET ${due.nothingDue}, version = version + 1, last_event = NULL
+                    WHERE id = ? AND status = 'error' AND ${due.hasCancelRetry}
                     RETURNING *`,
-  leaseUnconfirmedCancels: `UPDATE export_jobs SET due_at = ${NOW_PLUS}, version = version + 1, last_event = NULL
+  leaseUnconfirmedCancels: `UPDATE export_jobs SET ${due.cancelRetryAt(NOW_PLUS)}, version = version + 1, last_event = NULL
                             WHERE id IN (SELECT id FROM export_jobs
-                                         WHERE status = 'error' AND due_at <= ${NOW}
+                                         WHERE status = 'error' AND ${due.cancelRetryDueBy(NOW)}
                                          ORDER BY due_at LIMIT ?)
                               AND +status = 'error'
                             RETURNING *`,

@@ -7,6 +7,7 @@
 //   transitions.ts  the guarded state changes that shared/job-state.ts makes
 //   leases.ts       bookkeeping: the reconciler's leases, the dispatcher's holds, cancel retries
 //   archive.ts      retention: what is archivable, and the archived batch's guard
+//   due.ts          what `due_at` means, and the only way the statements set or test it
 //   catalog.ts      every statement by name, for the query-plan test and the bench
 //
 // Reads and the guarded statements are retried on transient D1 errors (shared/d1-retry.ts):
@@ -33,6 +34,7 @@ export interface JobRow {
   created_at: string;
   started_at: string | null;
   completed_at: string | null;
+  /** When the job next needs attention; what that is depends on the status (due.ts). */
   due_at: string | null;
   idempotency_key: string | null;
   /** SHA-256 of the canonical request body; internal, never returned by the API. */

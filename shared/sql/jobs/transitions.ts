@@ -9,6 +9,7 @@
 // planner away from the primary key, it is written `+status` (no index).
 
 import { NOW, NOW_PLUS, seconds } from "../time.ts";
+import * as due from "./due.ts";
 import { allRows, CANCELLED, firstRow, type JobRow } from "./row.ts";
 
 /** `SET` fragments every transition to `pending` shares: a fresh start for the next claim. */
@@ -25,20 +26,20 @@ const FINISHED_ON_FOURTH_FAILURE = `finished_at = CASE WHEN retry_count < 3 THEN
  */
 const SEED_RETRY = `status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'error' END,
   error = ?,
-  due_at = CASE WHEN retry_count < 3 THEN ${NOW_PLUS} ELSE NULL END,
+  ${due.retryAtOrNothingDue("retry_count < 3", NOW_PLUS)},
   ${FINISHED_ON_FOURTH_FAILURE},
   retry_count = retry_count + 1, version = version + 1`;
 
 export const TRANSITION_SQL = {
   claim: `UPDATE export_jobs
           SET status = 'processing', attempt = attempt + 1, started_at = ${NOW}, progress = 0,
-              due_at = ${NOW_PLUS}, version = version + 1, last_event = 'claimed'
+              ${due.claimDeadline(NOW_PLUS)}, version = version + 1, last_event = 'claimed'
           WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
           RETURNING *`,
-  recordRun: `UPDATE export_jobs SET runpod_job_id = ?, due_at = ${NOW_PLUS}, version = version + 1, last_event = 'submitted'
+  recordRun: `UPDATE export_jobs SET runpod_job_id = ?, ${due.pollAt(NOW_PLUS)}, version = version + 1, last_event = 'submitted'
               WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
               RETURNING *`,
-  release: `UPDATE export_jobs SET status = 'pending', due_at = ${NOW_PLUS}, version = version + 1, last_event = 'released'
+  release: `UPDATE export_jobs SET status = 'pending', ${due.retryAt(NOW_PLUS)}, version = version + 1, last_event = 'released'
             WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
             RETURNING *`,
   // The seed's CASE update (SEED_RETRY), for no run, the recorded run, or a run not recorded yet.
@@ -60,37 +61,37 @@ export const TRANSITION_SQL = {
   // The seed's "mark job complete", for the current attempt and run only.
   completeRecordedRun: `UPDATE export_jobs
                         SET status = 'complete', progress = 100, output_video_key = ?,
-                            completed_at = ${NOW}, finished_at = ${NOW}, due_at = NULL,
+                            completed_at = ${NOW}, finished_at = ${NOW}, ${due.nothingDue},
                             version = version + 1, last_event = 'completed'
                         WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                         RETURNING *`,
   // A webhook faster than recordRun (or a run adopted after the client timed out on /run).
   completeUnrecordedRun: `UPDATE export_jobs
                           SET status = 'complete', progress = 100, output_video_key = ?,
-                              completed_at = ${NOW}, finished_at = ${NOW}, due_at = NULL,
+                              completed_at = ${NOW}, finished_at = ${NOW}, ${due.nothingDue},
                               runpod_job_id = ?,
                               version = version + 1, last_event = 'completed'
                           WHERE id = ? AND status = 'processing' AND attempt = ?
                             AND runpod_job_id IS NULL
                           RETURNING *`,
   cancelledRecordedRun: `UPDATE export_jobs
-                         SET status = 'error', error = '${CANCELLED}', due_at = NULL,
+                         SET status = 'error', error = '${CANCELLED}', ${due.nothingDue},
                              finished_at = ${NOW}, version = version + 1, last_event = 'cancelled'
                          WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                          RETURNING *`,
   cancelledUnrecordedRun: `UPDATE export_jobs
-                           SET status = 'error', error = '${CANCELLED}', due_at = NULL,
+                           SET status = 'error', error = '${CANCELLED}', ${due.nothingDue},
                                finished_at = ${NOW}, runpod_job_id = ?, version = version + 1,
                                last_event = 'cancelled'
                            WHERE id = ? AND status = 'processing' AND attempt = ?
                              AND runpod_job_id IS NULL
                            RETURNING *`,
   cancel: `UPDATE export_jobs
-           SET status = 'error', error = '${CANCELLED}', due_at = NULL, finished_at = ${NOW},
+           SET status = 'error', error = '${CANCELLED}', ${due.nothingDue}, finished_at = ${NOW},
                version = version + 1, last_event = 'cancelled'
            WHERE id = ? AND status IN ('pending', 'processing')
            RETURNING *`,
-  progress: `UPDATE export_jobs SET progress = ?, due_at = ${NOW_PLUS}, version = version + 1, last_event = CASE WHEN CAST(? AS INTEGER) / 25 > progress / 25 THEN 'progress' END
+  progress: `UPDATE export_jobs SET progress = ?, ${due.claimDeadlineOrPollAt(NOW_PLUS)}, version = version + 1, last_event = CASE WHEN CAST(? AS INTEGER) / 25 > progress / 25 THEN 'progress' END
              WHERE id = ? AND status = 'processing' AND attempt = ? AND progress < ?
              RETURNING *`,
 
@@ -98,13 +99,13 @@ export const TRANSITION_SQL = {
   // retry budget restored; the attempt number is kept, so the next claim takes a fresh one.
   retryByIds: `UPDATE export_jobs
                SET ${BACK_TO_PENDING}, retry_count = 0, error = NULL, progress = 0,
-                   started_at = NULL, completed_at = NULL, due_at = ${NOW}, pending_since = ${NOW}
+                   started_at = NULL, completed_at = NULL, ${due.retryAt(NOW)}, pending_since = ${NOW}
                WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'error'
                  AND error IS NOT '${CANCELLED}'
                RETURNING *`,
   retryByFilter: `UPDATE export_jobs
                   SET ${BACK_TO_PENDING}, retry_count = 0, error = NULL, progress = 0,
-                      started_at = NULL, completed_at = NULL, due_at = ${NOW},
+                      started_at = NULL, completed_at = NULL, ${due.retryAt(NOW)},
                       pending_since = ${NOW}
                   WHERE id IN (SELECT id FROM export_jobs
                                WHERE status = 'error' AND created_at >= ? AND created_at < ?
@@ -116,7 +117,7 @@ export const TRANSITION_SQL = {
 
   // The reconciler's expiry: pending jobs wanted for too long, oldest first.
   expirePending: `UPDATE export_jobs
-                  SET status = 'error', error = ?, due_at = NULL, finished_at = ${NOW},
+                  SET status = 'error', error = ?, ${due.nothingDue}, finished_at = ${NOW},
                       version = version + 1, last_event = 'expired'
                   WHERE id IN (SELECT id FROM export_jobs
                                WHERE status = 'pending' AND created_at < ?
