@@ -9,7 +9,7 @@ import path from "node:path";
 import { devServerFlags } from "../scripts/local-stack.ts";
 import { DEAD_LETTER_SQL } from "../shared/sql/dead-letters.ts";
 import { EVENT_SQL } from "../shared/sql/events.ts";
-import { JOB_SQL } from "../shared/sql/jobs.ts";
+import { JOB_SQL } from "../shared/sql/jobs/catalog.ts";
 import { STATS_SQL } from "../shared/sql/stats.ts";
 import {
   type Guarded,

@@ -27,8 +27,8 @@ import { log } from "../shared/log.ts";
 import { createRunpodClient, type RunpodClient, RunpodError } from "../shared/runpod-client.ts";
 import { jobMessage } from "../shared/schemas.ts";
 import { type ConsumerSettings, consumerSettings } from "../shared/settings.ts";
-import type { JobRow } from "../shared/sql/jobs.ts";
-import * as jobs from "../shared/sql/jobs.ts";
+import { pendingJobs } from "../shared/sql/jobs/reads.ts";
+import type { JobRow } from "../shared/sql/jobs/row.ts";
 import { buildRunRequest } from "./run-request.ts";
 
 /** The dispatcher as the consumer sees it (shared/dispatcher.ts behind a stub). */
@@ -108,7 +108,7 @@ export async function processJobBatch(
   const gateConfig = deps.settings.gate;
   // Offer the jobs still pending to the dispatcher; it admits those whose turn it is (free slots,
   // fairness, the gate) and keeps the others waiting, sending them when their turn comes.
-  const pending = await jobs.pendingJobs(deps.db, [...byJob.keys()]);
+  const pending = await pendingJobs(deps.db, [...byJob.keys()]);
   // Only duplicates (no job still pending): nothing to ask the dispatcher.
   const admission: Admission =
     pending.length === 0

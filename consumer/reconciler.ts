@@ -24,8 +24,10 @@ import {
 } from "../shared/job-state.ts";
 import { log } from "../shared/log.ts";
 import { RunpodError } from "../shared/runpod-client.ts";
-import type { JobRow } from "../shared/sql/jobs.ts";
-import * as jobs from "../shared/sql/jobs.ts";
+import { ARCHIVE_START, archivableJobs } from "../shared/sql/jobs/archive.ts";
+import { heldJobs } from "../shared/sql/jobs/leases.ts";
+import { processingAmong } from "../shared/sql/jobs/reads.ts";
+import type { JobRow } from "../shared/sql/jobs/row.ts";
 import type { ConsumerDeps } from "./process-jobs.ts";
 
 /** Jobs leased per statement. */
@@ -135,7 +137,7 @@ export async function reconcile(
     "held",
     async () => {
       if (pages >= HELD_PAGES_PER_PASS) return [];
-      const page = await jobs.heldJobs(deps.db, afterSeq, batch);
+      const page = await heldJobs(deps.db, afterSeq, batch);
       pages += 1;
       if (page.length < batch) swept = true;
       afterSeq = page.at(-1)?.seq ?? afterSeq;
@@ -201,7 +203,7 @@ export async function reconcile(
   // 5. The dispatcher's runs in flight against D1: a slot whose notification was lost is freed.
   try {
     const slots = await deps.dispatcher.inFlight();
-    const processing = await jobs.processingAmong(deps.db, slots);
+    const processing = await processingAmong(deps.db, slots);
     const healed = await deps.dispatcher.heal(processing, settings.gate, options.healGraceMs);
     report.slotsHealed = healed.length;
     // A healed job that is still pending lost its message after admission: sent again now (one
@@ -216,16 +218,11 @@ export async function reconcile(
   //    while they come back full and time is left, so the archive keeps up with the rate at which
   //    jobs finish; each pass starts again from the oldest, past any job a batch had to leave.
   if (settings.archiveAfterS > 0) {
-    let after = jobs.ARCHIVE_START;
+    let after = ARCHIVE_START;
     await step(
       "archive",
       async () => {
-        const rows = await jobs.archivableJobs(
-          deps.db,
-          settings.archiveAfterS,
-          after,
-          archiveBatch,
-        );
+        const rows = await archivableJobs(deps.db, settings.archiveAfterS, after, archiveBatch);
         const last = rows.at(-1);
         if (last) after = { finished_at: last.finished_at ?? "", id: last.id };
         return rows;

@@ -2,7 +2,7 @@ import { plannedOutputKey } from "../shared/job-state.ts";
 import type { RunRequest } from "../shared/runpod-client.ts";
 import type { ConsumerSettings } from "../shared/settings.ts";
 import { attemptUrls } from "../shared/signing.ts";
-import type { JobRow } from "../shared/sql/jobs.ts";
+import type { JobRow } from "../shared/sql/jobs/row.ts";
 
 /** The body of `POST /run` for attempt `job.attempt` of a claimed job. */
 export async function buildRunRequest(

@@ -17,7 +17,7 @@ import {
 } from "../shared/schemas.ts";
 import type { DeadLetterRow } from "../shared/sql/dead-letters.ts";
 import { EVENT_TYPES } from "../shared/sql/events.ts";
-import type { Job } from "../shared/sql/jobs.ts";
+import type { Job } from "../shared/sql/jobs/row.ts";
 import type { StatsWithArchive } from "../shared/sql/stats.ts";
 
 export interface Component {

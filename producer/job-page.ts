@@ -1,6 +1,6 @@
 import { z } from "@hono/zod-openapi";
-import * as repo from "../shared/sql/jobs.ts";
-import { type Job, toJob } from "../shared/sql/jobs.ts";
+import * as repo from "../shared/sql/jobs/listings.ts";
+import { type Job, toJob } from "../shared/sql/jobs/row.ts";
 import { queryParam } from "./api.ts";
 import { readCursor, toPage } from "./cursor.ts";
 

@@ -2,7 +2,7 @@
 // ages. No I/O here, so it is unit-tested directly.
 import type { DispatchStatus } from "../shared/dispatcher.ts";
 import type { DeadLetterRow } from "../shared/sql/dead-letters.ts";
-import type { Job } from "../shared/sql/jobs.ts";
+import type { Job } from "../shared/sql/jobs/row.ts";
 import type { Stats } from "../shared/sql/stats.ts";
 
 /** A dead letter as the API returns it: the row with `body` parsed when it is JSON. */

@@ -20,7 +20,9 @@ import { log } from "./log.ts";
 import { MAX_SUBMIT_CONCURRENCY } from "./settings.ts";
 import { DEAD_LETTER_SQL } from "./sql/dead-letters.ts";
 import { EVENT_SQL, type EventRow, type JobEvent, toEvent } from "./sql/events.ts";
-import { getJob, JOB_SQL, type Job, type JobRow, toJob } from "./sql/jobs.ts";
+import { ARCHIVE_SQL } from "./sql/jobs/archive.ts";
+import { getJob } from "./sql/jobs/reads.ts";
+import { type Job, type JobRow, toJob } from "./sql/jobs/row.ts";
 import { STATS_SQL } from "./sql/stats.ts";
 
 export const ARCHIVE_PREFIX = "archive/export_jobs/";
@@ -114,7 +116,7 @@ export async function archiveJobs(
           .prepare(EVENT_SQL.byJobs)
           .bind(JSON.stringify(part.jobs.map((job) => job.id)), part.from, part.to),
       ),
-      db.prepare(JOB_SQL.archivedUnchanged).bind(pairsOf(rows)),
+      db.prepare(ARCHIVE_SQL.archivedUnchanged).bind(pairsOf(rows)),
     ]),
   );
   const unchanged = new Set(((read.at(-1)?.results ?? []) as { id: string }[]).map((r) => r.id));
@@ -157,7 +159,7 @@ export async function archiveJobs(
         db.prepare(EVENT_SQL.deleteArchived).bind(pairsOf(part.jobs), part.from, part.to),
       ),
       db.prepare(DEAD_LETTER_SQL.deleteArchived).bind(pairs),
-      db.prepare(JOB_SQL.deleteArchived).bind(pairs),
+      db.prepare(ARCHIVE_SQL.deleteArchived).bind(pairs),
     ]),
   );
   const archived = deleted.at(-1)?.results?.length ?? 0;

@@ -1,6 +1,6 @@
 // The job state machine. Every handler — the consumer, the webhook, the progress route, the
 // reconciler, cancel, replay and operator retry — changes a job only through the functions here,
-// which call the guarded statements of shared/sql/jobs.ts.
+// which call the guarded statements of shared/sql/jobs/ (transitions.ts, leases.ts).
 //
 //   pending --claim (attempt + 1)--> processing --COMPLETED--> complete (progress 100, output key)
 //    ^  ^                              |   |  submit failed / FAILED / TIMED_OUT / run lost
@@ -29,8 +29,11 @@ import type { RunpodStatusObject } from "./schemas.ts";
 import { r2Key } from "./schemas.ts";
 import type { RetrySettings } from "./settings.ts";
 import * as deadLetters from "./sql/dead-letters.ts";
-import type { JobRow } from "./sql/jobs.ts";
-import * as jobs from "./sql/jobs.ts";
+import { insertJob, type NewJob } from "./sql/jobs/insert.ts";
+import * as leases from "./sql/jobs/leases.ts";
+import { getJob } from "./sql/jobs/reads.ts";
+import { type JobRow, toJob } from "./sql/jobs/row.ts";
+import * as transitions from "./sql/jobs/transitions.ts";
 
 /** Queues accept delays up to 12 hours. */
 export const MAX_QUEUE_DELAY_S = 43_200;
@@ -91,7 +94,7 @@ export async function publishJobs(deps: JobDeps, rows: readonly (JobRow | null)[
 async function publishNow(deps: JobDeps, changed: readonly JobRow[]): Promise<void> {
   const results = await Promise.allSettled(
     // async: a publisher that throws instead of rejecting is a failed publication all the same.
-    changed.map(async (row) => deps.live.publish(jobs.toJob(row))),
+    changed.map(async (row) => deps.live.publish(toJob(row))),
   );
   results.forEach((result, i) => {
     if (result.status === "rejected") {
@@ -111,8 +114,8 @@ async function published<T extends JobRow | null>(deps: JobDeps, row: T): Promis
 }
 
 /** createJob: the seed's "create job" (pending), or null for an Idempotency-Key already used. */
-export async function createJob(deps: JobDeps, job: jobs.NewJob): Promise<JobRow | null> {
-  return published(deps, await jobs.insertJob(deps.db, job));
+export async function createJob(deps: JobDeps, job: NewJob): Promise<JobRow | null> {
+  return published(deps, await insertJob(deps.db, job));
 }
 
 /** Where the GPU worker writes the result. */
@@ -171,7 +174,7 @@ export async function claimJobs(
   ids: readonly string[],
   claimTimeoutS: number,
 ): Promise<JobRow[]> {
-  const claimed = await jobs.claimJobs(deps.db, ids, claimTimeoutS);
+  const claimed = await transitions.claimJobs(deps.db, ids, claimTimeoutS);
   await publishJobs(deps, claimed);
   return claimed;
 }
@@ -186,9 +189,15 @@ export async function recordRun(
   job: JobRow,
   runpodJobId: string,
 ): Promise<JobRow | null> {
-  const row = await jobs.recordRun(deps.db, job.id, job.attempt, runpodJobId, deps.pollAfterS);
+  const row = await transitions.recordRun(
+    deps.db,
+    job.id,
+    job.attempt,
+    runpodJobId,
+    deps.pollAfterS,
+  );
   if (row) return published(deps, row);
-  const now = await jobs.getJob(deps.db, job.id);
+  const now = await getJob(deps.db, job.id);
   if (now?.runpod_job_id !== runpodJobId) {
     await deps.runpod.cancelRun(runpodJobId).catch((error: unknown) => {
       log("warn", "cancel of an unwanted run failed", {
@@ -213,7 +222,10 @@ export async function recordRun(
  * re-enqueued after `delayS`.
  */
 export async function releaseJob(deps: JobDeps, job: JobRow, delayS: number): Promise<boolean> {
-  const row = await published(deps, await jobs.releaseJob(deps.db, job.id, job.attempt, delayS));
+  const row = await published(
+    deps,
+    await transitions.releaseJob(deps.db, job.id, job.attempt, delayS),
+  );
   await freeSlots(deps, [row]);
   if (row) await requeue(deps.queue, [job.id], delayS);
   return row !== null;
@@ -242,7 +254,7 @@ export async function failRun(
   const delayS = retryDelaySeconds(job.retry_count + 1, deps.retry);
   const row = await published(
     deps,
-    await jobs.failAttempt(deps.db, job, attempt, runpodJobId, error, delayS, event),
+    await transitions.failAttempt(deps.db, job, attempt, runpodJobId, error, delayS, event),
   );
   await freeSlots(deps, [row]);
   if (!row) return null;
@@ -300,7 +312,7 @@ export async function applyRunStatus(
     case "CANCELLED": {
       const ended = await published(
         deps,
-        await jobs.endRunCancelled(deps.db, job, attempt, run.id),
+        await transitions.endRunCancelled(deps.db, job, attempt, run.id),
       );
       await freeSlots(deps, [ended]);
       return ended ? "cancelled" : "unchanged";
@@ -344,7 +356,7 @@ async function markComplete(
 ): Promise<RunOutcome> {
   const done = await published(
     deps,
-    await jobs.completeJob(deps.db, job, attempt, runpodJobId, outputKey),
+    await transitions.completeJob(deps.db, job, attempt, runpodJobId, outputKey),
   );
   await freeSlots(deps, [done]);
   return done ? "completed" : "unchanged";
@@ -404,10 +416,16 @@ export async function recordProgress(
 ): Promise<JobRow | null> {
   const raised = await published(
     deps,
-    await jobs.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS),
+    await transitions.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS),
   );
   if (!raised || !runpodJobId || raised.runpod_job_id !== null) return raised;
-  const adopted = await jobs.recordRun(deps.db, jobId, attempt, runpodJobId, deps.pollAfterS);
+  const adopted = await transitions.recordRun(
+    deps.db,
+    jobId,
+    attempt,
+    runpodJobId,
+    deps.pollAfterS,
+  );
   return (await published(deps, adopted)) ?? raised;
 }
 
@@ -423,7 +441,7 @@ export async function cancelJob(
   deps: JobDeps & { runpod: RunpodClient },
   id: string,
 ): Promise<JobRow | null> {
-  const cancelled = await published(deps, await jobs.cancelJob(deps.db, id));
+  const cancelled = await published(deps, await transitions.cancelJob(deps.db, id));
   await freeSlots(deps, [cancelled]);
   if (cancelled?.runpod_job_id) await cancelRunOf(deps, cancelled.id, cancelled.runpod_job_id);
   return cancelled;
@@ -445,24 +463,24 @@ export async function cancelRunOf(
         error: String(error),
       });
       await publishJobs(deps, [
-        await jobs.markCancelUnconfirmed(deps.db, jobId, runpodJobId, CANCEL_RETRY_S),
+        await leases.markCancelUnconfirmed(deps.db, jobId, runpodJobId, CANCEL_RETRY_S),
       ]);
       return false;
     }
   }
-  await publishJobs(deps, [await jobs.markCancelConfirmed(deps.db, jobId)]);
+  await publishJobs(deps, [await leases.markCancelConfirmed(deps.db, jobId)]);
   return true;
 }
 
 /** Operators' retry: error jobs (never cancelled ones) back to pending, re-enqueued now. */
 export async function retryJobs(
   deps: JobDeps,
-  selection: { ids: readonly string[] } | jobs.RetryFilter,
+  selection: { ids: readonly string[] } | transitions.RetryFilter,
 ): Promise<JobRow[]> {
   const rows =
     "ids" in selection
-      ? await jobs.retryJobsByIds(deps.db, selection.ids)
-      : await jobs.retryJobsByFilter(deps.db, selection);
+      ? await transitions.retryJobsByIds(deps.db, selection.ids)
+      : await transitions.retryJobsByFilter(deps.db, selection);
   await publishJobs(deps, rows);
   await requeue(
     deps.queue,
@@ -496,7 +514,7 @@ export async function replayDeadLetter(
  * period); it audits them against the dispatcher instead (unheldJobs).
  */
 export function holdJobs(deps: JobDeps, ids: readonly string[]): Promise<JobRow[]> {
-  return allPublished(deps, jobs.holdJobs(deps.db, ids));
+  return allPublished(deps, leases.holdJobs(deps.db, ids));
 }
 
 /** Publishes every row a statement changed, and hands them back. */
@@ -512,7 +530,7 @@ export function leaseLostPendingJobs(
   graceS: number,
   limit: number,
 ): Promise<JobRow[]> {
-  return allPublished(deps, jobs.leaseLostPendingJobs(deps.db, graceS, limit));
+  return allPublished(deps, leases.leaseLostPendingJobs(deps.db, graceS, limit));
 }
 
 /** Processing jobs past their claim deadline or poll time, leased for `leaseS`. */
@@ -521,7 +539,7 @@ export function leaseDueProcessingJobs(
   leaseS: number,
   limit: number,
 ): Promise<JobRow[]> {
-  return allPublished(deps, jobs.leaseDueProcessingJobs(deps.db, leaseS, limit));
+  return allPublished(deps, leases.leaseDueProcessingJobs(deps.db, leaseS, limit));
 }
 
 /** Cancelled jobs whose RunPod /cancel is due to be tried again, leased for `leaseS`. */
@@ -530,7 +548,7 @@ export function leaseCancelRetries(
   leaseS: number,
   limit: number,
 ): Promise<JobRow[]> {
-  return allPublished(deps, jobs.leaseUnconfirmedCancels(deps.db, leaseS, limit));
+  return allPublished(deps, leases.leaseUnconfirmedCancels(deps.db, leaseS, limit));
 }
 
 export const EXPIRED_PREFIX = "expired";
@@ -543,7 +561,12 @@ export async function expirePendingJobs(
 ): Promise<JobRow[]> {
   const cutoff = new Date(Date.now() - maxAgeS * 1000).toISOString().replace("T", " ");
   const error = `${EXPIRED_PREFIX}: not dispatched within ${maxAgeS}s`;
-  const expired = await jobs.expirePendingJobs(deps.db, cutoff.replace("Z", ""), error, limit);
+  const expired = await transitions.expirePendingJobs(
+    deps.db,
+    cutoff.replace("Z", ""),
+    error,
+    limit,
+  );
   await publishJobs(deps, expired);
   await freeSlots(deps, expired);
   return expired;

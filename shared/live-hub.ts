@@ -21,7 +21,8 @@ import {
 } from "./live-keys.ts";
 import type { LiveScope } from "./live-ticket.ts";
 import { log } from "./log.ts";
-import { type Job, type JobRow, listJobs, toJob } from "./sql/jobs.ts";
+import { listJobs } from "./sql/jobs/listings.ts";
+import { type Job, type JobRow, toJob } from "./sql/jobs/row.ts";
 
 /** The bindings the live-status objects use (both Workers have them). */
 export interface LiveEnv {
@@ -44,9 +45,10 @@ const newestFirst = (a: JobRow, b: JobRow) =>
 
 /**
  * A ticket's snapshot, newest first: the active jobs of its projects and their 20 most recently
- * created finished ones, through the listings of shared/sql/jobs.ts (index ranges: the active ones
- * by (project_id, status), then the newest 20 + (active) rows by (project_id, created_at), which
- * hold the 20 newest finished). Operators: the same within the newest SNAPSHOT_ALL_WINDOW jobs.
+ * created finished ones, through the listings of shared/sql/jobs/listings.ts (index ranges: the
+ * active ones by (project_id, status), then the newest 20 + (active) rows by (project_id,
+ * created_at), which hold the 20 newest finished). Operators: the same within the newest
+ * SNAPSHOT_ALL_WINDOW jobs.
  */
 export async function snapshotJobs(db: D1Database, scope: LiveScope): Promise<Job[]> {
   const list = (query: Omit<Parameters<typeof listJobs>[1], "after">) =>

@@ -2,7 +2,7 @@
 // (shared/live-hub.ts) and the publisher (shared/live-publisher.ts), with no runtime imports.
 import type { LiveEnv } from "./live-hub.ts";
 import type { LiveScope, LiveTicket } from "./live-ticket.ts";
-import type { Job } from "./sql/jobs.ts";
+import type { Job } from "./sql/jobs/row.ts";
 
 /** The hub of one project's changes. */
 export const projectHubName = (projectId: number) => `project:${projectId}`;

@@ -4,7 +4,7 @@
 // logged there and changes nothing.
 import type { LiveHub } from "./live-hub.ts";
 import { ALL_HUB, projectHubName } from "./live-keys.ts";
-import type { Job } from "./sql/jobs.ts";
+import type { Job } from "./sql/jobs/row.ts";
 
 export { ALL_HUB, type LiveMessage, projectHubName } from "./live-keys.ts";
 

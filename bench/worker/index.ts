@@ -2,7 +2,7 @@
 // figures, bench/worker/bare.toml for the bare producer). Routes:
 //
 //   POST /exports[?with=r2|r2,live]  the bare producer: parse the JSON body, one D1 insert (the
-//                  producer's own JOB_SQL.insert), one queue send, 202 {"job"} — what
+//                  producer's own INSERT_SQL.insert), one queue send, 202 {"job"} — what
 //                  POST /exports cannot do less than. `with` adds what the producer does besides:
 //                  `r2` its HEAD of input_video_key, `live` its two live-status publications
 //                  (shared/live-publisher.ts), to tell where the producer's time goes.
@@ -14,7 +14,8 @@
 
 import type { LiveHub } from "../../shared/live-hub.ts";
 import { livePublisher } from "../../shared/live-publisher.ts";
-import { JOB_SQL, type JobRow, toJob } from "../../shared/sql/jobs.ts";
+import { INSERT_SQL } from "../../shared/sql/jobs/insert.ts";
+import { type JobRow, toJob } from "../../shared/sql/jobs/row.ts";
 
 interface Env {
   DB?: D1Database;
@@ -62,7 +63,7 @@ async function bareExport(request: Request, env: Env): Promise<Response> {
   if (extra.has("r2") && !(await env.VIDEOS?.head(body.input_video_key))) {
     return json(422, { error: "input_not_found" });
   }
-  const row = await env.DB.prepare(JOB_SQL.insert)
+  const row = await env.DB.prepare(INSERT_SQL.insert)
     .bind(
       crypto.randomUUID(),
       body.project_id,

@@ -1,7 +1,7 @@
 import { createRoute, type RouteHandler } from "@hono/zod-openapi";
 import { findJob } from "../../shared/archive.ts";
 import { cancelJob } from "../../shared/job-state.ts";
-import { toJob } from "../../shared/sql/jobs.ts";
+import { toJob } from "../../shared/sql/jobs/row.ts";
 import { auth, errorReplies, jobIdParams, reply } from "../api.ts";
 import { JobEnvelope } from "../api-schemas.ts";
 import { jobDepsWithRunpod } from "../deps.ts";

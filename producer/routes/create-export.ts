@@ -3,9 +3,8 @@ import { createJob } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import type { CreateExportRequest as Request } from "../../shared/schemas.ts";
 import { toHex } from "../../shared/signing.ts";
-import type { JobRow } from "../../shared/sql/jobs.ts";
-import * as repo from "../../shared/sql/jobs.ts";
-import { toJob } from "../../shared/sql/jobs.ts";
+import { findJobByIdempotencyKey } from "../../shared/sql/jobs/reads.ts";
+import { type JobRow, toJob } from "../../shared/sql/jobs/row.ts";
 import { auth, errorReplies, header, JSON_BODY_ERRORS, jsonBody, reply } from "../api.ts";
 import { CreateExportRequest, JobEnvelope } from "../api-schemas.ts";
 import { jobDeps } from "../deps.ts";
@@ -89,7 +88,7 @@ export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = asyn
 
   const hash = key === undefined ? null : await requestHash(request);
   if (key !== undefined && hash !== null) {
-    const existing = await repo.findJobByIdempotencyKey(c.env.DB, request.project_id, key);
+    const existing = await findJobByIdempotencyKey(c.env.DB, request.project_id, key);
     if (existing) return answerRepeat(c, existing, hash);
   }
 
@@ -111,9 +110,7 @@ export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = asyn
   if (!row) {
     // Another request with the same key won the race to insert; answer as its repeat.
     const winner =
-      key === undefined
-        ? null
-        : await repo.findJobByIdempotencyKey(c.env.DB, request.project_id, key);
+      key === undefined ? null : await findJobByIdempotencyKey(c.env.DB, request.project_id, key);
     if (!winner || hash === null) throw new Error("insert returned no row");
     return answerRepeat(c, winner, hash);
   }

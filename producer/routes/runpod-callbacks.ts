@@ -6,7 +6,7 @@ import type { MiddlewareHandler } from "hono";
 import { applyRunStatus, recordProgress } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import { type SignedUrlKind, verifyAttempt } from "../../shared/signing.ts";
-import * as repo from "../../shared/sql/jobs.ts";
+import { getJob } from "../../shared/sql/jobs/reads.ts";
 import { BODY_ERRORS, errorReplies, jobIdParams, jsonBody, queryParam, reply } from "../api.ts";
 import { ProgressReport, RunpodStatus, WebhookAck } from "../api-schemas.ts";
 import { jobDeps } from "../deps.ts";
@@ -98,7 +98,7 @@ export const runpodWebhookRoute = createRoute({
 export const runpodWebhook: RouteHandler<typeof runpodWebhookRoute, AppEnv> = async (c) => {
   const attempt = c.get("attempt");
   const status = c.req.valid("json");
-  const job = await repo.getJob(c.env.DB, c.req.valid("param").id);
+  const job = await getJob(c.env.DB, c.req.valid("param").id);
   if (!job) return c.json({ applied: false, outcome: "unknown_job" as const }, 200);
   const outcome = await applyRunStatus(jobDeps(c), job, attempt, status);
   log("info", "runpod webhook", { job_id: job.id, attempt, status: status.status, outcome });

@@ -1,7 +1,9 @@
 // Every statement on `dead_letters` (and the job side of a replay).
 
 import { retryTransient } from "../d1-retry.ts";
-import { ARCHIVED_PAIRS, CANCELLED, type JobRow, type JobStatus } from "./jobs.ts";
+import { ARCHIVED_PAIRS } from "./jobs/archive.ts";
+import * as due from "./jobs/due.ts";
+import { CANCELLED, type JobRow, type JobStatus } from "./jobs/row.ts";
 import { NOW } from "./time.ts";
 
 export interface DeadLetterRow {
@@ -45,7 +47,7 @@ export const DEAD_LETTER_SQL = {
   replayJob: `UPDATE export_jobs
               SET status = 'pending', runpod_job_id = NULL, retry_count = 0, error = NULL,
                   progress = 0, started_at = NULL, completed_at = NULL, finished_at = NULL,
-                  due_at = ${NOW}, pending_since = ${NOW}, version = version + 1,
+                  ${due.retryAt(NOW)}, pending_since = ${NOW}, version = version + 1,
                   last_event = 'replayed'
               WHERE id = (SELECT job_id FROM dead_letters WHERE id = ? AND replayed_at = ?)
                 AND status IN ('pending', 'error') AND error IS NOT '${CANCELLED}'

@@ -1,7 +1,9 @@
 // Every statement on `export_job_events`: a job's timeline. The rows are written by migration
 // 0005's triggers, in the same statement as the change each records, and by recordDeadLetters.
 import { retryTransient } from "../d1-retry.ts";
-import { ARCHIVED_PAIRS, JOB_SQL, type JobRow } from "./jobs.ts";
+import { ARCHIVED_PAIRS } from "./jobs/archive.ts";
+import { READ_SQL } from "./jobs/reads.ts";
+import type { JobRow } from "./jobs/row.ts";
 
 /** The timeline's event types, as migration 0005's triggers and recordDeadLetters write them. */
 export const EVENT_TYPES = [
@@ -77,7 +79,7 @@ export async function listEvents(db: D1Database, jobId: string): Promise<JobEven
  */
 export async function listJobEvents(db: D1Database, jobId: string): Promise<JobEvent[] | null> {
   const [job, events] = await retryTransient(() =>
-    db.batch([db.prepare(JOB_SQL.byId).bind(jobId), db.prepare(EVENT_SQL.byJob).bind(jobId)]),
+    db.batch([db.prepare(READ_SQL.byId).bind(jobId), db.prepare(EVENT_SQL.byJob).bind(jobId)]),
   );
   if (((job?.results ?? []) as JobRow[]).length === 0) return null;
   return ((events?.results ?? []) as EventRow[]).map(toEvent);

@@ -3,7 +3,8 @@
 // archived count from `archive_counts` (raised in the archive's own transaction, migration 0007).
 
 import { retryTransient } from "../d1-retry.ts";
-import { ARCHIVED_PAIRS, type JobStatus } from "./jobs.ts";
+import { ARCHIVED_PAIRS } from "./jobs/archive.ts";
+import type { JobStatus } from "./jobs/row.ts";
 
 export interface Stats {
   jobs: Record<JobStatus, number>;

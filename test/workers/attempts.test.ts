@@ -4,7 +4,8 @@ import { createExecutionContext, createMessageBatch, getQueueResult } from "clou
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import consumer from "../../consumer/index.ts";
-import * as jobs from "../../shared/sql/jobs.ts";
+import type { JobRow } from "../../shared/sql/jobs/row.ts";
+import * as jobs from "../../shared/sql/jobs/transitions.ts";
 import {
   ADMIN_TOKEN,
   callbackPath,
@@ -23,13 +24,13 @@ async function webhook(jobId: string, attempt: number, body: unknown): Promise<R
 }
 
 /** A job whose run failed for the fourth time: `error`, retry_count 4. */
-async function failedJob(): Promise<jobs.JobRow> {
+async function failedJob(): Promise<JobRow> {
   const job = await processingJob({ retryCount: 3, runId: "run-old" });
   const res = await webhook(job.id, job.attempt, { id: "run-old", status: "FAILED", error: "x" });
   expect(await res.json()).toMatchObject({ outcome: "failed" });
   const row = await readJob(job.id);
   expect(row).toMatchObject({ status: "error", retry_count: 4 });
-  return row as jobs.JobRow;
+  return row as JobRow;
 }
 
 async function fullCounts(): Promise<Record<string, number>> {

@@ -12,7 +12,7 @@ import { MAX_BODY_BYTES } from "../../producer/http.ts";
 import app from "../../producer/index.ts";
 import type { LiveMessage } from "../../shared/live-publisher.ts";
 import { signAttempt } from "../../shared/signing.ts";
-import type { Job, JobRow } from "../../shared/sql/jobs.ts";
+import type { Job, JobRow } from "../../shared/sql/jobs/row.ts";
 import {
   ADMIN_TOKEN,
   API_TOKEN,

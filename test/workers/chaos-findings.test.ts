@@ -9,7 +9,8 @@ import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { HELD_PAGES_PER_PASS, reconcile } from "../../consumer/reconciler.ts";
 import type { DispatchStatus } from "../../shared/dispatcher.ts";
 import { holdJobs } from "../../shared/job-state.ts";
-import * as repo from "../../shared/sql/jobs.ts";
+import * as repo from "../../shared/sql/jobs/reads.ts";
+import { claimJobs } from "../../shared/sql/jobs/transitions.ts";
 import {
   callbackPath,
   configureEndpoint,
@@ -90,7 +91,7 @@ describe("a claim timeout is a lost run", () => {
     const job = await insertPendingJob();
     await putOutput(job); // left by an earlier attempt
     await new Promise((resolve) => setTimeout(resolve, 5)); // the claim comes strictly after it
-    const [claimed] = await repo.claimJobs(env.DB, [job.id], 120);
+    const [claimed] = await claimJobs(env.DB, [job.id], 120);
     if (!claimed) throw new Error("claim failed");
     await makeDue(job.id);
     await reconcile(consumerDeps(envFor(endpoint, { RETRY_BASE_DELAY_S: "0" })));

@@ -8,7 +8,7 @@ import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
 import type { DispatchConfig } from "../../shared/dispatcher.ts";
 import { applyRunStatus, cancelJob } from "../../shared/job-state.ts";
-import type * as jobs from "../../shared/sql/jobs.ts";
+import type * as jobs from "../../shared/sql/jobs/row.ts";
 import {
   configureEndpoint,
   deliverJobs,

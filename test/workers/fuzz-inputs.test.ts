@@ -29,8 +29,8 @@ import {
   runpodStatusObject,
 } from "../../shared/schemas.ts";
 import { type SignedUrlKind, signAttempt, signText } from "../../shared/signing.ts";
-import type { Job, JobRow } from "../../shared/sql/jobs.ts";
-import * as repo from "../../shared/sql/jobs.ts";
+import type { Job, JobRow } from "../../shared/sql/jobs/row.ts";
+import * as repo from "../../shared/sql/jobs/transitions.ts";
 import {
   ADMIN_TOKEN,
   API_TOKEN,

@@ -3,8 +3,8 @@ import { env } from "cloudflare:workers";
 import consumer from "../../consumer/index.ts";
 import app from "../../producer/index.ts";
 import { type SignedUrlKind, signAttempt } from "../../shared/signing.ts";
-import type { JobRow } from "../../shared/sql/jobs.ts";
-import * as repo from "../../shared/sql/jobs.ts";
+import type { JobRow } from "../../shared/sql/jobs/row.ts";
+import * as repo from "../../shared/sql/jobs/transitions.ts";
 
 export const API_TOKEN = env.API_TOKEN as string;
 export const ADMIN_TOKEN = env.ADMIN_TOKEN as string;

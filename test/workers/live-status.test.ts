@@ -10,7 +10,7 @@ import * as state from "../../shared/job-state.ts";
 import type { LiveMessage, LivePublisher } from "../../shared/live-publisher.ts";
 import { projectHubName } from "../../shared/live-publisher.ts";
 import { mintTicket } from "../../shared/live-ticket.ts";
-import { type Job, type JobRow, toJob } from "../../shared/sql/jobs.ts";
+import { type Job, type JobRow, toJob } from "../../shared/sql/jobs/row.ts";
 import {
   ADMIN_TOKEN,
   API_TOKEN,

@@ -14,7 +14,7 @@ import {
 import { env } from "cloudflare:workers";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import consumer from "../../consumer/index.ts";
-import type { Job } from "../../shared/sql/jobs.ts";
+import type { Job } from "../../shared/sql/jobs/row.ts";
 import {
   ADMIN_TOKEN,
   configureEndpoint,

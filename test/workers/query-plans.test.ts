@@ -6,7 +6,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { DEAD_LETTER_SQL } from "../../shared/sql/dead-letters.ts";
 import { EVENT_SQL } from "../../shared/sql/events.ts";
-import { JOB_SQL } from "../../shared/sql/jobs.ts";
+import { JOB_SQL } from "../../shared/sql/jobs/catalog.ts";
 import { STATS_SQL } from "../../shared/sql/stats.ts";
 import { freshProjectId, insertPendingJob, postJson, producerFetch, putInput } from "./helpers.ts";
 

@@ -4,8 +4,9 @@ import { describe, expect, it } from "vitest";
 import consumer from "../../consumer/index.ts";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
-import type { JobRow } from "../../shared/sql/jobs.ts";
-import * as repo from "../../shared/sql/jobs.ts";
+import { JOB_SQL } from "../../shared/sql/jobs/catalog.ts";
+import type { JobRow } from "../../shared/sql/jobs/row.ts";
+import * as repo from "../../shared/sql/jobs/transitions.ts";
 import {
   configureEndpoint,
   emulatorOrigin,
@@ -286,7 +287,7 @@ describe("reconciler (consumer cron)", () => {
       get(target, prop) {
         if (prop === "prepare") {
           return (sql: string) => {
-            if (sql === repo.JOB_SQL.expirePending) throw new Error("expire statement broke");
+            if (sql === JOB_SQL.expirePending) throw new Error("expire statement broke");
             return target.prepare(sql);
           };
         }

@@ -22,8 +22,17 @@ import {
 import { retryJobs } from "../../shared/job-state.ts";
 import { recordDeadLetters, replayDeadLetter } from "../../shared/sql/dead-letters.ts";
 import { type JobEvent, listEvents } from "../../shared/sql/events.ts";
-import type { Job, JobRow } from "../../shared/sql/jobs.ts";
-import * as repo from "../../shared/sql/jobs.ts";
+import { markCancelConfirmed, markCancelUnconfirmed } from "../../shared/sql/jobs/leases.ts";
+import type { Job, JobRow } from "../../shared/sql/jobs/row.ts";
+import * as repo from "../../shared/sql/jobs/row.ts";
+import {
+  cancelJob,
+  completeJob,
+  endRunCancelled,
+  expirePendingJobs,
+  failAttempt,
+  retryJobsByIds,
+} from "../../shared/sql/jobs/transitions.ts";
 import {
   ADMIN_TOKEN,
   freshProjectId,
@@ -55,7 +64,7 @@ const OUTPUT = new Uint8Array([0, 0, 0, 24, 102, 116, 121, 112, 1, 2, 3, 4]);
 async function completedJob(): Promise<JobRow> {
   const job = await processingJob({ runId: `run-${crypto.randomUUID()}` });
   const key = await putOutput(job, undefined, OUTPUT);
-  const done = await repo.completeJob(env.DB, job, job.attempt, job.runpod_job_id as string, key);
+  const done = await completeJob(env.DB, job, job.attempt, job.runpod_job_id as string, key);
   if (!done) throw new Error("complete failed");
   return done;
 }
@@ -63,7 +72,7 @@ async function completedJob(): Promise<JobRow> {
 /** A job cancelled while pending: error 'cancelled'. */
 async function cancelledJob(): Promise<JobRow> {
   const job = await processingJob({ runId: null });
-  const cancelled = await repo.cancelJob(env.DB, job.id);
+  const cancelled = await cancelJob(env.DB, job.id);
   if (!cancelled) throw new Error("cancel failed");
   return cancelled;
 }
@@ -182,13 +191,8 @@ describe("retention: the reconciler archives finished jobs", () => {
       .run();
     await finishedAgo(running.id);
     const cancelling = await processingJob({ runId: `run-${crypto.randomUUID()}` });
-    await repo.cancelJob(env.DB, cancelling.id);
-    await repo.markCancelUnconfirmed(
-      env.DB,
-      cancelling.id,
-      cancelling.runpod_job_id as string,
-      600,
-    );
+    await cancelJob(env.DB, cancelling.id);
+    await markCancelUnconfirmed(env.DB, cancelling.id, cancelling.runpod_job_id as string, 600);
     await finishedAgo(cancelling.id);
 
     await pass();
@@ -198,7 +202,7 @@ describe("retention: the reconciler archives finished jobs", () => {
     expect(await archiveObject(cancelling.id)).toBeNull();
 
     // Once its cancel is confirmed it goes like any other; the running one is left to end.
-    await repo.markCancelConfirmed(env.DB, cancelling.id);
+    await markCancelConfirmed(env.DB, cancelling.id);
     await finishedAgo(cancelling.id);
     await env.DB.prepare("UPDATE export_jobs SET finished_at = NULL WHERE id = ?")
       .bind(running.id)
@@ -225,19 +229,19 @@ describe("retention: the reconciler archives finished jobs", () => {
     const cancelled = await cancelledJob();
     expect(cancelled.finished_at).not.toBeNull();
     const failing = await processingJob({ retryCount: 3, runId: null });
-    const failed = await repo.failAttempt(env.DB, failing, failing.attempt, null, "boom", 0);
+    const failed = await failAttempt(env.DB, failing, failing.attempt, null, "boom", 0);
     expect(failed).toMatchObject({ status: "error", retry_count: 4 });
     expect(failed?.finished_at).not.toBeNull();
     const repending = await processingJob({ runId: null });
-    const again = await repo.failAttempt(env.DB, repending, repending.attempt, null, "boom", 0);
+    const again = await failAttempt(env.DB, repending, repending.attempt, null, "boom", 0);
     expect(again).toMatchObject({ status: "pending", finished_at: null });
-    const [retried] = await repo.retryJobsByIds(env.DB, [failing.id]);
+    const [retried] = await retryJobsByIds(env.DB, [failing.id]);
     expect(retried).toMatchObject({ status: "pending", finished_at: null });
 
     // A recorded run that fails for the fourth time, then its dead letter replayed.
     const run = `run-${crypto.randomUUID()}`;
     const recorded = await processingJob({ retryCount: 3, runId: run });
-    const ended = await repo.failAttempt(env.DB, recorded, recorded.attempt, run, "FAILED", 0);
+    const ended = await failAttempt(env.DB, recorded, recorded.attempt, run, "FAILED", 0);
     expect(ended?.status).toBe("error");
     expect(ended?.finished_at).not.toBeNull();
     await recordDeadLetters(env.DB, [
@@ -255,10 +259,10 @@ describe("retention: the reconciler archives finished jobs", () => {
 
     // The variants for a run not recorded yet, RunPod's CANCELLED, and expiry.
     const unrecorded = await processingJob({ runId: null });
-    const adopted = await repo.completeJob(env.DB, unrecorded, 1, "run-adopted", "k");
+    const adopted = await completeJob(env.DB, unrecorded, 1, "run-adopted", "k");
     expect(adopted?.finished_at).not.toBeNull();
     const runCancelled = await processingJob({ runId: null });
-    const gone = await repo.endRunCancelled(env.DB, runCancelled, 1, "run-gone");
+    const gone = await endRunCancelled(env.DB, runCancelled, 1, "run-gone");
     expect(gone).toMatchObject({ status: "error", error: "cancelled" });
     expect(gone?.finished_at).not.toBeNull();
     const waiting = await processingJob({ runId: null });
@@ -268,7 +272,7 @@ describe("retention: the reconciler archives finished jobs", () => {
     )
       .bind(waiting.id)
       .run();
-    const [expired] = await repo.expirePendingJobs(env.DB, "2000-01-02", "expired: test", 10);
+    const [expired] = await expirePendingJobs(env.DB, "2000-01-02", "expired: test", 10);
     expect(expired).toMatchObject({ id: waiting.id, status: "error" });
     expect(expired?.finished_at).not.toBeNull();
 
@@ -323,7 +327,7 @@ describe("retention: a crash between the put and the deletes", () => {
   });
 
   it("a job retried by an operator after it was read is neither put nor deleted (version guard)", async () => {
-    const failed = await repo.failAttempt(
+    const failed = await failAttempt(
       env.DB,
       await processingJob({ retryCount: 3, runId: null }),
       1,
@@ -421,7 +425,7 @@ describe("retention: archived jobs are answered from R2", () => {
     expect(repeat.status).toBe(200);
     expect(((await repeat.json()) as { job: Job }).job.id).toBe(job.id);
 
-    await repo.cancelJob(env.DB, job.id);
+    await cancelJob(env.DB, job.id);
     await finishedAgo(job.id);
     await pass();
     expect(await readJob(job.id)).toBeNull();

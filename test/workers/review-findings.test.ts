@@ -10,7 +10,7 @@ import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
 import { MAX_QUEUE_DELAY_S, retryDelaySeconds } from "../../shared/job-state.ts";
 import { consumerSettings } from "../../shared/settings.ts";
-import * as jobs from "../../shared/sql/jobs.ts";
+import * as jobs from "../../shared/sql/jobs/transitions.ts";
 import {
   configureEndpoint,
   emulatorOrigin,

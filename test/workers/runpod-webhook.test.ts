@@ -1,7 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { signAttempt } from "../../shared/signing.ts";
-import * as repo from "../../shared/sql/jobs.ts";
+import * as repo from "../../shared/sql/jobs/transitions.ts";
 import {
   callbackPath,
   plannedKey,

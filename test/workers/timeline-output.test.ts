@@ -7,8 +7,9 @@ import { describe, expect, it } from "vitest";
 import consumer from "../../consumer/index.ts";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
-import * as repo from "../../shared/sql/jobs.ts";
-import { JOB_SQL } from "../../shared/sql/jobs.ts";
+import { JOB_SQL } from "../../shared/sql/jobs/catalog.ts";
+import type { JobRow } from "../../shared/sql/jobs/row.ts";
+import * as repo from "../../shared/sql/jobs/transitions.ts";
 import { seconds } from "../../shared/sql/time.ts";
 import {
   ADMIN_TOKEN,
@@ -90,7 +91,7 @@ async function deadLetter(jobId: string): Promise<string> {
 }
 
 /** A job whose run failed for the fourth time: `error`, retry_count 4. */
-async function failedJob(): Promise<repo.JobRow> {
+async function failedJob(): Promise<JobRow> {
   const job = await processingJob({ retryCount: 3, runId: "run-last" });
   const res = await webhook(job.id, job.attempt, { id: "run-last", status: "FAILED", error: "x" });
   expect(await res.json()).toMatchObject({ outcome: "failed" });
@@ -450,7 +451,7 @@ const SIZE = 10_000;
 const content = Uint8Array.from({ length: SIZE }, (_, i) => (i * 7 + 3) % 256);
 
 /** A job completed through its webhook, with `content` at its planned key. */
-async function completedJob(): Promise<repo.JobRow> {
+async function completedJob(): Promise<JobRow> {
   const job = await processingJob({ runId: "run-out" });
   await putOutput(job, plannedKey(job), content);
   const res = await webhook(job.id, 1, { id: "run-out", status: "COMPLETED", output: {} });

@@ -1,0 +1,121 @@
+// Bookkeeping on `export_jobs`: changes that are no transition (the status stays, no timeline
+// event: `last_event = NULL`), only `due_at` and `version` move. The reconciler's leases, the
+// dispatcher's holds and the audit of them, and the RunPod cancels the reconciler is to retry.
+//
+// A lease is one statement that picks due jobs *and* pushes their due_at forward, through the
+// (status, due_at) index, so two reconciler passes running at once never pick the same job.
+// What due_at means for each status, and the helpers that set and test it: due.ts.
+
+import { retryTransient } from "../../d1-retry.ts";
+import { NOW, NOW_PLUS, seconds } from "../time.ts";
+import * as due from "./due.ts";
+import { allRows, CANCELLED, firstRow, type JobRow } from "./row.ts";
+
+export const LEASE_SQL = {
+  leaseLostPending: `UPDATE export_jobs SET ${due.retryAt(NOW)}, version = version + 1, last_event = NULL
+                     WHERE id IN (SELECT id FROM export_jobs
+                                  WHERE status = 'pending' AND ${due.retryDueBy(NOW_PLUS)}
+                                  ORDER BY due_at LIMIT ?)
+                       AND +status = 'pending'
+                     RETURNING *`,
+  // Jobs the dispatcher keeps waiting for a slot: due_at NULL on a pending row means "the
+  // dispatcher holds it", so the lost-message lease above never takes it (once per wait). Only a
+  // job that is due: one re-pended or released meanwhile (its due_at ahead) waits out its delay.
+  hold: `UPDATE export_jobs SET ${due.held}, version = version + 1, last_event = NULL
+         WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
+           AND ${due.retryDueBy(NOW)}
+         RETURNING *`,
+  // The reconciler's audit of held jobs against the dispatcher, keyset-paged on rowid (the
+  // order of the (status, due_at) index within due_at IS NULL): a read, no lease.
+  held: `SELECT rowid AS seq, id FROM export_jobs
+         WHERE status = 'pending' AND ${due.isHeld} AND rowid > ?
+         ORDER BY rowid LIMIT ?`,
+  leaseDueProcessing: `UPDATE export_jobs SET ${due.claimDeadlineOrPollAt(NOW_PLUS)}, version = version + 1, last_event = NULL
+                       WHERE id IN (SELECT id FROM export_jobs
+                                    WHERE status = 'processing' AND ${due.claimDeadlineOrPollDueBy(NOW)}
+                                    ORDER BY due_at LIMIT ?)
+                         AND +status = 'processing'
+                       RETURNING *`,
+  // RunPod's /cancel failed after a user's cancel: due_at on an `error` row means "cancel its run
+  // again"; the reconciler picks such rows through (status, due_at) and clears due_at when done.
+  cancelUnconfirmed: `UPDATE export_jobs SET ${due.cancelRetryAt(NOW_PLUS)}, version = version + 1, last_event = NULL
+                      WHERE id = ? AND status = 'error' AND error = '${CANCELLED}'
+                        AND runpod_job_id = ?
+                      RETURNING *`,
+  cancelConfirmed: `UPDATE export_jobs SET ${due.nothingDue}, version = version + 1, last_event = NULL
+                    WHERE id = ? AND status = 'error' AND ${due.hasCancelRetry}
+                    RETURNING *`,
+  leaseUnconfirmedCancels: `UPDATE export_jobs SET ${due.cancelRetryAt(NOW_PLUS)}, version = version + 1, last_event = NULL
+                            WHERE id IN (SELECT id FROM export_jobs
+                                         WHERE status = 'error' AND ${due.cancelRetryDueBy(NOW)}
+                                         ORDER BY due_at LIMIT ?)
+                              AND +status = 'error'
+                            RETURNING *`,
+} as const;
+
+/**
+ * Pending jobs whose message looks lost: due for longer than `graceS`. A job waiting out a retry
+ * delay has due_at in the future and is not picked. Picked jobs get due_at = now, so the next
+ * re-enqueue of the same job waits another grace period.
+ */
+export function leaseLostPendingJobs(
+  db: D1Database,
+  graceS: number,
+  limit: number,
+): Promise<JobRow[]> {
+  return allRows(db, LEASE_SQL.leaseLostPending, seconds(-graceS), limit);
+}
+
+/** Pending jobs the dispatcher keeps waiting: their due_at cleared (see LEASE_SQL.hold). */
+export function holdJobs(db: D1Database, ids: readonly string[]): Promise<JobRow[]> {
+  if (ids.length === 0) return Promise.resolve([]);
+  return allRows(db, LEASE_SQL.hold, JSON.stringify(ids));
+}
+
+/** A page of held jobs after rowid `after` (0 for the first page), for the reconciler's audit. */
+export async function heldJobs(
+  db: D1Database,
+  after: number,
+  limit: number,
+): Promise<{ seq: number; id: string }[]> {
+  const { results } = await retryTransient(() =>
+    db.prepare(LEASE_SQL.held).bind(after, limit).all<{ seq: number; id: string }>(),
+  );
+  return results;
+}
+
+/**
+ * Processing jobs past their due_at: the claim deadline when no run was recorded, the poll time
+ * otherwise. Their due_at moves `leaseS` ahead before anything is asked of RunPod.
+ */
+export function leaseDueProcessingJobs(
+  db: D1Database,
+  leaseS: number,
+  limit: number,
+): Promise<JobRow[]> {
+  return allRows(db, LEASE_SQL.leaseDueProcessing, seconds(leaseS), limit);
+}
+
+/** RunPod's /cancel of a cancelled job's run failed: try it again in `retryInS`. */
+export function markCancelUnconfirmed(
+  db: D1Database,
+  id: string,
+  runpodJobId: string,
+  retryInS: number,
+): Promise<JobRow | null> {
+  return firstRow(db, LEASE_SQL.cancelUnconfirmed, seconds(retryInS), id, runpodJobId);
+}
+
+/** RunPod's /cancel went through (or RunPod forgot the run): nothing left to retry. */
+export function markCancelConfirmed(db: D1Database, id: string): Promise<JobRow | null> {
+  return firstRow(db, LEASE_SQL.cancelConfirmed, id);
+}
+
+/** Cancelled jobs whose RunPod /cancel is due to be tried again, leased for `leaseS`. */
+export function leaseUnconfirmedCancels(
+  db: D1Database,
+  leaseS: number,
+  limit: number,
+): Promise<JobRow[]> {
+  return allRows(db, LEASE_SQL.leaseUnconfirmedCancels, seconds(leaseS), limit);
+}

@@ -1,0 +1,313 @@
+// The guarded state changes of `export_jobs`: every statement that writes a job's timeline event
+// (`last_event`, migration 0005's trigger). Only shared/job-state.ts, the state machine, calls
+// these.
+//
+// Each UPDATE is one guarded statement: it names the state it expects (`status`, the `attempt`,
+// the run) and RETURNING tells the caller whether the transition happened. A statement that
+// matches no row means "someone else got there first" (a duplicate delivery, a late webhook),
+// never an error. Every UPDATE raises `version`. Where an outer condition would tempt SQLite's
+// planner away from the primary key, it is written `+status` (no index).
+
+import { NOW, NOW_PLUS, seconds } from "../time.ts";
+import * as due from "./due.ts";
+import { allRows, CANCELLED, firstRow, type JobRow } from "./row.ts";
+
+/** `SET` fragments every transition to `pending` shares: a fresh start for the next claim. */
+const BACK_TO_PENDING = `status = 'pending', runpod_job_id = NULL, version = version + 1,
+                         finished_at = NULL, last_event = 'retried'`;
+
+/** The seed's CASE ends the job on its fourth failure: then it has finished. */
+const FINISHED_ON_FOURTH_FAILURE = `finished_at = CASE WHEN retry_count < 3 THEN NULL ELSE ${NOW} END`;
+
+/**
+ * The seed's CASE update, binding the error and the retry delay. SQLite evaluates every
+ * right-hand side on the old row, so the first three failures re-pend the job and the fourth
+ * leaves it `error` with retry_count 4.
+ */
+const SEED_RETRY = `status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'error' END,
+  error = ?,
+  ${due.retryAtOrNothingDue("retry_count < 3", NOW_PLUS)},
+  ${FINISHED_ON_FOURTH_FAILURE},
+  retry_count = retry_count + 1, version = version + 1`;
+
+export const TRANSITION_SQL = {
+  claim: `UPDATE export_jobs
+          SET status = 'processing', attempt = attempt + 1, started_at = ${NOW}, progress = 0,
+              ${due.claimDeadline(NOW_PLUS)}, version = version + 1, last_event = 'claimed'
+          WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
+          RETURNING *`,
+  recordRun: `UPDATE export_jobs SET runpod_job_id = ?, ${due.pollAt(NOW_PLUS)}, version = version + 1, last_event = 'submitted'
+              WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
+              RETURNING *`,
+  release: `UPDATE export_jobs SET status = 'pending', ${due.retryAt(NOW_PLUS)}, version = version + 1, last_event = 'released'
+            WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
+            RETURNING *`,
+  // The seed's CASE update (SEED_RETRY), for no run, the recorded run, or a run not recorded yet.
+  failWithoutRun: `UPDATE export_jobs SET ${SEED_RETRY}, last_event = ?
+                   WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
+                   RETURNING *`,
+  // A run failed: a re-pended job forgets it (the next claim records its own), an ended one keeps it.
+  failRecordedRun: `UPDATE export_jobs
+                    SET ${SEED_RETRY}, last_event = 'failed',
+                        runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE runpod_job_id END
+                    WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
+                    RETURNING *`,
+  failUnrecordedRun: `UPDATE export_jobs
+                      SET ${SEED_RETRY}, last_event = 'failed',
+                          runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE ? END
+                      WHERE id = ? AND status = 'processing' AND attempt = ?
+                        AND runpod_job_id IS NULL
+                      RETURNING *`,
+  // The seed's "mark job complete", for the current attempt and run only.
+  completeRecordedRun: `UPDATE export_jobs
+                        SET status = 'complete', progress = 100, output_video_key = ?,
+                            completed_at = ${NOW}, finished_at = ${NOW}, ${due.nothingDue},
+                            version = version + 1, last_event = 'completed'
+                        WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
+                        RETURNING *`,
+  // A webhook faster than recordRun (or a run adopted after the client timed out on /run).
+  completeUnrecordedRun: `UPDATE export_jobs
+                          SET status = 'complete', progress = 100, output_video_key = ?,
+                              completed_at = ${NOW}, finished_at = ${NOW}, ${due.nothingDue},
+                              runpod_job_id = ?,
+                              version = version + 1, last_event = 'completed'
+                          WHERE id = ? AND status = 'processing' AND attempt = ?
+                            AND runpod_job_id IS NULL
+                          RETURNING *`,
+  cancelledRecordedRun: `UPDATE export_jobs
+                         SET status = 'error', error = '${CANCELLED}', ${due.nothingDue},
+                             finished_at = ${NOW}, version = version + 1, last_event = 'cancelled'
+                         WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
+                         RETURNING *`,
+  cancelledUnrecordedRun: `UPDATE export_jobs
+                           SET status = 'error', error = '${CANCELLED}', ${due.nothingDue},
+                               finished_at = ${NOW}, runpod_job_id = ?, version = version + 1,
+                               last_event = 'cancelled'
+                           WHERE id = ? AND status = 'processing' AND attempt = ?
+                             AND runpod_job_id IS NULL
+                           RETURNING *`,
+  cancel: `UPDATE export_jobs
+           SET status = 'error', error = '${CANCELLED}', ${due.nothingDue}, finished_at = ${NOW},
+               version = version + 1, last_event = 'cancelled'
+           WHERE id = ? AND status IN ('pending', 'processing')
+           RETURNING *`,
+  progress: `UPDATE export_jobs SET progress = ?, ${due.claimDeadlineOrPollAt(NOW_PLUS)}, version = version + 1, last_event = CASE WHEN CAST(? AS INTEGER) / 25 > progress / 25 THEN 'progress' END
+             WHERE id = ? AND status = 'processing' AND attempt = ? AND progress < ?
+             RETURNING *`,
+
+  // Operators' retry (and replay): error jobs that were not cancelled, back to pending with their
+  // retry budget restored; the attempt number is kept, so the next claim takes a fresh one.
+  retryByIds: `UPDATE export_jobs
+               SET ${BACK_TO_PENDING}, retry_count = 0, error = NULL, progress = 0,
+                   started_at = NULL, completed_at = NULL, ${due.retryAt(NOW)}, pending_since = ${NOW}
+               WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'error'
+                 AND error IS NOT '${CANCELLED}'
+               RETURNING *`,
+  retryByFilter: `UPDATE export_jobs
+                  SET ${BACK_TO_PENDING}, retry_count = 0, error = NULL, progress = 0,
+                      started_at = NULL, completed_at = NULL, ${due.retryAt(NOW)},
+                      pending_since = ${NOW}
+                  WHERE id IN (SELECT id FROM export_jobs
+                               WHERE status = 'error' AND created_at >= ? AND created_at < ?
+                                 AND error IS NOT '${CANCELLED}'
+                                 AND substr(error, 1, length(?)) = ?
+                               ORDER BY created_at LIMIT ?)
+                    AND +status = 'error'
+                  RETURNING *`,
+
+  // The reconciler's expiry: pending jobs wanted for too long, oldest first.
+  expirePending: `UPDATE export_jobs
+                  SET status = 'error', error = ?, ${due.nothingDue}, finished_at = ${NOW},
+                      version = version + 1, last_event = 'expired'
+                  WHERE id IN (SELECT id FROM export_jobs
+                               WHERE status = 'pending' AND created_at < ?
+                                 AND pending_since < ?
+                               ORDER BY created_at LIMIT ?)
+                    AND +status = 'pending'
+                  RETURNING *`,
+} as const;
+
+/** claim: pending → processing with the next attempt, for every id of a batch in one statement. */
+export function claimJobs(
+  db: D1Database,
+  ids: readonly string[],
+  claimTimeoutS: number,
+): Promise<JobRow[]> {
+  if (ids.length === 0) return Promise.resolve([]);
+  return allRows(db, TRANSITION_SQL.claim, seconds(claimTimeoutS), JSON.stringify(ids));
+}
+
+export function recordRun(
+  db: D1Database,
+  id: string,
+  attempt: number,
+  runpodJobId: string,
+  pollAfterS: number,
+): Promise<JobRow | null> {
+  return firstRow(db, TRANSITION_SQL.recordRun, runpodJobId, seconds(pollAfterS), id, attempt);
+}
+
+export function releaseJob(
+  db: D1Database,
+  id: string,
+  attempt: number,
+  delayS: number,
+): Promise<JobRow | null> {
+  return firstRow(db, TRANSITION_SQL.release, seconds(delayS), id, attempt);
+}
+
+/**
+ * Runs the variant of a run-guarded transition that fits the row as last read (the run recorded,
+ * or not yet), and the other variant when the row moved in between (recordRun landed meanwhile).
+ * Two variants instead of `COALESCE(runpod_job_id, ?)`, which would rewrite the seed's
+ * `idx_export_jobs_runpod` entry on every transition even when the value does not change.
+ */
+async function byRun(
+  seen: string | null,
+  runpodJobId: string,
+  recorded: () => Promise<JobRow | null>,
+  unrecorded: () => Promise<JobRow | null>,
+): Promise<JobRow | null> {
+  if (seen === runpodJobId) return recorded();
+  if (seen !== null) return null; // another run is this attempt's
+  return (await unrecorded()) ?? recorded();
+}
+
+/** failAttempt: the seed's CASE update, for the attempt's recorded run or for no run at all. */
+export function failAttempt(
+  db: D1Database,
+  job: Pick<JobRow, "id" | "runpod_job_id">,
+  attempt: number,
+  runpodJobId: string | null,
+  error: string,
+  retryDelayS: number,
+  event: "submit_failed" | "failed" = runpodJobId === null ? "submit_failed" : "failed",
+): Promise<JobRow | null> {
+  const delay = seconds(retryDelayS);
+  if (runpodJobId === null) {
+    return firstRow(db, TRANSITION_SQL.failWithoutRun, error, delay, event, job.id, attempt);
+  }
+  return byRun(
+    job.runpod_job_id,
+    runpodJobId,
+    () => firstRow(db, TRANSITION_SQL.failRecordedRun, error, delay, job.id, attempt, runpodJobId),
+    () =>
+      firstRow(db, TRANSITION_SQL.failUnrecordedRun, error, delay, runpodJobId, job.id, attempt),
+  );
+}
+
+/** The seed's "mark job complete"; `runpodJobId` null: the attempt recorded no run (claim timeout). */
+export function completeJob(
+  db: D1Database,
+  job: Pick<JobRow, "id" | "runpod_job_id">,
+  attempt: number,
+  runpodJobId: string | null,
+  outputVideoKey: string,
+): Promise<JobRow | null> {
+  if (runpodJobId === null) {
+    return firstRow(
+      db,
+      TRANSITION_SQL.completeUnrecordedRun,
+      outputVideoKey,
+      null,
+      job.id,
+      attempt,
+    );
+  }
+  return byRun(
+    job.runpod_job_id,
+    runpodJobId,
+    () =>
+      firstRow(
+        db,
+        TRANSITION_SQL.completeRecordedRun,
+        outputVideoKey,
+        job.id,
+        attempt,
+        runpodJobId,
+      ),
+    () =>
+      firstRow(
+        db,
+        TRANSITION_SQL.completeUnrecordedRun,
+        outputVideoKey,
+        runpodJobId,
+        job.id,
+        attempt,
+      ),
+  );
+}
+
+/** RunPod reports the attempt's run CANCELLED → error 'cancelled'. */
+export function endRunCancelled(
+  db: D1Database,
+  job: Pick<JobRow, "id" | "runpod_job_id">,
+  attempt: number,
+  runpodJobId: string,
+): Promise<JobRow | null> {
+  return byRun(
+    job.runpod_job_id,
+    runpodJobId,
+    () => firstRow(db, TRANSITION_SQL.cancelledRecordedRun, job.id, attempt, runpodJobId),
+    () => firstRow(db, TRANSITION_SQL.cancelledUnrecordedRun, runpodJobId, job.id, attempt),
+  );
+}
+
+/** cancelJob: a user's cancel of a job that has not finished. */
+export function cancelJob(db: D1Database, id: string): Promise<JobRow | null> {
+  return firstRow(db, TRANSITION_SQL.cancel, id);
+}
+
+/** recordProgress: raise the current attempt's progress (never backwards); it is news, too. */
+export function recordProgress(
+  db: D1Database,
+  id: string,
+  attempt: number,
+  progress: number,
+  pollAfterS: number,
+): Promise<JobRow | null> {
+  return firstRow(
+    db,
+    TRANSITION_SQL.progress,
+    progress,
+    seconds(pollAfterS),
+    progress,
+    id,
+    attempt,
+    progress,
+  );
+}
+
+export function retryJobsByIds(db: D1Database, ids: readonly string[]): Promise<JobRow[]> {
+  if (ids.length === 0) return Promise.resolve([]);
+  return allRows(db, TRANSITION_SQL.retryByIds, JSON.stringify(ids));
+}
+
+export interface RetryFilter {
+  errorPrefix: string;
+  createdAfter: string;
+  createdBefore: string;
+  limit: number;
+}
+
+export function retryJobsByFilter(db: D1Database, filter: RetryFilter): Promise<JobRow[]> {
+  return allRows(
+    db,
+    TRANSITION_SQL.retryByFilter,
+    filter.createdAfter,
+    filter.createdBefore,
+    filter.errorPrefix,
+    filter.errorPrefix,
+    filter.limit,
+  );
+}
+
+/** Pending jobs wanted for longer than `maxAgeS` and still never run to the end: `expired`. */
+export function expirePendingJobs(
+  db: D1Database,
+  cutoff: string,
+  error: string,
+  limit: number,
+): Promise<JobRow[]> {
+  return allRows(db, TRANSITION_SQL.expirePending, error, cutoff, cutoff, limit);
+}
