@@ -1,14 +1,13 @@
 // Attempts never repeat, every change raises `version`, status counts stay equal to a full count,
 // replay and operator retry never revive a cancelled job, and nothing undoes a replay.
-import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import consumer from "../../consumer/index.ts";
 import type { JobRow } from "../../shared/sql/jobs/row.ts";
 import * as jobs from "../../shared/sql/jobs/transitions.ts";
 import {
   ADMIN_TOKEN,
   callbackPath,
+  deliver,
   insertPendingJob,
   postJson,
   processingJob,
@@ -90,11 +89,10 @@ describe("replay and operator retry", () => {
     const cancelled = await postJson(`/exports/${job.id}/cancel`, {});
     expect(cancelled.status).toBe(200);
     const letterId = `dl-${crypto.randomUUID()}`;
-    const batch = createMessageBatch("export-jobs-dlq", [
-      { id: letterId, timestamp: new Date(), attempts: 11, body: { job_id: job.id } },
-    ]);
-    await consumer.queue(batch, env);
-    await getQueueResult(batch, createExecutionContext());
+    await deliver([{ id: letterId, body: { job_id: job.id } }], {
+      queue: "export-jobs-dlq",
+      attempts: 11,
+    });
 
     const replay = await postJson(`/dead-letters/${letterId}/replay`, {}, { token: ADMIN_TOKEN });
     expect(replay.status).toBe(409);
@@ -112,12 +110,7 @@ describe("replay and operator retry", () => {
       attempts: 11,
       body: { job_id: job.id },
     });
-    const deliver = async (message: ReturnType<typeof letter>) => {
-      const batch = createMessageBatch("export-jobs-dlq", [message]);
-      await consumer.queue(batch, env);
-      await getQueueResult(batch, createExecutionContext());
-    };
-    await deliver(letter(1));
+    await deliver([letter(1)], { queue: "export-jobs-dlq" });
     // A dead letter is no verdict on the job: it stays pending for the reconciler.
     expect(await readJob(job.id)).toMatchObject({ status: "pending" });
     const replay = await postJson(
@@ -126,7 +119,7 @@ describe("replay and operator retry", () => {
       { token: ADMIN_TOKEN },
     );
     expect(replay.status).toBe(202);
-    await deliver(letter(2));
+    await deliver([letter(2)], { queue: "export-jobs-dlq" });
     expect(await readJob(job.id)).toMatchObject({ status: "pending", error: null });
   });
 

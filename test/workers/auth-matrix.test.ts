@@ -4,10 +4,8 @@
 // signatures of RunPod's callbacks (another job, another attempt, the other kind); live tickets
 // (another project, expired, forged); CORS headers for CORS_ORIGIN only; and the 256 KiB body
 // limit, which answers 413 before any parsing.
-import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import consumer from "../../consumer/index.ts";
 import { MAX_BODY_BYTES } from "../../producer/http.ts";
 import app from "../../producer/index.ts";
 import type { LiveMessage } from "../../shared/live-publisher.ts";
@@ -17,6 +15,7 @@ import {
   ADMIN_TOKEN,
   API_TOKEN,
   callbackPath,
+  deliver,
   type FetchInit,
   freshProjectId,
   insertPendingJob,
@@ -87,12 +86,11 @@ let letterCounter = 0;
 async function deadLetter(job: JobRow): Promise<string> {
   letterCounter += 1;
   const id = `auth-${letterCounter}-${crypto.randomUUID()}`;
-  const batch = createMessageBatch("export-jobs-dlq", [
-    { id, timestamp: new Date(), attempts: 11, body: { job_id: job.id } },
-  ]);
-  const ctx = createExecutionContext();
-  await consumer.queue(batch, env);
-  expect((await getQueueResult(batch, ctx)).explicitAcks).toEqual([id]);
+  const result = await deliver([{ id, body: { job_id: job.id } }], {
+    queue: "export-jobs-dlq",
+    attempts: 11,
+  });
+  expect(result.explicitAcks).toEqual([id]);
   return id;
 }
 

@@ -14,7 +14,7 @@ import { claimJobs } from "../../shared/sql/jobs/transitions.ts";
 import {
   callbackPath,
   configureEndpoint,
-  deliverJobs,
+  deliver,
   emulatorRequests,
   freshProjectId,
   insertPendingJob,
@@ -116,7 +116,7 @@ describe("RunPod down is nobody's fault; an error answer is the job's attempt fa
     const endpoint = uniqueEndpoint("down-503");
     await configureEndpoint(endpoint, { outage: true });
     const job = await insertPendingJob();
-    await deliverJobs([job.id], envFor(endpoint, { BREAKER_THRESHOLD: "1" }));
+    await deliver([job.id], { env: envFor(endpoint, { BREAKER_THRESHOLD: "1" }) });
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(1);
     expect(await readJob(job.id)).toMatchObject({
       status: "pending",
@@ -132,10 +132,9 @@ describe("RunPod down is nobody's fault; an error answer is the job's attempt fa
     const endpoint = uniqueEndpoint("down-unreachable");
     const job = await insertPendingJob();
     // Port 9 (discard) on the loopback: nothing listens, the connection is refused.
-    await deliverJobs(
-      [job.id],
-      envFor(endpoint, { RUNPOD_BASE_URL: "http://127.0.0.1:9/v2", BREAKER_THRESHOLD: "1" }),
-    );
+    await deliver([job.id], {
+      env: envFor(endpoint, { RUNPOD_BASE_URL: "http://127.0.0.1:9/v2", BREAKER_THRESHOLD: "1" }),
+    });
     expect(await readJob(job.id)).toMatchObject({ status: "pending", retry_count: 0 });
     expect(await eventTypes(job.id)).toEqual(["created", "claimed", "released"]);
     expect((await dispatchStatus(endpoint)).state).toBe("paused");
@@ -145,7 +144,7 @@ describe("RunPod down is nobody's fault; an error answer is the job's attempt fa
     const endpoint = uniqueEndpoint("down-504");
     await configureEndpoint(endpoint, { outage: true, outageStatus: 504 });
     const job = await insertPendingJob();
-    await deliverJobs([job.id], envFor(endpoint));
+    await deliver([job.id], { env: envFor(endpoint) });
     expect(await readJob(job.id)).toMatchObject({
       status: "processing",
       attempt: 1,
@@ -159,7 +158,7 @@ describe("RunPod down is nobody's fault; an error answer is the job's attempt fa
     const endpoint = uniqueEndpoint("down-500");
     await configureEndpoint(endpoint, { outage: true, outageStatus: 500 });
     const job = await insertPendingJob();
-    await deliverJobs([job.id], envFor(endpoint));
+    await deliver([job.id], { env: envFor(endpoint) });
     const row = await readJob(job.id);
     expect(row).toMatchObject({ status: "pending", retry_count: 1 });
     expect(row?.error).toMatch(/answered HTTP 500/);
@@ -222,7 +221,7 @@ describe("jobs waiting for a dispatch slot", () => {
     const projectId = freshProjectId();
     const ids = [];
     for (let i = 0; i < 3; i++) ids.push((await insertPendingJob(projectId)).id);
-    await deliverJobs(ids, testEnv);
+    await deliver(ids, { env: testEnv });
     const rows = await Promise.all(ids.map((id) => readJob(id)));
     // One was admitted (the oldest, or the least id among equal creation times); two wait.
     expect(rows.filter((row) => row?.status === "processing")).toHaveLength(1);

@@ -1,7 +1,5 @@
-import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import consumer from "../../consumer/index.ts";
 import type { JobMessage } from "../../shared/env.ts";
 import { consumerSettings } from "../../shared/settings.ts";
 import { signAttempt } from "../../shared/signing.ts";
@@ -9,6 +7,7 @@ import {
   ADMIN_TOKEN,
   callbackPath,
   configureEndpoint,
+  deliver,
   emulatorOrigin,
   emulatorRequests,
   insertPendingJob,
@@ -63,57 +62,6 @@ function message(body: unknown, attempts = 1) {
   return { id: `msg-${messageCounter}`, timestamp: new Date(), attempts, body };
 }
 
-/**
- * Runs the consumer's queue() handler on a batch and returns the ack/retry result.
- * @cloudflare/vitest-plugin 1.5.0's getQueueResult() drops the `delaySeconds` of retry(), so each
- * real message is wrapped in a forwarding spy that notes the options it was retried with; the
- * batch's retryAll() is forwarded the same way.
- */
-async function deliver(messages: ReturnType<typeof message>[], testEnv: TestEnv) {
-  const batch = createMessageBatch("export-jobs", messages);
-  const delays = new Map<string, number | undefined>();
-  let retryAllDelay: number | undefined;
-  const spied = batch.messages.map((real) => ({
-    get id() {
-      return real.id;
-    },
-    get body() {
-      return real.body;
-    },
-    get attempts() {
-      return real.attempts;
-    },
-    get timestamp() {
-      return real.timestamp;
-    },
-    ack: () => real.ack(),
-    retry: (options?: QueueRetryOptions) => {
-      delays.set(real.id, options?.delaySeconds);
-      real.retry(options);
-    },
-  }));
-  const ctx = createExecutionContext();
-  const wrapped: MessageBatch<unknown> = {
-    queue: batch.queue,
-    get metadata() {
-      return batch.metadata;
-    },
-    messages: spied,
-    ackAll: () => batch.ackAll(),
-    retryAll: (options?: QueueRetryOptions) => {
-      retryAllDelay = options?.delaySeconds;
-      batch.retryAll(options);
-    },
-  };
-  await consumer.queue(wrapped, testEnv);
-  const result = await getQueueResult(batch, ctx);
-  return {
-    ...result,
-    retryBatch: { ...result.retryBatch, delaySeconds: retryAllDelay },
-    retryMessages: result.retryMessages.map((r) => ({ ...r, delaySeconds: delays.get(r.msgId) })),
-  };
-}
-
 /** Seconds from now until the job's due_at (when a re-pended job may be tried again). */
 async function secondsUntilDue(id: string): Promise<number> {
   const row = await env.DB.prepare(
@@ -152,7 +100,7 @@ describe("consumer: submit", () => {
     const msg = message({ job_id: job.id });
     const testEnv = envFor(endpoint);
 
-    const result = await deliver([msg], testEnv);
+    const result = await deliver([msg], { env: testEnv });
     expect(result.explicitAcks).toEqual([msg.id]);
     expect(result.retryMessages).toEqual([]);
     expect(testEnv.sent).toEqual([]);
@@ -196,10 +144,10 @@ describe("consumer: submit", () => {
     await configureEndpoint(endpoint, { runMs: 60_000 });
     const job = await insertPendingJob();
     const testEnv = envFor(endpoint);
-    const first = await deliver([message({ job_id: job.id })], testEnv);
+    const first = await deliver([message({ job_id: job.id })], { env: testEnv });
     const afterFirst = await readJob(job.id);
     const redelivered = message({ job_id: job.id }, 2);
-    const second = await deliver([redelivered], testEnv);
+    const second = await deliver([redelivered], { env: testEnv });
 
     expect(first.retryMessages).toEqual([]);
     expect(second.explicitAcks).toEqual([redelivered.id]);
@@ -218,8 +166,8 @@ describe("consumer: submit", () => {
     const twin = await insertPendingJob();
     const testEnv = envFor(endpoint);
     const [a, b] = await Promise.all([
-      deliver([message({ job_id: job.id }), message({ job_id: twin.id })], testEnv),
-      deliver([message({ job_id: job.id }), message({ job_id: twin.id })], testEnv),
+      deliver([message({ job_id: job.id }), message({ job_id: twin.id })], { env: testEnv }),
+      deliver([message({ job_id: job.id }), message({ job_id: twin.id })], { env: testEnv }),
     ]);
     expect(a.explicitAcks).toHaveLength(2);
     expect(b.explicitAcks).toHaveLength(2);
@@ -234,7 +182,7 @@ describe("consumer: submit", () => {
     const third = await insertPendingJob();
     const inOneBatch = await deliver(
       [message({ job_id: third.id }), message({ job_id: third.id })],
-      testEnv,
+      { env: testEnv },
     );
     expect(inOneBatch.explicitAcks).toHaveLength(2);
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(3);
@@ -251,7 +199,7 @@ describe("consumer: submit", () => {
     const delays: number[] = [];
     for (let failure = 1; failure <= 3; failure++) {
       const msg = message({ job_id: job.id });
-      const result = await deliver([msg], testEnv);
+      const result = await deliver([msg], { env: testEnv });
       // The message is acked, never retried: waiting must not count toward max_retries.
       expect(result.explicitAcks).toEqual([msg.id]);
       expect(result.retryMessages).toEqual([]);
@@ -285,7 +233,7 @@ describe("consumer: submit", () => {
     expect(delays[2]).toBeGreaterThanOrEqual(delays[1] as number);
 
     const last = message({ job_id: job.id });
-    const final = await deliver([last], testEnv);
+    const final = await deliver([last], { env: testEnv });
     expect(final.explicitAcks).toEqual([last.id]);
     expect(final.retryMessages).toEqual([]);
     const row = await readJob(job.id);
@@ -296,7 +244,7 @@ describe("consumer: submit", () => {
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(4);
 
     // A fifth delivery of a finished job changes nothing and calls nobody.
-    await deliver([message({ job_id: job.id })], testEnv);
+    await deliver([message({ job_id: job.id })], { env: testEnv });
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(4);
     expect(await readJob(job.id)).toEqual(row);
   });
@@ -308,7 +256,7 @@ describe("consumer: submit", () => {
     const testEnv = envFor(endpoint, { BREAKER_COOLDOWN_S: "45" });
     const msg = message({ job_id: job.id });
 
-    const result = await deliver([msg], testEnv);
+    const result = await deliver([msg], { env: testEnv });
     expect(result.explicitAcks).toEqual([msg.id]);
     expect(result.retryMessages).toEqual([]);
     const row = await readJob(job.id);
@@ -327,7 +275,7 @@ describe("consumer: submit", () => {
 
     // The released job's next message claims a fresh attempt, with its retries intact.
     const next = message({ job_id: job.id });
-    const again = await deliver([next], testEnv);
+    const again = await deliver([next], { env: testEnv });
     expect(again.explicitAcks).toEqual([next.id]);
     expect(await readJob(job.id)).toMatchObject({
       status: "processing",
@@ -345,7 +293,7 @@ describe("consumer: submit", () => {
     const badKey = envFor(endpoint, { RUNPOD_API_KEY: "not-the-key", BREAKER_COOLDOWN_S: "40" });
     const msg = message({ job_id: job.id });
 
-    const result = await deliver([msg], badKey);
+    const result = await deliver([msg], { env: badKey });
     expect(result.explicitAcks).toEqual([msg.id]);
     expect(result.retryMessages).toEqual([]);
     const calls = runCalls(await emulatorRequests(endpoint));
@@ -362,7 +310,7 @@ describe("consumer: submit", () => {
     const other = await insertPendingJob();
     const goodKey = envFor(endpoint, { BREAKER_COOLDOWN_S: "40" });
     const held = message({ job_id: other.id });
-    const heldResult = await deliver([held], goodKey);
+    const heldResult = await deliver([held], { env: goodKey });
     expect(heldResult.explicitAcks).toEqual([held.id]);
     expect(heldResult.retryMessages).toEqual([]);
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(1);
@@ -380,7 +328,7 @@ describe("consumer: submit", () => {
     const testEnv = envFor(endpoint, { BREAKER_THRESHOLD: "2", BREAKER_COOLDOWN_S: "50" });
     const failing = [await insertPendingJob(), await insertPendingJob()];
     for (const job of failing) {
-      await deliver([message({ job_id: job.id })], testEnv);
+      await deliver([message({ job_id: job.id })], { env: testEnv });
       expect(await readJob(job.id)).toMatchObject({ status: "pending", retry_count: 1 });
     }
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(2);
@@ -394,7 +342,7 @@ describe("consumer: submit", () => {
 
     const held = await insertPendingJob();
     const msg = message({ job_id: held.id });
-    const result = await deliver([msg], testEnv);
+    const result = await deliver([msg], { env: testEnv });
     expect(result.explicitAcks).toEqual([msg.id]);
     expect(result.retryMessages).toEqual([]);
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(2);
@@ -412,7 +360,7 @@ describe("consumer: submit", () => {
     const job = await insertPendingJob();
     const msg = message({ job_id: job.id });
     const testEnv = envFor(endpoint, { RUNPOD_TIMEOUT_MS: "200" });
-    const result = await deliver([msg], testEnv);
+    const result = await deliver([msg], { env: testEnv });
     expect(result.explicitAcks).toEqual([msg.id]);
     expect(result.retryMessages).toEqual([]);
     expect(testEnv.sent).toEqual([]);
@@ -446,7 +394,7 @@ describe("consumer: submit", () => {
     await configureEndpoint(endpoint, { runDelayMs: 800, runMs: 60_000 });
     const job = await insertPendingJob();
     const msg = message({ job_id: job.id });
-    const delivery = deliver([msg], envFor(endpoint));
+    const delivery = deliver([msg], { env: envFor(endpoint) });
 
     // RunPod created the run but has not answered yet; meanwhile the user cancels the job.
     const run = await createdRun(endpoint);
@@ -468,7 +416,7 @@ describe("consumer: submit", () => {
     await configureEndpoint(endpoint, { runDelayMs: 800, runMs: 60_000 });
     const job = await insertPendingJob();
     const msg = message({ job_id: job.id });
-    const delivery = deliver([msg], envFor(endpoint));
+    const delivery = deliver([msg], { env: envFor(endpoint) });
 
     const run = await createdRun(endpoint);
     await putOutput(job);
@@ -496,7 +444,7 @@ describe("consumer: submit", () => {
     const jobs = await Promise.all([insertPendingJob(), insertPendingJob(), insertPendingJob()]);
     const messages = jobs.map((job) => message({ job_id: job.id }));
     const testEnv = envFor(endpoint, { RETRY_BASE_DELAY_S: "0" });
-    const result = await deliver(messages, testEnv);
+    const result = await deliver(messages, { env: testEnv });
     expect(result.explicitAcks.sort()).toEqual(messages.map((m) => m.id).sort());
     expect(result.retryMessages).toEqual([]);
     const rows = await Promise.all(jobs.map((job) => readJob(job.id)));
@@ -523,7 +471,7 @@ describe("consumer: submit", () => {
   it("acknowledges a message that does not parse instead of retrying it forever", async () => {
     const endpoint = uniqueEndpoint("poison");
     const bad = [message("not json at all"), message({ job_id: "nope" }), message({ other: 1 })];
-    const result = await deliver(bad, envFor(endpoint));
+    const result = await deliver(bad, { env: envFor(endpoint) });
     expect(result.explicitAcks.sort()).toEqual(bad.map((m) => m.id).sort());
     expect(result.retryMessages).toEqual([]);
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(0);
@@ -539,7 +487,7 @@ describe("consumer: submit", () => {
       .run();
     const before = await readJob(job.id);
     const msg = message({ job_id: job.id });
-    const result = await deliver([msg], envFor(endpoint));
+    const result = await deliver([msg], { env: envFor(endpoint) });
     expect(result.explicitAcks).toEqual([msg.id]);
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(0);
     expect(await readJob(job.id)).toEqual(before);
@@ -562,7 +510,7 @@ describe("consumer: cannot run at all", () => {
         [[1, 20], 7200],
       ] as const) {
         const batch = attempts.map((n) => message({ job_id: job.id }, n));
-        const result = await deliver(batch, testEnv);
+        const result = await deliver(batch, { env: testEnv });
         expect(result.retryBatch).toEqual({ retry: true, delaySeconds: delay });
         expect(result.explicitAcks).toEqual([]);
         expect(result.retryMessages).toEqual([]);

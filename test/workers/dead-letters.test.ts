@@ -1,11 +1,10 @@
-import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import consumer from "../../consumer/index.ts";
 import {
   ADMIN_TOKEN,
   API_TOKEN,
   callbackPath,
+  deliver,
   insertPendingJob,
   postJson,
   processingJob,
@@ -32,13 +31,6 @@ function dlqMessage(body: unknown, attempts = 11) {
   return { id: `dlq-${crypto.randomUUID()}-${counter}`, timestamp: new Date(), attempts, body };
 }
 
-async function deliver(queue: string, messages: ReturnType<typeof dlqMessage>[]) {
-  const batch = createMessageBatch(queue, messages);
-  const ctx = createExecutionContext();
-  await consumer.queue(batch, env);
-  return getQueueResult(batch, ctx);
-}
-
 const admin = (path: string, init: RequestInit = {}) =>
   producerFetch(path, { ...init, token: ADMIN_TOKEN });
 
@@ -54,7 +46,7 @@ describe("dead-letter capture (consumer of export-jobs-dlq)", () => {
     const running = await processingJob({ runId: "run-live" });
     const a = dlqMessage({ job_id: pending.id });
     const b = dlqMessage({ job_id: running.id });
-    const result = await deliver("export-jobs-dlq", [a, b]);
+    const result = await deliver([a, b], { queue: "export-jobs-dlq" });
     expect(result.explicitAcks.sort()).toEqual([a.id, b.id].sort());
 
     const first = await deadLetter(a.id);
@@ -77,7 +69,7 @@ describe("dead-letter capture (consumer of export-jobs-dlq)", () => {
     expect(await readJob(running.id)).toEqual(running);
 
     // The same message delivered again records nothing new.
-    await deliver("export-jobs-dlq", [{ ...a, attempts: 12 }]);
+    await deliver([{ ...a, attempts: 12 }], { queue: "export-jobs-dlq" });
     expect((await deadLetter(a.id)).dead_letter.attempts).toBe(11);
     const count = await env.DB.prepare("SELECT COUNT(*) AS n FROM dead_letters WHERE id = ?")
       .bind(a.id)
@@ -87,7 +79,7 @@ describe("dead-letter capture (consumer of export-jobs-dlq)", () => {
 
   it("records unparseable messages of export-jobs the same way and acks them", async () => {
     const poison = dlqMessage("not a job", 1);
-    const result = await deliver("export-jobs", [poison]);
+    const result = await deliver([poison]);
     expect(result.explicitAcks).toEqual([poison.id]);
     expect(result.retryMessages).toEqual([]);
     expect((await deadLetter(poison.id)).dead_letter).toMatchObject({
@@ -120,7 +112,7 @@ describe("dead-letter API (ADMIN_TOKEN)", () => {
   it("lists newest first with cursor paging and shows one with its job", async () => {
     const jobs = [await insertPendingJob(), await insertPendingJob(), await insertPendingJob()];
     const messages = jobs.map((job) => dlqMessage({ job_id: job.id }));
-    for (const message of messages) await deliver("export-jobs-dlq", [message]);
+    for (const message of messages) await deliver([message], { queue: "export-jobs-dlq" });
 
     const seen: string[] = [];
     let cursor: string | null = null;
@@ -147,7 +139,7 @@ describe("dead-letter API (ADMIN_TOKEN)", () => {
       .bind(job.id)
       .run();
     const message = dlqMessage({ job_id: job.id });
-    await deliver("export-jobs-dlq", [message]);
+    await deliver([message], { queue: "export-jobs-dlq" });
     expect((await readJob(job.id))?.status).toBe("pending");
 
     const res = await admin(`/dead-letters/${message.id}/replay`, { method: "POST" });
@@ -178,14 +170,14 @@ describe("dead-letter API (ADMIN_TOKEN)", () => {
     expect(((await again.json()) as { error: { code: string } }).error.code).toBe(
       "already_replayed",
     );
-    await deliver("export-jobs-dlq", [message]);
+    await deliver([message], { queue: "export-jobs-dlq" });
     expect(await readJob(job.id)).toEqual(row);
   });
 
   it("replays the dead letter of a job that ended in a failure (not cancelled)", async () => {
     const job = await processingJob({ retryCount: 3, runId: "run-failed" });
     const message = dlqMessage({ job_id: job.id });
-    await deliver("export-jobs-dlq", [message]);
+    await deliver([message], { queue: "export-jobs-dlq" });
     // The job then ends `error` by the seed's CASE: its fourth failure.
     const failed = await postJson(
       await callbackPath("webhook", job.id, job.attempt),
@@ -217,21 +209,21 @@ describe("dead-letter API (ADMIN_TOKEN)", () => {
   it("refuses to replay a completed, running or cancelled job or a poison message (409), 404 unknown", async () => {
     const done = await processingJob({ runId: "run-done" });
     const doneLetter = dlqMessage({ job_id: done.id });
-    await deliver("export-jobs-dlq", [doneLetter]);
+    await deliver([doneLetter], { queue: "export-jobs-dlq" });
     await env.DB.prepare("UPDATE export_jobs SET status = 'complete' WHERE id = ?")
       .bind(done.id)
       .run();
     const running = await processingJob({ runId: "run-busy" });
     const runningLetter = dlqMessage({ job_id: running.id });
-    await deliver("export-jobs-dlq", [runningLetter]);
+    await deliver([runningLetter], { queue: "export-jobs-dlq" });
     const cancelled = await insertPendingJob();
     const cancelledLetter = dlqMessage({ job_id: cancelled.id });
-    await deliver("export-jobs-dlq", [cancelledLetter]);
+    await deliver([cancelledLetter], { queue: "export-jobs-dlq" });
     expect((await postJson(`/exports/${cancelled.id}/cancel`, {})).status).toBe(200);
     const cancelledRow = await readJob(cancelled.id);
     expect(cancelledRow).toMatchObject({ status: "error", error: "cancelled" });
     const poison = dlqMessage({ nope: true });
-    await deliver("export-jobs-dlq", [poison]);
+    await deliver([poison], { queue: "export-jobs-dlq" });
 
     for (const [id, code] of [
       [doneLetter.id, "job_complete"],
@@ -253,7 +245,7 @@ describe("dead-letter API (ADMIN_TOKEN)", () => {
 
   it("deletes a dead letter (204, then 404)", async () => {
     const message = dlqMessage({ job_id: (await insertPendingJob()).id });
-    await deliver("export-jobs-dlq", [message]);
+    await deliver([message], { queue: "export-jobs-dlq" });
     expect((await admin(`/dead-letters/${message.id}`, { method: "DELETE" })).status).toBe(204);
     expect((await admin(`/dead-letters/${message.id}`)).status).toBe(404);
     expect((await admin(`/dead-letters/${message.id}`, { method: "DELETE" })).status).toBe(404);
@@ -270,7 +262,7 @@ describe("GET /stats and GET /admin/jobs", () => {
     };
     await insertPendingJob();
     await processingJob({ runId: null });
-    await deliver("export-jobs-dlq", [dlqMessage({ nope: 1 })]);
+    await deliver([dlqMessage({ nope: 1 })], { queue: "export-jobs-dlq" });
     const after = (await (await admin("/stats")).json()) as typeof before;
     expect(after.jobs.pending).toBeGreaterThanOrEqual((before.jobs.pending ?? 0) + 1);
     expect(after.processing_without_run).toBeGreaterThanOrEqual(before.processing_without_run + 1);

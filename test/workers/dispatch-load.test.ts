@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import {
   ADMIN_TOKEN,
   configureEndpoint,
-  deliverJobs,
+  deliver,
   emulatorOrigin,
   emulatorRequests,
   freshProjectId,
@@ -61,7 +61,7 @@ async function dueIds(projectId: number): Promise<string[]> {
 async function deliverRound(ids: string[], testEnv: TestEnv) {
   const batches: string[][] = [];
   for (let i = 0; i < ids.length; i += 10) batches.push(ids.slice(i, i + 10));
-  const results = await Promise.all(batches.map((chunk) => deliverJobs(chunk, testEnv)));
+  const results = await Promise.all(batches.map((chunk) => deliver(chunk, { env: testEnv })));
   return {
     acked: results.reduce((n, r) => n + r.explicitAcks.length, 0),
     retried: results.reduce((n, r) => n + r.retryMessages.length + (r.retryBatch.retry ? 1 : 0), 0),
@@ -134,9 +134,9 @@ describe("dispatch under load", () => {
       { runsPer10s: 100_000, breakerThreshold: 5, breakerCooldownS: 30, maxInFlight: 1000 },
     );
     expect(earlier.admitted).toHaveLength(12);
-    await deliverJobs(
+    await deliver(
       jobs.map((job) => job.id),
-      loadEnv(endpoint, { RUNPOD_RUNS_PER_10S: "50" }),
+      { env: loadEnv(endpoint, { RUNPOD_RUNS_PER_10S: "50" }) },
     );
     const answers = await runAnswers(endpoint);
     expect(answers["429"] ?? 0).toBe(0);

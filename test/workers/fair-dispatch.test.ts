@@ -11,7 +11,7 @@ import { applyRunStatus, cancelJob } from "../../shared/job-state.ts";
 import type * as jobs from "../../shared/sql/jobs/row.ts";
 import {
   configureEndpoint,
-  deliverJobs,
+  deliver,
   freshProjectId,
   insertPendingJob,
   readJob,
@@ -132,8 +132,6 @@ function envFor(endpoint: string, extra: Record<string, string> = {}): typeof en
   };
 }
 
-const deliver = deliverJobs;
-
 async function processingCount(projectId: number): Promise<number> {
   const row = await env.DB.prepare(
     "SELECT COUNT(*) AS n FROM export_jobs WHERE project_id = ? AND status = 'processing'",
@@ -154,10 +152,10 @@ describe("fair dispatch through the consumer", () => {
     const ids = created.map((job) => job.id);
     const testEnv = envFor(endpoint);
     const results = await Promise.all([
-      deliver(ids.slice(0, 6), testEnv),
-      deliver(ids.slice(6), testEnv),
-      deliver(ids, testEnv),
-      deliver([...ids].reverse(), testEnv),
+      deliver(ids.slice(0, 6), { env: testEnv }),
+      deliver(ids.slice(6), { env: testEnv }),
+      deliver(ids, { env: testEnv }),
+      deliver([...ids].reverse(), { env: testEnv }),
     ]);
     // Every message is acknowledged: the jobs that must wait wait in the dispatcher, not the queue.
     for (const result of results) expect(result.retryMessages).toEqual([]);
@@ -180,7 +178,7 @@ describe("fair dispatch through the consumer", () => {
     const queueOf = await Promise.all(Array.from({ length: 8 }, () => insertPendingJob(projectId)));
     await deliver(
       queueOf.map((job) => job.id),
-      testEnv,
+      { env: testEnv },
     );
     const running = async () => {
       const slots = await d.inFlight();
@@ -193,7 +191,7 @@ describe("fair dispatch through the consumer", () => {
       // The dispatcher sent the admitted job to the queue; deliver it as Queues would.
       let job = (await readJob(id)) as jobs.JobRow;
       if (job.status === "pending") {
-        await deliver([id], testEnv);
+        await deliver([id], { env: testEnv });
         job = (await readJob(id)) as jobs.JobRow;
       }
       expect(job.status).toBe("processing");
@@ -243,7 +241,7 @@ describe("fair dispatch through the consumer", () => {
     const projectId = freshProjectId();
     const testEnv = envFor(endpoint, { RUNPOD_MAX_IN_FLIGHT: "1" });
     const [a, b] = await Promise.all([insertPendingJob(projectId), insertPendingJob(projectId)]);
-    await deliver([a.id, b.id], testEnv);
+    await deliver([a.id, b.id], { env: testEnv });
     const d = dispatcherFor(endpoint);
     const [holder] = await d.inFlight();
     // The job ends without telling the dispatcher (a crash between the two).

@@ -10,11 +10,9 @@
 // and its effects are accounted for: every row, message and publication this file sees must be
 // one of the jobs a valid POST /exports created (version 1, never changed afterwards).
 
-import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import consumer from "../../consumer/index.ts";
 import { decodeCursor, encodeCursor } from "../../producer/cursor.ts";
 import { MAX_BODY_BYTES } from "../../producer/http.ts";
 import { listQuery } from "../../producer/routes/list-exports.ts";
@@ -34,6 +32,7 @@ import * as repo from "../../shared/sql/jobs/transitions.ts";
 import {
   ADMIN_TOKEN,
   API_TOKEN,
+  deliver,
   insertPendingJob,
   overlayRequest,
   postJson,
@@ -1812,10 +1811,7 @@ describe("fuzz queue message bodies", () => {
               body,
             };
           });
-          const batch = createMessageBatch(queue, messages);
-          const ctx = createExecutionContext();
-          await consumer.queue(batch, testEnv);
-          const result = await getQueueResult(batch, ctx);
+          const result = await deliver(messages, { queue, env: testEnv });
           expect(result.retryBatch.retry).toBe(false);
           expect(result.retryMessages).toEqual([]);
           if (!result.ackAll) {
@@ -1944,10 +1940,10 @@ describe("found by fuzzing", () => {
         attempts: 1,
         body: "not a job message",
       };
-      const batch = createMessageBatch<unknown>(queue, [poison, plain]);
-      const ctx = createExecutionContext();
-      await consumer.queue(batch, { ...env, RUNPOD_ENDPOINT_ID: uniqueEndpoint("poison") });
-      const result = await getQueueResult(batch, ctx);
+      const result = await deliver([poison, plain], {
+        queue,
+        env: { ...env, RUNPOD_ENDPOINT_ID: uniqueEndpoint("poison") },
+      });
       expect(result.retryBatch.retry).toBe(false);
       expect([...result.explicitAcks].sort()).toEqual([poison.id, plain.id].sort());
       const { results } = await env.DB.prepare("SELECT id FROM dead_letters WHERE id IN (?, ?)")

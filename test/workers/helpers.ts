@@ -1,7 +1,13 @@
-import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
+import {
+  createExecutionContext,
+  createMessageBatch,
+  getQueueResult,
+  type QueueResult,
+} from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import consumer from "../../consumer/index.ts";
 import app from "../../producer/index.ts";
+import type { ConsumerEnv } from "../../shared/env.ts";
 import { type SignedUrlKind, signAttempt } from "../../shared/signing.ts";
 import type { JobRow } from "../../shared/sql/jobs/row.ts";
 import * as repo from "../../shared/sql/jobs/transitions.ts";
@@ -125,21 +131,91 @@ export async function sentMessagesMentioning(needle: string): Promise<number> {
   return row?.n ?? 0;
 }
 
+/**
+ * A message for deliver(): a job id (the body `{ job_id }` the producer sends), or any body, with
+ * its id, attempts and timestamp when the test cares (otherwise a fresh id, the `attempts` option
+ * and now).
+ */
+export type Delivery =
+  | string
+  | { body: unknown; id?: string; attempts?: number; timestamp?: Date | number };
+
+export interface DeliverOptions {
+  /** The queue the batch comes from: "export-jobs" (the default) or "export-jobs-dlq". */
+  queue?: string;
+  /** The bindings queue() runs with; the test bindings by default. */
+  env?: ConsumerEnv;
+  /** Deliveries so far of the messages that name none (1 by default). */
+  attempts?: number;
+}
+
 let delivered = 0;
-/** Runs the consumer Worker's queue() on one batch of `export-jobs` messages, one per job id. */
-export async function deliverJobs(ids: readonly string[], testEnv: typeof env = env) {
-  const batch = createMessageBatch(
-    "export-jobs",
-    ids.map((id) => ({
-      id: `delivered-${++delivered}`,
-      timestamp: new Date(),
-      attempts: 1,
-      body: { job_id: id },
-    })),
+/**
+ * Runs the consumer Worker's queue() on one batch, as Queues would deliver it, and returns what it
+ * acked and retried. @cloudflare/vitest-plugin 1.5.0's getQueueResult() drops the `delaySeconds`
+ * of retry() and retryAll(), so the batch and each message forward those calls and note the
+ * delay, which the result then carries where QueueResult declares it.
+ */
+export async function deliver(
+  messages: readonly Delivery[],
+  options: DeliverOptions = {},
+): Promise<QueueResult> {
+  const { queue = "export-jobs", env: testEnv = env, attempts = 1 } = options;
+  const batch = createMessageBatch<unknown>(
+    queue,
+    messages.map((message) => {
+      const { body, ...given } =
+        typeof message === "string" ? { body: { job_id: message } } : message;
+      delivered += 1;
+      return {
+        id: given.id ?? `delivered-${delivered}-${crypto.randomUUID()}`,
+        timestamp: given.timestamp ?? new Date(),
+        attempts: given.attempts ?? attempts,
+        body,
+      };
+    }),
   );
+  const delays = new Map<string, number | undefined>();
+  let retryAllDelay: number | undefined;
+  const spied = batch.messages.map((real) => ({
+    get id() {
+      return real.id;
+    },
+    get body() {
+      return real.body;
+    },
+    get attempts() {
+      return real.attempts;
+    },
+    get timestamp() {
+      return real.timestamp;
+    },
+    ack: () => real.ack(),
+    retry: (retryOptions?: QueueRetryOptions) => {
+      delays.set(real.id, retryOptions?.delaySeconds);
+      real.retry(retryOptions);
+    },
+  }));
+  const wrapped: MessageBatch<unknown> = {
+    queue: batch.queue,
+    get metadata() {
+      return batch.metadata;
+    },
+    messages: spied,
+    ackAll: () => batch.ackAll(),
+    retryAll: (retryOptions?: QueueRetryOptions) => {
+      retryAllDelay = retryOptions?.delaySeconds;
+      batch.retryAll(retryOptions);
+    },
+  };
   const ctx = createExecutionContext();
-  await consumer.queue(batch, testEnv);
-  return getQueueResult(batch, ctx);
+  await consumer.queue(wrapped, testEnv);
+  const result = await getQueueResult(batch, ctx);
+  return {
+    ...result,
+    retryBatch: { ...result.retryBatch, delaySeconds: retryAllDelay },
+    retryMessages: result.retryMessages.map((r) => ({ ...r, delaySeconds: delays.get(r.msgId) })),
+  };
 }
 
 // ---- the RunPod emulator's admin API ----

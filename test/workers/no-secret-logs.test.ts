@@ -5,12 +5,7 @@
 // routes) with console.log/info/warn/error/debug wrapped for the test's duration (a spy on our own
 // logging; every binding is the real one). Every line must be shared/log.ts's JSON with a
 // `message`, and none may contain a configured secret, a minted ticket or a `sig=` value.
-import {
-  createExecutionContext,
-  createMessageBatch,
-  createScheduledController,
-  getQueueResult,
-} from "cloudflare:test";
+import { createScheduledController } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import consumer from "../../consumer/index.ts";
@@ -18,6 +13,7 @@ import type { Job } from "../../shared/sql/jobs/row.ts";
 import {
   ADMIN_TOKEN,
   configureEndpoint,
+  deliver,
   emulatorRequests,
   freshProjectId,
   overlayRequest,
@@ -68,13 +64,6 @@ let counter = 0;
 function message(body: unknown, attempts = 1) {
   counter += 1;
   return { id: `logs-${counter}-${crypto.randomUUID()}`, timestamp: new Date(), attempts, body };
-}
-
-async function deliver(queue: string, messages: ReturnType<typeof message>[], testEnv: typeof env) {
-  const batch = createMessageBatch(queue, messages);
-  const ctx = createExecutionContext();
-  await consumer.queue(batch, testEnv);
-  return getQueueResult(batch, ctx);
 }
 
 async function createJob(projectId: number, idempotencyKey?: string): Promise<Job> {
@@ -148,9 +137,7 @@ describe("logs", () => {
     expect((await producerFetch(`/live?ticket=${forgedTicket}`, { token: null })).status).toBe(401);
 
     // 3. The consumer submits it to RunPod (the emulator).
-    expect((await deliver("export-jobs", [message({ job_id: job.id })], testEnv)).outcome).toBe(
-      "ok",
-    );
+    expect((await deliver([message({ job_id: job.id })], { env: testEnv })).outcome).toBe("ok");
     const claimed = await waitFor(async () => {
       const row = await readJob(job.id);
       return row?.runpod_job_id ? row : undefined;
@@ -179,7 +166,7 @@ describe("logs", () => {
 
     // 5. A run that fails at RunPod (FAILED webhook) and one whose output is missing.
     const failing = await createJob(freshProjectId());
-    await deliver("export-jobs", [message({ job_id: failing.id })], testEnv);
+    await deliver([message({ job_id: failing.id })], { env: testEnv });
     const failingRow = await waitFor(async () => {
       const row = await readJob(failing.id);
       return row?.runpod_job_id ? row : undefined;
@@ -195,7 +182,7 @@ describe("logs", () => {
 
     // 6. Cancel a running job (RunPod /cancel).
     const toCancel = await createJob(freshProjectId());
-    await deliver("export-jobs", [message({ job_id: toCancel.id })], testEnv);
+    await deliver([message({ job_id: toCancel.id })], { env: testEnv });
     await waitFor(
       async () => ((await readJob(toCancel.id))?.runpod_job_id ? true : undefined),
       "the run to cancel",
@@ -209,20 +196,18 @@ describe("logs", () => {
     // 7. Failed submissions: RunPod answers 500; then RunPod refuses the API key (401).
     await configureEndpoint(endpoint, { runScript: [500] });
     const unlucky = await createJob(freshProjectId());
-    await deliver("export-jobs", [message({ job_id: unlucky.id })], testEnv);
+    await deliver([message({ job_id: unlucky.id })], { env: testEnv });
     expect(await readJob(unlucky.id)).toMatchObject({ status: "pending", retry_count: 1 });
     const refused = await createJob(freshProjectId());
-    await deliver("export-jobs", [message({ job_id: refused.id })], {
-      ...env,
-      RUNPOD_ENDPOINT_ID: wrongKeyEndpoint,
-      RUNPOD_API_KEY: wrongKey,
+    await deliver([message({ job_id: refused.id })], {
+      env: { ...env, RUNPOD_ENDPOINT_ID: wrongKeyEndpoint, RUNPOD_API_KEY: wrongKey },
     });
     expect(await readJob(refused.id)).toMatchObject({ status: "pending", retry_count: 0 });
 
     // 8. Dead letters: an unparseable message, and the dead-letter queue's; a replay.
-    await deliver("export-jobs", [message({ nope: true }), message("job_id")], testEnv);
+    await deliver([message({ nope: true }), message("job_id")], { env: testEnv });
     const letter = message({ job_id: unlucky.id }, 11);
-    await deliver("export-jobs-dlq", [letter], testEnv);
+    await deliver([letter], { queue: "export-jobs-dlq", env: testEnv });
     expect(
       (
         await producerFetch(`/dead-letters/${letter.id}/replay`, {

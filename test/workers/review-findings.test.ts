@@ -2,10 +2,9 @@
 // running, the reconciler keeps up and isolates its steps, a run RunPod forgot is finished when its
 // output is in R2, and the connection and delay limits hold. (1 and 2: query-plans.test.ts;
 // 3: attempts.test.ts; 7: runpod-webhook.test.ts; 8: request-size.test.ts; 10: the README.)
-import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import consumer, { infrastructureRetryDelayS } from "../../consumer/index.ts";
+import { infrastructureRetryDelayS } from "../../consumer/index.ts";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
 import { MAX_QUEUE_DELAY_S, retryDelaySeconds } from "../../shared/job-state.ts";
@@ -13,6 +12,7 @@ import { consumerSettings } from "../../shared/settings.ts";
 import * as jobs from "../../shared/sql/jobs/transitions.ts";
 import {
   configureEndpoint,
+  deliver,
   emulatorOrigin,
   emulatorRequests,
   insertPendingJob,
@@ -30,38 +30,6 @@ const envFor = (endpoint: string, extra: Record<string, string> = {}): TestEnv =
   ...extra,
 });
 
-let counter = 0;
-/**
- * Runs the consumer's queue() on a batch. @cloudflare/vitest-plugin 1.5.0's getQueueResult()
- * drops the delaySeconds of retryAll(), so the batch forwards it and notes what it was given.
- */
-async function deliver(jobIds: string[], testEnv: TestEnv, attempts = 1) {
-  const real = createMessageBatch(
-    "export-jobs",
-    jobIds.map((id) => ({
-      id: `rf-${++counter}`,
-      timestamp: new Date(),
-      attempts,
-      body: { job_id: id },
-    })),
-  );
-  let retryAllDelay: number | undefined;
-  const batch: MessageBatch<unknown> = {
-    queue: real.queue,
-    messages: real.messages,
-    metadata: real.metadata,
-    ackAll: () => real.ackAll(),
-    retryAll: (options?: QueueRetryOptions) => {
-      retryAllDelay = options?.delaySeconds;
-      real.retryAll(options);
-    },
-  };
-  const ctx = createExecutionContext();
-  await consumer.queue(batch, testEnv);
-  const result = await getQueueResult(real, ctx);
-  return { ...result, retryAllDelay };
-}
-
 async function runState(runId: string): Promise<string> {
   const res = await fetch(`${emulatorOrigin}/__emulator/jobs/${runId}`);
   return ((await res.json()) as { status: string }).status;
@@ -77,10 +45,10 @@ describe("4. infrastructure failures end no job", () => {
   it("a consumer missing a setting retries the whole batch later, with a growing delay, touching no job", async () => {
     const job = await insertPendingJob();
     const testEnv = envFor(uniqueEndpoint("noconf"), { PUBLIC_URL: "" });
-    const first = await deliver([job.id], testEnv, 1);
-    expect(first).toMatchObject({ retryBatch: { retry: true }, retryAllDelay: 30 });
-    const fifth = await deliver([job.id], testEnv, 5);
-    expect(fifth).toMatchObject({ retryBatch: { retry: true }, retryAllDelay: 480 });
+    const first = await deliver([job.id], { env: testEnv, attempts: 1 });
+    expect(first).toMatchObject({ retryBatch: { retry: true, delaySeconds: 30 } });
+    const fifth = await deliver([job.id], { env: testEnv, attempts: 5 });
+    expect(fifth).toMatchObject({ retryBatch: { retry: true, delaySeconds: 480 } });
     expect(await readJob(job.id)).toMatchObject({ status: "pending", retry_count: 0, attempt: 0 });
     // Ten deliveries span hours, not seconds, before the dead-letter queue.
     const total = Array.from({ length: 10 }, (_, i) => infrastructureRetryDelayS(i + 1)).reduce(
@@ -91,11 +59,10 @@ describe("4. infrastructure failures end no job", () => {
 
   it("the dead letter of a job never dispatched leaves it for the reconciler", async () => {
     const job = await insertPendingJob();
-    const batch = createMessageBatch("export-jobs-dlq", [
-      { id: `dl-${job.id}`, timestamp: new Date(), attempts: 11, body: { job_id: job.id } },
-    ]);
-    await consumer.queue(batch, env);
-    await getQueueResult(batch, createExecutionContext());
+    await deliver([{ id: `dl-${job.id}`, body: { job_id: job.id } }], {
+      queue: "export-jobs-dlq",
+      attempts: 11,
+    });
     expect(await readJob(job.id)).toMatchObject({ status: "pending", error: null });
   });
 });
@@ -106,7 +73,7 @@ describe("5. unwanted runs are cancelled", () => {
     // /run answers after 300 ms; meanwhile the job is cancelled by its user.
     await configureEndpoint(endpoint, { runDelayMs: 300, runMs: 60_000 });
     const job = await insertPendingJob();
-    const delivered = deliver([job.id], envFor(endpoint));
+    const delivered = deliver([job.id], { env: envFor(endpoint) });
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect((await postJson(`/exports/${job.id}/cancel`, {})).status).toBe(200);
     await delivered;

@@ -1,10 +1,8 @@
 // A job's timeline (migration 0005: each change writes its event in the same statement) through
 // GET /exports/{id}/events, what those events cost in D1's rows written, and the finished export's
 // file through GET /exports/{id}/output (Range, ETag).
-import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import consumer from "../../consumer/index.ts";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
 import { JOB_SQL } from "../../shared/sql/jobs/catalog.ts";
@@ -15,6 +13,7 @@ import {
   ADMIN_TOKEN,
   callbackPath,
   configureEndpoint,
+  deliver,
   freshProjectId,
   insertPendingJob,
   plannedKey,
@@ -66,27 +65,12 @@ async function progress(jobId: string, attempt: number, value: number) {
   expect(res.status).toBe(204);
 }
 
-/** The consumer's queue() handler on one message of `jobId`, against its own RunPod endpoint. */
-async function deliver(jobId: string, endpoint: string) {
-  const batch = createMessageBatch("export-jobs", [
-    {
-      id: `msg-${crypto.randomUUID()}`,
-      timestamp: new Date(),
-      attempts: 1,
-      body: { job_id: jobId },
-    },
-  ]);
-  await consumer.queue(batch, { ...env, RUNPOD_ENDPOINT_ID: endpoint });
-  return getQueueResult(batch, createExecutionContext());
-}
+/** The test bindings against the test's own RunPod endpoint. */
+const envFor = (endpoint: string) => ({ ...env, RUNPOD_ENDPOINT_ID: endpoint });
 
 async function deadLetter(jobId: string): Promise<string> {
   const id = `dl-${crypto.randomUUID()}`;
-  const batch = createMessageBatch("export-jobs-dlq", [
-    { id, timestamp: new Date(), attempts: 11, body: { job_id: jobId } },
-  ]);
-  await consumer.queue(batch, env);
-  await getQueueResult(batch, createExecutionContext());
+  await deliver([{ id, body: { job_id: jobId } }], { queue: "export-jobs-dlq", attempts: 11 });
   return id;
 }
 
@@ -107,7 +91,7 @@ describe("GET /exports/{id}/events", () => {
     // The insert trigger fires for a row inserted by plain SQL too.
     expect(await typesOf(job.id)).toEqual(["created"]);
 
-    const result = await deliver(job.id, endpoint);
+    const result = await deliver([job.id], { env: envFor(endpoint) });
     expect(result.retryMessages).toEqual([]);
     const submitted = await readJob(job.id);
     expect(submitted).toMatchObject({ status: "processing", attempt: 1 });
@@ -150,7 +134,7 @@ describe("GET /exports/{id}/events", () => {
     const endpoint = uniqueEndpoint("tl-submit");
     await configureEndpoint(endpoint, { runScript: [500] });
     const job = await insertPendingJob();
-    await deliver(job.id, endpoint);
+    await deliver([job.id], { env: envFor(endpoint) });
     expect(await readJob(job.id)).toMatchObject({ status: "pending", retry_count: 1 });
     const events = await eventsOf(job.id);
     expect(events.map((event) => event.type)).toEqual(["created", "claimed", "submit_failed"]);
@@ -163,7 +147,7 @@ describe("GET /exports/{id}/events", () => {
     const endpoint = uniqueEndpoint("tl-429");
     await configureEndpoint(endpoint, { runScript: [429] });
     const job = await insertPendingJob();
-    await deliver(job.id, endpoint);
+    await deliver([job.id], { env: envFor(endpoint) });
     expect(await readJob(job.id)).toMatchObject({ status: "pending", retry_count: 0 });
     const events = await eventsOf(job.id);
     expect(events.map((event) => event.type)).toEqual(["created", "claimed", "released"]);
@@ -252,11 +236,10 @@ describe("GET /exports/{id}/events", () => {
     const job = await insertPendingJob();
     const letterId = `dl-${crypto.randomUUID()}`;
     const redeliver = async () => {
-      const batch = createMessageBatch("export-jobs-dlq", [
-        { id: letterId, timestamp: new Date(), attempts: 11, body: { job_id: job.id } },
-      ]);
-      await consumer.queue(batch, env);
-      await getQueueResult(batch, createExecutionContext());
+      await deliver([{ id: letterId, body: { job_id: job.id } }], {
+        queue: "export-jobs-dlq",
+        attempts: 11,
+      });
     };
     await redeliver();
     expect((await postJson(`/exports/${job.id}/cancel`, {})).status).toBe(200);
@@ -316,7 +299,7 @@ describe("GET /exports/{id}/events", () => {
     await configureEndpoint(endpoint, { runMs: 60_000, progressSteps: [], dropWebhookRate: 1 });
     const lost = await insertPendingJob();
     const running = await insertPendingJob();
-    await deliver(running.id, endpoint);
+    await deliver([running.id], { env: envFor(endpoint) });
     const submitted = await readJob(running.id);
     expect(submitted?.status).toBe("processing");
     await env.DB.prepare(
