@@ -1,23 +1,18 @@
 // Opaque keyset cursors: base64url of the last row's sort key. A cursor that does not decode to
 // the expected shape is a 400, never a silent first page.
 import { z } from "zod";
+import { decodeBase64Url, encodeBase64Url } from "../shared/base64url.ts";
 
 const sortKey = z.object({ created_at: z.string().min(1), id: z.string().min(1) });
 export type SortKey = z.infer<typeof sortKey>;
 
 export function encodeCursor(key: SortKey): string {
-  const bytes = new TextEncoder().encode(JSON.stringify([key.created_at, key.id]));
-  return btoa(String.fromCharCode(...bytes))
-    .replaceAll("+", "-")
-    .replaceAll("/", "_")
-    .replace(/=+$/, "");
+  return encodeBase64Url(JSON.stringify([key.created_at, key.id]));
 }
 
 export function decodeCursor(cursor: string): SortKey | null {
   try {
-    const binary = atob(cursor.replaceAll("-", "+").replaceAll("_", "/"));
-    const text = new TextDecoder().decode(Uint8Array.from(binary, (ch) => ch.charCodeAt(0)));
-    const [created_at, id] = JSON.parse(text) as unknown[];
+    const [created_at, id] = JSON.parse(decodeBase64Url(cursor)) as unknown[];
     const parsed = sortKey.safeParse({ created_at, id });
     return parsed.success ? parsed.data : null;
   } catch {

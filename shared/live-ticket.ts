@@ -5,6 +5,7 @@
 // in constant time. No state: a ticket is good until `exp` (LIVE_TICKET_TTL_S after minting).
 import { z } from "zod";
 import { signText, verifyText } from "../shared/signing.ts";
+import { decodeBase64Url, encodeBase64Url } from "./base64url.ts";
 
 export const MAX_TICKET_PROJECTS = 100;
 
@@ -38,18 +39,6 @@ const payloadSchema = z.strictObject({
 /** Longer than any ticket this Worker mints (100 project ids of 16 digits are about 2.3 KB). */
 const MAX_TICKET_CHARS = 4096;
 
-function toBase64Url(text: string): string {
-  const bytes = new TextEncoder().encode(text);
-  let binary = "";
-  for (const byte of bytes) binary += String.fromCharCode(byte);
-  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
-function fromBase64Url(text: string): string {
-  const binary = atob(text.replace(/-/g, "+").replace(/_/g, "/"));
-  return new TextDecoder().decode(Uint8Array.from(binary, (char) => char.charCodeAt(0)));
-}
-
 const signedText = (payload: string) => `live:${payload}`;
 
 /** A signed ticket for `scope`, good until `expiresAt` (ms). */
@@ -60,7 +49,7 @@ export async function mintTicket(
   id: string = crypto.randomUUID(),
 ): Promise<string> {
   const p = scope.all ? "all" : [...new Set(scope.projectIds)];
-  const payload = toBase64Url(JSON.stringify({ v: 1, id, p, exp: Math.floor(expiresAt) }));
+  const payload = encodeBase64Url(JSON.stringify({ v: 1, id, p, exp: Math.floor(expiresAt) }));
   return `${payload}.${await signText(secret, signedText(payload))}`;
 }
 
@@ -76,7 +65,7 @@ export async function readTicket(
   if (!match || !(await verifyText(secret, signedText(payload), sig))) return null;
   let data: unknown;
   try {
-    data = JSON.parse(fromBase64Url(payload));
+    data = JSON.parse(decodeBase64Url(payload));
   } catch {
     return null;
   }
