@@ -78,7 +78,13 @@ export const JobSchema = component(
         due_at: z
           .string()
           .nullable()
-          .describe(stamp("next attention (retry, claim deadline, poll)")),
+          .describe(
+            stamp(
+              "internal bookkeeping: when the job next needs attention, which its status says " +
+                "(pending: retry time, or null while it waits for a slot; processing: claim " +
+                "deadline, or poll time once its run is recorded; cancelled: RunPod cancel retry)",
+            ),
+          ),
         idempotency_key: z.string().nullable(),
         user_id: z
           .number()

@@ -1,6 +1,5 @@
 // How live-status objects are named, and what their sockets receive: shared by the objects
 // (shared/live-hub.ts) and the publisher (shared/live-publisher.ts), with no runtime imports.
-import type { LiveEnv } from "./live-hub.ts";
 import type { LiveScope, LiveTicket } from "./live-ticket.ts";
 import type { Job } from "./sql/jobs/row.ts";
 
@@ -29,9 +28,15 @@ export interface SocketInfo {
 
 export const channelName = (ticketId: string) => `channel:${ticketId}`;
 
+/** What liveRoomFor needs of the live-status objects' bindings. */
+interface RoomNamespace {
+  idFromName(name: string): DurableObjectId;
+  get(id: DurableObjectId): { fetch(request: Request): Promise<Response> };
+}
+
 /** The object that holds the one socket of `ticket`, and what that socket carries. */
 export function liveRoomFor(
-  env: Pick<LiveEnv, "LIVE_HUB" | "LIVE_CHANNEL">,
+  env: { LIVE_HUB: RoomNamespace; LIVE_CHANNEL: RoomNamespace },
   ticket: LiveTicket,
 ): { room: { fetch(request: Request): Promise<Response> }; info: SocketInfo } {
   const { scope } = ticket;
