@@ -1,5 +1,6 @@
-// The API's named schemas: the shapes of the answers, and the request bodies under the names the
-// OpenAPI document gives them. Each is registered once with `component(name, schema)`; routes use
+// The API's named schemas shared by routes: the shapes of the answers, and the request bodies
+// under the names the OpenAPI document gives them (a route's own, like RetryRequest, is named in
+// its file with the same `component`). Each is registered once with `component(name, schema)`; routes use
 // the returned schema, so the document refers to it as `#/components/schemas/<name>`.
 // `exactly<T>()(schema)` compiles only while the schema's output type and T are assignable both
 // ways, so a column added to the code breaks the build, not the document.
@@ -82,7 +83,8 @@ export const JobSchema = component(
             stamp(
               "internal bookkeeping: when the job next needs attention, which its status says " +
                 "(pending: retry time, or null while it waits for a slot; processing: claim " +
-                "deadline, or poll time once its run is recorded; cancelled: RunPod cancel retry)",
+                "deadline, or poll time once its run is recorded; error 'cancelled': when " +
+                "RunPod's /cancel is tried again; otherwise null)",
             ),
           ),
         idempotency_key: z.string().nullable(),

@@ -34,13 +34,22 @@ const AUTH_MIDDLEWARE: Partial<Record<Auth, () => MiddlewareHandler<AppEnv>>> = 
   apiOrAdminToken: apiOrAdminAuth,
 };
 
-/** A route's `security` and, for the bearer tokens, the middleware that checks them. */
-export function auth(kind: Auth): {
-  security: Record<string, string[]>[];
-  middleware: MiddlewareHandler<AppEnv>[];
-} {
-  const middleware = AUTH_MIDDLEWARE[kind];
-  return { security: SECURITY[kind], middleware: middleware ? [middleware()] : [] };
+/**
+ * A route's `security` and the middleware that checks it, first of all: the bearer tokens' own, or
+ * the one a signed URL or a live ticket route gives (`check`).
+ */
+export function auth(
+  kind: Auth,
+  check?: MiddlewareHandler<AppEnv>,
+): { security: Record<string, string[]>[]; middleware: MiddlewareHandler<AppEnv>[] } {
+  const bearer = AUTH_MIDDLEWARE[kind];
+  const middleware = bearer ? bearer() : check;
+  if ((kind === "signedUrl" || kind === "liveTicket") !== (check !== undefined)) {
+    throw new Error(
+      `auth("${kind}"): a signed URL or a ticket needs its check, nothing else takes one`,
+    );
+  }
+  return { security: SECURITY[kind], middleware: middleware ? [middleware] : [] };
 }
 
 /** Every code an error answer can carry, with what it means. */
@@ -229,4 +238,16 @@ export function queryParam<S extends z.ZodType>(schema: S, options: { emptyIsAbs
     const first = Array.isArray(value) ? value[0] : value;
     return options.emptyIsAbsent && first === "" ? undefined : first;
   }, schema);
+}
+
+/** `limit` (1 to 100, default `size`) and `cursor` of every paged listing. */
+export function pageQuery(size: number) {
+  return z.object({
+    limit: queryParam(
+      z.coerce.number().int().min(1).max(100).default(size).openapi({ description: "page size" }),
+    ),
+    cursor: queryParam(
+      z.string().min(1).optional().openapi({ description: "`next_cursor` of the previous page" }),
+    ),
+  });
 }

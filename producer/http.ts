@@ -51,18 +51,19 @@ export function zodIssues(error: z.core.$ZodError): ApiIssue[] {
   }));
 }
 
-const WHAT: Record<string, string> = {
-  query: "the query",
-  param: "the path",
-  header: "a header",
-  json: "the body",
-};
-
-/** A request that fails its route's params, query or headers: 400 invalid_request, zod's issues. */
+/**
+ * A request that fails its route's params, query or headers: 400 invalid_request with zod's
+ * issues. A header's message names the header ("Idempotency-Key must be 1 to 255 characters").
+ */
 export const defaultHook: Hook<unknown, AppEnv, string, unknown> = (result, c) => {
   if (result.success) return;
-  const what = WHAT[result.target] ?? "the request";
-  return apiError(c, 400, "invalid_request", `${what} is not valid`, zodIssues(result.error));
+  const issues = zodIssues(result.error);
+  const [first] = issues;
+  const message =
+    result.target === "header" && first
+      ? `${first.path.join(".")} ${first.message}`
+      : `the ${result.target === "param" ? "path" : result.target} is not valid`;
+  return apiError(c, 400, "invalid_request", message, issues);
 };
 
 /** Timing-safe string comparison of two tokens. */

@@ -1,20 +1,6 @@
-import { z } from "@hono/zod-openapi";
 import * as repo from "../shared/sql/jobs/listings.ts";
 import { type Job, toJob } from "../shared/sql/jobs/row.ts";
-import { queryParam } from "./api.ts";
 import { readCursor, toPage } from "./cursor.ts";
-
-/** `limit` (1 to 100, default `size`) and `cursor` of every paged listing. */
-export function pageQuery(size: number) {
-  return z.object({
-    limit: queryParam(
-      z.coerce.number().int().min(1).max(100).default(size).openapi({ description: "page size" }),
-    ),
-    cursor: queryParam(
-      z.string().min(1).optional().openapi({ description: "`next_cursor` of the previous page" }),
-    ),
-  });
-}
 
 /**
  * One page of jobs, newest first, as `{"jobs", "next_cursor"}`, or null for a cursor this API did

@@ -1,5 +1,6 @@
-// How live-status objects are named, and what their sockets receive: shared by the objects
-// (shared/live-hub.ts) and the publisher (shared/live-publisher.ts), with no runtime imports.
+// How live-status objects are named, what their sockets receive, and which object holds a
+// ticket's socket (liveRoomFor): shared by the objects (shared/live-hub.ts), the publisher
+// (shared/live-publisher.ts) and GET /live, with no runtime imports (Node code may import it).
 import type { LiveScope, LiveTicket } from "./live-ticket.ts";
 import type { Job } from "./sql/jobs/row.ts";
 

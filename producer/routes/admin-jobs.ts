@@ -1,11 +1,11 @@
 import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
-import { auth, errorReplies, queryParam, reply } from "../api.ts";
+import { auth, errorReplies, pageQuery, queryParam, reply } from "../api.ts";
 import { JobPage, jobStatus } from "../api-schemas.ts";
 import { type AppEnv, badCursor } from "../http.ts";
-import { jobPage, pageQuery } from "../job-page.ts";
+import { jobPage } from "../job-page.ts";
 
 // An empty value (`?status=`, as the dashboard's "any" option sends) means no filter.
-export const adminQuery = z.object({
+const adminQuery = z.object({
   project_id: queryParam(
     z.coerce
       .number()

@@ -5,12 +5,11 @@ import type { DeadLetterRow } from "../../shared/sql/dead-letters.ts";
 import * as repo from "../../shared/sql/dead-letters.ts";
 import { getJob } from "../../shared/sql/jobs/reads.ts";
 import { toJob } from "../../shared/sql/jobs/row.ts";
-import { auth, deadLetterIdParams, errorReplies, reply } from "../api.ts";
+import { auth, deadLetterIdParams, errorReplies, pageQuery, reply } from "../api.ts";
 import { DeadLetterDetail, DeadLetterPage, DeadLetterReplay } from "../api-schemas.ts";
 import { readCursor, toPage } from "../cursor.ts";
 import { jobDeps } from "../deps.ts";
 import { type AppEnv, apiError, badCursor } from "../http.ts";
-import { pageQuery } from "../job-page.ts";
 
 /** The row with `body` parsed back when it is JSON (it is stored as received). */
 function toDeadLetter(row: DeadLetterRow) {

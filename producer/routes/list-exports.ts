@@ -1,8 +1,8 @@
 import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
-import { auth, errorReplies, queryParam, reply } from "../api.ts";
+import { auth, errorReplies, pageQuery, queryParam, reply } from "../api.ts";
 import { JobPage } from "../api-schemas.ts";
 import { type AppEnv, badCursor } from "../http.ts";
-import { jobPage, pageQuery } from "../job-page.ts";
+import { jobPage } from "../job-page.ts";
 
 const MAX_PROJECTS = 100;
 

@@ -68,8 +68,7 @@ export const openLiveRoute = createRoute({
     "Upgrades to a WebSocket (101 Switching Protocols) carrying LiveMessage text frames: a " +
     "snapshot of the ticket's jobs, then every change of them; `ping` answers `pong`",
   tags: ["live"],
-  security: [],
-  middleware: [ticketAuth],
+  ...auth("liveTicket", ticketAuth),
   request: {
     query: z.object({
       ticket: queryParam(

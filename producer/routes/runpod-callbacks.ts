@@ -7,12 +7,20 @@ import { applyRunStatus, recordProgress } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import { type SignedUrlKind, verifyAttempt } from "../../shared/signing.ts";
 import { getJob } from "../../shared/sql/jobs/reads.ts";
-import { BODY_ERRORS, errorReplies, jobIdParams, jsonBody, queryParam, reply } from "../api.ts";
+import {
+  auth,
+  BODY_ERRORS,
+  errorReplies,
+  jobIdParams,
+  jsonBody,
+  queryParam,
+  reply,
+} from "../api.ts";
 import { ProgressReport, RunpodStatus, WebhookAck } from "../api-schemas.ts";
 import { jobDeps } from "../deps.ts";
 import { type AppEnv, apiError } from "../http.ts";
 
-export const attemptParam = z.coerce.number().int().min(0).max(1_000_000);
+const attemptParam = z.coerce.number().int().min(0).max(1_000_000);
 
 /** `?attempt=N&sig=HEX` of the URLs the producer hands RunPod. */
 const signedQuery = z.object({
@@ -48,18 +56,12 @@ function signedBy(kind: SignedUrlKind): MiddlewareHandler<AppEnv> {
       sig: c.req.query("sig"),
     });
     const secret = c.env.WEBHOOK_SECRET;
-    const ok =
-      query.success &&
-      secret !== undefined &&
-      secret !== "" &&
-      (await verifyAttempt(
-        secret,
-        kind,
-        c.req.param("id") ?? "",
-        query.data.attempt,
-        query.data.sig,
-      ));
-    if (!ok || !query.success) {
+    const id = c.req.param("id") ?? "";
+    if (
+      !query.success ||
+      !secret ||
+      !(await verifyAttempt(secret, kind, id, query.data.attempt, query.data.sig))
+    ) {
       return apiError(c, 401, "bad_signature", "the URL's signature does not match");
     }
     c.set("attempt", query.data.attempt);
@@ -73,8 +75,7 @@ export const runpodWebhookRoute = createRoute({
   operationId: "runpodWebhook",
   summary: "RunPod's completion webhook for one attempt",
   tags: ["runpod"],
-  security: [],
-  middleware: [signedBy("webhook")],
+  ...auth("signedUrl", signedBy("webhook")),
   request: {
     params: jobIdParams,
     query: signedQuery,
@@ -111,8 +112,7 @@ export const runpodProgressRoute = createRoute({
   operationId: "runpodProgress",
   summary: "Progress report of one attempt (never lowers progress)",
   tags: ["runpod"],
-  security: [],
-  middleware: [signedBy("progress")],
+  ...auth("signedUrl", signedBy("progress")),
   request: {
     params: jobIdParams,
     query: signedQuery,

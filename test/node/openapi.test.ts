@@ -1,6 +1,7 @@
-// The producer's OpenAPI document (of the routes the app mounts) against the OpenAPI 3.1 schema. It runs in Node because the
-// validator reads its meta-schemas from disk; test/workers/openapi.test.ts checks that the Worker
-// serves this same document and that it covers exactly the routes the app registers.
+// The producer's OpenAPI document (of the routes the app mounts) against the OpenAPI 3.1 schema.
+// It runs in Node because the validator reads its meta-schemas from disk;
+// test/workers/openapi.test.ts checks that the Worker serves this same document and that it
+// covers exactly the routes the app registers.
 
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { describe, expect, it } from "vitest";

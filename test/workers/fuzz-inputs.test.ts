@@ -17,6 +17,7 @@ import { decodeCursor, encodeCursor } from "../../producer/cursor.ts";
 import { MAX_BODY_BYTES } from "../../producer/http.ts";
 import { listQuery } from "../../producer/routes/list-exports.ts";
 import { retryRequest } from "../../producer/routes/retry-jobs.ts";
+import { encodeBase64Url } from "../../shared/base64url.ts";
 import type { LiveMessage } from "../../shared/live-publisher.ts";
 import { liveTicketRequest } from "../../shared/live-ticket.ts";
 import {
@@ -782,7 +783,7 @@ const cursorText = fc.oneof(
       fc.oneof(fc.uuid(), fc.string()),
     )
     .map(([createdAt, id]) => encodeCursor({ created_at: createdAt, id })),
-  anyValue.map((value) => base64Url(wellFormed(toJsonText(value)))),
+  anyValue.map((value) => encodeBase64Url(wellFormed(toJsonText(value)))),
   fc.constantFrom("", "=", "e30", "W10", "WyIiLCIiXQ", "bnVsbA", "!!!", "%%%"),
 );
 
@@ -1095,13 +1096,6 @@ describe("fuzz POST /admin/jobs/retry", () => {
 
 const TICKET = /^[A-Za-z0-9_-]+\.[0-9a-f]{64}$/;
 
-function base64Url(text: string): string {
-  const bytes = new TextEncoder().encode(text);
-  let binary = "";
-  for (const byte of bytes) binary += String.fromCharCode(byte);
-  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
 describe("fuzz live tickets", () => {
   it("POST /live-tickets: 201 for 1-100 project ids (or all with the ADMIN_TOKEN), else a 4xx", async () => {
     const projectIds = fc.oneof(
@@ -1223,7 +1217,7 @@ describe("fuzz live tickets", () => {
       {
         weight: 3,
         arbitrary: payload.chain(({ value, valid }) =>
-          fc.constant({ text: base64Url(wellFormed(toJsonText(value))), valid }),
+          fc.constant({ text: encodeBase64Url(wellFormed(toJsonText(value))), valid }),
         ),
       },
       {
@@ -1233,7 +1227,7 @@ describe("fuzz live tickets", () => {
       {
         weight: 1,
         arbitrary: hostileString.map((text) => ({
-          text: base64Url(wellFormed(text)),
+          text: encodeBase64Url(wellFormed(text)),
           valid: false,
         })),
       },

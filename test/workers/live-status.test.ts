@@ -6,6 +6,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
+import { decodeBase64Url, encodeBase64Url } from "../../shared/base64url.ts";
 import * as state from "../../shared/job-state.ts";
 import type { LiveMessage, LivePublisher } from "../../shared/live-publisher.ts";
 import { projectHubName } from "../../shared/live-publisher.ts";
@@ -167,15 +168,13 @@ function subscriptionsOf(projectId: number): Promise<string[]> {
 
 function ticketClaims(ticket: string): { id: string; p: number[] | "all"; exp: number } {
   const payload = ticket.split(".")[0] as string;
-  return JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/")));
+  return JSON.parse(decodeBase64Url(payload));
 }
 
 const channelOf = (ticket: string) =>
   env.LIVE_CHANNEL.get(env.LIVE_CHANNEL.idFromName(`channel:${ticketClaims(ticket).id}`));
 
-function base64UrlJson(value: unknown): string {
-  return btoa(JSON.stringify(value)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
+const base64UrlJson = (value: unknown) => encodeBase64Url(JSON.stringify(value));
 
 describe("POST /live-tickets", () => {
   it("mints a ticket for 1 to 100 projects (API_TOKEN) that expires after LIVE_TICKET_TTL_S", async () => {
