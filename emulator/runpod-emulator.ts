@@ -483,10 +483,15 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     jobs.set(job.state.id, job);
     log(`job ${job.state.id} (${endpointId}) IN_QUEUE, planned ${outcome}`);
 
-    schedule(job, config.queueMs, () => {
+    // A timer may fire a millisecond before Date.now() says queueMs passed: wait out the rest, so
+    // delayTime is never below queueMs.
+    const queued = () => {
+      const left = job.submitted + config.queueMs - Date.now();
+      if (left > 0) return schedule(job, left, queued);
       job.ready = true;
       dispatch(endpointId);
-    });
+    };
+    schedule(job, config.queueMs, queued);
     const { ttl } = job.state.policy;
     if (typeof ttl === "number") {
       schedule(job, ttl, () => {
