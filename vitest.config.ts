@@ -35,6 +35,7 @@ export const TEST_VARS = {
 const queueSpy = `
 export default {
   async queue(batch, env) {
+    if (batch.messages.length === 0) return; // D1 refuses an empty batch ("No SQL statements")
     await env.DB.prepare("CREATE TABLE IF NOT EXISTS test_sent_messages (message_id TEXT PRIMARY KEY, body TEXT NOT NULL, received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f','now')))").run();
     await env.DB.batch(batch.messages.map((m) =>
       env.DB.prepare("INSERT OR IGNORE INTO test_sent_messages (message_id, body) VALUES (?, ?)").bind(m.id, JSON.stringify(m.body))));
