@@ -95,7 +95,8 @@ export const JSON_BODY_ERRORS = {
 } as const satisfies Partial<Record<ErrorStatus, readonly ErrorCode[]>>;
 
 /** A documented response header (a string). */
-export function header(description: string): { description: string; schema: { type: "string" } } {
+type HeaderDoc = { description: string; schema: { type: "string" } };
+export function header(description: string): HeaderDoc {
   return { description, schema: { type: "string" } };
 }
 
@@ -103,7 +104,7 @@ const WWW_AUTHENTICATE = { "WWW-Authenticate": header('Bearer realm="reel-export
 
 type ErrorReply = {
   description: string;
-  headers?: Record<string, { description: string; schema: { type: "string" } }>;
+  headers?: Record<string, HeaderDoc>;
   content: { "application/json": { schema: typeof ErrorSchema } };
 };
 
@@ -121,7 +122,7 @@ export function errorReplies<const O extends Partial<Record<ErrorStatus, readonl
     const list = codes.get(status) ?? [];
     codes.set(status, [...list, ...more.filter((code) => !list.includes(code))]);
   };
-  const bearer = kind === "apiToken" || kind === "adminToken" || kind === "apiOrAdminToken";
+  const bearer = AUTH_MIDDLEWARE[kind] !== undefined;
   if (bearer) add(401, "unauthorized");
   if (kind === "signedUrl") add(401, "bad_signature");
   if (kind === "liveTicket") add(401, "bad_ticket");
@@ -145,10 +146,10 @@ export function errorReplies<const O extends Partial<Record<ErrorStatus, readonl
 export function reply<S extends z.ZodType>(
   description: string,
   schema: S,
-  headers?: Record<string, { description: string; schema: { type: "string" } }>,
+  headers?: Record<string, HeaderDoc>,
 ): {
   description: string;
-  headers?: Record<string, { description: string; schema: { type: "string" } }>;
+  headers?: Record<string, HeaderDoc>;
   content: { "application/json": { schema: S } };
 } {
   return {

@@ -11,17 +11,27 @@ import { NOW, NOW_PLUS, seconds } from "../time.ts";
 import * as due from "./due.ts";
 import { allRows, CANCELLED, firstRow, type JobRow } from "./row.ts";
 
+/** What every bookkeeping change also sets: a new version, and no timeline event. */
+const BOOKKEEPING = "version = version + 1, last_event = NULL";
+
+/**
+ * A lease: up to `?` jobs of `status` that `dueTest` picks, the longest due first, their due_at
+ * moved by `set` in the same statement (`+status` keeps the outer match off the index).
+ */
+const lease = (status: string, set: string, dueTest: string) =>
+  `UPDATE export_jobs SET ${set}, ${BOOKKEEPING}
+   WHERE id IN (SELECT id FROM export_jobs
+                WHERE status = '${status}' AND ${dueTest}
+                ORDER BY due_at LIMIT ?)
+     AND +status = '${status}'
+   RETURNING *`;
+
 export const LEASE_SQL = {
-  leaseLostPending: `UPDATE export_jobs SET ${due.retryAt(NOW)}, version = version + 1, last_event = NULL
-                     WHERE id IN (SELECT id FROM export_jobs
-                                  WHERE status = 'pending' AND ${due.retryDueBy(NOW_PLUS)}
-                                  ORDER BY due_at LIMIT ?)
-                       AND +status = 'pending'
-                     RETURNING *`,
+  leaseLostPending: lease("pending", due.retryAt(NOW), due.retryDueBy(NOW_PLUS)),
   // Jobs the dispatcher keeps waiting for a slot: due_at NULL on a pending row means "the
   // dispatcher holds it", so the lost-message lease above never takes it (once per wait). Only a
   // job that is due: one re-pended or released meanwhile (its due_at ahead) waits out its delay.
-  hold: `UPDATE export_jobs SET ${due.held}, version = version + 1, last_event = NULL
+  hold: `UPDATE export_jobs SET ${due.held}, ${BOOKKEEPING}
          WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
            AND ${due.retryDueBy(NOW)}
          RETURNING *`,
@@ -30,27 +40,21 @@ export const LEASE_SQL = {
   held: `SELECT rowid AS seq, id FROM export_jobs
          WHERE status = 'pending' AND ${due.isHeld} AND rowid > ?
          ORDER BY rowid LIMIT ?`,
-  leaseDueProcessing: `UPDATE export_jobs SET ${due.claimDeadlineOrPollAt(NOW_PLUS)}, version = version + 1, last_event = NULL
-                       WHERE id IN (SELECT id FROM export_jobs
-                                    WHERE status = 'processing' AND ${due.claimDeadlineOrPollDueBy(NOW)}
-                                    ORDER BY due_at LIMIT ?)
-                         AND +status = 'processing'
-                       RETURNING *`,
+  leaseDueProcessing: lease(
+    "processing",
+    due.claimDeadlineOrPollAt(NOW_PLUS),
+    due.claimDeadlineOrPollDueBy(NOW),
+  ),
   // RunPod's /cancel failed after a user's cancel: due_at on an `error` row means "cancel its run
   // again"; the reconciler picks such rows through (status, due_at) and clears due_at when done.
-  cancelUnconfirmed: `UPDATE export_jobs SET ${due.cancelRetryAt(NOW_PLUS)}, version = version + 1, last_event = NULL
+  cancelUnconfirmed: `UPDATE export_jobs SET ${due.cancelRetryAt(NOW_PLUS)}, ${BOOKKEEPING}
                       WHERE id = ? AND status = 'error' AND error = '${CANCELLED}'
                         AND runpod_job_id = ?
                       RETURNING *`,
-  cancelConfirmed: `UPDATE export_jobs SET ${due.nothingDue}, version = version + 1, last_event = NULL
+  cancelConfirmed: `UPDATE export_jobs SET ${due.nothingDue}, ${BOOKKEEPING}
                     WHERE id = ? AND status = 'error' AND ${due.hasCancelRetry}
                     RETURNING *`,
-  leaseUnconfirmedCancels: `UPDATE export_jobs SET ${due.cancelRetryAt(NOW_PLUS)}, version = version + 1, last_event = NULL
-                            WHERE id IN (SELECT id FROM export_jobs
-                                         WHERE status = 'error' AND ${due.cancelRetryDueBy(NOW)}
-                                         ORDER BY due_at LIMIT ?)
-                              AND +status = 'error'
-                            RETURNING *`,
+  leaseUnconfirmedCancels: lease("error", due.cancelRetryAt(NOW_PLUS), due.cancelRetryDueBy(NOW)),
 } as const;
 
 /**
