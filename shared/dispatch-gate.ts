@@ -11,8 +11,16 @@
 
 export interface GateConfig {
   runsPer10s: number;
+  /** Fewest failed submissions in the window that can mark the endpoint down. */
   breakerThreshold: number;
+  /** The first pause (s). */
   breakerCooldownS: number;
+  /** The last this many submissions are judged. */
+  breakerWindow: number;
+  /** Down at or above this share of failures in the window (0..1). */
+  breakerFailureRate: number;
+  /** Submissions let through after a pause; their failure rate decides. */
+  breakerProbes: number;
 }
 
 export type GateMode = "running" | "paused" | "probing";

@@ -23,13 +23,12 @@ import {
 import { FairQueue, type OfferedJob } from "./fair-queue.ts";
 import { log } from "./log.ts";
 import type { JobMessage } from "./schemas.ts";
+import type { DispatchConfig } from "./settings.ts";
 
 /** The longest a batch is asked to wait inside its invocation for a permit. */
 export const MAX_WAIT_MS = 5_000;
 
-export interface DispatchConfig extends GateConfig {
-  maxInFlight: number;
-}
+export type { DispatchConfig };
 
 export interface DispatchStatus {
   state: GateMode;
@@ -80,6 +79,12 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     await this.ctx.storage.put(GATE, state);
   }
 
+  /** The cap on runs in flight now. */
+  #cap(config: DispatchConfig): number {
+    // TODO(auto): the fleet model; until it lands, auto keeps the former fixed default.
+    return config.maxInFlight === "auto" ? 20 : config.maxInFlight;
+  }
+
   /**
    * Admits as many waiting jobs as free slots and the gate allow, fairest first. Returns the
    * admitted ids with their delays; sets an alarm when jobs still wait for the gate.
@@ -87,7 +92,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   async #admit(config: DispatchConfig): Promise<{ ids: string[]; delays: number[] }> {
     await this.ctx.storage.put(CONFIG, config);
     const { waiting } = this.#queue.counts();
-    const wanted = Math.min(this.#queue.freeSlots(config.maxInFlight), waiting);
+    const wanted = Math.min(this.#queue.freeSlots(this.#cap(config)), waiting);
     if (wanted === 0) return { ids: [], delays: [] };
     const now = Date.now();
     const { state, grant } = acquire(await this.#loadGate(), config, now, wanted, MAX_WAIT_MS);
@@ -220,7 +225,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
       reason: gate.reason,
       since: new Date(pauseOver ? gate.pausedUntil : gate.since).toISOString(),
       runs_last_10s: this.#recent.length,
-      max_in_flight: maxInFlight ?? config?.maxInFlight ?? 0,
+      max_in_flight: maxInFlight ?? (config ? this.#cap(config) : 0),
       ...this.#queue.counts(),
     };
   }

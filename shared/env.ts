@@ -67,7 +67,10 @@ export interface ProducerEnv extends ProducerBindings, RunpodSecrets {
   POLL_AFTER_S?: string;
 }
 
-export interface ConsumerEnv extends ConsumerBindings, RunpodSecrets {}
+export interface ConsumerEnv extends ConsumerBindings, RunpodSecrets {
+  /** Not in wrangler.toml: the endpoint's max workers, bounding an `auto` cap (none when missing). */
+  RUNPOD_MAX_WORKERS?: string;
+}
 
 /** Settings both Workers read (shared/settings.ts's runpodSettings and retrySettings). */
 export type CommonEnv = Pick<ProducerEnv, keyof ProducerEnv & keyof ConsumerEnv>;

@@ -1,6 +1,49 @@
 import type { GateConfig } from "./dispatch-gate.ts";
 import type { CommonEnv, ConsumerEnv, ProducerEnv } from "./env.ts";
 
+/** How the endpoint's autoscaler adds workers (RUNPOD_SCALER). */
+export type Scaler = { kind: "queue_delay" } | { kind: "request_count"; runsPerWorker: number };
+
+/** The cap on runs in flight: fixed, or following the fleet (RUNPOD_MAX_IN_FLIGHT=auto). */
+export interface CapacityConfig {
+  maxInFlight: number | "auto";
+  /** RUNPOD_MAX_WORKERS: the endpoint's max workers when known; null: unknown. */
+  maxWorkers: number | null;
+  /** Seconds between two of the dispatcher's `GET /health` at most. */
+  fleetPollS: number;
+  scaler: Scaler;
+}
+
+/** What the dispatcher is configured with: its gate and its cap. */
+export type DispatchConfig = GateConfig & CapacityConfig;
+
+/** RUNPOD_MAX_IN_FLIGHT: `auto` (also when missing or empty) or a positive integer. */
+export function maxInFlightVar(value: string | undefined): number | "auto" {
+  const text = value?.trim() ?? "";
+  if (text === "" || text === "auto") return "auto";
+  const parsed = Number(text);
+  if (!Number.isInteger(parsed) || parsed < 1) {
+    throw new Error(
+      `setting RUNPOD_MAX_IN_FLIGHT must be "auto" or a positive integer, got ${JSON.stringify(value)}`,
+    );
+  }
+  return parsed;
+}
+
+/** RUNPOD_SCALER: `queue_delay` (also when missing or empty) or `request_count:<runs per worker>`. */
+export function scalerVar(value: string | undefined): Scaler {
+  const text = value?.trim() ?? "";
+  if (text === "" || text === "queue_delay") return { kind: "queue_delay" };
+  const match = /^request_count:(\d+)$/.exec(text);
+  const runsPerWorker = match ? Number(match[1]) : 0;
+  if (runsPerWorker < 1) {
+    throw new Error(
+      `setting RUNPOD_SCALER must be "queue_delay" or "request_count:<runs per worker ≥ 1>", got ${JSON.stringify(value)}`,
+    );
+  }
+  return { kind: "request_count", runsPerWorker };
+}
+
 /** Reads a numeric var, falling back to the contract's default when it is missing or empty. */
 function numberVar(value: string | undefined, fallback: number, name: string): number {
   if (value === undefined || value.trim() === "") return fallback;
@@ -50,7 +93,7 @@ export interface ConsumerSettings {
   submitConcurrency: number;
   executionTimeoutMs: number;
   ttlMs: number;
-  gate: GateConfig & { maxInFlight: number };
+  gate: DispatchConfig;
   pendingMaxAgeS: number;
   /** Retention (shared/archive.ts): 0 keeps every job in D1. */
   archiveAfterS: number;
@@ -85,7 +128,19 @@ export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
       runsPer10s: Math.max(1, numberVar(env.RUNPOD_RUNS_PER_10S, 900, "RUNPOD_RUNS_PER_10S")),
       breakerThreshold: Math.max(1, numberVar(env.BREAKER_THRESHOLD, 5, "BREAKER_THRESHOLD")),
       breakerCooldownS: Math.max(1, numberVar(env.BREAKER_COOLDOWN_S, 30, "BREAKER_COOLDOWN_S")),
-      maxInFlight: Math.max(1, numberVar(env.RUNPOD_MAX_IN_FLIGHT, 20, "RUNPOD_MAX_IN_FLIGHT")),
+      breakerWindow: Math.max(1, Math.floor(numberVar(env.BREAKER_WINDOW, 20, "BREAKER_WINDOW"))),
+      breakerFailureRate: Math.min(
+        1,
+        numberVar(env.BREAKER_FAILURE_RATE, 0.5, "BREAKER_FAILURE_RATE"),
+      ),
+      breakerProbes: Math.max(1, Math.floor(numberVar(env.BREAKER_PROBES, 3, "BREAKER_PROBES"))),
+      maxInFlight: maxInFlightVar(env.RUNPOD_MAX_IN_FLIGHT),
+      maxWorkers:
+        env.RUNPOD_MAX_WORKERS === undefined || env.RUNPOD_MAX_WORKERS.trim() === ""
+          ? null
+          : Math.max(1, Math.floor(numberVar(env.RUNPOD_MAX_WORKERS, 1, "RUNPOD_MAX_WORKERS"))),
+      fleetPollS: Math.max(1, numberVar(env.FLEET_POLL_S, 5, "FLEET_POLL_S")),
+      scaler: scalerVar(env.RUNPOD_SCALER),
     },
     pendingMaxAgeS: numberVar(env.PENDING_MAX_AGE_S, 86_400, "PENDING_MAX_AGE_S"),
     archiveAfterS: numberVar(env.ARCHIVE_AFTER_S, 2_592_000, "ARCHIVE_AFTER_S"),

@@ -9,9 +9,9 @@ import {
   initialGate,
   report,
 } from "../../shared/dispatch-gate.ts";
-import { uniqueEndpoint } from "./helpers.ts";
+import { dispatchConfig, uniqueEndpoint } from "./helpers.ts";
 
-const config: GateConfig = { runsPer10s: 100, breakerThreshold: 3, breakerCooldownS: 30 };
+const config: GateConfig = dispatchConfig({ runsPer10s: 100, breakerThreshold: 3 });
 const T0 = 1_000_000;
 
 /** Permits granted per call at `now`, as the gate would hand them out. */
@@ -122,7 +122,12 @@ describe("dispatch gate: the Durable Object", () => {
     const endpoint = uniqueEndpoint("gate");
     const gate = env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint));
     const other = env.DISPATCHER.get(env.DISPATCHER.idFromName(uniqueEndpoint("gate")));
-    const small = { runsPer10s: 20, breakerThreshold: 2, breakerCooldownS: 60, maxInFlight: 100 };
+    const small = dispatchConfig({
+      runsPer10s: 20,
+      breakerThreshold: 2,
+      breakerCooldownS: 60,
+      maxInFlight: 100,
+    });
     const offer = (prefix: string, count: number) =>
       Array.from({ length: count }, (_, i) => ({
         id: `${prefix}-${i}`,

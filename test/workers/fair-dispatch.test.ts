@@ -6,24 +6,21 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
-import type { DispatchConfig } from "../../shared/dispatcher.ts";
 import { applyRunStatus, cancelJob } from "../../shared/job-state.ts";
+import type { DispatchConfig } from "../../shared/settings.ts";
 import type * as jobs from "../../shared/sql/jobs/row.ts";
 import {
   configureEndpoint,
   deliver,
+  dispatchConfig,
   freshProjectId,
   insertPendingJob,
   readJob,
   uniqueEndpoint,
 } from "./helpers.ts";
 
-const config = (maxInFlight: number): DispatchConfig => ({
-  runsPer10s: 10_000,
-  breakerThreshold: 1000,
-  breakerCooldownS: 30,
-  maxInFlight,
-});
+const config = (maxInFlight: number): DispatchConfig =>
+  dispatchConfig({ runsPer10s: 10_000, breakerThreshold: 1000, maxInFlight });
 
 function dispatcherFor(endpoint: string) {
   return env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint));

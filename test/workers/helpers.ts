@@ -8,6 +8,7 @@ import { env } from "cloudflare:workers";
 import consumer from "../../consumer/index.ts";
 import app from "../../producer/index.ts";
 import type { ConsumerEnv } from "../../shared/env.ts";
+import type { DispatchConfig } from "../../shared/settings.ts";
 import { type SignedUrlKind, signAttempt } from "../../shared/signing.ts";
 import type { JobRow } from "../../shared/sql/jobs/row.ts";
 import * as repo from "../../shared/sql/jobs/transitions.ts";
@@ -300,4 +301,21 @@ export async function putOutput(
 ): Promise<string> {
   await env.VIDEOS.put(key, body, { httpMetadata: { contentType: "video/mp4" } });
   return key;
+}
+
+/** A dispatcher's configuration: the contract's defaults (a fixed cap), with `overrides`. */
+export function dispatchConfig(overrides: Partial<DispatchConfig> = {}): DispatchConfig {
+  return {
+    runsPer10s: 900,
+    breakerThreshold: 5,
+    breakerCooldownS: 30,
+    breakerWindow: 20,
+    breakerFailureRate: 0.5,
+    breakerProbes: 3,
+    maxInFlight: 20,
+    maxWorkers: null,
+    fleetPollS: 5,
+    scaler: { kind: "queue_delay" },
+    ...overrides,
+  };
 }
