@@ -140,8 +140,9 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
       else elsewhere.push({ id, delay: delayMs });
     });
     // An offered job admitted earlier (its message is the dispatcher's own): claim it now.
+    const now = Date.now();
     for (const job of offered) {
-      if (!ids.includes(job.id) && this.#queue.inFlight(job.id)) {
+      if (!ids.includes(job.id) && this.#queue.handBack(job.id, now)) {
         admitted.push({ id: job.id, delayMs: 0 });
       }
     }

@@ -10,7 +10,10 @@
 // - `in_flight`: admitted jobs whose run has not finished; never more than the cap. A job leaves
 //   it exactly once, when the state machine frees its slot (complete, failed, cancelled,
 //   released, lost) or when the reconciler finds D1 no longer has it processing.
-// Every pick is an index range lookup (`fair_keys_next`, `waiting_by_key`).
+// - `totals`: one row, the counts of the three tables above, kept with every change, so no
+//   operation counts rows: the cost of an admission is the same at 100 and at 100,000 waiting.
+// Every pick is an index range lookup (`fair_keys_next`, `waiting_by_key`); `cost()` tells the
+// rows read and written so far (tests and the bench compare them at different backlogs).
 
 export interface OfferedJob {
   id: string;
@@ -24,11 +27,18 @@ export interface FairQueueCounts {
   waiting_keys: number;
 }
 
+/** Rows SQLite read and wrote for this queue since the object started. */
+export interface FairQueueCost {
+  rowsRead: number;
+  rowsWritten: number;
+}
+
 /** An in-flight entry younger than this is never healed away (it may not be claimed yet). */
 export const HEAL_GRACE_MS = 60_000;
 
 export class FairQueue {
   readonly #sql: SqlStorage;
+  readonly #cost: FairQueueCost = { rowsRead: 0, rowsWritten: 0 };
 
   constructor(sql: SqlStorage) {
     this.#sql = sql;
@@ -42,47 +52,81 @@ export class FairQueue {
     );
     sql.exec(`CREATE TABLE IF NOT EXISTS in_flight (
                 job_id TEXT PRIMARY KEY, fair_key TEXT NOT NULL, admitted_at INTEGER NOT NULL)`);
+    const hasTotals =
+      sql
+        .exec<{ n: number }>(
+          "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'totals'",
+        )
+        .one().n > 0;
+    if (!hasTotals) {
+      // Created once, from what the tables hold (an object from before the counters: counted
+      // here once, never again).
+      sql.exec(`CREATE TABLE totals (
+                  id INTEGER PRIMARY KEY CHECK (id = 1), in_flight INTEGER NOT NULL,
+                  waiting INTEGER NOT NULL, waiting_keys INTEGER NOT NULL)`);
+      sql.exec(`INSERT INTO totals (id, in_flight, waiting, waiting_keys)
+                SELECT 1, (SELECT COUNT(*) FROM in_flight), (SELECT COUNT(*) FROM waiting),
+                       (SELECT COUNT(*) FROM fair_keys WHERE waiting > 0)`);
+    }
+  }
+
+  /** Runs one statement, counting its rows. */
+  #exec<T extends Record<string, SqlStorageValue>>(
+    query: string,
+    ...binds: SqlStorageValue[]
+  ): T[] & { written: number } {
+    const cursor = this.#sql.exec<T>(query, ...binds);
+    const rows = cursor.toArray();
+    this.#cost.rowsRead += cursor.rowsRead;
+    this.#cost.rowsWritten += cursor.rowsWritten;
+    return Object.assign(rows, { written: cursor.rowsWritten });
+  }
+
+  #addTotals(inFlight: number, waiting: number, waitingKeys: number): void {
+    if (inFlight === 0 && waiting === 0 && waitingKeys === 0) return;
+    this.#exec(
+      `UPDATE totals SET in_flight = in_flight + ?, waiting = waiting + ?,
+                         waiting_keys = waiting_keys + ? WHERE id = 1`,
+      inFlight,
+      waiting,
+      waitingKeys,
+    );
   }
 
   /** Adds jobs to the backlog; a job already waiting or in flight is left as it is. */
   offer(jobs: readonly OfferedJob[]): void {
     for (const job of jobs) {
-      const known = this.#sql
-        .exec<{ n: number }>(
-          `SELECT (SELECT COUNT(*) FROM waiting WHERE job_id = ?1)
-                + (SELECT COUNT(*) FROM in_flight WHERE job_id = ?1) AS n`,
-          job.id,
-        )
-        .one().n;
-      if (known > 0) continue;
-      const key = this.#sql
-        .exec<{ dispatched: number; waiting: number }>(
-          "SELECT dispatched, waiting FROM fair_keys WHERE fair_key = ?",
-          job.key,
-        )
-        .toArray()[0];
+      const [known] = this.#exec<{ n: number }>(
+        `SELECT EXISTS (SELECT 1 FROM waiting WHERE job_id = ?1)
+              + EXISTS (SELECT 1 FROM in_flight WHERE job_id = ?1) AS n`,
+        job.id,
+      );
+      if ((known?.n ?? 0) > 0) continue;
+      const [key] = this.#exec<{ dispatched: number; waiting: number }>(
+        "SELECT dispatched, waiting FROM fair_keys WHERE fair_key = ?",
+        job.key,
+      );
       if (!key || key.waiting === 0) {
         // (Re)joining the waiting keys: level with the least served of them, no banked credit.
         const floor =
-          this.#sql
-            .exec<{ d: number | null }>(
-              "SELECT dispatched AS d FROM fair_keys WHERE waiting > 0 ORDER BY dispatched LIMIT 1",
-            )
-            .toArray()[0]?.d ?? 0;
-        this.#sql.exec(
+          this.#exec<{ d: number }>(
+            "SELECT dispatched AS d FROM fair_keys WHERE waiting > 0 ORDER BY dispatched LIMIT 1",
+          )[0]?.d ?? 0;
+        this.#exec(
           `INSERT INTO fair_keys (fair_key, dispatched, waiting) VALUES (?1, ?2, 0)
            ON CONFLICT (fair_key) DO UPDATE SET dispatched = MAX(dispatched, ?2)`,
           job.key,
           floor,
         );
       }
-      this.#sql.exec(
+      this.#exec(
         "INSERT INTO waiting (job_id, fair_key, created_at) VALUES (?, ?, ?)",
         job.id,
         job.key,
         job.createdAt,
       );
-      this.#sql.exec("UPDATE fair_keys SET waiting = waiting + 1 WHERE fair_key = ?", job.key);
+      this.#exec("UPDATE fair_keys SET waiting = waiting + 1 WHERE fair_key = ?", job.key);
+      this.#addTotals(0, 1, !key || key.waiting === 0 ? 1 : 0);
     }
   }
 
@@ -94,73 +138,90 @@ export class FairQueue {
   /** Moves up to `n` jobs from the backlog into flight, fairest first; their ids in order. */
   admit(n: number, now: number): string[] {
     const admitted: string[] = [];
+    let keysLeft = 0;
     while (admitted.length < n) {
-      const key = this.#sql
-        .exec<{ fair_key: string }>(
-          "SELECT fair_key FROM fair_keys WHERE waiting > 0 ORDER BY dispatched, fair_key LIMIT 1",
-        )
-        .toArray()[0]?.fair_key;
+      const [key] = this.#exec<{ fair_key: string; waiting: number }>(
+        "SELECT fair_key, waiting FROM fair_keys WHERE waiting > 0 ORDER BY dispatched, fair_key LIMIT 1",
+      );
       if (key === undefined) break;
-      const job = this.#sql
-        .exec<{ job_id: string }>(
-          "SELECT job_id FROM waiting WHERE fair_key = ? ORDER BY created_at, job_id LIMIT 1",
-          key,
-        )
-        .one().job_id;
-      this.#sql.exec("DELETE FROM waiting WHERE job_id = ?", job);
-      this.#sql.exec(
+      const [job] = this.#exec<{ job_id: string }>(
+        "SELECT job_id FROM waiting WHERE fair_key = ? ORDER BY created_at, job_id LIMIT 1",
+        key.fair_key,
+      );
+      if (job === undefined) break;
+      this.#exec("DELETE FROM waiting WHERE job_id = ?", job.job_id);
+      this.#exec(
         "INSERT INTO in_flight (job_id, fair_key, admitted_at) VALUES (?, ?, ?)",
-        job,
-        key,
+        job.job_id,
+        key.fair_key,
         now,
       );
-      this.#sql.exec(
+      this.#exec(
         "UPDATE fair_keys SET dispatched = dispatched + 1, waiting = waiting - 1 WHERE fair_key = ?",
-        key,
+        key.fair_key,
       );
-      admitted.push(job);
+      if (key.waiting === 1) keysLeft++;
+      admitted.push(job.job_id);
     }
+    this.#addTotals(admitted.length, -admitted.length, -keysLeft);
     return admitted;
+  }
+
+  /**
+   * A job admitted earlier comes back to be claimed (its message, sent by the dispatcher): true
+   * when it holds a slot. The slot's age restarts, so the reconciler's heal, which compares the
+   * slots with a read of D1 made before this claim, does not take it for a lost one.
+   */
+  handBack(jobId: string, now: number): boolean {
+    return (
+      this.#exec("UPDATE in_flight SET admitted_at = ? WHERE job_id = ?", now, jobId).written > 0
+    );
   }
 
   /** Whether the job holds a slot. */
   inFlight(jobId: string): boolean {
     return (
-      this.#sql
-        .exec<{ n: number }>("SELECT COUNT(*) AS n FROM in_flight WHERE job_id = ?", jobId)
-        .one().n > 0
+      this.#exec<{ n: number }>(
+        "SELECT EXISTS (SELECT 1 FROM in_flight WHERE job_id = ?) AS n",
+        jobId,
+      )[0]?.n === 1
     );
   }
 
   /** Frees the slots (or backlog places) of jobs that no longer need one; each at most once. */
   free(jobIds: readonly string[]): number {
     let freed = 0;
+    let unwaited = 0;
+    let keysLeft = 0;
     for (const id of jobIds) {
-      freed += this.#sql.exec("DELETE FROM in_flight WHERE job_id = ?", id).rowsWritten > 0 ? 1 : 0;
-      const waiting = this.#sql
-        .exec<{ fair_key: string }>("DELETE FROM waiting WHERE job_id = ? RETURNING fair_key", id)
-        .toArray()[0];
+      freed += this.#exec("DELETE FROM in_flight WHERE job_id = ?", id).written > 0 ? 1 : 0;
+      const [waiting] = this.#exec<{ fair_key: string }>(
+        "DELETE FROM waiting WHERE job_id = ? RETURNING fair_key",
+        id,
+      );
       if (waiting) {
-        this.#sql.exec(
-          "UPDATE fair_keys SET waiting = waiting - 1 WHERE fair_key = ?",
+        unwaited++;
+        const [key] = this.#exec<{ waiting: number }>(
+          "UPDATE fair_keys SET waiting = waiting - 1 WHERE fair_key = ? RETURNING waiting",
           waiting.fair_key,
         );
+        if (key?.waiting === 0) keysLeft++;
       }
     }
+    this.#addTotals(-freed, -unwaited, -keysLeft);
     return freed;
   }
 
   /**
    * The reconciler's check against D1: in-flight jobs D1 no longer has processing (a lost
-   * notification) are freed, unless admitted less than a minute ago (maybe not claimed yet).
+   * notification) are freed, unless admitted or handed back less than `graceMs` ago (maybe not
+   * claimed yet).
    */
   heal(processing: ReadonlySet<string>, now: number, graceMs = HEAL_GRACE_MS): string[] {
-    const stale = this.#sql
-      .exec<{ job_id: string }>(
-        "SELECT job_id FROM in_flight WHERE admitted_at <= ?",
-        now - graceMs,
-      )
-      .toArray()
+    const stale = this.#exec<{ job_id: string }>(
+      "SELECT job_id FROM in_flight WHERE admitted_at <= ?",
+      now - graceMs,
+    )
       .map((row) => row.job_id)
       .filter((id) => !processing.has(id));
     this.free(stale);
@@ -169,31 +230,29 @@ export class FairQueue {
 
   /** Which of these jobs wait or hold a slot. */
   known(jobIds: readonly string[]): string[] {
-    return this.#sql
-      .exec<{ job_id: string }>(
-        `SELECT value AS job_id FROM json_each(?1)
-         WHERE value IN (SELECT job_id FROM waiting) OR value IN (SELECT job_id FROM in_flight)`,
-        JSON.stringify(jobIds),
-      )
-      .toArray()
-      .map((row) => row.job_id);
+    return this.#exec<{ job_id: string }>(
+      `SELECT value AS job_id FROM json_each(?1)
+       WHERE EXISTS (SELECT 1 FROM waiting WHERE job_id = value)
+          OR EXISTS (SELECT 1 FROM in_flight WHERE job_id = value)`,
+      JSON.stringify(jobIds),
+    ).map((row) => row.job_id);
   }
 
-  /** Every in-flight job id (the reconciler compares them with D1). */
+  /** Every in-flight job id (the reconciler compares them with D1; at most the cap). */
   inFlightIds(): string[] {
-    return this.#sql
-      .exec<{ job_id: string }>("SELECT job_id FROM in_flight")
-      .toArray()
-      .map((row) => row.job_id);
+    return this.#exec<{ job_id: string }>("SELECT job_id FROM in_flight").map((row) => row.job_id);
   }
 
+  /** The counts, from the one `totals` row. */
   counts(): FairQueueCounts {
-    return this.#sql
-      .exec<{ in_flight: number; waiting: number; waiting_keys: number }>(
-        `SELECT (SELECT COUNT(*) FROM in_flight) AS in_flight,
-                (SELECT COUNT(*) FROM waiting) AS waiting,
-                (SELECT COUNT(*) FROM fair_keys WHERE waiting > 0) AS waiting_keys`,
-      )
-      .one();
+    const [row] = this.#exec<{ in_flight: number; waiting: number; waiting_keys: number }>(
+      "SELECT in_flight, waiting, waiting_keys FROM totals WHERE id = 1",
+    );
+    return row ?? { in_flight: 0, waiting: 0, waiting_keys: 0 };
+  }
+
+  /** Rows read and written so far by this queue's statements. */
+  cost(): FairQueueCost {
+    return { ...this.#cost };
   }
 }

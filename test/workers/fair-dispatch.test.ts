@@ -2,10 +2,12 @@
 // admits at most RUNPOD_MAX_IN_FLIGHT runs, gives each freed slot to the fairness key that has had
 // the least, and every way a run ends frees exactly one slot. Through the real binding, the real
 // consumer and the real state machine.
+import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
+import { FairQueue } from "../../shared/fair-queue.ts";
 import { applyRunStatus, cancelJob } from "../../shared/job-state.ts";
 import type { DispatchConfig } from "../../shared/settings.ts";
 import type * as jobs from "../../shared/sql/jobs/row.ts";
@@ -114,6 +116,88 @@ describe("the dispatcher's fair queue", () => {
     await d.free([done]);
     expect((await d.status()).in_flight).toBe(2); // one freed, one admitted in its place
     expect((await d.status()).waiting).toBe(2);
+  });
+});
+
+describe("the fair queue's cost and the heal race", () => {
+  /** A FairQueue over a fresh dispatcher object's own SQLite storage. */
+  function withQueue<T>(name: string, use: (queue: FairQueue) => T): Promise<T> {
+    return runInDurableObject(dispatcherFor(uniqueEndpoint(name)), (_instance, state) =>
+      use(new FairQueue(state.storage.sql)),
+    );
+  }
+
+  /** Rows read and written by admitting and freeing one job, with `backlog` jobs waiting. */
+  function admissionCost(queue: FairQueue, backlog: number) {
+    const keys = 50;
+    for (let i = 0; i < backlog; i += 1000) {
+      queue.offer(
+        Array.from({ length: Math.min(1000, backlog - i) }, (_, j) => ({
+          id: `job-${i + j}`,
+          key: `user:${(i + j) % keys}`,
+          createdAt: `2026-12-01 00:00:${String((i + j) % 60).padStart(2, "0")}`,
+        })),
+      );
+    }
+    const [first] = queue.admit(1, 0);
+    const before = queue.cost();
+    // One admission as the dispatcher makes it: count, admit, free.
+    queue.freeSlots(1_000);
+    queue.counts();
+    const [next] = queue.admit(1, 0);
+    queue.free([first as string]);
+    const after = queue.cost();
+    expect(next).toBeDefined();
+    expect(queue.counts()).toEqual({
+      in_flight: 1,
+      waiting: backlog - 2,
+      waiting_keys: keys,
+    });
+    return {
+      read: after.rowsRead - before.rowsRead,
+      written: after.rowsWritten - before.rowsWritten,
+    };
+  }
+
+  it("an admission reads and writes as many rows with 20,000 jobs waiting as with 100", async () => {
+    const small = await withQueue("cost-small", (queue) => admissionCost(queue, 100));
+    const big = await withQueue("cost-big", (queue) => admissionCost(queue, 20_000));
+    expect(big).toEqual(small);
+    expect(small.read).toBeLessThan(20);
+  });
+
+  it("counts stay exact through offers, admissions, frees of waiting jobs and heals", async () => {
+    await withQueue("counts", (queue) => {
+      const a = jobsOf("user:a", 3);
+      const b = jobsOf("user:b", 2);
+      queue.offer([...a, ...b, ...a]); // offered twice: counted once
+      expect(queue.counts()).toEqual({ in_flight: 0, waiting: 5, waiting_keys: 2 });
+      const admitted = queue.admit(3, 0); // a, b, a: the last of each key waits
+      expect(queue.counts()).toEqual({ in_flight: 3, waiting: 2, waiting_keys: 2 });
+      queue.free([...admitted.slice(0, 1), a[2]?.id as string, "unknown"]);
+      expect(queue.counts()).toEqual({ in_flight: 2, waiting: 1, waiting_keys: 1 });
+      queue.heal(new Set(), 1_000_000, 0);
+      expect(queue.counts()).toEqual({ in_flight: 0, waiting: 1, waiting_keys: 1 });
+      queue.admit(5, 0);
+      expect(queue.counts()).toEqual({ in_flight: 1, waiting: 0, waiting_keys: 0 });
+    });
+  });
+
+  it("a job handed back to be claimed keeps its slot against a heal that read D1 before the claim", async () => {
+    await withQueue("heal-race", (queue) => {
+      queue.offer(jobsOf("user:slow", 1));
+      const admittedAt = 1_000_000;
+      const [id] = queue.admit(1, admittedAt);
+      // Its message comes back two minutes later (the dispatcher sent it while the queue was
+      // slow): the consumer is about to claim it, and D1 does not have it processing yet.
+      const handedBackAt = admittedAt + 120_000;
+      expect(queue.handBack(id as string, handedBackAt)).toBe(true);
+      // The reconciler read D1 just before the claim, and heals right after it.
+      expect(queue.heal(new Set(), handedBackAt + 1_000, 60_000)).toEqual([]);
+      expect(queue.counts().in_flight).toBe(1);
+      // A slot that nobody comes back for is still healed once its grace has passed.
+      expect(queue.heal(new Set(), handedBackAt + 61_000, 60_000)).toEqual([id]);
+    });
   });
 });
 
