@@ -178,16 +178,6 @@ export class FairQueue {
     );
   }
 
-  /** Whether the job holds a slot. */
-  inFlight(jobId: string): boolean {
-    return (
-      this.#exec<{ n: number }>(
-        "SELECT EXISTS (SELECT 1 FROM in_flight WHERE job_id = ?) AS n",
-        jobId,
-      )[0]?.n === 1
-    );
-  }
-
   /** Frees the slots (or backlog places) of jobs that no longer need one; each at most once. */
   free(jobIds: readonly string[]): number {
     let freed = 0;
