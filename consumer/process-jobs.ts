@@ -9,6 +9,7 @@
 // Waiting (a held-back job, a release, a retry delay) is a fresh delayed message, never
 // `message.retry()`, which would count toward max_retries and end in the dead-letter queue.
 
+import type { RunFigures } from "../shared/capacity.ts";
 import { forEachBounded } from "../shared/concurrency.ts";
 import type { GateConfig, SubmitOutcome } from "../shared/dispatch-gate.ts";
 import { type Admission, type DispatchConfig, MAX_WAIT_MS } from "../shared/dispatcher.ts";
@@ -35,7 +36,8 @@ import { buildRunRequest } from "./run-request.ts";
 export interface DispatcherApi {
   dispatch(offered: OfferedJob[], config: DispatchConfig): Promise<Admission>;
   report(outcomes: SubmitOutcome[], config: GateConfig): Promise<void>;
-  free(jobIds: string[]): Promise<void>;
+  free(jobIds: string[], runs?: RunFigures[]): Promise<void>;
+  claimStretchMs(): Promise<number>;
   heal(processing: string[], config: DispatchConfig, graceMs?: number): Promise<string[]>;
   inFlight(): Promise<string[]>;
   known(jobIds: string[]): Promise<string[]>;

@@ -15,6 +15,7 @@ import {
   applyLostRun,
   applyRunStatus,
   cancelRunOf,
+  claimedAt,
   expirePendingJobs,
   leaseCancelRetries,
   leaseDueProcessingJobs,
@@ -39,7 +40,7 @@ export const HELD_PAGES_PER_PASS = 10;
 /** Finished jobs archived per batch: each is an R2 put, so the batches are smaller. */
 export const ARCHIVE_BATCH = 50;
 
-type Count = RunOutcome | "expired" | "poll_failed" | "cancel_retried";
+type Count = RunOutcome | "expired" | "poll_failed" | "cancel_retried" | "claim_stretched";
 
 export interface ReconcileReport {
   requeued: number;
@@ -155,7 +156,19 @@ export async function reconcile(
     log("warn", "saving the held-jobs audit cursor failed", { error: String(error) });
   });
 
-  // 3. Processing jobs past their claim deadline or poll time.
+  // 3. Processing jobs past their claim deadline or poll time. A claim deadline stretches with
+  //    the time runs queue at RunPod now (the dispatcher's fleet model): a submission whose /run
+  //    answer was lost may be a run still waiting for a worker, not a lost one.
+  let claimStretchMs: number | null = null;
+  const stretch = async () => {
+    claimStretchMs ??= await deps.dispatcher.claimStretchMs().catch((error: unknown) => {
+      log("warn", "claim stretch unknown: the dispatcher did not answer", {
+        error: String(error),
+      });
+      return 0;
+    });
+    return claimStretchMs;
+  };
   await step(
     "poll",
     () => leaseDueProcessingJobs(deps, settings.pollAfterS, batch),
@@ -164,8 +177,9 @@ export async function reconcile(
         due,
         settings.submitConcurrency,
         async (job) => {
-          const outcome = await reconcileJob(deps, job);
+          const outcome = await reconcileJob(deps, job, stretch);
           if (outcome === "claim_expired") report.claimsExpired += 1;
+          else if (outcome === "claim_stretched") count(outcome);
           else {
             report.polled += 1;
             count(outcome);
@@ -241,9 +255,13 @@ export async function reconcile(
 async function reconcileJob(
   deps: ConsumerDeps,
   job: JobRow,
-): Promise<RunOutcome | "claim_expired"> {
+  claimStretchMs: () => Promise<number>,
+): Promise<RunOutcome | "claim_expired" | "claim_stretched"> {
   if (!job.runpod_job_id) {
-    // Claimed but no run recorded within CLAIM_TIMEOUT_S: a lost run, like a /status 404.
+    // Claimed but no run recorded within CLAIM_TIMEOUT_S, stretched by RunPod's queue delay now:
+    // a lost run, like a /status 404. Within the stretch, the lease (POLL_AFTER_S) brings it back.
+    const deadline = claimedAt(job) + deps.settings.claimTimeoutS * 1000 + (await claimStretchMs());
+    if (Date.now() < deadline) return "claim_stretched";
     await applyLostRun(deps, job, deps.settings.claimTimeoutS);
     return "claim_expired";
   }

@@ -178,7 +178,22 @@ const dispatch = exactly<DispatchStatus>()(
       since: z.string().describe("ISO 8601: when this state began"),
       runs_last_10s: z.number().int().describe("submissions let through in the last 10 s"),
       in_flight: z.number().int().describe("runs submitted and not finished"),
-      max_in_flight: z.number().int().describe("RUNPOD_MAX_IN_FLIGHT"),
+      mode: z
+        .enum(["auto", "fixed"])
+        .describe("auto: the cap follows the fleet; fixed: RUNPOD_MAX_IN_FLIGHT is a number"),
+      max_in_flight: z.number().int().describe("the cap on runs in flight now"),
+      cap_reason: z.string().describe("why the cap is what it is"),
+      fleet: z
+        .object({
+          ready: z.number().int(),
+          running: z.number().int(),
+          initializing: z.number().int(),
+          throttled: z.number().int(),
+          in_queue: z.number().int().describe("runs waiting in RunPod's own queue"),
+          at: z.string().describe("ISO 8601: when RunPod's /health was read"),
+        })
+        .nullable()
+        .describe("the endpoint's workers as RunPod's /health told them; null until read"),
       waiting: z.number().int().describe("jobs waiting in the dispatcher for a slot"),
       waiting_keys: z
         .number()

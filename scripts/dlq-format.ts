@@ -139,16 +139,22 @@ export function formatDeadLetterDetail({ dead_letter: d, job }: DeadLetterDetail
 
 /**
  * The dispatch gate on one line: `running since T, 3 runs in the last 10 s`; a reason (why it
- * paused) in parentheses after the state; `unknown (…)` when the producer could not reach it.
+ * paused) in parentheses after the state; the cap and why; the fleet when known; `unknown (…)`
+ * when the producer could not reach it.
  */
 export function formatDispatch(dispatch: DispatchStatus | null): string {
   if (dispatch === null) return "unknown (the producer could not reach the dispatch gate)";
   const reason = dispatch.reason ? ` (${dispatch.reason})` : "";
   const runs = plural(dispatch.runs_last_10s, "run");
   const slots =
-    `${dispatch.in_flight}/${dispatch.max_in_flight} in flight, ` +
+    `${dispatch.in_flight}/${dispatch.max_in_flight} in flight (${dispatch.mode}: ${dispatch.cap_reason}), ` +
     `${dispatch.waiting} waiting (${plural(dispatch.waiting_keys, "key")})`;
-  return `${dispatch.state}${reason} since ${dispatch.since}, ${runs} in the last 10 s; ${slots}`;
+  const fleet = dispatch.fleet
+    ? `; fleet ${dispatch.fleet.ready} ready, ${dispatch.fleet.running} running, ` +
+      `${dispatch.fleet.initializing} starting, ${dispatch.fleet.throttled} throttled, ` +
+      `${dispatch.fleet.in_queue} queued at RunPod`
+    : "";
+  return `${dispatch.state}${reason} since ${dispatch.since}, ${runs} in the last 10 s; ${slots}${fleet}`;
 }
 
 /**

@@ -2,8 +2,12 @@
 // Durable Object (one per RUNPOD_ENDPOINT_ID) that decides which waiting job may be submitted and
 // when. It holds, in its own SQLite storage:
 // - the gate: the pace of `POST /run` and the circuit breaker (shared/dispatch-gate.ts);
-// - the fair queue: the backlog by fairness key and the runs in flight, never more than
-//   RUNPOD_MAX_IN_FLIGHT (shared/fair-queue.ts).
+// - the fair queue: the backlog by fairness key and the runs in flight, never more than the
+//   cap (shared/fair-queue.ts);
+// - the cap: RUNPOD_MAX_IN_FLIGHT when a number; with `auto`, the fleet model of
+//   shared/capacity.ts, fed by RunPod's /health (polled by the alarm at most every FLEET_POLL_S,
+//   and only while jobs wait or run), the finished runs' figures (`free`) and what submissions
+//   met (`report`).
 // A consumer batch offers its jobs and gets back the ones admitted now (`dispatch`), then reports
 // what their submissions met (`report`). The state machine frees a job's slot when its run ends
 // (`free`), which admits the next fairest job; jobs admitted without a consumer at hand (a slot
@@ -11,6 +15,18 @@
 // alarm wakes the object when a pause or the pace allows the next admission. Each method runs to
 // completion before the next (the object's input gate), so two callers never share a slot.
 import { DurableObject } from "cloudflare:workers";
+import {
+  type CapacityState,
+  capOf,
+  expectedQueueMs,
+  type Fleet,
+  initialCapacity,
+  noteAsking,
+  observeFleet,
+  observeOutcomes,
+  observeRuns,
+  type RunFigures,
+} from "./capacity.ts";
 import {
   acquire,
   type GateConfig,
@@ -22,13 +38,24 @@ import {
 } from "./dispatch-gate.ts";
 import { FairQueue, type OfferedJob } from "./fair-queue.ts";
 import { log } from "./log.ts";
+import { createRunpodClient } from "./runpod-client.ts";
 import type { JobMessage } from "./schemas.ts";
-import type { DispatchConfig } from "./settings.ts";
+import { type DispatchConfig, runpodSettings } from "./settings.ts";
 
 /** The longest a batch is asked to wait inside its invocation for a permit. */
 export const MAX_WAIT_MS = 5_000;
 
 export type { DispatchConfig };
+
+/** The fleet as the dispatcher last read it from RunPod's /health (`at`: ISO 8601). */
+export interface FleetStatus {
+  ready: number;
+  running: number;
+  initializing: number;
+  throttled: number;
+  in_queue: number;
+  at: string;
+}
 
 export interface DispatchStatus {
   state: GateMode;
@@ -36,7 +63,10 @@ export interface DispatchStatus {
   since: string;
   runs_last_10s: number;
   in_flight: number;
+  mode: "auto" | "fixed";
   max_in_flight: number;
+  cap_reason: string;
+  fleet: FleetStatus | null;
   waiting: number;
   waiting_keys: number;
 }
@@ -51,15 +81,26 @@ export interface Admission {
 
 const GATE = "gate";
 const CONFIG = "config";
+const CAPACITY = "capacity";
 const AUDIT_CURSOR = "held-audit-cursor";
 
-/** The one binding the dispatcher uses: it sends admitted jobs to the queue itself. */
+/**
+ * What the dispatcher uses of its Worker's env: the queue, to send admitted jobs itself, and
+ * RunPod's settings, to read the fleet (`GET /health`).
+ */
 export interface DispatcherEnv {
   EXPORT_QUEUE: Queue<JobMessage>;
+  RUNPOD_BASE_URL?: string;
+  RUNPOD_API_KEY?: string;
+  RUNPOD_ENDPOINT_ID?: string;
+  RUNPOD_TIMEOUT_MS?: string;
 }
 
 export class Dispatcher extends DurableObject<DispatcherEnv> {
   #gate: GateState | undefined;
+  #capacity: CapacityState | undefined;
+  /** The last /health asked (ms), answered or not: polls are at most FLEET_POLL_S apart. */
+  #polledAt = 0;
   #queue: FairQueue;
   /** When permits were granted in the last 10 s (for /stats only; not kept across restarts). */
   #recent: number[] = [];
@@ -79,10 +120,67 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     await this.ctx.storage.put(GATE, state);
   }
 
-  /** The cap on runs in flight now. */
-  #cap(config: DispatchConfig): number {
-    // TODO(auto): the fleet model; until it lands, auto keeps the former fixed default.
-    return config.maxInFlight === "auto" ? 20 : config.maxInFlight;
+  async #loadCapacity(): Promise<CapacityState> {
+    this.#capacity ??= (await this.ctx.storage.get<CapacityState>(CAPACITY)) ?? initialCapacity();
+    return this.#capacity;
+  }
+
+  async #saveCapacity(state: CapacityState): Promise<void> {
+    if (state === this.#capacity) return;
+    this.#capacity = state;
+    await this.ctx.storage.put(CAPACITY, state);
+  }
+
+  /** The cap on runs in flight now, and why; notes when runs began to queue for growth. */
+  async #cap(config: DispatchConfig): Promise<{ cap: number; reason: string }> {
+    const capacity = await this.#loadCapacity();
+    const now = Date.now();
+    const { waiting } = this.#queue.counts();
+    const cap = capOf(capacity, config, waiting, now);
+    await this.#saveCapacity(noteAsking(capacity, cap.growth, now));
+    return cap;
+  }
+
+  /** The endpoint this object dispatches to: its name (one object per endpoint id). */
+  #endpointId(): string {
+    return this.ctx.id.name ?? this.env.RUNPOD_ENDPOINT_ID ?? "";
+  }
+
+  /**
+   * In `auto`, while jobs wait or run: the alarm comes back for the next /health (a pause's or
+   * the pace's alarm, when sooner, stays).
+   */
+  async #schedulePoll(config: DispatchConfig): Promise<void> {
+    if (config.maxInFlight !== "auto") return;
+    const { waiting, in_flight } = this.#queue.counts();
+    if (waiting + in_flight === 0) return;
+    const at = Math.max(Date.now(), this.#polledAt + config.fleetPollS * 1000);
+    const current = await this.ctx.storage.getAlarm();
+    if (current === null || current > at) await this.ctx.storage.setAlarm(at);
+  }
+
+  /** Reads the fleet (`GET /health`) when FLEET_POLL_S has passed; a failure keeps the last one. */
+  async #pollFleet(config: DispatchConfig): Promise<void> {
+    const now = Date.now();
+    if (config.maxInFlight !== "auto" || now - this.#polledAt < config.fleetPollS * 1000) return;
+    const { waiting, in_flight } = this.#queue.counts();
+    if (waiting + in_flight === 0) return; // never while idle
+    this.#polledAt = now;
+    const settings = runpodSettings(this.env);
+    const endpointId = this.#endpointId();
+    if (!endpointId || !settings.apiKey) return;
+    try {
+      const health = await createRunpodClient({
+        ...settings,
+        endpointId,
+        timeoutMs: Math.min(settings.timeoutMs, 5_000),
+      }).health();
+      const fleet: Fleet = { ...health, at: Date.now() };
+      const before = await this.#cap(config);
+      await this.#saveCapacity(observeFleet(await this.#loadCapacity(), fleet, before.cap));
+    } catch (error) {
+      log("warn", "fleet unknown: RunPod /health failed", { error: String(error) });
+    }
   }
 
   /**
@@ -92,7 +190,12 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   async #admit(config: DispatchConfig): Promise<{ ids: string[]; delays: number[] }> {
     await this.ctx.storage.put(CONFIG, config);
     const { waiting } = this.#queue.counts();
-    const wanted = Math.min(this.#queue.freeSlots(this.#cap(config)), waiting);
+    if (config.maxInFlight === "auto" && this.#polledAt === 0 && waiting > 0) {
+      // The fleet is not known yet: ask now, the alarm does from then on.
+      await this.ctx.storage.setAlarm(Date.now());
+    }
+    const { cap } = await this.#cap(config);
+    const wanted = Math.min(this.#queue.freeSlots(cap), waiting);
     if (wanted === 0) return { ids: [], delays: [] };
     const now = Date.now();
     const { state, grant } = acquire(await this.#loadGate(), config, now, wanted, MAX_WAIT_MS);
@@ -156,10 +259,16 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
 
   async report(outcomes: SubmitOutcome[], config: GateConfig): Promise<void> {
     if (outcomes.length === 0) return;
+    const stored = await this.ctx.storage.get<DispatchConfig>(CONFIG);
+    if (stored?.maxInFlight === "auto") {
+      const { cap } = await this.#cap(stored);
+      await this.#saveCapacity(
+        observeOutcomes(await this.#loadCapacity(), outcomes, Date.now(), cap),
+      );
+    }
     const before = await this.#loadGate();
     const after = report(before, config, Date.now(), outcomes);
     await this.#saveGate(after);
-    const stored = await this.ctx.storage.get<DispatchConfig>(CONFIG);
     if (before.mode !== "running" && after.mode === "running" && stored) {
       // The probe succeeded: admit what waited during the pause.
       const { ids, delays } = await this.#admit(stored);
@@ -167,8 +276,12 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     }
   }
 
-  /** The state machine frees jobs' slots; the next fairest jobs are admitted and sent. */
-  async free(jobIds: string[]): Promise<void> {
+  /**
+   * The state machine frees jobs' slots; the next fairest jobs are admitted and sent. `runs`: the
+   * figures of the runs that ended (RunPod's delayTime and executionTime), learned by the cap.
+   */
+  async free(jobIds: string[], runs: RunFigures[] = []): Promise<void> {
+    if (runs.length > 0) await this.#saveCapacity(observeRuns(await this.#loadCapacity(), runs));
     const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
     if (this.#queue.free(jobIds) === 0 || !config) return;
     const { ids, delays } = await this.#admit(config);
@@ -206,27 +319,52 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     return this.#queue.inFlightIds();
   }
 
-  /** A pause ran out or the pace allows more: admit and send. */
+  /**
+   * A pause ran out, the pace allows more, or the fleet is to be read again: admit and send; in
+   * `auto`, come back for the next /health while jobs wait or run.
+   */
   override async alarm(): Promise<void> {
     const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
     if (!config) return;
+    await this.#pollFleet(config);
     const { ids, delays } = await this.#admit(config);
     await this.#send(ids, delays);
+    await this.#schedulePoll(config);
   }
 
-  async status(maxInFlight?: number): Promise<DispatchStatus> {
+  /**
+   * How much longer than CLAIM_TIMEOUT_S a submission whose /run answer was lost may wait before
+   * its run counts as lost (ms): the time a run submitted now may queue at RunPod, from the fleet.
+   */
+  async claimStretchMs(): Promise<number> {
+    return expectedQueueMs(await this.#loadCapacity());
+  }
+
+  async status(): Promise<DispatchStatus> {
     const gate = await this.#loadGate();
     const now = Date.now();
     const pauseOver = gate.mode === "paused" && now >= gate.pausedUntil;
     this.#recent = this.#recent.filter((at) => at > now - 10_000);
     const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
+    const cap = config ? await this.#cap(config) : { cap: 0, reason: "no job offered yet" };
+    const fleet = (await this.#loadCapacity()).fleet;
     return {
       // A pause that has run out is the next admission's probe.
       state: pauseOver ? "probing" : gate.mode,
       reason: gate.reason,
       since: new Date(pauseOver ? gate.pausedUntil : gate.since).toISOString(),
       runs_last_10s: this.#recent.length,
-      max_in_flight: maxInFlight ?? (config ? this.#cap(config) : 0),
+      mode: config?.maxInFlight === "auto" ? "auto" : config ? "fixed" : "auto",
+      max_in_flight: cap.cap,
+      cap_reason: cap.reason,
+      fleet: fleet && {
+        ready: fleet.ready,
+        running: fleet.running,
+        initializing: fleet.initializing,
+        throttled: fleet.throttled,
+        in_queue: fleet.inQueue,
+        at: new Date(fleet.at).toISOString(),
+      },
       ...this.#queue.counts(),
     };
   }

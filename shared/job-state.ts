@@ -21,6 +21,7 @@
 // transition also writes the job's timeline event in the same statement (migration 0005's trigger
 // on `last_event`).
 
+import type { RunFigures } from "./capacity.ts";
 import type { JobMessage } from "./env.ts";
 import type { LivePublisher } from "./live-publisher.ts";
 import { log } from "./log.ts";
@@ -59,7 +60,8 @@ export interface JobDeps {
 }
 
 export interface Slots {
-  free(jobIds: string[]): Promise<void>;
+  /** `runs`: figures of the runs that ended, for the dispatcher's fleet model. */
+  free(jobIds: string[], runs?: RunFigures[]): Promise<void>;
 }
 
 /**
@@ -68,10 +70,14 @@ export interface Slots {
  * every path frees its slot exactly once; a notification that fails is healed by the
  * reconciler, which checks the slots against D1.
  */
-async function freeSlots(deps: JobDeps, rows: readonly (JobRow | null)[]): Promise<void> {
+async function freeSlots(
+  deps: JobDeps,
+  rows: readonly (JobRow | null)[],
+  runs: RunFigures[] = [],
+): Promise<void> {
   const ids = rows.filter((row): row is JobRow => row !== null).map((row) => row.id);
   if (ids.length === 0) return;
-  await deps.slots.free(ids).catch((error: unknown) => {
+  await deps.slots.free(ids, runs).catch((error: unknown) => {
     log("warn", "freeing dispatch slots failed; the reconciler heals it", {
       jobs: ids,
       error: String(error),
@@ -250,13 +256,14 @@ export async function failRun(
   runpodJobId: string | null,
   error: string,
   event?: "submit_failed" | "failed",
+  runs: RunFigures[] = [],
 ): Promise<Failure | null> {
   const delayS = retryDelaySeconds(job.retry_count + 1, deps.retry);
   const row = await published(
     deps,
     await transitions.failAttempt(deps.db, job, attempt, runpodJobId, error, delayS, event),
   );
-  await freeSlots(deps, [row]);
+  await freeSlots(deps, [row], runs);
   if (!row) return null;
   if (row.status === "pending") {
     await requeue(deps.queue, [job.id], delayS);
@@ -301,14 +308,20 @@ export async function applyRunStatus(
   attempt: number,
   run: RunpodStatusObject,
 ): Promise<RunOutcome> {
+  // What the run tells the dispatcher's fleet model (its time queued and on the GPU).
+  const figures: RunFigures[] = [
+    { type: job.type, delayMs: run.delayTime ?? null, executionMs: run.executionTime ?? null },
+  ];
   switch (run.status) {
     case "COMPLETED": {
       const reported = (run.output as { output_video_key?: unknown } | undefined)?.output_video_key;
-      return completeRun(deps, job, attempt, run.id, outputKeyOf(job, reported));
+      return completeRun(deps, job, attempt, run.id, outputKeyOf(job, reported), figures);
     }
     case "FAILED":
     case "TIMED_OUT":
-      return failedOutcome(await failRun(deps, job, attempt, run.id, errorText(run)));
+      return failedOutcome(
+        await failRun(deps, job, attempt, run.id, errorText(run), undefined, figures),
+      );
     case "CANCELLED": {
       const ended = await published(
         deps,
@@ -337,13 +350,22 @@ async function completeRun(
   attempt: number,
   runpodJobId: string | null,
   outputKey: string,
+  runs: RunFigures[],
 ): Promise<RunOutcome> {
   if (!(await deps.videos.head(outputKey))) {
     return failedOutcome(
-      await failRun(deps, job, attempt, runpodJobId, `output missing: ${outputKey}`),
+      await failRun(
+        deps,
+        job,
+        attempt,
+        runpodJobId,
+        `output missing: ${outputKey}`,
+        undefined,
+        runs,
+      ),
     );
   }
-  return markComplete(deps, job, attempt, runpodJobId, outputKey);
+  return markComplete(deps, job, attempt, runpodJobId, outputKey, runs);
 }
 
 /** The transition to complete, for an output already found in R2. */
@@ -353,17 +375,18 @@ async function markComplete(
   attempt: number,
   runpodJobId: string | null,
   outputKey: string,
+  runs: RunFigures[] = [],
 ): Promise<RunOutcome> {
   const done = await published(
     deps,
     await transitions.completeJob(deps.db, job, attempt, runpodJobId, outputKey),
   );
-  await freeSlots(deps, [done]);
+  await freeSlots(deps, [done], runs);
   return done ? "completed" : "unchanged";
 }
 
 /** When the current attempt was claimed (`started_at`, UTC), in ms; 0 when unknown. */
-function claimedAt(job: Pick<JobRow, "started_at">): number {
+export function claimedAt(job: Pick<JobRow, "started_at">): number {
   if (!job.started_at) return 0;
   const at = Date.parse(`${job.started_at.replace(" ", "T")}Z`);
   return Number.isFinite(at) ? at : 0;

@@ -71,6 +71,38 @@ export class RunpodError extends Error {
 
 const runAccepted = z.looseObject({ id: z.string().min(1), status: z.string() });
 
+const count = z.number().int().min(0).catch(0);
+
+/**
+ * `GET /health`: RunPod documents `jobs` (inQueue, inProgress, …) and `workers` (idle, running);
+ * its SDKs add initializing, ready, throttled, and REST v2 unhealthy. A figure RunPod leaves out
+ * reads 0; `ready` falls back to `idle`.
+ */
+const healthAnswer = z
+  .looseObject({
+    jobs: z.looseObject({ inQueue: count.default(0), inProgress: count.default(0) }),
+    workers: z.looseObject({
+      idle: count.default(0),
+      ready: count.optional(),
+      running: count.default(0),
+      initializing: count.default(0),
+      throttled: count.default(0),
+      unhealthy: count.default(0),
+    }),
+  })
+  .transform(({ jobs, workers }) => ({
+    ready: workers.ready ?? workers.idle,
+    running: workers.running,
+    initializing: workers.initializing,
+    throttled: workers.throttled,
+    unhealthy: workers.unhealthy,
+    inQueue: jobs.inQueue,
+    inProgress: jobs.inProgress,
+  }));
+
+/** The endpoint's fleet and queue, as `/health` tells them. */
+export type EndpointHealth = z.output<typeof healthAnswer>;
+
 interface XiorLikeError {
   name?: string;
   message?: string;
@@ -150,6 +182,8 @@ export interface RunpodClient {
   getStatus(runpodJobId: string): Promise<RunpodStatusObject>;
   /** `POST /cancel/{id}`. */
   cancelRun(runpodJobId: string): Promise<void>;
+  /** `GET /health`: workers by state, runs queued and in progress. */
+  health(): Promise<EndpointHealth>;
 }
 
 export function createRunpodClient(settings: RunpodSettings): RunpodClient {
@@ -170,6 +204,10 @@ export function createRunpodClient(settings: RunpodSettings): RunpodClient {
     },
     async cancelRun(runpodJobId) {
       await withDeadline(endpoint.cancel(runpodJobId, timeout), timeout, "/cancel");
+    },
+    async health() {
+      const answer = await withDeadline(endpoint.health(timeout), timeout, "/health");
+      return parseAnswer(healthAnswer, answer, "/health");
     },
   };
 }

@@ -66,7 +66,13 @@ export interface RetrySettings {
   maxDelayS: number;
 }
 
-export function runpodSettings(env: CommonEnv): RunpodSettings {
+/** The vars RunPod's client is configured from. */
+export type RunpodEnv = Pick<
+  CommonEnv,
+  "RUNPOD_BASE_URL" | "RUNPOD_API_KEY" | "RUNPOD_ENDPOINT_ID" | "RUNPOD_TIMEOUT_MS"
+>;
+
+export function runpodSettings(env: RunpodEnv): RunpodSettings {
   return {
     baseUrl: (env.RUNPOD_BASE_URL || "https://api.runpod.ai/v2").replace(/\/+$/, ""),
     apiKey: env.RUNPOD_API_KEY ?? "",

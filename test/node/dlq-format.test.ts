@@ -79,13 +79,24 @@ describe("formatDispatch", () => {
         since: "2026-11-24T10:00:00.000Z",
         runs_last_10s: 1,
         in_flight: 3,
-        max_in_flight: 20,
+        mode: "auto",
+        max_in_flight: 5,
+        cap_reason: "steady: 3 workers + 2 headroom",
+        fleet: {
+          ready: 0,
+          running: 3,
+          initializing: 0,
+          throttled: 0,
+          in_queue: 0,
+          at: "2026-11-24T10:00:00.000Z",
+        },
         waiting: 9,
         waiting_keys: 2,
       }),
     ).toBe(
       "running since 2026-11-24T10:00:00.000Z, 1 run in the last 10 s; " +
-        "3/20 in flight, 9 waiting (2 keys)",
+        "3/5 in flight (auto: steady: 3 workers + 2 headroom), 9 waiting (2 keys); " +
+        "fleet 0 ready, 3 running, 0 starting, 0 throttled, 0 queued at RunPod",
     );
     expect(
       formatDispatch({
@@ -94,13 +105,17 @@ describe("formatDispatch", () => {
         since: "2026-11-24T10:00:00.000Z",
         runs_last_10s: 0,
         in_flight: 0,
+        mode: "fixed",
         max_in_flight: 20,
+        cap_reason: "RUNPOD_MAX_IN_FLIGHT",
+        fleet: null,
         waiting: 1,
         waiting_keys: 1,
       }),
     ).toBe(
       "paused (5 failed submissions in a row: RunPod /run answered HTTP 503) " +
-        "since 2026-11-24T10:00:00.000Z, 0 runs in the last 10 s; 0/20 in flight, 1 waiting (1 key)",
+        "since 2026-11-24T10:00:00.000Z, 0 runs in the last 10 s; " +
+        "0/20 in flight (fixed: RUNPOD_MAX_IN_FLIGHT), 1 waiting (1 key)",
     );
   });
 
@@ -201,7 +216,10 @@ const stats = {
     since: "2026-11-24T10:02:00.000Z",
     runs_last_10s: 0,
     in_flight: 0,
+    mode: "fixed",
     max_in_flight: 20,
+    cap_reason: "RUNPOD_MAX_IN_FLIGHT",
+    fleet: null,
     waiting: 0,
     waiting_keys: 0,
   },
@@ -449,7 +467,8 @@ describe("dlq CLI", () => {
         "processing without run: 0",
         "dead letters:           5 total, 2 not replayed",
         "dispatch:               paused (RunPod refused the API key: HTTP 401) since " +
-          "2026-11-24T10:02:00.000Z, 0 runs in the last 10 s; 0/20 in flight, 0 waiting (0 keys)",
+          "2026-11-24T10:02:00.000Z, 0 runs in the last 10 s; " +
+          "0/20 in flight (fixed: RUNPOD_MAX_IN_FLIGHT), 0 waiting (0 keys)",
         "",
       ].join("\n"),
     );
