@@ -1,14 +1,34 @@
 // The consumer Worker: wiring only. Domain logic lives in process-jobs.ts, reconciler.ts,
 // dead-letters.ts; its Durable Objects in shared/ (the dispatcher, live status).
+import { WorkerEntrypoint } from "cloudflare:workers";
+import type { RefillApi } from "../shared/dispatcher.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
 import { log } from "../shared/log.ts";
 import { recordDeadLetterMessages } from "./dead-letters.ts";
-import { consumerDeps, processJobBatch } from "./process-jobs.ts";
+import { consumerDeps, processJobBatch, submitAdmitted } from "./process-jobs.ts";
 import { reconcile } from "./reconciler.ts";
 
 // Every Durable Object class of reel-exports is hosted here; the producer binds them by name.
 export { Dispatcher } from "../shared/dispatcher.ts";
 export { LiveChannel, LiveHub } from "../shared/live-hub.ts";
+
+/**
+ * The refill path: the dispatcher hands the jobs it admitted for freed slots straight to the
+ * consumer (an RPC on the Worker's own entrypoint, `ctx.exports.Refill`), instead of a queue
+ * message and a batch's wait. The consumer claims and submits them as a batch would. It answers
+ * the jobs it could not settle (D1 failed mid-way): the dispatcher sends those to the queue.
+ */
+export class Refill extends WorkerEntrypoint<ConsumerEnv> implements RefillApi {
+  async submit(endpointId: string, admitted: { id: string; delayMs: number }[]): Promise<string[]> {
+    const retry: string[] = [];
+    await submitAdmitted(
+      consumerDeps({ ...this.env, RUNPOD_ENDPOINT_ID: endpointId }, this.ctx),
+      new Map(admitted.map((job) => [job.id, job.delayMs])),
+      { done: () => {}, retry: (id) => retry.push(id) },
+    );
+    return retry;
+  }
+}
 
 /**
  * A batch that could not run at all (a missing setting, D1 or the gate unreachable) is retried

@@ -141,13 +141,40 @@ export async function processJobBatch(
     });
   }
   if (delayOf.size === 0) return poison;
+  await submitAdmitted(deps, delayOf, {
+    done: (id) => byJob.get(id)?.[0]?.ack(),
+    retry: (id, delaySeconds) => byJob.get(id)?.[0]?.retry({ delaySeconds }),
+  });
+  return poison;
+}
+
+/** What becomes of an admitted job's message (or, on the refill path, of the job). */
+export interface Settlement {
+  /** Nothing more to do for the job (submitted, released, failed, or not pending). */
+  done(jobId: string): void;
+  /** D1 failed mid-way: try the job again after `delaySeconds`. */
+  retry(jobId: string, delaySeconds: number): void;
+}
+
+/**
+ * Claims the admitted jobs (id → the delay of its permit, ms) and submits each to RunPod with
+ * bounded concurrency at the gate's pace; records the run, releases the job or applies the seed's
+ * CASE; tells the gate once what the batch met. Used by a queue batch and by the dispatcher's
+ * refill (consumer/index.ts's Refill), which reaches the consumer without a queue message.
+ */
+export async function submitAdmitted(
+  deps: ConsumerDeps,
+  delayOf: ReadonlyMap<string, number>,
+  settlement: Settlement,
+): Promise<void> {
+  const gateConfig = deps.settings.gate;
 
   const claimed = await claimJobs(deps, [...delayOf.keys()], deps.settings.claimTimeoutS);
   const claimedIds = new Set(claimed.map((job) => job.id));
   for (const id of delayOf.keys()) {
     // Admitted, but no longer pending (a duplicate of a job now running, or cancelled): nothing
     // to submit; a slot it may hold is healed by the reconciler against D1.
-    if (!claimedIds.has(id)) byJob.get(id)?.[0]?.ack();
+    if (!claimedIds.has(id)) settlement.done(id);
   }
 
   const outcomes: SubmitOutcome[] = [];
@@ -163,7 +190,7 @@ export async function processJobBatch(
   const settle = (job: JobRow, work: () => Promise<unknown>) => {
     settling.push(
       work().then(
-        () => byJob.get(job.id)?.[0]?.ack(),
+        () => settlement.done(job.id),
         (error: unknown) => {
           // D1 itself failed mid-way: the job stays `processing` without a run, which the
           // reconciler's claim timeout treats as a lost run; this message is redelivered later.
@@ -172,7 +199,7 @@ export async function processJobBatch(
             attempt: job.attempt,
             error: String(error),
           });
-          byJob.get(job.id)?.[0]?.retry({ delaySeconds: deps.settings.claimTimeoutS });
+          settlement.retry(job.id, deps.settings.claimTimeoutS);
         },
       ),
     );
@@ -216,14 +243,13 @@ export async function processJobBatch(
         attempt: job.attempt,
         error: String(error),
       });
-      byJob.get(job.id)?.[0]?.retry({ delaySeconds: deps.settings.claimTimeoutS });
+      settlement.retry(job.id, deps.settings.claimTimeoutS);
     },
   );
   await Promise.all(settling);
   await deps.dispatcher.report(outcomes, gateConfig).catch((error: unknown) => {
     log("warn", "dispatch gate report failed", { error: String(error) });
   });
-  return poison;
 }
 
 /** Sends one claimed job to RunPod's `/run`: its run id, or what went wrong. No D1 work. */

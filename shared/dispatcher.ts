@@ -24,6 +24,7 @@ import {
   noteAsking,
   observeFleet,
   observeOutcomes,
+  observeRefill,
   observeRuns,
   type RunFigures,
 } from "./capacity.ts";
@@ -41,6 +42,15 @@ import { log } from "./log.ts";
 import { createRunpodClient } from "./runpod-client.ts";
 import type { JobMessage } from "./schemas.ts";
 import { type DispatchConfig, runpodSettings } from "./settings.ts";
+
+/** The consumer's refill entrypoint (consumer/index.ts), as the dispatcher calls it. */
+export interface RefillApi {
+  /**
+   * Claims and submits the admitted jobs to the endpoint; answers those to send through the
+   * queue instead.
+   */
+  submit(endpointId: string, admitted: { id: string; delayMs: number }[]): Promise<string[]>;
+}
 
 /** The longest a batch is asked to wait inside its invocation for a permit. */
 export const MAX_WAIT_MS = 5_000;
@@ -209,8 +219,44 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     return { ids, delays: grant.delaysMs.slice(0, ids.length) };
   }
 
-  /** Sends admitted jobs that no consumer holds to the queue, each after its permit's delay. */
+  /**
+   * Sends admitted jobs that no consumer holds on their way: straight to the consumer's refill
+   * entrypoint when the Worker has one (a run's end to the next /run in well under a second),
+   * else — or for the jobs it could not take — to the queue, each after its permit's delay. The
+   * call is not awaited here: a webhook's free() answers at once.
+   */
   async #send(ids: readonly string[], delays: readonly number[]): Promise<void> {
+    if (ids.length === 0) return;
+    const refill = (this.ctx.exports as { Refill?: RefillApi } | undefined)?.Refill;
+    if (!refill) return this.#enqueue(ids, delays);
+    const admitted = ids.map((id, i) => ({ id, delayMs: delays[i] ?? 0 }));
+    const started = Date.now();
+    const work = refill.submit(this.#endpointId(), admitted).then(
+      async (left) => {
+        const waited = Math.max(0, ...admitted.map((job) => job.delayMs));
+        await this.#saveCapacity(
+          observeRefill(await this.#loadCapacity(), Date.now() - started - waited),
+        );
+        const back = new Set(left);
+        const again = admitted.filter((job) => back.has(job.id));
+        await this.#enqueue(
+          again.map((job) => job.id),
+          again.map(() => 0),
+        );
+      },
+      (error: unknown) => {
+        log("warn", "refill failed; the queue takes the jobs", {
+          jobs: ids,
+          error: String(error),
+        });
+        return this.#enqueue(ids, delays);
+      },
+    );
+    this.ctx.waitUntil(work);
+  }
+
+  /** Sends admitted jobs to the queue, each after its permit's delay. */
+  async #enqueue(ids: readonly string[], delays: readonly number[]): Promise<void> {
     if (ids.length === 0) return;
     try {
       await this.env.EXPORT_QUEUE.sendBatch(
