@@ -16,8 +16,8 @@ import {
   type GateConfig,
   type GateMode,
   type GateState,
-  initialGate,
   report,
+  restoreGate,
   type SubmitOutcome,
 } from "./dispatch-gate.ts";
 import { FairQueue, type OfferedJob } from "./fair-queue.ts";
@@ -70,7 +70,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   }
 
   async #loadGate(): Promise<GateState> {
-    this.#gate ??= (await this.ctx.storage.get<GateState>(GATE)) ?? initialGate(Date.now());
+    this.#gate ??= restoreGate(await this.ctx.storage.get<GateState>(GATE), Date.now());
     return this.#gate;
   }
 
@@ -160,7 +160,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     await this.#saveGate(after);
     const stored = await this.ctx.storage.get<DispatchConfig>(CONFIG);
     if (before.mode !== "running" && after.mode === "running" && stored) {
-      // The probe succeeded: admit what waited during the pause.
+      // The probes succeeded: admit what waited during the pause.
       const { ids, delays } = await this.#admit(stored);
       await this.#send(ids, delays);
     }
