@@ -11,7 +11,7 @@
 
 import type { RunFigures } from "../shared/capacity.ts";
 import { forEachBounded } from "../shared/concurrency.ts";
-import type { GateConfig, SubmitOutcome } from "../shared/dispatch-gate.ts";
+import { type GateConfig, markOf, type SubmitOutcome, trips } from "../shared/dispatch-gate.ts";
 import { type Admission, type DispatchConfig, MAX_WAIT_MS } from "../shared/dispatcher.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
 import type { OfferedJob } from "../shared/fair-queue.ts";
@@ -178,9 +178,10 @@ export async function submitAdmitted(
   }
 
   const outcomes: SubmitOutcome[] = [];
-  // The gate hears of this batch only at its end; within it, a bad key or a run of failures
-  // stops the batch's own submissions at once, and the rest are released unsent.
-  let failuresInRow = 0;
+  // The gate hears of this batch only at its end; within it, a bad key, or failures the gate would
+  // call down (`trips`, over the batch's own submissions), stop the batch's own submissions at
+  // once, and the rest are released unsent.
+  let marks = "";
   let stopped = false;
   const started = Date.now();
   // A lane holds one `/run` call, never the D1 work after it: what a submission met is recorded
@@ -229,8 +230,8 @@ export async function submitAdmitted(
       const verdict = "runId" in submitted ? null : verdictOf(submitted.error, deps.settings);
       const outcome = verdict ? outcomeOf(verdict) : { kind: "ok" as const };
       outcomes.push(outcome);
-      failuresInRow = outcome.kind === "failed" ? failuresInRow + 1 : 0;
-      stopped ||= outcome.kind === "auth_failed" || failuresInRow >= gateConfig.breakerThreshold;
+      marks += markOf(outcome);
+      stopped ||= trips(marks, gateConfig);
       settle(job, () =>
         "runId" in submitted
           ? recordRun(deps, job, submitted.runId)

@@ -33,8 +33,8 @@ import {
   type GateConfig,
   type GateMode,
   type GateState,
-  initialGate,
   report,
+  restoreGate,
   type SubmitOutcome,
 } from "./dispatch-gate.ts";
 import { FairQueue, type OfferedJob } from "./fair-queue.ts";
@@ -121,7 +121,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   }
 
   async #loadGate(): Promise<GateState> {
-    this.#gate ??= (await this.ctx.storage.get<GateState>(GATE)) ?? initialGate(Date.now());
+    this.#gate ??= restoreGate(await this.ctx.storage.get<GateState>(GATE), Date.now());
     return this.#gate;
   }
 
@@ -316,7 +316,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     const after = report(before, config, Date.now(), outcomes);
     await this.#saveGate(after);
     if (before.mode !== "running" && after.mode === "running" && stored) {
-      // The probe succeeded: admit what waited during the pause.
+      // The probes succeeded: admit what waited during the pause.
       const { ids, delays } = await this.#admit(stored);
       await this.#send(ids, delays);
     }
