@@ -3,7 +3,8 @@
 // RUNPOD_EMULATOR_SEED, RUNPOD_EMULATOR_LOG=0 to silence events, and one variable per timing or
 // fault of DEFAULT_CONFIG in upper snake case: runMs → RUNPOD_EMULATOR_RUN_MS,
 // failRate → RUNPOD_EMULATOR_FAIL_RATE, runScript → RUNPOD_EMULATOR_RUN_SCRIPT=429,500,200,
-// outage → RUNPOD_EMULATOR_OUTAGE=true, maxWorkers → RUNPOD_EMULATOR_MAX_WORKERS=2 …
+// outage → RUNPOD_EMULATOR_OUTAGE=true, maxWorkers → RUNPOD_EMULATOR_MAX_WORKERS=2, the
+// autoscaling fleet: RUNPOD_EMULATOR_WORKERS_MAX=3, RUNPOD_EMULATOR_SCALER_TYPE=REQUEST_COUNT …
 // RUNPOD_EMULATOR_OUTPUT_URL (e.g. http://127.0.0.1:8791/objects, the local R2 writer of
 // scripts/local-r2/) plays the GPU handler's storage side: before a run becomes COMPLETED, its
 // input.input_video_key is read from `<url>/<key>` and written to `<url>/<output_video_key>`,

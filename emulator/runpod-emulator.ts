@@ -5,7 +5,7 @@
 import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { clearTimeout, setTimeout } from "node:timers";
+import { clearInterval, clearTimeout, setInterval, setTimeout } from "node:timers";
 
 // ---- types ----
 
@@ -13,6 +13,9 @@ export type TerminalOutcome = "COMPLETED" | "FAILED" | "TIMED_OUT";
 export type JobStatus = "IN_QUEUE" | "IN_PROGRESS" | "CANCELLED" | TerminalOutcome;
 export type RunAnswer = 200 | 429 | 500;
 export type WebhookAction = "send" | "drop";
+/** RunPod's autoscaler types: by the time a request waits, or by the requests per worker. */
+export type ScalerType = "QUEUE_DELAY" | "REQUEST_COUNT";
+export type WorkerState = "initializing" | "idle" | "running" | "throttled";
 
 /** Timings and faults of one endpoint; options give the defaults, the admin API overrides them. */
 export interface EndpointConfig {
@@ -51,10 +54,31 @@ export interface EndpointConfig {
   outage: boolean;
   outageStatus: number;
   outageUntilMs: number;
-  /** Jobs IN_PROGRESS at once (the others wait IN_QUEUE, first in first out); 0 = unlimited. */
+  /**
+   * A fixed fleet of always-ready workers: jobs IN_PROGRESS at once (the others wait IN_QUEUE,
+   * first in first out); 0 = unlimited. Ignored while workersMax > 0.
+   */
   maxWorkers: number;
   /** Jobs IN_QUEUE at most: a /run beyond answers 429; 0 = unlimited. */
   maxQueue: number;
+  /** The autoscaling fleet's cap (RunPod's max workers); 0 = no autoscaling fleet (maxWorkers). */
+  workersMax: number;
+  /** Workers always on (RunPod's active workers), capped by workersMax. */
+  workersMin: number;
+  scalerType: ScalerType;
+  /**
+   * QUEUE_DELAY: seconds a request may wait before a worker is added (fractions allowed, RunPod
+   * takes whole seconds); REQUEST_COUNT: requests (queued + in progress) per worker.
+   */
+  scalerValue: number;
+  /** How often the autoscaler looks at the queue while requests wait, ms (>= 1). */
+  scalerIntervalMs: number;
+  /** A started worker is initializing this long before it takes jobs, ms. */
+  coldStartMs: number;
+  /** An idle (or throttled) worker stops after this long, never below workersMin, ms. */
+  idleTimeoutMs: number;
+  /** While fewer workers than this are throttled, a started worker is throttled (no GPU). */
+  throttledWorkers: number;
 }
 
 export interface EmulatorOptions extends EndpointConfig {
@@ -108,6 +132,8 @@ export interface JobState {
   error?: string;
   delayTime: number | null;
   executionTime: number | null;
+  /** The autoscaling fleet's worker that ran (or runs) the job; null otherwise. */
+  workerId: string | null;
   submittedAt: string;
   startedAt: string | null;
   finishedAt: string | null;
@@ -136,6 +162,54 @@ export interface RequestRecord {
   receivedAt: string;
   /** Null while the answer is still pending (runDelayMs). */
   responseStatus: number | null;
+}
+
+/** Workers by state. */
+export interface WorkerCounts {
+  idle: number;
+  running: number;
+  initializing: number;
+  throttled: number;
+}
+
+/** The endpoint's workers and queue from `at` (epoch ms) until the next sample. */
+export interface FleetSample extends WorkerCounts {
+  at: number;
+  inQueue: number;
+}
+
+export interface FleetWorker {
+  id: string;
+  state: WorkerState;
+  /** Epoch ms the worker entered its state. */
+  since: number;
+  /** Epoch ms the worker was started. */
+  startedAt: number;
+  jobId: string | null;
+}
+
+/** `GET /__emulator/endpoints/{endpoint}/fleet`: figures since the endpoint's creation or reset. */
+export interface FleetReport {
+  /** autoscaling: workersMax > 0; fixed: maxWorkers always-ready workers; unlimited: neither. */
+  mode: "autoscaling" | "fixed" | "unlimited";
+  /** Epoch ms the figures start (the endpoint's creation or reset) and end (now). */
+  since: number;
+  at: number;
+  /** The autoscaling fleet's workers, in start order (empty in the other modes). */
+  workers: FleetWorker[];
+  current: WorkerCounts & { inQueue: number; inProgress: number };
+  /** Worker-milliseconds spent in each state. */
+  workerMs: WorkerCounts;
+  /** What RunPod bills, start to stop: initializing + idle + running (throttled is not). */
+  billedWorkerMs: number;
+  /** Worker-milliseconds a worker was idle while a job was IN_QUEUE: ∫ min(idle, inQueue) dt. */
+  idleWhileQueuedMs: number;
+  peakWorkers: number;
+  workersStarted: number;
+  workersStopped: number;
+  /** A sample at every change, the last TIMELINE_KEPT; timelineDropped older ones were dropped. */
+  timeline: FleetSample[];
+  timelineDropped: number;
 }
 
 export interface RunpodEmulator {
@@ -170,6 +244,14 @@ export const DEFAULT_CONFIG: EndpointConfig = {
   outageUntilMs: 0,
   maxWorkers: 0,
   maxQueue: 0,
+  workersMax: 0,
+  workersMin: 0,
+  scalerType: "QUEUE_DELAY",
+  scalerValue: 4,
+  scalerIntervalMs: 1000,
+  coldStartMs: 0,
+  idleTimeoutMs: 5000,
+  throttledWorkers: 0,
 };
 
 const MS_KEYS = [
@@ -179,8 +261,16 @@ const MS_KEYS = [
   "retentionMs",
   "runDelayMs",
   "outageUntilMs",
+  "coldStartMs",
+  "idleTimeoutMs",
 ] as const;
-const COUNT_KEYS = ["maxWorkers", "maxQueue"] as const;
+const COUNT_KEYS = [
+  "maxWorkers",
+  "maxQueue",
+  "workersMax",
+  "workersMin",
+  "throttledWorkers",
+] as const;
 const RATE_KEYS = [
   "runErrorRate",
   "runRateLimitRate",
@@ -192,6 +282,9 @@ const RATE_KEYS = [
 const RUN_ANSWERS: readonly RunAnswer[] = [200, 429, 500];
 const OUTCOMES: readonly TerminalOutcome[] = ["COMPLETED", "FAILED", "TIMED_OUT"];
 const WEBHOOK_ACTIONS: readonly WebhookAction[] = ["send", "drop"];
+const SCALER_TYPES: readonly ScalerType[] = ["QUEUE_DELAY", "REQUEST_COUNT"];
+const WORKER_STATES: readonly WorkerState[] = ["idle", "running", "initializing", "throttled"];
+const TIMELINE_KEPT = 20_000;
 const WEBHOOK_ATTEMPTS = 3;
 const OUTGOING_TIMEOUT_MS = 10_000;
 const MAX_REQUESTS_KEPT = 10_000;
@@ -239,6 +332,21 @@ export function parseEndpointConfig(value: unknown): Partial<EndpointConfig> {
         throw new Error("runRateLimitPerS must be a number >= 0");
       }
       config.runRateLimitPerS = item;
+    } else if (key === "scalerType") {
+      if (!includes(SCALER_TYPES, item)) {
+        throw new Error(`scalerType must be one of ${SCALER_TYPES.join(", ")}`);
+      }
+      config.scalerType = item;
+    } else if (key === "scalerValue") {
+      if (typeof item !== "number" || !Number.isFinite(item) || item <= 0) {
+        throw new Error("scalerValue must be a number > 0");
+      }
+      config.scalerValue = item;
+    } else if (key === "scalerIntervalMs") {
+      if (typeof item !== "number" || !Number.isFinite(item) || item < 1) {
+        throw new Error("scalerIntervalMs must be a number of milliseconds >= 1");
+      }
+      config.scalerIntervalMs = item;
     } else if (key === "outage") {
       if (typeof item !== "boolean") throw new Error("outage must be a boolean");
       config.outage = item;
@@ -297,15 +405,50 @@ function hash(text: string): number {
 // ---- internal state ----
 
 interface Endpoint {
+  id: string;
   config: EndpointConfig;
   random: () => number;
   /** Answers of POST /run by status. */
   runAnswers: Record<string, number>;
   /** The runRateLimitPerS bucket; null = full. */
   bucket: { tokens: number; at: number } | null;
+  /** Jobs IN_QUEUE, in submission order. */
+  queued: Set<Job>;
+  /** Jobs IN_PROGRESS. */
+  running: Set<Job>;
+  /** The autoscaling fleet (workersMax > 0), in start order. */
+  workers: Map<string, Worker>;
+  workersStarted: number;
+  workersStopped: number;
+  /** The autoscaler's periodic check; armed only while counted jobs are IN_QUEUE. */
+  tick: NodeJS.Timeout | null;
+  usage: Usage;
+}
+
+interface Worker {
+  id: string;
+  state: WorkerState;
+  since: number;
+  startedAt: number;
+  job: Job | null;
+  /** The end of a cold start, or the idle timeout. */
+  timer: NodeJS.Timeout | null;
+}
+
+/** What GET /fleet integrates: the counts since `at` and everything before. */
+interface Usage {
+  since: number;
+  at: number;
+  last: FleetSample;
+  workerMs: WorkerCounts;
+  idleWhileQueuedMs: number;
+  peakWorkers: number;
+  timeline: FleetSample[];
+  dropped: number;
 }
 
 interface Job {
+  ep: Endpoint;
   state: JobState;
   submitted: number;
   started: number | null;
@@ -313,6 +456,8 @@ interface Job {
   ready: boolean;
   /** onComplete is running. */
   completing: boolean;
+  /** The autoscaling fleet's worker running it. */
+  worker: Worker | null;
   timers: Set<NodeJS.Timeout>;
   progressChain: Promise<void>;
 }
@@ -326,6 +471,10 @@ class HttpError extends Error {
 }
 
 const isActive = (status: JobStatus) => status === "IN_QUEUE" || status === "IN_PROGRESS";
+/** policy.lowPriority: the job runs on a free worker but never makes the autoscaler add one. */
+const isLowPriority = (job: Job) => job.state.policy.lowPriority === true;
+const fleetOn = (ep: Endpoint) => ep.config.workersMax > 0;
+const totalWorkers = (c: WorkerCounts) => c.idle + c.running + c.initializing + c.throttled;
 const now = () => new Date().toISOString();
 const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error));
 
@@ -396,13 +545,41 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
   function endpoint(id: string): Endpoint {
     let found = endpoints.get(id);
     if (!found) {
+      const at = Date.now();
+      const first: FleetSample = {
+        at,
+        idle: 0,
+        running: 0,
+        initializing: 0,
+        throttled: 0,
+        inQueue: 0,
+      };
       found = {
+        id,
         config: copyConfig(defaults),
         random: prng(seed ^ hash(id)),
         runAnswers: { 200: 0, 429: 0, 500: 0, 503: 0 },
         bucket: null,
+        queued: new Set(),
+        running: new Set(),
+        workers: new Map(),
+        workersStarted: 0,
+        workersStopped: 0,
+        tick: null,
+        usage: {
+          since: at,
+          at,
+          last: first,
+          workerMs: { idle: 0, running: 0, initializing: 0, throttled: 0 },
+          idleWhileQueuedMs: 0,
+          peakWorkers: 0,
+          timeline: [first],
+          dropped: 0,
+        },
       };
       endpoints.set(id, found);
+      note(found, at); // a fixed fleet's idle workers
+      reconcile(found); // workersMin
     }
     return found;
   }
@@ -421,6 +598,276 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
       }, ms);
       pendingTimers.add(timer);
     });
+  }
+
+  // ---- usage: what GET /fleet reports ----
+
+  /** Workers by state: the autoscaling fleet's, or a fixed fleet's (maxWorkers), or the runs. */
+  function workerCounts(ep: Endpoint): WorkerCounts {
+    const counts: WorkerCounts = { idle: 0, running: 0, initializing: 0, throttled: 0 };
+    if (fleetOn(ep)) {
+      for (const worker of ep.workers.values()) counts[worker.state] += 1;
+      return counts;
+    }
+    counts.running = ep.running.size;
+    counts.idle = Math.max(0, ep.config.maxWorkers - counts.running);
+    return counts;
+  }
+
+  /** Adds the worker-milliseconds from the last change to `at`. */
+  function integrate(ep: Endpoint, at: number): void {
+    const { usage } = ep;
+    const elapsed = at - usage.at;
+    if (elapsed <= 0) return;
+    for (const state of WORKER_STATES) usage.workerMs[state] += usage.last[state] * elapsed;
+    usage.idleWhileQueuedMs += Math.min(usage.last.idle, usage.last.inQueue) * elapsed;
+    usage.at = at;
+  }
+
+  /** Records a change of the endpoint's workers or queue (a timeline sample when they differ). */
+  function note(ep: Endpoint, at = Date.now()): void {
+    integrate(ep, at);
+    const { usage } = ep;
+    const sample: FleetSample = {
+      at: usage.at,
+      ...workerCounts(ep),
+      inQueue: ep.queued.size,
+    };
+    const { last } = usage;
+    if (sample.inQueue === last.inQueue && WORKER_STATES.every((s) => sample[s] === last[s])) {
+      return;
+    }
+    usage.last = sample;
+    usage.peakWorkers = Math.max(usage.peakWorkers, totalWorkers(sample));
+    const { timeline } = usage;
+    // Changes within one millisecond: the last one stands.
+    if (timeline.at(-1)?.at === sample.at) timeline[timeline.length - 1] = sample;
+    else timeline.push(sample);
+    if (timeline.length > TIMELINE_KEPT) {
+      timeline.shift();
+      usage.dropped += 1;
+    }
+  }
+
+  function fleetReport(ep: Endpoint): FleetReport {
+    const at = Date.now();
+    integrate(ep, at);
+    const { usage } = ep;
+    const { workerMs } = usage;
+    return {
+      mode: fleetOn(ep) ? "autoscaling" : ep.config.maxWorkers > 0 ? "fixed" : "unlimited",
+      since: usage.since,
+      at,
+      workers: [...ep.workers.values()].map((w) => ({
+        id: w.id,
+        state: w.state,
+        since: w.since,
+        startedAt: w.startedAt,
+        jobId: w.job?.state.id ?? null,
+      })),
+      current: { ...workerCounts(ep), inQueue: ep.queued.size, inProgress: ep.running.size },
+      workerMs: { ...workerMs },
+      billedWorkerMs: workerMs.initializing + workerMs.idle + workerMs.running,
+      idleWhileQueuedMs: usage.idleWhileQueuedMs,
+      peakWorkers: usage.peakWorkers,
+      workersStarted: ep.workersStarted,
+      workersStopped: ep.workersStopped,
+      timeline: [...usage.timeline],
+      timelineDropped: usage.dropped,
+    };
+  }
+
+  // ---- the autoscaling fleet (workersMax > 0) ----
+
+  /**
+   * The worker's one timer: `fn` once Date.now() reaches `until` (a timer may fire a millisecond
+   * early). Unref'd, as the listening server keeps the process up; none after close().
+   */
+  function workerTimer(worker: Worker, until: number, fn: () => void): void {
+    if (worker.timer !== null) clearTimeout(worker.timer);
+    worker.timer = null;
+    if (shutdown.signal.aborted) return;
+    const timer = setTimeout(
+      () => {
+        worker.timer = null;
+        if (Date.now() < until) workerTimer(worker, until, fn);
+        else fn();
+      },
+      Math.max(0, until - Date.now()),
+    );
+    timer.unref();
+    worker.timer = timer;
+  }
+
+  const minWorkers = (ep: Endpoint) => Math.min(ep.config.workersMin, ep.config.workersMax);
+
+  /** Moves a worker to `state`; an idle or throttled one stops after idleTimeoutMs. */
+  function setWorker(ep: Endpoint, worker: Worker, state: WorkerState, at = Date.now()): void {
+    if (worker.timer !== null) clearTimeout(worker.timer);
+    worker.timer = null;
+    worker.state = state;
+    worker.since = at;
+    if (state === "idle" || state === "throttled") armIdleTimeout(ep, worker);
+    note(ep, at);
+  }
+
+  function armIdleTimeout(ep: Endpoint, worker: Worker): void {
+    workerTimer(worker, worker.since + ep.config.idleTimeoutMs, () => {
+      if (ep.workers.get(worker.id) !== worker) return;
+      if (ep.workers.size > minWorkers(ep)) stopWorker(ep, worker);
+    });
+  }
+
+  /** A cold start: initializing for coldStartMs, then idle (and given a job). */
+  function boot(ep: Endpoint, worker: Worker, at = Date.now()): void {
+    const { coldStartMs } = ep.config;
+    if (coldStartMs <= 0) {
+      setWorker(ep, worker, "idle", at);
+      return;
+    }
+    setWorker(ep, worker, "initializing", at);
+    workerTimer(worker, at + coldStartMs, () => {
+      if (ep.workers.get(worker.id) !== worker) return;
+      setWorker(ep, worker, "idle");
+      dispatch(ep);
+    });
+  }
+
+  function startWorker(ep: Endpoint): void {
+    const at = Date.now();
+    ep.workersStarted += 1;
+    const worker: Worker = {
+      id: `worker-${ep.workersStarted}`,
+      state: "initializing",
+      since: at,
+      startedAt: at,
+      job: null,
+      timer: null,
+    };
+    const throttled = [...ep.workers.values()].filter((w) => w.state === "throttled").length;
+    ep.workers.set(worker.id, worker);
+    log(`${ep.id}: ${worker.id} started`);
+    if (throttled < ep.config.throttledWorkers) setWorker(ep, worker, "throttled", at);
+    else boot(ep, worker, at);
+  }
+
+  function stopWorker(ep: Endpoint, worker: Worker, at = Date.now()): void {
+    if (worker.timer !== null) clearTimeout(worker.timer);
+    worker.timer = null;
+    if (worker.job !== null) worker.job.worker = null;
+    worker.job = null;
+    if (ep.workers.get(worker.id) !== worker) return;
+    ep.workers.delete(worker.id);
+    ep.workersStopped += 1;
+    log(`${ep.id}: ${worker.id} stopped`);
+    note(ep, at);
+  }
+
+  /** A job left its worker: the worker idles, or stops when the fleet is over its cap (or off). */
+  function releaseWorker(job: Job, at: number): void {
+    const { worker, ep } = job;
+    job.worker = null;
+    if (worker === null || worker.job !== job) return;
+    worker.job = null;
+    if (ep.workers.get(worker.id) !== worker) return;
+    if (!fleetOn(ep) || ep.workers.size > ep.config.workersMax) stopWorker(ep, worker, at);
+    else setWorker(ep, worker, "idle", at);
+  }
+
+  function stopTick(ep: Endpoint): void {
+    if (ep.tick !== null) clearInterval(ep.tick);
+    ep.tick = null;
+  }
+
+  /**
+   * The autoscaler's check: adds workers for the jobs IN_QUEUE (policy.lowPriority ones aside), up
+   * to workersMax. Answers whether such jobs wait (the check should run again).
+   */
+  function scale(ep: Endpoint): boolean {
+    const { config } = ep;
+    if (!fleetOn(ep) || shutdown.signal.aborted) return false;
+    const at = Date.now();
+    let queued = 0;
+    let overdue = 0;
+    for (const job of ep.queued) {
+      if (isLowPriority(job)) continue;
+      queued += 1;
+      if (at - job.submitted > config.scalerValue * 1000) overdue += 1;
+    }
+    if (queued === 0) return false;
+    const size = ep.workers.size;
+    let wanted: number;
+    if (config.scalerType === "REQUEST_COUNT") {
+      let inProgress = 0;
+      for (const job of ep.running) if (!isLowPriority(job)) inProgress += 1;
+      const target = Math.max(
+        minWorkers(ep),
+        Math.ceil((queued + inProgress) / config.scalerValue),
+      );
+      wanted = target - size;
+    } else {
+      // RunPod: "with zero workers initially, the first request adds one worker"; then a worker
+      // per job waiting over scalerValue seconds that no initializing or idle worker covers.
+      const counts = workerCounts(ep);
+      wanted = size === 0 ? Math.max(1, overdue) : overdue - counts.initializing - counts.idle;
+    }
+    const adding = Math.min(wanted, config.workersMax - size);
+    for (let i = 0; i < adding; i++) startWorker(ep);
+    if (adding > 0) dispatch(ep);
+    return true;
+  }
+
+  /** Runs the autoscaler's check now and then every scalerIntervalMs, while counted jobs wait. */
+  function ensureTick(ep: Endpoint): void {
+    if (ep.tick !== null) return;
+    if (!scale(ep) || shutdown.signal.aborted) return;
+    ep.tick = setInterval(() => {
+      if (!scale(ep)) stopTick(ep);
+    }, ep.config.scalerIntervalMs);
+    ep.tick.unref();
+  }
+
+  /** Applies the fleet settings as they are now (endpoint creation, admin PUT). */
+  function reconcile(ep: Endpoint): void {
+    stopTick(ep);
+    const { config } = ep;
+    const workers = () => [...ep.workers.values()];
+    if (!fleetOn(ep)) {
+      // Back to maxWorkers: runs in progress go on outside any fleet.
+      for (const worker of workers()) stopWorker(ep, worker);
+      note(ep);
+      return;
+    }
+    // Throttling lifted: the oldest throttled workers get their GPU.
+    const throttled = workers().filter((w) => w.state === "throttled");
+    const lifted = Math.max(0, throttled.length - config.throttledWorkers);
+    for (const worker of throttled.slice(0, lifted)) boot(ep, worker);
+    // Over the cap: the newest throttled, initializing, then idle workers stop; running ones stop
+    // when their job ends.
+    let excess = ep.workers.size - config.workersMax;
+    for (const state of ["throttled", "initializing", "idle"] as const) {
+      for (const worker of workers().reverse()) {
+        if (excess > 0 && worker.state === state) {
+          stopWorker(ep, worker);
+          excess -= 1;
+        }
+      }
+    }
+    while (ep.workers.size < minWorkers(ep)) startWorker(ep);
+    for (const worker of ep.workers.values()) {
+      if (worker.state === "idle" || worker.state === "throttled") armIdleTimeout(ep, worker);
+    }
+    note(ep);
+    ensureTick(ep);
+  }
+
+  /** Clears the endpoint's fleet timers (reset, close). */
+  function teardown(ep: Endpoint): void {
+    stopTick(ep);
+    for (const worker of ep.workers.values()) {
+      if (worker.timer !== null) clearTimeout(worker.timer);
+      worker.timer = null;
+    }
   }
 
   // ---- job lifecycle ----
@@ -442,6 +889,11 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
   function removeJob(job: Job): void {
     clearTimers(job);
     if (jobs.get(job.state.id) === job) jobs.delete(job.state.id);
+    const { ep } = job;
+    const left = ep.queued.delete(job) || ep.running.delete(job);
+    const at = Date.now();
+    releaseWorker(job, at);
+    if (left) note(ep, at);
   }
 
   function createJob(endpointId: string, body: Record<string, unknown>): Job {
@@ -455,10 +907,12 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     }
     const submitted = Date.now();
     const job: Job = {
+      ep,
       submitted,
       started: null,
       ready: false,
       completing: false,
+      worker: null,
       timers: new Set(),
       progressChain: Promise.resolve(),
       state: {
@@ -472,6 +926,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
         progress: null,
         delayTime: null,
         executionTime: null,
+        workerId: null,
         submittedAt: new Date(submitted).toISOString(),
         startedAt: null,
         finishedAt: null,
@@ -481,6 +936,8 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
       },
     };
     jobs.set(job.state.id, job);
+    ep.queued.add(job);
+    note(ep, submitted);
     log(`job ${job.state.id} (${endpointId}) IN_QUEUE, planned ${outcome}`);
 
     // A timer may fire a millisecond before Date.now() says queueMs passed: wait out the rest, so
@@ -489,7 +946,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
       const left = job.submitted + config.queueMs - Date.now();
       if (left > 0) return schedule(job, left, queued);
       job.ready = true;
-      dispatch(endpointId);
+      dispatch(ep);
     };
     schedule(job, config.queueMs, queued);
     const { ttl } = job.state.policy;
@@ -500,6 +957,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
         removeJob(job);
       });
     }
+    if (fleetOn(ep) && !isLowPriority(job)) ensureTick(ep);
     return job;
   }
 
@@ -507,30 +965,52 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     [...jobs.values()].filter((j) => j.state.endpointId === endpointId && j.state.status === status)
       .length;
 
-  /** Starts the endpoint's ready queued jobs, in submission order, while a worker is free. */
-  function dispatch(endpointId: string): void {
-    const { maxWorkers } = endpoint(endpointId).config;
-    let free = maxWorkers > 0 ? maxWorkers - countJobs(endpointId, "IN_PROGRESS") : Infinity;
-    for (const job of jobs.values()) {
+  /**
+   * Starts the endpoint's ready queued jobs, in submission order, while a worker is free: an idle
+   * worker of the autoscaling fleet, else a place under maxWorkers (0 = unlimited).
+   */
+  function dispatch(ep: Endpoint): void {
+    const startable = (job: Job) => job.ready && !job.completing;
+    if (fleetOn(ep)) {
+      const idle = [...ep.workers.values()].filter((w) => w.state === "idle");
+      for (const job of ep.queued) {
+        const worker = idle[0];
+        if (worker === undefined) return;
+        if (startable(job)) {
+          idle.shift();
+          startJob(job, worker);
+        }
+      }
+      return;
+    }
+    const { maxWorkers } = ep.config;
+    let free = maxWorkers > 0 ? maxWorkers - ep.running.size : Infinity;
+    for (const job of ep.queued) {
       if (free <= 0) return;
-      if (
-        job.state.endpointId === endpointId &&
-        job.state.status === "IN_QUEUE" &&
-        job.ready &&
-        !job.completing
-      ) {
-        startJob(job);
+      if (startable(job)) {
+        startJob(job, null);
         free--;
       }
     }
   }
 
-  function startJob(job: Job): void {
-    const { runMs, progressSteps } = endpoint(job.state.endpointId).config;
+  function startJob(job: Job, worker: Worker | null): void {
+    const { ep } = job;
+    const { runMs, progressSteps } = ep.config;
     job.started = Date.now();
     job.state.status = "IN_PROGRESS";
     job.state.startedAt = new Date(job.started).toISOString();
     job.state.delayTime = job.started - job.submitted;
+    ep.queued.delete(job);
+    ep.running.add(job);
+    if (worker === null) {
+      note(ep, job.started);
+    } else {
+      job.worker = worker;
+      worker.job = job;
+      job.state.workerId = worker.id;
+      setWorker(ep, worker, "running", job.started);
+    }
     progressSteps.forEach((progress, i) => {
       const at = Math.round((runMs * (i + 1)) / (progressSteps.length + 1));
       schedule(job, at, () => reportProgress(job, progress));
@@ -595,6 +1075,11 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     state.finishedAt = new Date(finished).toISOString();
     state.delayTime = started - job.submitted;
     state.executionTime = finished - started;
+    const { ep } = job;
+    ep.queued.delete(job);
+    ep.running.delete(job);
+    releaseWorker(job, finished);
+    note(ep, finished);
     if (status === "COMPLETED") {
       const key = state.input.output_video_key;
       state.output = key === undefined ? {} : { output_video_key: key };
@@ -606,7 +1091,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     log(`job ${state.id} ${status}`);
     schedule(job, endpoint(state.endpointId).config.retentionMs, () => removeJob(job));
     if (status !== "CANCELLED") deliverWebhook(job);
-    dispatch(state.endpointId);
+    dispatch(ep);
   }
 
   function statusObject(job: Job): StatusObject {
@@ -673,20 +1158,35 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     return job?.state.endpointId === endpointId ? job : undefined;
   }
 
-  function health(endpointId: string) {
-    const count = (status: JobStatus) => countJobs(endpointId, status);
-    const running = count("IN_PROGRESS");
-    const { maxWorkers } = endpoint(endpointId).config;
-    const idle = maxWorkers > 0 ? Math.max(0, maxWorkers - running) : running === 0 ? 1 : 0;
+  function health(ep: Endpoint) {
+    const count = (status: JobStatus) => countJobs(ep.id, status);
+    const running = ep.running.size;
+    const { maxWorkers } = ep.config;
+    // Without the autoscaling fleet: maxWorkers ready workers, or one idle when unlimited.
+    const workers = fleetOn(ep)
+      ? workerCounts(ep)
+      : {
+          idle: maxWorkers > 0 ? Math.max(0, maxWorkers - running) : running === 0 ? 1 : 0,
+          initializing: 0,
+          running,
+          throttled: 0,
+        };
     return {
       jobs: {
         completed: count("COMPLETED"),
         failed: count("FAILED") + count("TIMED_OUT"),
         inProgress: running,
-        inQueue: count("IN_QUEUE"),
+        inQueue: ep.queued.size,
         retried: 0,
       },
-      workers: { idle, initializing: 0, ready: idle, running, throttled: 0 },
+      workers: {
+        idle: workers.idle,
+        initializing: workers.initializing,
+        ready: workers.idle,
+        running: workers.running,
+        throttled: workers.throttled,
+        unhealthy: 0,
+      },
     };
   }
 
@@ -722,7 +1222,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     if (body.policy !== undefined && !isRecord(body.policy)) {
       return reply(400, { error: "policy must be an object" });
     }
-    if (config.maxQueue > 0 && countJobs(endpointId, "IN_QUEUE") >= config.maxQueue) {
+    if (config.maxQueue > 0 && ep.queued.size >= config.maxQueue) {
       return reply(429, { error: "queue full" });
     }
     const answer =
@@ -768,7 +1268,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
       if (isActive(job.state.status)) finishJob(job, "CANCELLED");
       return reply(200, { id: job.state.id, status: job.state.status });
     }
-    if (route === "GET health") return reply(200, health(endpointId));
+    if (route === "GET health") return reply(200, health(ep));
     return reply(404, { error: "not found" });
   }
 
@@ -779,8 +1279,12 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
       if (endpointId === null || job.state.endpointId === endpointId) removeJob(job);
     }
     requests = endpointId === null ? [] : requests.filter((r) => r.endpointId !== endpointId);
-    if (endpointId === null) endpoints.clear();
-    else endpoints.delete(endpointId);
+    for (const [id, ep] of endpoints) {
+      if (endpointId === null || id === endpointId) {
+        teardown(ep);
+        endpoints.delete(id);
+      }
+    }
   }
 
   async function finishRoute(job: Job | undefined, body: unknown): Promise<Reply> {
@@ -818,7 +1322,8 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
         } catch (error) {
           return reply(400, { error: errorText(error) });
         }
-        dispatch(id); // maxWorkers may have grown
+        reconcile(ep); // fleet settings
+        dispatch(ep); // maxWorkers may have grown
       }
       return method === "PUT" || method === "GET"
         ? reply(200, ep.config)
@@ -828,6 +1333,8 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     switch (route) {
       case "GET endpoints/:id/stats":
         return reply(200, { run_answers: endpoint(id ?? "").runAnswers });
+      case "GET endpoints/:id/fleet":
+        return reply(200, fleetReport(endpoint(id ?? "")));
       case "GET requests":
         return reply(200, {
           requests: only === null ? requests : requests.filter((r) => r.endpointId === only),
@@ -911,6 +1418,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     close() {
       shutdown.abort();
       for (const job of jobs.values()) clearTimers(job);
+      for (const ep of endpoints.values()) teardown(ep);
       for (const timer of pendingTimers) clearTimeout(timer);
       pendingTimers.clear();
       url = null;

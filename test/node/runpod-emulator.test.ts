@@ -9,6 +9,8 @@ import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   createRunpodEmulator,
+  type FleetReport,
+  type FleetSample,
   type JobState,
   type RequestRecord,
   type RunpodEmulator,
@@ -100,6 +102,27 @@ async function run(endpoint: string) {
 async function runAnswers(endpoint: string) {
   return (await call("GET", `/__emulator/endpoints/${endpoint}/stats`)).body.run_answers;
 }
+
+async function fleet(endpoint: string): Promise<FleetReport> {
+  const res = await call("GET", `/__emulator/endpoints/${endpoint}/fleet`);
+  expect(res.status).toBe(200);
+  return res.body as unknown as FleetReport;
+}
+
+interface Health {
+  jobs: Record<"completed" | "failed" | "inProgress" | "inQueue" | "retried", number>;
+  workers: Record<
+    "idle" | "initializing" | "ready" | "running" | "throttled" | "unhealthy",
+    number
+  >;
+}
+
+async function health(endpoint: string): Promise<Health> {
+  return (await runpod("GET", `/v2/${endpoint}/health`)).body as unknown as Health;
+}
+
+/** Short autoscaler timings for the fleet tests; each test sets the rest. */
+const FLEET = { scalerIntervalMs: 50, queueMs: 0, runMs: 60_000, idleTimeoutMs: 60_000 };
 
 async function jobCount(endpoint: string) {
   return ((await call("GET", `/__emulator/jobs?endpoint=${endpoint}`)).body.jobs as unknown[])
@@ -264,7 +287,7 @@ describe("RunPod routes", () => {
       status: 200,
       body: {
         jobs: { completed: 1, failed: 1, inProgress: 0, inQueue: 1, retried: 0 },
-        workers: { idle: 1, initializing: 0, ready: 1, running: 0, throttled: 0 },
+        workers: { idle: 1, initializing: 0, ready: 1, running: 0, throttled: 0, unhealthy: 0 },
       },
     });
   });
@@ -828,6 +851,318 @@ describe("rate limit, outage and workers", () => {
   });
 });
 
+describe("autoscaling fleet (workersMax > 0)", () => {
+  it("QUEUE_DELAY: the first request adds a worker, later ones after scalerValue s; cold starts show", async () => {
+    const endpoint = newEndpoint("queue-delay");
+    const hook = await receiver();
+    await configure(endpoint, {
+      ...FLEET,
+      workersMax: 2,
+      scalerType: "QUEUE_DELAY",
+      scalerValue: 0.4,
+      coldStartMs: 1000,
+    });
+    expect((await health(endpoint)).workers).toEqual({
+      idle: 0,
+      initializing: 0,
+      ready: 0,
+      running: 0,
+      throttled: 0,
+      unhealthy: 0,
+    });
+
+    // RunPod: "with zero workers initially, the first request adds one worker" (no waiting).
+    const first = await submit(endpoint, { input: { output_video_key: "a" }, webhook: hook.url });
+    const booting = await fleet(endpoint);
+    expect(booting.workers).toHaveLength(1);
+    const submittedAt = Date.parse((await jobState(first)).submittedAt);
+    expect(booting.workers[0]?.startedAt).toBeLessThan(submittedAt + 400);
+    await waitFor(async () => (await health(endpoint)).workers.initializing === 1, "a cold start");
+    expect((await health(endpoint)).jobs.inQueue).toBe(1);
+    const running = await waitForStatus(endpoint, first, "IN_PROGRESS");
+    expect(running.delayTime).toBeGreaterThanOrEqual(1000); // the cold start
+
+    // The second run waits scalerValue seconds before a worker is added, then its cold start.
+    const second = await submit(endpoint, { input: {} });
+    await waitFor(async () => {
+      const { workers, jobs } = await health(endpoint);
+      return workers.initializing === 1 && workers.running === 1 && jobs.inQueue === 1;
+    }, "the second worker's cold start");
+    await waitForStatus(endpoint, second, "IN_PROGRESS");
+    const secondState = await jobState(second);
+    const added = (await fleet(endpoint)).workers.find((w) => w.id === "worker-2");
+    expect(added?.startedAt).toBeGreaterThanOrEqual(Date.parse(secondState.submittedAt) + 400);
+    expect(secondState.delayTime).toBeGreaterThanOrEqual(1400);
+    expect(secondState.workerId).toBe("worker-2");
+
+    // At workersMax, a third run waits for a worker to be free.
+    const third = await submit(endpoint, { input: {} });
+    await pause(700); // past scalerValue, many checks
+    expect((await fleet(endpoint)).workers.map((w) => w.state)).toEqual(["running", "running"]);
+    expect((await jobState(third)).status).toBe("IN_QUEUE");
+    await call("POST", `/__emulator/jobs/${first}/finish`, { status: "COMPLETED" });
+    expect(await jobState(third)).toMatchObject({ status: "IN_PROGRESS", workerId: "worker-1" });
+
+    // delayTime (queued, cold start included) and executionTime in /status and the webhook.
+    await waitFor(async () => hook.calls.length === 1, "the webhook");
+    const status = (await runpod("GET", `/v2/${endpoint}/status/${first}`)).body;
+    expect(hook.calls[0]?.body).toEqual(status);
+    expect(status).toEqual({
+      id: first,
+      status: "COMPLETED",
+      delayTime: running.delayTime,
+      executionTime: expect.any(Number),
+      output: { output_video_key: "a" },
+    });
+    const report = await fleet(endpoint);
+    expect(report.peakWorkers).toBe(2);
+    expect(report.workersStarted).toBe(2);
+    expect(report.workerMs.initializing).toBeGreaterThanOrEqual(2000); // two cold starts
+    await hook.close();
+  });
+
+  it("REQUEST_COUNT: ceil((inQueue + inProgress) / scalerValue) workers, capped by workersMax", async () => {
+    const endpoint = newEndpoint("request-count");
+    await configure(endpoint, {
+      ...FLEET,
+      workersMax: 4,
+      scalerType: "REQUEST_COUNT",
+      scalerValue: 2,
+      coldStartMs: 0,
+    });
+    for (let i = 0; i < 5; i++) await submit(endpoint, { input: { i } });
+    await waitFor(async () => (await fleet(endpoint)).current.running === 3, "three workers");
+    await pause(300); // six checks: still ceil(5 / 2)
+    expect((await fleet(endpoint)).workers).toHaveLength(3);
+    expect(await health(endpoint)).toMatchObject({
+      jobs: { inProgress: 3, inQueue: 2 },
+      workers: { idle: 0, running: 3, ready: 0 },
+    });
+
+    for (let i = 0; i < 3; i++) await submit(endpoint, { input: { i } });
+    await waitFor(async () => (await fleet(endpoint)).workers.length === 4, "ceil(8 / 2) workers");
+    for (let i = 0; i < 4; i++) await submit(endpoint, { input: { i } }); // ceil(12 / 2) = 6
+    await pause(300);
+    const report = await fleet(endpoint);
+    expect(report.workers).toHaveLength(4);
+    expect(report.peakWorkers).toBe(4);
+    expect(report.current).toMatchObject({ running: 4, inQueue: 8, inProgress: 4 });
+  });
+
+  it("stops idle workers after idleTimeoutMs, down to workersMin, and never below", async () => {
+    const endpoint = newEndpoint("scale-down");
+    await configure(endpoint, {
+      ...FLEET,
+      workersMin: 1,
+      workersMax: 3,
+      scalerType: "REQUEST_COUNT",
+      scalerValue: 1,
+      coldStartMs: 0,
+      idleTimeoutMs: 300,
+    });
+    expect((await health(endpoint)).workers).toMatchObject({ idle: 1, ready: 1, running: 0 });
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push(await submit(endpoint, { input: {} }));
+    await waitFor(async () => (await fleet(endpoint)).current.running === 3, "three running");
+    for (const id of ids) await call("POST", `/__emulator/jobs/${id}/finish`, { status: "FAILED" });
+    const finished = (await Promise.all(ids.map(jobState))).map((s) =>
+      Date.parse(s.finishedAt ?? ""),
+    );
+    await waitFor(async () => (await fleet(endpoint)).workers.length === 1, "one worker left");
+    await pause(450); // past another idle timeout: the last worker stays
+    const report = await fleet(endpoint);
+    expect(report.workers.map((w) => w.state)).toEqual(["idle"]);
+    expect(report.workersStopped).toBe(2);
+    expect((await health(endpoint)).workers).toMatchObject({ idle: 1, ready: 1, running: 0 });
+    // The first stop came idleTimeoutMs after a worker went idle, not sooner.
+    const total = (s: FleetSample) => s.idle + s.running + s.initializing + s.throttled;
+    const peak = report.timeline.findLastIndex((s) => total(s) === 3);
+    const firstStop = report.timeline[peak + 1];
+    expect(firstStop?.at).toBeGreaterThanOrEqual(Math.min(...finished) + 300);
+  });
+
+  it("lowPriority runs trigger no scaling but run on free workers, first in first out", async () => {
+    const endpoint = newEndpoint("low-priority");
+    await configure(endpoint, {
+      ...FLEET,
+      workersMax: 2,
+      scalerType: "QUEUE_DELAY",
+      scalerValue: 0.2,
+      coldStartMs: 0,
+    });
+    const low = await submit(endpoint, { input: {}, policy: { lowPriority: true } });
+    await pause(500); // past scalerValue: still no worker
+    expect((await fleet(endpoint)).workers).toEqual([]);
+    expect((await health(endpoint)).jobs.inQueue).toBe(1);
+    // A normal run adds a worker; the low-priority run, first in the queue, takes it.
+    const normal = await submit(endpoint, { input: {} });
+    await waitForStatus(endpoint, normal, "IN_PROGRESS");
+    expect((await jobState(low)).workerId).toBe("worker-1");
+    expect((await jobState(normal)).workerId).toBe("worker-2");
+
+    const counted = newEndpoint("low-priority-count");
+    await configure(counted, {
+      ...FLEET,
+      workersMin: 1,
+      workersMax: 3,
+      scalerType: "REQUEST_COUNT",
+      scalerValue: 1,
+      coldStartMs: 0,
+      runMs: 100,
+    });
+    const lows = [];
+    for (let i = 0; i < 3; i++) {
+      lows.push(await submit(counted, { input: {}, policy: { lowPriority: true } }));
+    }
+    await waitForStatus(counted, lows[2] as string, "COMPLETED");
+    const states = await Promise.all(lows.map(jobState));
+    expect(states.map((s) => s.workerId)).toEqual(["worker-1", "worker-1", "worker-1"]);
+    expect((await fleet(counted)).peakWorkers).toBe(1);
+  });
+
+  it("shows throttled workers, which hold a slot and never run a job until throttling ends", async () => {
+    const endpoint = newEndpoint("throttled");
+    await configure(endpoint, {
+      ...FLEET,
+      workersMax: 2,
+      throttledWorkers: 1,
+      scalerType: "QUEUE_DELAY",
+      scalerValue: 0.2,
+      coldStartMs: 0,
+    });
+    const first = await submit(endpoint, { input: {} });
+    await waitForStatus(endpoint, first, "IN_PROGRESS"); // on a second worker, after the delay
+    expect((await jobState(first)).workerId).toBe("worker-2");
+    expect((await health(endpoint)).workers).toMatchObject({
+      idle: 0,
+      ready: 0,
+      running: 1,
+      throttled: 1,
+    });
+    const second = await submit(endpoint, { input: {} });
+    await pause(500);
+    expect((await jobState(second)).status).toBe("IN_QUEUE");
+    expect((await fleet(endpoint)).workers).toMatchObject([
+      { id: "worker-1", state: "throttled", jobId: null },
+      { id: "worker-2", state: "running", jobId: first },
+    ]);
+
+    await configure(endpoint, { throttledWorkers: 0 }); // the GPU comes
+    expect(await jobState(second)).toMatchObject({ status: "IN_PROGRESS", workerId: "worker-1" });
+    const { workerMs, billedWorkerMs } = await fleet(endpoint);
+    expect(workerMs.throttled).toBeGreaterThanOrEqual(500);
+    expect(billedWorkerMs).toBe(workerMs.initializing + workerMs.idle + workerMs.running);
+  });
+
+  it("integrates worker time in GET /fleet, also for maxWorkers' fixed fleet", async () => {
+    const fixed = newEndpoint("fleet-fixed");
+    await configure(fixed, { maxWorkers: 2, queueMs: 200, runMs: 100 });
+    const before = await fleet(fixed);
+    expect(before).toMatchObject({ mode: "fixed", workers: [], current: { idle: 2, running: 0 } });
+    const ids = [await submit(fixed, { input: {} }), await submit(fixed, { input: {} })];
+    await waitForStatus(fixed, ids[1] as string, "COMPLETED");
+    await waitForStatus(fixed, ids[0] as string, "COMPLETED");
+    const states = await Promise.all(ids.map(jobState));
+    const report = await fleet(fixed);
+    const sum = (key: "delayTime" | "executionTime") =>
+      states.reduce((total, s) => total + (s[key] ?? 0), 0);
+    expect(report.workerMs.running).toBe(sum("executionTime"));
+    // Two always-ready workers from the config change on (none before).
+    const fixedFrom = report.timeline.find((s) => s.idle === 2)?.at ?? Number.NaN;
+    expect(report.workerMs.idle + report.workerMs.running).toBe(2 * (report.at - fixedFrom));
+    expect(report.billedWorkerMs).toBe(report.workerMs.idle + report.workerMs.running);
+    // Two idle workers while each job sat out queueMs.
+    expect(report.idleWhileQueuedMs).toBe(sum("delayTime"));
+    expect(report.peakWorkers).toBe(2);
+    expect(report.timeline[0]).toMatchObject({ at: report.since, running: 0, inQueue: 0 });
+    expect(report.timeline.at(-1)).toMatchObject({ idle: 2, running: 0, inQueue: 0 });
+    const at = report.timeline.map((s) => s.at);
+    expect(at).toEqual([...at].sort((a, b) => a - b));
+    expect(report.timeline.some((s) => s.running === 2)).toBe(true);
+
+    const scaled = newEndpoint("fleet-scaled");
+    await configure(scaled, {
+      ...FLEET,
+      workersMax: 2,
+      scalerType: "REQUEST_COUNT",
+      scalerValue: 1,
+      coldStartMs: 100,
+      runMs: 100,
+    });
+    const runs = [await submit(scaled, { input: {} }), await submit(scaled, { input: {} })];
+    for (const id of runs) await waitForStatus(scaled, id, "COMPLETED");
+    const figures = await fleet(scaled);
+    const ran = await Promise.all(runs.map(jobState));
+    expect(figures.mode).toBe("autoscaling");
+    expect(figures.workerMs.running).toBe(ran.reduce((t, s) => t + (s.executionTime ?? 0), 0));
+    expect(figures.workerMs.initializing).toBeGreaterThanOrEqual(200);
+    expect(figures.billedWorkerMs).toBe(
+      figures.workerMs.initializing + figures.workerMs.idle + figures.workerMs.running,
+    );
+    expect(figures.timeline.some((s) => s.initializing > 0 && s.inQueue > 0)).toBe(true);
+    expect(figures.workers.map((w) => w.state)).toEqual(["idle", "idle"]);
+  });
+
+  it("switches at runtime: workersMin starts workers, workersMax 0 returns to maxWorkers", async () => {
+    const endpoint = newEndpoint("fleet-runtime");
+    await configure(endpoint, { ...FLEET, workersMax: 3, coldStartMs: 60_000 });
+    expect((await fleet(endpoint)).workers).toEqual([]);
+    await configure(endpoint, { workersMin: 2 });
+    expect((await health(endpoint)).workers).toMatchObject({ initializing: 2, idle: 0 });
+    await configure(endpoint, { workersMax: 1 }); // workersMin is capped by workersMax
+    expect((await fleet(endpoint)).workers.map((w) => w.id)).toEqual(["worker-1"]);
+    await configure(endpoint, { workersMax: 0, maxWorkers: 1 });
+    expect(await fleet(endpoint)).toMatchObject({ mode: "fixed", workers: [] });
+    const id = await submit(endpoint, { input: {} });
+    await waitForStatus(endpoint, id, "IN_PROGRESS");
+    expect((await jobState(id)).workerId).toBeNull();
+
+    await configure(endpoint, { workersMax: 2, workersMin: 2, maxWorkers: 0 });
+    expect((await fleet(endpoint)).workers).toHaveLength(2);
+    expect((await call("POST", `/__emulator/reset?endpoint=${endpoint}`)).status).toBe(200);
+    expect(await fleet(endpoint)).toMatchObject({ mode: "unlimited", workers: [] });
+  });
+
+  it("validates the fleet settings and takes them as options", async () => {
+    const endpoint = newEndpoint("fleet-config");
+    for (const bad of [
+      { workersMax: -1 },
+      { workersMin: 1.5 },
+      { throttledWorkers: "1" },
+      { scalerType: "QUEUE" },
+      { scalerValue: 0 },
+      { scalerIntervalMs: 0 },
+      { coldStartMs: -5 },
+      { idleTimeoutMs: "5s" },
+    ]) {
+      const res = await call("PUT", `/__emulator/endpoints/${endpoint}/config`, bad);
+      expect(res.status, JSON.stringify(bad)).toBe(400);
+      expect(res.body.error).toContain(Object.keys(bad)[0]);
+    }
+    expect((await call("GET", `/__emulator/endpoints/${endpoint}/config`)).body).toMatchObject({
+      workersMax: 0,
+      workersMin: 0,
+      scalerType: "QUEUE_DELAY",
+      scalerValue: 4,
+      scalerIntervalMs: 1000,
+      coldStartMs: 0,
+      idleTimeoutMs: 5000,
+      throttledWorkers: 0,
+    });
+    const other = createRunpodEmulator({
+      apiKey: API_KEY,
+      workersMin: 2,
+      workersMax: 3,
+      throttledWorkers: 1,
+      coldStartMs: 60_000,
+    });
+    const { url } = await other.listen(0);
+    const res = await fetch(`${url}/v2/e/health`, { headers: AUTH });
+    expect(((await res.json()) as Health).workers).toMatchObject({ initializing: 1, throttled: 1 });
+    await other.close(); // clears the cold start and idle timers
+  });
+});
+
 describe("onComplete", () => {
   it("is awaited before COMPLETED; a throw ends the job FAILED; admin finish and cancel", async () => {
     const seen: { id: string; input: Record<string, unknown>; status: unknown }[] = [];
@@ -956,6 +1291,49 @@ describe("CLI", () => {
       maxWorkers: 2,
       maxQueue: 5,
     });
+    child.kill("SIGTERM");
+    expect(await exited).toBe(0);
+  });
+  it("reads the fleet settings from RUNPOD_EMULATOR_* variables", async () => {
+    const main = path.join(
+      path.dirname(new URL(import.meta.url).pathname),
+      "../../emulator/main.ts",
+    );
+    const child = spawn(process.execPath, [main], {
+      env: {
+        ...process.env,
+        RUNPOD_EMULATOR_PORT: "0",
+        RUNPOD_EMULATOR_LOG: "0",
+        RUNPOD_EMULATOR_WORKERS_MAX: "3",
+        RUNPOD_EMULATOR_WORKERS_MIN: "1",
+        RUNPOD_EMULATOR_SCALER_TYPE: "REQUEST_COUNT",
+        RUNPOD_EMULATOR_SCALER_VALUE: "0.5",
+        RUNPOD_EMULATOR_SCALER_INTERVAL_MS: "250",
+        RUNPOD_EMULATOR_COLD_START_MS: "1500",
+        RUNPOD_EMULATOR_IDLE_TIMEOUT_MS: "2000",
+        RUNPOD_EMULATOR_THROTTLED_WORKERS: "1",
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    const lines = createInterface({ input: child.stdout });
+    const first = await new Promise<string>((resolve) => lines.once("line", resolve));
+    const origin = new URL(first.replace("runpod emulator listening on ", "")).origin;
+    const config = await (await fetch(`${origin}/__emulator/endpoints/e/config`)).json();
+    expect(config).toMatchObject({
+      workersMax: 3,
+      workersMin: 1,
+      scalerType: "REQUEST_COUNT",
+      scalerValue: 0.5,
+      scalerIntervalMs: 250,
+      coldStartMs: 1500,
+      idleTimeoutMs: 2000,
+      throttledWorkers: 1,
+    });
+    const report = (await (await fetch(`${origin}/__emulator/endpoints/e/fleet`)).json()) as {
+      workers: { state: string }[];
+    };
+    expect(report.workers.map((w) => w.state)).toEqual(["throttled"]);
     child.kill("SIGTERM");
     expect(await exited).toBe(0);
   });
