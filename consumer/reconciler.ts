@@ -260,8 +260,9 @@ async function reconcileJob(
   if (!job.runpod_job_id) {
     // Claimed but no run recorded within CLAIM_TIMEOUT_S, stretched by RunPod's queue delay now:
     // a lost run, like a /status 404. Within the stretch, the lease (POLL_AFTER_S) brings it back.
-    const deadline = claimedAt(job) + deps.settings.claimTimeoutS * 1000 + (await claimStretchMs());
-    if (Date.now() < deadline) return "claim_stretched";
+    const stretchMs = await claimStretchMs();
+    const deadline = claimedAt(job) + deps.settings.claimTimeoutS * 1000 + stretchMs;
+    if (stretchMs > 0 && Date.now() < deadline) return "claim_stretched";
     await applyLostRun(deps, job, deps.settings.claimTimeoutS);
     return "claim_expired";
   }

@@ -264,8 +264,12 @@ export function capOf(
   let growth = 0;
   let why: string;
   if (backlog === 0) why = "no backlog";
-  else if (total >= maxWorkers) why = `the fleet is at its maximum (${maxWorkers} workers)`;
-  else if (fleet.throttled > 0) why = `${fleet.throttled} workers throttled`;
+  else if (total >= maxWorkers) {
+    why =
+      config.maxWorkers === null
+        ? `${UNKNOWN_MAX_RUNS} runs, the most without RUNPOD_MAX_WORKERS`
+        : `the fleet is at its maximum (${maxWorkers} workers)`;
+  } else if (fleet.throttled > 0) why = `${fleet.throttled} workers throttled`;
   else if (stalled) why = "the autoscaler added no worker lately";
   else {
     const room = maxWorkers - total;

@@ -57,6 +57,25 @@ describe("4. infrastructure failures end no job", () => {
     expect(total).toBeGreaterThan(6 * 3600);
   });
 
+  it("a bad RUNPOD_MAX_IN_FLIGHT (not auto, not a positive integer) stops the consumer with a message naming it", async () => {
+    const job = await insertPendingJob();
+    for (const bad of ["0", "-3", "2.5", "auto-ish", "ten"]) {
+      const testEnv = envFor(uniqueEndpoint("badcap"), { RUNPOD_MAX_IN_FLIGHT: bad });
+      expect(() => consumerDeps(testEnv)).toThrow(
+        `setting RUNPOD_MAX_IN_FLIGHT must be "auto" or a positive integer, got ${JSON.stringify(bad)}`,
+      );
+      const delivery = await deliver([job.id], { env: testEnv, attempts: 1 });
+      expect(delivery).toMatchObject({ retryBatch: { retry: true, delaySeconds: 30 } });
+    }
+    expect(await readJob(job.id)).toMatchObject({ status: "pending", retry_count: 0, attempt: 0 });
+    for (const good of ["auto", " auto ", "1", "40", ""]) {
+      const testEnv = envFor(uniqueEndpoint("goodcap"), { RUNPOD_MAX_IN_FLIGHT: good });
+      expect(consumerDeps(testEnv).settings.gate.maxInFlight).toEqual(
+        good.trim() === "" || good.trim() === "auto" ? "auto" : Number(good),
+      );
+    }
+  });
+
   it("the dead letter of a job never dispatched leaves it for the reconciler", async () => {
     const job = await insertPendingJob();
     await deliver([{ id: `dl-${job.id}`, body: { job_id: job.id } }], {
