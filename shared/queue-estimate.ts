@@ -1,0 +1,92 @@
+// Queue position and ETA: where a pending job stands in the dispatcher's order, as pure functions
+// of the dispatcher's per-key counts and its fleet model (shared/dispatcher.ts is the only caller).
+//
+// The dispatcher gives each freed slot to the waiting key with the least dispatched, oldest job
+// first within it (shared/fair-queue.ts). So the job of rank r (0: its key's next) in key K, whose
+// key has had d_K dispatched, starts after every job that the order puts before it given today's
+// backlog: from each waiting key k, the jobs it is served before K reaches d_K + r, that is
+// min(w_k, max(0, d_K + r − d_k)) of its w_k waiting — its own key included, which gives r. That
+// sum is the job's position, computed in O(log keys) from the keys sorted by d and by d + w with
+// prefix sums (a snapshot the dispatcher rebuilds at most every few seconds, never on the
+// admission path). Jobs arriving later in a less-served key may still pass it: an estimate.
+//
+// Its ETA: the runs that start before it (its position, plus the runs already queued at RunPod)
+// start at the rate the fleet finishes runs (S workers taking work, a run of L ms): the n-th start
+// from now comes after about (n − ½)·L/S, plus the refill latency.
+
+/** One waiting key's counts: dispatched so far and waiting now. */
+export interface KeyCounts {
+  dispatched: number;
+  waiting: number;
+}
+
+/** The waiting keys' counts in the form a position is computed from. */
+export interface KeySnapshot {
+  /** dispatched, ascending, with prefix sums (sumD[i] = Σ of the first i). */
+  d: number[];
+  sumD: number[];
+  /** dispatched + waiting, ascending, with prefix sums. */
+  e: number[];
+  sumE: number[];
+  /** The least dispatched among waiting keys: where a key that starts waiting begins. */
+  floor: number;
+}
+
+export function keySnapshot(keys: readonly KeyCounts[]): KeySnapshot {
+  const d = keys.map((k) => k.dispatched).sort((a, b) => a - b);
+  const e = keys.map((k) => k.dispatched + k.waiting).sort((a, b) => a - b);
+  const prefix = (values: number[]) => {
+    const sums = [0];
+    for (const value of values) sums.push((sums.at(-1) ?? 0) + value);
+    return sums;
+  };
+  return { d, sumD: prefix(d), e, sumE: prefix(e), floor: d[0] ?? 0 };
+}
+
+/** How many of `sorted` are below `t` (binary search). */
+function below(sorted: readonly number[], t: number): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((sorted[mid] ?? 0) < t) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** Σ over waiting keys of min(w_k, max(0, t − d_k)): the jobs served before a key reaches t. */
+export function servedBefore(snapshot: KeySnapshot, t: number): number {
+  const nd = below(snapshot.d, t);
+  const ne = below(snapshot.e, t);
+  const upToT = nd * t - (snapshot.sumD[nd] ?? 0);
+  const exhausted = ne * t - (snapshot.sumE[ne] ?? 0);
+  return Math.max(0, upToT - exhausted);
+}
+
+/**
+ * A job's position: `key` its key's counts now (null: the key has nothing waiting), `rank` its
+ * place within its key (0: next; a job not yet offered is last: rank = the key's waiting).
+ */
+export function positionOf(snapshot: KeySnapshot, key: KeyCounts | null, rank: number): number {
+  const start = key === null || key.waiting === 0 ? snapshot.floor : key.dispatched;
+  return servedBefore(snapshot, Math.max(start, snapshot.floor) + rank);
+}
+
+export interface EtaInputs {
+  /** Runs already queued at RunPod, which start before any waiting job. */
+  queuedAtRunpod: number;
+  /** Workers taking work (ready + running), bounded by the cap. */
+  servers: number;
+  /** The run length to plan with (ms). */
+  runMs: number;
+  /** From a slot's freeing to the next run at RunPod (ms). */
+  refillMs: number;
+}
+
+/** Seconds until a job at `position` starts, about. */
+export function etaSeconds(position: number, inputs: EtaInputs): number {
+  const n = position + inputs.queuedAtRunpod + 1;
+  const perStart = inputs.runMs / Math.max(1, inputs.servers);
+  return Math.max(0, Math.round(((n - 0.5) * perStart + inputs.refillMs) / 1000));
+}
