@@ -14,7 +14,7 @@ import { forEachBounded } from "../shared/concurrency.ts";
 import { type GateConfig, markOf, type SubmitOutcome, trips } from "../shared/dispatch-gate.ts";
 import { type Admission, type DispatchConfig, MAX_WAIT_MS } from "../shared/dispatcher.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
-import type { OfferedJob } from "../shared/fair-queue.ts";
+import { fairKeyOf, type OfferedJob } from "../shared/fair-queue.ts";
 import {
   claimJobs,
   failRun,
@@ -118,7 +118,7 @@ export async function processJobBatch(
       : await deps.dispatcher.dispatch(
           pending.map((job) => ({
             id: job.id,
-            key: job.user_id === null ? `project:${job.project_id}` : `user:${job.user_id}`,
+            key: fairKeyOf(job),
             createdAt: job.created_at,
           })),
           gateConfig,

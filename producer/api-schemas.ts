@@ -10,6 +10,7 @@ import type { DispatchStatus } from "../shared/dispatcher.ts";
 import type { RunOutcome } from "../shared/job-state.ts";
 import type { LiveMessage } from "../shared/live-keys.ts";
 import { liveTicketRequest } from "../shared/live-ticket.ts";
+import type { QueueInfo } from "../shared/queue-estimate.ts";
 import {
   createExportRequest,
   JOB_TYPES,
@@ -56,6 +57,31 @@ const exactly =
 
 const stamp = (what: string) => `${what}: UTC text "YYYY-MM-DD HH:MM:SS.SSS"`;
 export const jobStatus = z.enum(["pending", "processing", "complete", "error"]);
+
+export const QueueSchema = component(
+  "Queue",
+  exactly<QueueInfo>()(
+    z
+      .object({
+        position: z
+          .number()
+          .int()
+          .min(0)
+          .describe(
+            "how many jobs will start before it given today's backlog, under the dispatcher's " +
+              "order (fair shares, not arrival): 0 is next; later jobs of a less-served user may pass it",
+          ),
+        eta_s: z
+          .number()
+          .int()
+          .min(0)
+          .describe("expected seconds until its run starts, from the fleet's size and run lengths"),
+        lane: z.enum(["interactive", "standard", "batch"]),
+        at: z.string().describe("ISO 8601: when the counts behind the estimate were read"),
+      })
+      .describe("An estimate, cached for a few seconds."),
+  ),
+);
 
 export const JobSchema = component(
   "Job",
@@ -109,6 +135,12 @@ export const JobSchema = component(
           .describe(
             "present when the job finished more than ARCHIVE_AFTER_S ago and is answered from " +
               "its archive in R2; such a job is no longer listed",
+          ),
+        queue: QueueSchema.nullable()
+          .optional()
+          .describe(
+            "a pending job's place in the queue (null once it runs or ended; not part of the " +
+              "row: it never raises `version`; live `job` messages leave it out)",
           ),
       })
       .describe("An export job: the export_jobs row with params parsed back to an object."),

@@ -27,6 +27,7 @@ import {
   observeRefill,
   observeRuns,
   type RunFigures,
+  runLengthMs,
 } from "./capacity.ts";
 import {
   acquire,
@@ -39,6 +40,13 @@ import {
 } from "./dispatch-gate.ts";
 import { FairQueue, type OfferedJob } from "./fair-queue.ts";
 import { log } from "./log.ts";
+import {
+  etaSeconds,
+  type KeySnapshot,
+  keySnapshot,
+  positionOf,
+  type QueueInfo,
+} from "./queue-estimate.ts";
 import { createRunpodClient } from "./runpod-client.ts";
 import type { JobMessage } from "./schemas.ts";
 import { type DispatchConfig, runpodSettings } from "./settings.ts";
@@ -51,6 +59,16 @@ export interface RefillApi {
    */
   submit(endpointId: string, admitted: { id: string; delayMs: number }[]): Promise<string[]>;
 }
+
+/** A job to place in the queue: its id, fairness key and type. */
+export interface QueuedJob {
+  id: string;
+  key: string;
+  type: string;
+}
+
+/** The waiting keys' counts behind positions are read again after this long, at most. */
+export const QUEUE_SNAPSHOT_MS = 3_000;
 
 /** The longest a batch is asked to wait inside its invocation for a permit. */
 export const MAX_WAIT_MS = 5_000;
@@ -111,6 +129,8 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   #capacity: CapacityState | undefined;
   /** The last /health asked (ms), answered or not: polls are at most FLEET_POLL_S apart. */
   #polledAt = 0;
+  /** The waiting keys' counts for queue positions, and when they were read (in memory). */
+  #positions: { at: number; keys: KeySnapshot } | undefined;
   #queue: FairQueue;
   /** When permits were granted in the last 10 s (for /stats only; not kept across restarts). */
   #recent: number[] = [];
@@ -157,11 +177,10 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   }
 
   /**
-   * In `auto`, while jobs wait or run: the alarm comes back for the next /health (a pause's or
-   * the pace's alarm, when sooner, stays).
+   * While jobs wait or run, the alarm comes back for the next /health (a pause's or the pace's
+   * alarm, when sooner, stays). A fixed cap needs no fleet, but queue ETAs and /stats do.
    */
   async #schedulePoll(config: DispatchConfig): Promise<void> {
-    if (config.maxInFlight !== "auto") return;
     const { waiting, in_flight } = this.#queue.counts();
     if (waiting + in_flight === 0) return;
     const at = Math.max(Date.now(), this.#polledAt + config.fleetPollS * 1000);
@@ -172,7 +191,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   /** Reads the fleet (`GET /health`) when FLEET_POLL_S has passed; a failure keeps the last one. */
   async #pollFleet(config: DispatchConfig): Promise<void> {
     const now = Date.now();
-    if (config.maxInFlight !== "auto" || now - this.#polledAt < config.fleetPollS * 1000) return;
+    if (now - this.#polledAt < config.fleetPollS * 1000) return;
     const { waiting, in_flight } = this.#queue.counts();
     if (waiting + in_flight === 0) return; // never while idle
     this.#polledAt = now;
@@ -200,7 +219,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   async #admit(config: DispatchConfig): Promise<{ ids: string[]; delays: number[] }> {
     await this.ctx.storage.put(CONFIG, config);
     const { waiting } = this.#queue.counts();
-    if (config.maxInFlight === "auto" && this.#polledAt === 0 && waiting > 0) {
+    if (this.#polledAt === 0 && waiting > 0) {
       // The fleet is not known yet: ask now, the alarm does from then on.
       await this.ctx.storage.setAlarm(Date.now());
     }
@@ -376,6 +395,48 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     const { ids, delays } = await this.#admit(config);
     await this.#send(ids, delays);
     await this.#schedulePoll(config);
+  }
+
+  /**
+   * Queue positions and ETAs of pending jobs, given today's backlog (shared/queue-estimate.ts):
+   * from the waiting keys' counts, read at most every QUEUE_SNAPSHOT_MS, and two lookups a job.
+   * A job the dispatcher does not hold yet (its message on the way, a retry delay) is placed last
+   * in its key; one in flight is next.
+   */
+  async estimate(jobs: QueuedJob[]): Promise<{ id: string; queue: QueueInfo }[]> {
+    const now = Date.now();
+    if (!this.#positions || now - this.#positions.at >= QUEUE_SNAPSHOT_MS) {
+      this.#positions = { at: now, keys: keySnapshot(this.#queue.waitingKeys()) };
+    }
+    const { keys, at } = this.#positions;
+    const capacity = await this.#loadCapacity();
+    const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
+    const cap = config ? (await this.#cap(config)).cap : 1;
+    const fleet = capacity.fleet;
+    const working = fleet ? fleet.ready + fleet.running || fleet.initializing : cap;
+    const inputs = {
+      queuedAtRunpod: fleet?.inQueue ?? 0,
+      servers: Math.max(1, Math.min(cap, working)),
+      runMs: runLengthMs(capacity),
+      refillMs: capacity.refillMs,
+    };
+    const places = this.#queue.places(jobs.map((job) => job.id));
+    return jobs.map((job) => {
+      const place = places.get(job.id);
+      let position = 0;
+      if (place?.kind === "waiting") position = positionOf(keys, place.key, place.rank);
+      else if (!place) {
+        const key = this.#queue.keyCounts(job.key);
+        position = positionOf(keys, key, key?.waiting ?? 0);
+      }
+      const queue: QueueInfo = {
+        position,
+        eta_s: etaSeconds(position, inputs),
+        lane: "standard",
+        at: new Date(at).toISOString(),
+      };
+      return { id: job.id, queue };
+    });
   }
 
   /**

@@ -15,6 +15,13 @@
 // Every pick is an index range lookup (`fair_keys_next`, `waiting_by_key`); `cost()` tells the
 // rows read and written so far (tests and the bench compare them at different backlogs).
 
+import type { KeyCounts } from "./queue-estimate.ts";
+
+/** A job's fairness key: its user when it names one, else its project. */
+export function fairKeyOf(job: { user_id: number | null; project_id: number }): string {
+  return job.user_id === null ? `project:${job.project_id}` : `user:${job.user_id}`;
+}
+
 export interface OfferedJob {
   id: string;
   key: string;
@@ -33,6 +40,9 @@ export interface FairQueueCost {
   rowsWritten: number;
 }
 
+/** A job's place: waiting (its key's counts and its rank in the key), or in flight. */
+export type JobPlace = { kind: "waiting"; key: KeyCounts; rank: number } | { kind: "in_flight" };
+
 /** An in-flight entry younger than this is never healed away (it may not be claimed yet). */
 export const HEAL_GRACE_MS = 60_000;
 
@@ -43,10 +53,27 @@ export class FairQueue {
   constructor(sql: SqlStorage) {
     this.#sql = sql;
     sql.exec(`CREATE TABLE IF NOT EXISTS waiting (
-                job_id TEXT PRIMARY KEY, fair_key TEXT NOT NULL, created_at TEXT NOT NULL)`);
+                job_id TEXT PRIMARY KEY, fair_key TEXT NOT NULL, created_at TEXT NOT NULL,
+                seq INTEGER NOT NULL DEFAULT 0)`);
     sql.exec("CREATE INDEX IF NOT EXISTS waiting_by_key ON waiting (fair_key, created_at, job_id)");
     sql.exec(`CREATE TABLE IF NOT EXISTS fair_keys (
-                fair_key TEXT PRIMARY KEY, dispatched INTEGER NOT NULL, waiting INTEGER NOT NULL)`);
+                fair_key TEXT PRIMARY KEY, dispatched INTEGER NOT NULL, waiting INTEGER NOT NULL,
+                next_seq INTEGER NOT NULL DEFAULT 0)`);
+    // Objects from before queue positions: the columns added once.
+    for (const [table, column] of [
+      ["waiting", "seq"],
+      ["fair_keys", "next_seq"],
+    ] as const) {
+      const ddl = sql
+        .exec<{ sql: string }>(
+          "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+          table,
+        )
+        .one().sql;
+      if (!ddl.includes(column)) {
+        sql.exec(`ALTER TABLE ${table} ADD COLUMN ${column} INTEGER NOT NULL DEFAULT 0`);
+      }
+    }
     sql.exec(
       "CREATE INDEX IF NOT EXISTS fair_keys_next ON fair_keys (dispatched, fair_key) WHERE waiting > 0",
     );
@@ -95,15 +122,19 @@ export class FairQueue {
 
   /** Adds jobs to the backlog; a job already waiting or in flight is left as it is. */
   offer(jobs: readonly OfferedJob[]): void {
-    for (const job of jobs) {
+    // Oldest first, as they are admitted within a key: their `seq` follows that order.
+    const oldestFirst = [...jobs].sort((a, b) =>
+      a.createdAt === b.createdAt ? (a.id < b.id ? -1 : 1) : a.createdAt < b.createdAt ? -1 : 1,
+    );
+    for (const job of oldestFirst) {
       const [known] = this.#exec<{ n: number }>(
         `SELECT EXISTS (SELECT 1 FROM waiting WHERE job_id = ?1)
               + EXISTS (SELECT 1 FROM in_flight WHERE job_id = ?1) AS n`,
         job.id,
       );
       if ((known?.n ?? 0) > 0) continue;
-      const [key] = this.#exec<{ dispatched: number; waiting: number }>(
-        "SELECT dispatched, waiting FROM fair_keys WHERE fair_key = ?",
+      const [key] = this.#exec<{ dispatched: number; waiting: number; next_seq: number }>(
+        "SELECT dispatched, waiting, next_seq FROM fair_keys WHERE fair_key = ?",
         job.key,
       );
       if (!key || key.waiting === 0) {
@@ -119,13 +150,18 @@ export class FairQueue {
           floor,
         );
       }
+      // Its place in its key's arrivals, for queue positions (seq − the key's first waiting one).
       this.#exec(
-        "INSERT INTO waiting (job_id, fair_key, created_at) VALUES (?, ?, ?)",
+        "INSERT INTO waiting (job_id, fair_key, created_at, seq) VALUES (?, ?, ?, ?)",
         job.id,
         job.key,
         job.createdAt,
+        key?.next_seq ?? 0,
       );
-      this.#exec("UPDATE fair_keys SET waiting = waiting + 1 WHERE fair_key = ?", job.key);
+      this.#exec(
+        "UPDATE fair_keys SET waiting = waiting + 1, next_seq = next_seq + 1 WHERE fair_key = ?",
+        job.key,
+      );
       this.#addTotals(0, 1, !key || key.waiting === 0 ? 1 : 0);
     }
   }
@@ -231,6 +267,55 @@ export class FairQueue {
   /** Every in-flight job id (the reconciler compares them with D1; at most the cap). */
   inFlightIds(): string[] {
     return this.#exec<{ job_id: string }>("SELECT job_id FROM in_flight").map((row) => row.job_id);
+  }
+
+  /**
+   * Where these jobs stand for a queue position: each waiting one's key counts and rank in its
+   * key (the key's waiting jobs taken as its last arrivals: exact while jobs leave a key in the
+   * order they came, an estimate otherwise); `held`: in flight (admitted, about to start). Two
+   * primary-key lookups a job.
+   */
+  places(jobIds: readonly string[]): Map<string, JobPlace> {
+    const places = new Map<string, JobPlace>();
+    for (const id of jobIds) {
+      const [row] = this.#exec<{
+        seq: number;
+        dispatched: number;
+        waiting: number;
+        next_seq: number;
+      }>(
+        `SELECT w.seq, k.dispatched, k.waiting, k.next_seq FROM waiting w
+         JOIN fair_keys k ON k.fair_key = w.fair_key WHERE w.job_id = ?`,
+        id,
+      );
+      if (row) {
+        const rank = Math.min(row.waiting - 1, Math.max(0, row.seq - (row.next_seq - row.waiting)));
+        places.set(id, {
+          kind: "waiting",
+          key: { dispatched: row.dispatched, waiting: row.waiting },
+          rank,
+        });
+      } else if (this.#exec("SELECT 1 FROM in_flight WHERE job_id = ?", id).length > 0) {
+        places.set(id, { kind: "in_flight" });
+      }
+    }
+    return places;
+  }
+
+  /** A key's counts now (null: it has nothing waiting). */
+  keyCounts(key: string): KeyCounts | null {
+    const [row] = this.#exec<{ dispatched: number; waiting: number }>(
+      "SELECT dispatched, waiting FROM fair_keys WHERE fair_key = ? AND waiting > 0",
+      key,
+    );
+    return row ?? null;
+  }
+
+  /** Every waiting key's counts (O(keys): for the position snapshot, never per admission). */
+  waitingKeys(): KeyCounts[] {
+    return this.#exec<{ dispatched: number; waiting: number }>(
+      "SELECT dispatched, waiting FROM fair_keys WHERE waiting > 0",
+    ).map((row) => ({ dispatched: row.dispatched, waiting: row.waiting }));
   }
 
   /** The counts, from the one `totals` row. */

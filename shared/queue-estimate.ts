@@ -14,6 +14,17 @@
 // start at the rate the fleet finishes runs (S workers taking work, a run of L ms): the n-th start
 // from now comes after about (n − ½)·L/S, plus the refill latency.
 
+/** A job's lane (priorities come with lanes; every job is `standard` until then). */
+export type Lane = "interactive" | "standard" | "batch";
+
+/** A pending job's place in the queue, as the API answers it (`at`: ISO 8601, when computed). */
+export interface QueueInfo {
+  position: number;
+  eta_s: number;
+  lane: Lane;
+  at: string;
+}
+
 /** One waiting key's counts: dispatched so far and waiting now. */
 export interface KeyCounts {
   dispatched: number;

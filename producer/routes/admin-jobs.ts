@@ -3,6 +3,7 @@ import { auth, errorReplies, pageQuery, queryParam, reply } from "../api.ts";
 import { JobPage, jobStatus } from "../api-schemas.ts";
 import { type AppEnv, badCursor } from "../http.ts";
 import { jobPage } from "../job-page.ts";
+import { withQueue } from "../queue.ts";
 
 // An empty value (`?status=`, as the dashboard's "any" option sends) means no filter.
 const adminQuery = z.object({
@@ -53,5 +54,6 @@ export const listJobsForOperators: RouteHandler<typeof listJobsForOperatorsRoute
     query.limit,
     query.cursor,
   );
-  return page ? c.json(page, 200) : badCursor(c);
+  if (!page) return badCursor(c);
+  return c.json({ ...page, jobs: await withQueue(c.env, page.jobs) }, 200);
 };

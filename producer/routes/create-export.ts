@@ -9,6 +9,7 @@ import { auth, errorReplies, header, JSON_BODY_ERRORS, jsonBody, reply } from ".
 import { CreateExportRequest, JobEnvelope } from "../api-schemas.ts";
 import { jobDeps } from "../deps.ts";
 import { type AppContext, type AppEnv, apiError } from "../http.ts";
+import { jobWithQueue } from "../queue.ts";
 
 const location = { Location: header("/exports/{id} of the job") };
 
@@ -63,7 +64,7 @@ async function requestHash(request: Request): Promise<string> {
 }
 
 /** A repeat of an Idempotency-Key: the first job (200) if the body is the same, else 422. */
-function answerRepeat(c: AppContext, existing: JobRow, hash: string) {
+async function answerRepeat(c: AppContext, existing: JobRow, hash: string) {
   if (existing.request_hash !== hash) {
     return apiError(
       c,
@@ -73,7 +74,7 @@ function answerRepeat(c: AppContext, existing: JobRow, hash: string) {
     );
   }
   c.header("Location", `/exports/${existing.id}`);
-  return c.json({ job: toJob(existing) }, 200);
+  return c.json({ job: await jobWithQueue(c.env, toJob(existing)) }, 200);
 }
 
 /**
@@ -122,5 +123,5 @@ export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = asyn
     log("error", "enqueue failed after insert", { job_id: row.id, error: String(error) });
   }
   c.header("Location", `/exports/${row.id}`);
-  return c.json({ job: toJob(row) }, 202);
+  return c.json({ job: await jobWithQueue(c.env, toJob(row)) }, 202);
 };

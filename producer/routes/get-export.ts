@@ -3,6 +3,7 @@ import { findJob } from "../../shared/archive.ts";
 import { auth, errorReplies, jobIdParams, reply } from "../api.ts";
 import { JobEnvelope } from "../api-schemas.ts";
 import { type AppEnv, apiError } from "../http.ts";
+import { jobWithQueue } from "../queue.ts";
 
 export const getExportRoute = createRoute({
   method: "get",
@@ -25,5 +26,5 @@ export const getExportRoute = createRoute({
 export const getExport: RouteHandler<typeof getExportRoute, AppEnv> = async (c) => {
   const job = await findJob(c.env.DB, c.env.VIDEOS, c.req.valid("param").id);
   if (!job) return apiError(c, 404, "not_found", "no such export job");
-  return c.json({ job }, 200);
+  return c.json({ job: await jobWithQueue(c.env, job) }, 200);
 };

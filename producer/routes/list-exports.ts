@@ -3,6 +3,7 @@ import { auth, errorReplies, pageQuery, queryParam, reply } from "../api.ts";
 import { JobPage } from "../api-schemas.ts";
 import { type AppEnv, badCursor } from "../http.ts";
 import { jobPage } from "../job-page.ts";
+import { withQueue } from "../queue.ts";
 
 const MAX_PROJECTS = 100;
 
@@ -79,5 +80,6 @@ export const listExports: RouteHandler<typeof listExportsRoute, AppEnv> = async 
     query.limit,
     query.cursor,
   );
-  return page ? c.json(page, 200) : badCursor(c);
+  if (!page) return badCursor(c);
+  return c.json({ ...page, jobs: await withQueue(c.env, page.jobs) }, 200);
 };

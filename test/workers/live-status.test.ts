@@ -115,11 +115,20 @@ async function connect(ticket: string): Promise<LiveClient> {
   return client;
 }
 
-/** GET /exports/{id}'s job: what every live message must equal. */
+/**
+ * An answer's job as live `job` messages carry it: without `queue`, which is not part of the row
+ * (it never raises `version`) and travels in `queue` messages instead.
+ */
+function asLive(job: Job): Job {
+  const { queue: _queue, ...rest } = job;
+  return rest;
+}
+
+/** GET /exports/{id}'s job: what every live message must equal (its `queue` aside). */
 async function apiJob(id: string): Promise<Job> {
   const res = await producerFetch(`/exports/${id}`);
   expect(res.status).toBe(200);
-  return ((await res.json()) as { job: Job }).job;
+  return asLive(((await res.json()) as { job: Job }).job);
 }
 
 async function createJob(projectId: number): Promise<Job> {
@@ -127,7 +136,7 @@ async function createJob(projectId: number): Promise<Job> {
   await putInput(key);
   const res = await postJson("/exports", overlayRequest(projectId, key));
   expect(res.status).toBe(202);
-  return ((await res.json()) as { job: Job }).job;
+  return asLive(((await res.json()) as { job: Job }).job);
 }
 
 /** The consumer's deps (the real publisher), or with `live` replaced. */

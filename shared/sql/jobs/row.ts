@@ -14,6 +14,7 @@
 // running one of them twice is safe.
 
 import { retryTransient } from "../../d1-retry.ts";
+import type { QueueInfo } from "../../queue-estimate.ts";
 import type { JobType } from "../../schemas.ts";
 
 export type JobStatus = "pending" | "processing" | "complete" | "error";
@@ -58,6 +59,11 @@ export type Job = Omit<
 > & {
   params: Record<string, unknown>;
   archived?: true;
+  /**
+   * Not part of the row (it never raises `version`): a pending job's queue position and ETA, in
+   * the API's answers (null once the job runs or ended); live `job` messages leave it out.
+   */
+  queue?: QueueInfo | null;
 };
 
 export function toJob(row: JobRow): Job {

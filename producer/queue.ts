@@ -1,0 +1,48 @@
+// Queue position and ETA in the API's answers: a pending job's `queue`, from the dispatcher's
+// estimate (shared/dispatcher.ts `estimate`, shared/queue-estimate.ts). One call for all the
+// pending jobs of an answer; a job that is not pending has `queue: null`. The estimate is an
+// extra, never the truth: when the dispatcher does not answer in time, `queue` is null and the
+// job is answered all the same.
+import type { ProducerEnv } from "../shared/env.ts";
+import { fairKeyOf } from "../shared/fair-queue.ts";
+import { log } from "../shared/log.ts";
+import type { QueueInfo } from "../shared/queue-estimate.ts";
+import type { Job } from "../shared/sql/jobs/row.ts";
+
+/** How long an answer waits for the dispatcher's estimate. */
+export const ESTIMATE_TIMEOUT_MS = 1_000;
+
+/** The jobs with `queue` set: an estimate for each pending one, null for the others. */
+export async function withQueue(env: ProducerEnv, jobs: Job[]): Promise<Job[]> {
+  const pending = jobs.filter((job) => job.status === "pending" && !job.archived);
+  const estimates = new Map<string, QueueInfo>();
+  if (pending.length > 0) {
+    const dispatcher = env.DISPATCHER.get(env.DISPATCHER.idFromName(env.RUNPOD_ENDPOINT_ID ?? ""));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const answer = await Promise.race([
+        dispatcher.estimate(
+          pending.map((job) => ({ id: job.id, key: fairKeyOf(job), type: job.type })),
+        ),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`no estimate within ${ESTIMATE_TIMEOUT_MS} ms`)),
+            ESTIMATE_TIMEOUT_MS,
+          );
+        }),
+      ]);
+      for (const { id, queue } of answer) estimates.set(id, queue);
+    } catch (error) {
+      log("warn", "queue estimate unavailable", { jobs: pending.length, error: String(error) });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  return jobs.map((job) => ({ ...job, queue: estimates.get(job.id) ?? null }));
+}
+
+/** One job with `queue` set. */
+export async function jobWithQueue(env: ProducerEnv, job: Job): Promise<Job> {
+  const [answered] = await withQueue(env, [job]);
+  return answered ?? job;
+}
