@@ -253,11 +253,20 @@ export const LiveMessageSchema = component(
             .describe("the active jobs of the ticket's projects and their 20 newest finished"),
         }),
         z.object({ type: z.literal("job"), job: JobSchema }),
+        z
+          .object({
+            type: z.literal("queue"),
+            jobs: z.array(z.object({ id: z.string(), queue: QueueSchema })),
+          })
+          .describe(
+            "pending jobs' queue positions, outside their versions: at most one per project " +
+              "every 5 s while the project has pending jobs",
+          ),
       ])
       .describe(
         "A text frame of GET /live: one snapshot on connect, then one `job` per change, the " +
-          "job as GET /exports/{id} answers it. Keep the highest `version` per job. Send `ping` " +
-          "to get `pong`.",
+          "job as GET /exports/{id} answers it (without `queue`), and `queue` messages. Keep " +
+          "the highest `version` per job. Send `ping` to get `pong`.",
       ),
   ),
 );

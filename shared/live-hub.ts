@@ -13,10 +13,16 @@
 // snapshot from D1, so no change falls between the two; changes that arrive while it reads wait
 // and follow the snapshot. Clients keep the highest `version` per job.
 import { DurableObject } from "cloudflare:workers";
+import type { Dispatcher } from "./dispatcher.ts";
+import { fairKeyOf } from "./fair-queue.ts";
 import {
+  ALL_HUB,
   LIVE_SOCKET_HEADER,
   type LiveMessage,
   projectHubName,
+  projectOfHub,
+  QUEUE_MESSAGE_INTERVAL_MS,
+  QUEUE_MESSAGE_JOBS,
   type SocketInfo,
 } from "./live-keys.ts";
 import type { LiveScope } from "./live-ticket.ts";
@@ -29,6 +35,9 @@ export interface LiveEnv {
   DB: D1Database;
   LIVE_HUB: DurableObjectNamespace<LiveHub>;
   LIVE_CHANNEL: DurableObjectNamespace<LiveChannel>;
+  /** The dispatcher that estimates queue positions (one per RunPod endpoint). */
+  DISPATCHER: DurableObjectNamespace<Dispatcher>;
+  RUNPOD_ENDPOINT_ID?: string;
 }
 
 /** Finished jobs in a snapshot, newest first. */
@@ -102,6 +111,9 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
   /** Before the snapshot is read: a channel subscribes to its projects' hubs here. */
   protected async opened(_info: SocketInfo): Promise<void> {}
 
+  /** After a socket's snapshot was sent. */
+  protected async connected(): Promise<void> {}
+
   /** After a socket closed or failed. */
   protected async closed(_ws: WebSocket, _info: SocketInfo): Promise<void> {}
 
@@ -120,6 +132,9 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
       const jobs = await snapshotJobs(this.env.DB, info.scope);
       server.send(JSON.stringify({ type: "snapshot", jobs } satisfies LiveMessage));
       for (const text of waiting) server.send(text);
+      await this.connected().catch((error: unknown) => {
+        log("warn", "live queue messages not planned", { error: String(error) });
+      });
     } catch (error) {
       // The client sees a failed upgrade (500) and reconnects with a fresh ticket.
       server.close(1011, "snapshot failed");
@@ -133,12 +148,23 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
 
   /** Sends `job` to every open socket that may see it; answers how many there are. */
   protected broadcast(job: Job): number {
-    const text = JSON.stringify({ type: "job", job } satisfies LiveMessage);
+    return this.sendToScope(
+      JSON.stringify({ type: "job", job } satisfies LiveMessage),
+      job.project_id,
+    );
+  }
+
+  /**
+   * Sends a message about one project's jobs (`projectId`; null: jobs of any project, for the
+   * sockets that see every project) to every open socket that may see it; answers how many.
+   */
+  protected sendToScope(text: string, projectId: number | null): number {
     let listeners = 0;
     for (const ws of this.ctx.getWebSockets()) {
       if (ws.readyState !== WebSocket.OPEN) continue;
       const info = ws.deserializeAttachment() as SocketInfo | null;
-      if (!info || !inScope(info.scope, job.project_id)) continue;
+      if (!info) continue;
+      if (projectId === null ? !info.scope.all : !inScope(info.scope, projectId)) continue;
       listeners += 1;
       const waiting = this.#waiting.get(ws);
       if (waiting) {
@@ -148,7 +174,7 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
       try {
         ws.send(text);
       } catch (error) {
-        log("warn", "live send failed", { job_id: job.id, error: String(error) });
+        log("warn", "live send failed", { error: String(error) });
       }
     }
     return listeners;
@@ -179,6 +205,8 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
 }
 
 const SUBSCRIPTION = "sub:";
+/** When the hub last sent a `queue` message (ms). */
+const QUEUE_SENT = "queue-sent";
 
 /**
  * One project's changes (or, as "all", every project's): sent to the sockets it holds and
@@ -205,13 +233,28 @@ export class LiveHub extends LiveRoom {
   /** A change of one of this hub's jobs. Rejects when a subscribed channel could not be told. */
   async publish(job: Job): Promise<void> {
     this.broadcast(job);
+    if (job.status === "pending") await this.#queueSoon();
+    await this.#forward((channel) => channel.deliver(job));
+  }
+
+  /** The project this hub is for; null for the operators' hub. */
+  #projectId(): number | null {
+    return projectOfHub(this.ctx.id.name ?? "");
+  }
+
+  protected override async connected(): Promise<void> {
+    await this.#queueSoon();
+  }
+
+  /** Sends `forward` to every subscribed channel; drops those with nobody listening. */
+  async #forward(forward: (channel: DurableObjectStub<LiveChannel>) => Promise<number>) {
     const channels = await this.#channels();
     if (channels.size === 0) return;
     const results = await Promise.allSettled(
       [...channels].map(async ([name, token]) => {
-        const listeners = await this.env.LIVE_CHANNEL.get(
-          this.env.LIVE_CHANNEL.idFromName(name),
-        ).deliver(job);
+        const listeners = await forward(
+          this.env.LIVE_CHANNEL.get(this.env.LIVE_CHANNEL.idFromName(name)),
+        );
         if (listeners === 0) await this.unsubscribe(name, token);
       }),
     );
@@ -221,10 +264,53 @@ export class LiveHub extends LiveRoom {
     }
   }
 
+  /** Plans the next `queue` message: now, or QUEUE_MESSAGE_INTERVAL_MS after the last one. */
+  async #queueSoon(): Promise<void> {
+    if ((await this.ctx.storage.getAlarm()) !== null) return;
+    const last = (await this.ctx.storage.get<number>(QUEUE_SENT)) ?? 0;
+    await this.ctx.storage.setAlarm(Math.max(Date.now(), last + QUEUE_MESSAGE_INTERVAL_MS));
+  }
+
+  /**
+   * The `queue` message: the queue positions of this project's oldest pending jobs (the
+   * operators' hub: of any project), sent while someone listens and jobs are pending, at most
+   * every QUEUE_MESSAGE_INTERVAL_MS. One D1 read and one dispatcher call a message.
+   */
+  override async alarm(): Promise<void> {
+    const listening =
+      this.ctx.getWebSockets().some((ws) => ws.readyState === WebSocket.OPEN) ||
+      (await this.#channels()).size > 0;
+    if (!listening) return;
+    const projectId = this.#projectId();
+    const all = (this.ctx.id.name ?? "") === ALL_HUB;
+    if (projectId === null && !all) return;
+    const pending = (
+      await listJobs(this.env.DB, {
+        projectIds: all ? null : [projectId as number],
+        statuses: "pending",
+        limit: QUEUE_MESSAGE_JOBS,
+        after: null,
+      })
+    ).slice(0, QUEUE_MESSAGE_JOBS);
+    if (pending.length === 0) return;
+    const dispatcher = this.env.DISPATCHER.get(
+      this.env.DISPATCHER.idFromName(this.env.RUNPOD_ENDPOINT_ID ?? ""),
+    );
+    const jobs = await dispatcher.estimate(
+      pending.map((row) => ({ id: row.id, key: fairKeyOf(row), type: row.type })),
+    );
+    const text = JSON.stringify({ type: "queue", jobs } satisfies LiveMessage);
+    this.sendToScope(text, projectId);
+    await this.ctx.storage.put(QUEUE_SENT, Date.now());
+    if (projectId !== null) await this.#forward((channel) => channel.deliverText(text, projectId));
+    await this.ctx.storage.setAlarm(Date.now() + QUEUE_MESSAGE_INTERVAL_MS);
+  }
+
   async subscribe(channel: string, token: string): Promise<void> {
     const channels = await this.#channels();
     channels.set(channel, token);
     await this.ctx.storage.put(SUBSCRIPTION + channel, token);
+    await this.#queueSoon();
   }
 
   /** Drops `channel` unless another connection subscribed it since (another token). */
@@ -245,6 +331,11 @@ export class LiveChannel extends LiveRoom {
   /** A project hub's forward; 0 listeners tells the hub to drop this channel. */
   deliver(job: Job): number {
     return this.broadcast(job);
+  }
+
+  /** A project hub's `queue` message, forwarded as it is. */
+  deliverText(text: string, projectId: number): number {
+    return this.sendToScope(text, projectId);
   }
 
   protected override async opened(info: SocketInfo): Promise<void> {

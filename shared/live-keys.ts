@@ -2,15 +2,37 @@
 // ticket's socket (liveRoomFor): shared by the objects (shared/live-hub.ts), the publisher
 // (shared/live-publisher.ts) and GET /live, with no runtime imports (Node code may import it).
 import type { LiveScope, LiveTicket } from "./live-ticket.ts";
+import type { QueueInfo } from "./queue-estimate.ts";
 import type { Job } from "./sql/jobs/row.ts";
 
+const PROJECT_HUB = "project:";
+
 /** The hub of one project's changes. */
-export const projectHubName = (projectId: number) => `project:${projectId}`;
+export const projectHubName = (projectId: number) => `${PROJECT_HUB}${projectId}`;
+
+/** The project of a hub's name; null for the operators' hub (or another name). */
+export function projectOfHub(name: string): number | null {
+  if (!name.startsWith(PROJECT_HUB)) return null;
+  const id = Number(name.slice(PROJECT_HUB.length));
+  return Number.isInteger(id) && id > 0 ? id : null;
+}
 /** The operators' hub: every change of every project. */
 export const ALL_HUB = "all";
 
-/** What a live socket receives: a snapshot on connect, then one message per change. */
-export type LiveMessage = { type: "snapshot"; jobs: Job[] } | { type: "job"; job: Job };
+/**
+ * What a live socket receives: a snapshot on connect, then one message per change; and, outside
+ * the jobs' versions, the pending jobs' queue positions (at most one message per project per
+ * QUEUE_MESSAGE_INTERVAL_MS).
+ */
+export type LiveMessage =
+  | { type: "snapshot"; jobs: Job[] }
+  | { type: "job"; job: Job }
+  | { type: "queue"; jobs: { id: string; queue: QueueInfo }[] };
+
+/** A hub sends a `queue` message at most this often. */
+export const QUEUE_MESSAGE_INTERVAL_MS = 5_000;
+/** Pending jobs a `queue` message covers at most (the oldest of the project, or of all). */
+export const QUEUE_MESSAGE_JOBS = 100;
 
 /**
  * The Worker → object header that carries a socket's verified ticket (GET /live sets it; the

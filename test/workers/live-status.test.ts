@@ -632,6 +632,35 @@ describe("sockets", () => {
   });
 });
 
+describe("queue messages", () => {
+  it("a socket receives its pending jobs' queue positions outside their versions, through a hub and through a channel", async () => {
+    const [p, q] = [freshProjectId(), freshProjectId()];
+    const hubClient = await connect((await mintProjects(p)).ticket);
+    const channelClient = await connect((await mintProjects(p, q)).ticket);
+    const [a, b] = [await createJob(p), await createJob(q)];
+    const queueOf = (client: LiveClient, id: string) =>
+      client.messages.flatMap((message) =>
+        message.type === "queue" ? message.jobs.filter((job) => job.id === id) : [],
+      );
+    await hubClient.until(() => queueOf(hubClient, a.id).length > 0, "a's queue message (hub)");
+    await channelClient.until(
+      () => queueOf(channelClient, a.id).length > 0 && queueOf(channelClient, b.id).length > 0,
+      "a's and b's queue messages (channel)",
+    );
+    const [first] = queueOf(hubClient, a.id);
+    expect(first?.queue).toMatchObject({ lane: "standard" });
+    expect(first?.queue.position).toBeGreaterThanOrEqual(0);
+    expect(first?.queue.eta_s).toBeGreaterThanOrEqual(0);
+    // A queue message is not a change: the jobs kept their versions, and the hub's socket
+    // never hears of the other project's job.
+    expect(queueOf(hubClient, b.id)).toEqual([]);
+    expect(await readJob(a.id)).toMatchObject({ version: 1 });
+    expect(hubClient.changes(a.id).map((job) => job.version)).toEqual([1]);
+    hubClient.close();
+    channelClient.close();
+  });
+});
+
 describe("GET /exports/{id}/events", () => {
   it("accepts the ADMIN_TOKEN (the dashboard's timeline) as well as the API_TOKEN", async () => {
     const job = await createJob(freshProjectId());
