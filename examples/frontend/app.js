@@ -72,6 +72,10 @@ async function connectLive() {
       for (const each of message.jobs) if (each.id === job.id) show(each);
     } else if (message.type === "job" && message.job.id === job.id) {
       show(message.job); // the job exactly as GET /exports/{id} would answer it
+    } else if (message.type === "queue") {
+      // Where a pending job stands: not a change of the job (no version), the newest estimate.
+      const ours = message.jobs.find((each) => each.id === job.id);
+      if (ours) showQueue(ours.queue);
     }
   });
   // An error event is always followed by close.
@@ -95,10 +99,25 @@ function reconnectSoon() {
   setTimeout(() => connectLive().catch(reconnectSoon), delay);
 }
 
+/** "starts in ~N min" while the job is pending and an estimate is known. */
+function showQueue(queue) {
+  const eta = $("#eta");
+  if (!queue || !job || job.status !== "pending") {
+    eta.hidden = true;
+    return;
+  }
+  const minutes = Math.round(queue.eta_s / 60);
+  eta.textContent = minutes < 1 ? "starts in <1 min" : `starts in ~${minutes} min`;
+  eta.title = `${queue.position} exports start before it (estimated ${queue.at})`;
+  eta.hidden = false;
+}
+
 /** Takes `next` if it is newer than what we have, and renders it. */
 function show(next) {
   if (job && job.id === next.id && next.version <= job.version) return; // old news
   job = next;
+  // Answers of the API carry `queue` (live job messages leave it out: it is not versioned).
+  if (next.queue !== undefined || next.status !== "pending") showQueue(next.queue ?? null);
   $("#job").hidden = false;
   $("#job-id").textContent = job.id;
   $("#status").textContent = job.status;

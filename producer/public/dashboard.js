@@ -22,6 +22,27 @@ const CANCELLED = "cancelled";
 const $ = (selector) => document.querySelector(selector);
 
 let timer = null;
+/**
+ * Pending jobs' queue positions by id, from `queue` messages and listings: outside the jobs'
+ * versions (a queue message is not a change of the job), the newest estimate wins.
+ */
+const queues = new Map();
+
+/** "starts in ~N min" for a pending job whose estimate is known, else "". */
+function startsIn(job) {
+  const queue = job.status === "pending" ? (queues.get(job.id) ?? job.queue) : null;
+  if (!queue) return "";
+  const minutes = Math.round(queue.eta_s / 60);
+  return minutes < 1 ? "starts in <1 min" : `starts in ~${minutes} min`;
+}
+
+/** Keeps a queue estimate unless a newer one (by its `at`) is known. */
+function keepQueue(id, queue) {
+  const seen = queues.get(id);
+  if (!queue || (seen && seen.at > queue.at)) return;
+  queues.set(id, queue);
+}
+
 /** Every job seen, by id: the highest version of each. */
 const jobs = new Map();
 /** The live socket: null while down. `up` once its snapshot arrived. */
@@ -159,6 +180,7 @@ function renderStats(stats) {
 
 /** Keeps `job` unless a newer version of it is known; true when it changed what is known. */
 function keep(job) {
+  if (job.queue) keepQueue(job.id, job.queue);
   const seen = jobs.get(job.id);
   if (seen && seen.version >= job.version) return false;
   jobs.set(job.id, job);
@@ -195,6 +217,25 @@ function queueRender() {
     renderQueued = false;
     renderJobs();
   }, 50);
+}
+
+/** The status, and for a pending job with an estimate, when it should start. */
+function statusCell(job) {
+  const td = document.createElement("td");
+  const status = document.createElement("span");
+  status.className = `job-status status-${job.status}`;
+  status.textContent = job.status;
+  td.append(status);
+  const eta = startsIn(job);
+  if (eta) {
+    const small = document.createElement("small");
+    small.className = "eta";
+    const queue = queues.get(job.id) ?? job.queue;
+    small.title = `position ${queue.position} in the ${queue.lane} lane (estimated ${queue.at})`;
+    small.textContent = eta;
+    td.append(" ", small);
+  }
+  return td;
 }
 
 function renderJobs() {
@@ -240,7 +281,7 @@ function renderJobs() {
         id,
         cell(String(job.project_id)),
         cell(job.type),
-        cell(job.status, `job-status status-${job.status}`),
+        statusCell(job),
         progress,
         cell(String(job.retry_count)),
         cell(job.error, "error"),
@@ -382,6 +423,9 @@ function onLiveMessage(data) {
     for (const job of message.jobs) keep(job);
     // What changed while the socket was down and lies outside the snapshot: one listing.
     refresh();
+  } else if (message.type === "queue") {
+    for (const { id, queue } of message.jobs) keepQueue(id, queue);
+    queueRender();
   } else if (message.type === "job") {
     if (!keep(message.job)) return;
     forgetOldJobs();

@@ -102,7 +102,19 @@ describe("the frontend example", () => {
     await page.getByRole("heading", { name: "Export a video" }).waitFor();
 
     // Export, then watch the bar: the test samples the DOM, the page only listens.
+    const created = page.waitForResponse((res) => res.url().endsWith("/api/exports"));
     await page.getByRole("button", { name: "Export" }).click();
+    // While it waits for its run, the page says when it should start (the create answer's
+    // queue estimate, proxied by the backend as the producer gave it).
+    const { job: answered } = (await (await created).json()) as { job: Job & { queue: unknown } };
+    expect(answered).toMatchObject({
+      status: "pending",
+      queue: { position: expect.any(Number), eta_s: expect.any(Number), lane: "standard" },
+    });
+    // (Once the job runs, the line is hidden; its text stays: read it whichever came first.)
+    await expect
+      .poll(() => page.locator("#eta").textContent())
+      .toMatch(/^starts in (<1|~\d+) min$/);
     const seen: { status: string; progress: string }[] = [];
     await until("the job to complete", async () => {
       const [status, progress] = await Promise.all([
