@@ -2,7 +2,8 @@
 // its own local stack (ports 35787/35788/35790/35791, inspectors 35229–35231, a temporary state
 // directory, no frontend example). CHAOS_N jobs (default 10,000), CHAOS_SEED (42),
 // CHAOS_POST_RATE (POST /exports a second, 20), CHAOS_DRAIN_S (how long the jobs may take to end
-// after the last fault), CHAOS_OUTPUT_FILE (a file that receives every line the stack prints).
+// after the last fault), CHAOS_OUTPUT_FILE (a file that receives every line the stack prints),
+// CHAOS_MAX_IN_FLIGHT (RUNPOD_MAX_IN_FLIGHT: `auto`, the default, or a fixed cap).
 // Prints a table; exits 1 on any violation, with its evidence.
 import { CLI_PORTS } from "./chaos/config.ts";
 import { runChaos } from "./chaos/harness.ts";
@@ -34,6 +35,9 @@ try {
     ...(process.env.CHAOS_DRAIN_S ? { drainTimeoutMs: intFrom("CHAOS_DRAIN_S", 240) * 1000 } : {}),
     log: (line) => console.log(`${stamp()} ${line}`),
     ...(process.env.CHAOS_OUTPUT_FILE ? { outputFile: process.env.CHAOS_OUTPUT_FILE } : {}),
+    ...(process.env.CHAOS_MAX_IN_FLIGHT
+      ? { settings: { RUNPOD_MAX_IN_FLIGHT: process.env.CHAOS_MAX_IN_FLIGHT } }
+      : {}),
   });
   console.log(`\n${formatReport(report)}`);
   console.log(`\nwall time ${((Date.now() - started) / 1000).toFixed(1)} s`);

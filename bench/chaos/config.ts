@@ -41,7 +41,11 @@ export const SETTINGS: Record<string, string> = {
   POLL_AFTER_S: "3",
   PENDING_GRACE_S: "5",
   RUNPOD_TIMEOUT_MS: "1500",
-  RUNPOD_MAX_IN_FLIGHT: "50",
+  // The shipped default: the cap follows the fleet. The emulator's endpoint has no worker limit,
+  // so its /health shows as many workers as runs in progress: RUNPOD_MAX_WORKERS bounds it.
+  RUNPOD_MAX_IN_FLIGHT: "auto",
+  RUNPOD_MAX_WORKERS: "50",
+  FLEET_POLL_S: "1",
 };
 
 /** The emulator's endpoint during the run: short runs and the standing faults. */

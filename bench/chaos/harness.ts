@@ -143,7 +143,7 @@ export async function runChaos(options: ChaosOptions): Promise<Report> {
       r2WriterInspectorPort: opts.ports.r2WriterInspector,
       exampleFrontendPort: null,
       persistTo: path.join(tmp, "state"),
-      settings: { ...SETTINGS, ...secrets },
+      settings: { ...SETTINGS, ...options.settings, ...secrets },
       emulatorEnv: {
         RUNPOD_EMULATOR_SEED: String(opts.seed),
         RUNPOD_EMULATOR_RUN_MS: String(FAULTS.runMs),

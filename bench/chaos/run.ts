@@ -20,6 +20,8 @@ export interface ChaosOptions {
   log?: (line: string) => void;
   /** Every line the stack's children print goes here too (for digging into a run). */
   outputFile?: string;
+  /** Settings of the Workers over config.ts's SETTINGS (e.g. a fixed RUNPOD_MAX_IN_FLIGHT). */
+  settings?: Record<string, string>;
 }
 
 export interface CreatedJob {
