@@ -160,6 +160,20 @@ async function receiver(answers: number[] = [200]) {
   };
 }
 
+/** The emulator's CLI (emulator/main.ts) with these variables; resolves once it listens. */
+async function startCli(variables: Record<string, string>) {
+  const main = path.join(path.dirname(new URL(import.meta.url).pathname), "../../emulator/main.ts");
+  const child = spawn(process.execPath, [main], {
+    env: { ...process.env, RUNPOD_EMULATOR_PORT: "0", RUNPOD_EMULATOR_LOG: "0", ...variables },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+  const lines = createInterface({ input: child.stdout });
+  const first = await new Promise<string>((resolve) => lines.once("line", resolve));
+  const origin = new URL(first.replace("runpod emulator listening on ", "")).origin;
+  return { child, exited, origin };
+}
+
 describe("RunPod routes", () => {
   it("answers 401 without a bearer token or with a wrong one, and logs the attempts", async () => {
     const endpoint = newEndpoint("auth");
@@ -1260,28 +1274,14 @@ describe("CLI", () => {
   });
 
   it("reads the worker, rate limit and outage settings from RUNPOD_EMULATOR_* variables", async () => {
-    const main = path.join(
-      path.dirname(new URL(import.meta.url).pathname),
-      "../../emulator/main.ts",
-    );
-    const child = spawn(process.execPath, [main], {
-      env: {
-        ...process.env,
-        RUNPOD_EMULATOR_PORT: "0",
-        RUNPOD_EMULATOR_LOG: "0",
-        RUNPOD_EMULATOR_RUN_RATE_LIMIT_PER_S: "0.5",
-        RUNPOD_EMULATOR_OUTAGE: "true",
-        RUNPOD_EMULATOR_OUTAGE_STATUS: "502",
-        RUNPOD_EMULATOR_OUTAGE_UNTIL_MS: "1700000000000",
-        RUNPOD_EMULATOR_MAX_WORKERS: "2",
-        RUNPOD_EMULATOR_MAX_QUEUE: "5",
-      },
-      stdio: ["ignore", "pipe", "inherit"],
+    const { child, exited, origin } = await startCli({
+      RUNPOD_EMULATOR_RUN_RATE_LIMIT_PER_S: "0.5",
+      RUNPOD_EMULATOR_OUTAGE: "true",
+      RUNPOD_EMULATOR_OUTAGE_STATUS: "502",
+      RUNPOD_EMULATOR_OUTAGE_UNTIL_MS: "1700000000000",
+      RUNPOD_EMULATOR_MAX_WORKERS: "2",
+      RUNPOD_EMULATOR_MAX_QUEUE: "5",
     });
-    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
-    const lines = createInterface({ input: child.stdout });
-    const first = await new Promise<string>((resolve) => lines.once("line", resolve));
-    const origin = new URL(first.replace("runpod emulator listening on ", "")).origin;
     const config = await (await fetch(`${origin}/__emulator/endpoints/e/config`)).json();
     expect(config).toMatchObject({
       runRateLimitPerS: 0.5,
@@ -1295,30 +1295,16 @@ describe("CLI", () => {
     expect(await exited).toBe(0);
   });
   it("reads the fleet settings from RUNPOD_EMULATOR_* variables", async () => {
-    const main = path.join(
-      path.dirname(new URL(import.meta.url).pathname),
-      "../../emulator/main.ts",
-    );
-    const child = spawn(process.execPath, [main], {
-      env: {
-        ...process.env,
-        RUNPOD_EMULATOR_PORT: "0",
-        RUNPOD_EMULATOR_LOG: "0",
-        RUNPOD_EMULATOR_WORKERS_MAX: "3",
-        RUNPOD_EMULATOR_WORKERS_MIN: "1",
-        RUNPOD_EMULATOR_SCALER_TYPE: "REQUEST_COUNT",
-        RUNPOD_EMULATOR_SCALER_VALUE: "0.5",
-        RUNPOD_EMULATOR_SCALER_INTERVAL_MS: "250",
-        RUNPOD_EMULATOR_COLD_START_MS: "1500",
-        RUNPOD_EMULATOR_IDLE_TIMEOUT_MS: "2000",
-        RUNPOD_EMULATOR_THROTTLED_WORKERS: "1",
-      },
-      stdio: ["ignore", "pipe", "inherit"],
+    const { child, exited, origin } = await startCli({
+      RUNPOD_EMULATOR_WORKERS_MAX: "3",
+      RUNPOD_EMULATOR_WORKERS_MIN: "1",
+      RUNPOD_EMULATOR_SCALER_TYPE: "REQUEST_COUNT",
+      RUNPOD_EMULATOR_SCALER_VALUE: "0.5",
+      RUNPOD_EMULATOR_SCALER_INTERVAL_MS: "250",
+      RUNPOD_EMULATOR_COLD_START_MS: "1500",
+      RUNPOD_EMULATOR_IDLE_TIMEOUT_MS: "2000",
+      RUNPOD_EMULATOR_THROTTLED_WORKERS: "1",
     });
-    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
-    const lines = createInterface({ input: child.stdout });
-    const first = await new Promise<string>((resolve) => lines.once("line", resolve));
-    const origin = new URL(first.replace("runpod emulator listening on ", "")).origin;
     const config = await (await fetch(`${origin}/__emulator/endpoints/e/config`)).json();
     expect(config).toMatchObject({
       workersMax: 3,
