@@ -219,10 +219,8 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   async #admit(config: DispatchConfig): Promise<{ ids: string[]; delays: number[] }> {
     await this.ctx.storage.put(CONFIG, config);
     const { waiting } = this.#queue.counts();
-    if (this.#polledAt === 0 && waiting > 0) {
-      // The fleet is not known yet: ask now, the alarm does from then on.
-      await this.ctx.storage.setAlarm(Date.now());
-    }
+    // Work exists: the alarm reads the fleet (at once the first time, then every FLEET_POLL_S).
+    await this.#schedulePoll(config);
     const { cap } = await this.#cap(config);
     const wanted = Math.min(this.#queue.freeSlots(cap), waiting);
     if (wanted === 0) return { ids: [], delays: [] };
@@ -232,8 +230,11 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     const ids = this.#queue.admit(grant.delaysMs.length, now);
     for (const delay of grant.delaysMs) this.#recent.push(now + delay);
     if (ids.length < wanted) {
-      // Jobs wait for the gate (paused, probing, or the pace): come back when it may let them.
-      await this.ctx.storage.setAlarm(now + grant.retryInS * 1000);
+      // Jobs wait for the gate (paused, probing, or the pace): come back when it may let them
+      // (a sooner alarm, the fleet's next poll, stays: it admits too).
+      const at = now + grant.retryInS * 1000;
+      const current = await this.ctx.storage.getAlarm();
+      if (current === null || current > at) await this.ctx.storage.setAlarm(at);
     }
     return { ids, delays: grant.delaysMs.slice(0, ids.length) };
   }
