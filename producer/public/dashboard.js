@@ -153,6 +153,15 @@ function renderStats(stats) {
         ? `${stats.dispatch.waiting} (${stats.dispatch.waiting_keys} users or projects)`
         : "—",
     ],
+    ["Cap", stats.dispatch ? `${stats.dispatch.mode}: ${stats.dispatch.cap_reason}` : "—"],
+    [
+      "Fleet (RunPod /health)",
+      stats.dispatch?.fleet
+        ? `${stats.dispatch.fleet.ready} ready, ${stats.dispatch.fleet.running} running, ` +
+          `${stats.dispatch.fleet.initializing} starting, ${stats.dispatch.fleet.throttled} throttled, ` +
+          `${stats.dispatch.fleet.in_queue} queued`
+        : "—",
+    ],
     ["Archived", stats.archived ?? "—"],
     ["Pending", stats.jobs.pending],
     ["Processing", stats.jobs.processing],

@@ -211,6 +211,11 @@ describe("dashboard", () => {
     expect(await badge.getAttribute("class")).toContain("dispatch-running");
     expect(await page.locator("#stats").textContent()).toMatch(/Runs in the last 10 s\d+/);
     expect(await page.locator("#stats").textContent()).toMatch(/In flight \/ cap\d+ \/ \d+/);
+    // The cap follows the fleet (the default), whose figures RunPod's /health gave.
+    expect(await page.locator("#stats").textContent()).toMatch(/Capauto: /);
+    await expect
+      .poll(() => page.locator("#stats").textContent())
+      .toMatch(/Fleet \(RunPod \/health\)\d+ ready, \d+ running/);
     expect(await page.locator("#stats").textContent()).toMatch(
       /Waiting for a slot\d+ \(\d+ users or projects\)/,
     );
