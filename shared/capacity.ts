@@ -73,6 +73,8 @@ export interface CapacityState {
   grewAt: number;
   /** Runs were queued for the autoscaler since (ms; 0: not now). */
   askingSince: number;
+  /** When runs were last queued for the autoscaler (ms): their long waits are no alarm. */
+  askedUntil: number;
   /** Growth stalled: nothing queued for the autoscaler until then (ms). */
   stalledUntil: number;
 }
@@ -88,8 +90,10 @@ export interface Cap {
 export const UNKNOWN_MAX_RUNS = 100;
 /** Before the first answer of /health: a cap that admits a little while it comes. */
 export const FLEET_UNKNOWN_CAP = 2;
-/** The refill latency before any is measured (a queue batch's timeout, about). */
+/** The refill latency before any is measured, through the queue (a batch's timeout, about). */
 export const DEFAULT_REFILL_MS = 1_000;
+/** The same through the consumer's refill entrypoint (a claim and a /run, about). */
+export const FAST_REFILL_MS = 300;
 /** A run length before any is learned (ms). */
 export const DEFAULT_RUN_MS = 30_000;
 /** Runs queued for the autoscaler and no new worker for this long: growth stalled. */
@@ -102,20 +106,21 @@ export const BACKOFF_SPACING_MS = 2_000;
 export const COLD_START_ALLOWANCE_MS = 120_000;
 const AVERAGE_WEIGHT = 0.2;
 
-export function initialCapacity(): CapacityState {
+export function initialCapacity(refillMs = DEFAULT_REFILL_MS): CapacityState {
   return {
     fleet: null,
     runMs: {},
     anyRunMs: null,
     delayMs: null,
     delayAtPoll: null,
-    refillMs: DEFAULT_REFILL_MS,
+    refillMs,
     ceiling: null,
     backedOffAt: 0,
     backoffReason: null,
     workers: 0,
     grewAt: 0,
     askingSince: 0,
+    askedUntil: 0,
     stalledUntil: 0,
   };
 }
@@ -200,13 +205,17 @@ export function observeFleet(state: CapacityState, fleet: Fleet, current: number
     // no GPUs of the type, a lower max than we know). Keep the queue short; ask again later.
     next = { ...next, askingSince: 0, stalledUntil: now + STALL_RETRY_MS };
   }
+  // Runs queued for the autoscaler waited on purpose (cold starts): their delays say nothing
+  // until the runs submitted since have ended.
+  const settled = now - state.askedUntil > Math.max(STALL_MS, 3 * runLengthMs(state));
   const rising =
     state.delayAtPoll !== null &&
     state.delayMs !== null &&
     state.delayMs > state.delayAtPoll * 1.25 &&
     state.delayMs > 2 * Math.max(next.refillMs, 1_000) &&
     fleet.initializing === 0 &&
-    next.askingSince === 0;
+    next.askingSince === 0 &&
+    settled;
   if (fleet.throttled > 0 || fleet.unhealthy > 0) {
     return backOff(
       next,
@@ -297,7 +306,9 @@ export function capOf(
 /** Notes when runs began to be queued for the autoscaler (growth > 0), or that they no longer are. */
 export function noteAsking(state: CapacityState, growth: number, now: number): CapacityState {
   if (growth > 0 && state.askingSince === 0) return { ...state, askingSince: now, grewAt: now };
-  if (growth === 0 && state.askingSince !== 0) return { ...state, askingSince: 0 };
+  if (growth === 0 && state.askingSince !== 0) {
+    return { ...state, askingSince: 0, askedUntil: now };
+  }
   return state;
 }
 

@@ -18,7 +18,9 @@ import { DurableObject } from "cloudflare:workers";
 import {
   type CapacityState,
   capOf,
+  DEFAULT_REFILL_MS,
   expectedQueueMs,
+  FAST_REFILL_MS,
   type Fleet,
   initialCapacity,
   noteAsking,
@@ -151,7 +153,9 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   }
 
   async #loadCapacity(): Promise<CapacityState> {
-    this.#capacity ??= (await this.ctx.storage.get<CapacityState>(CAPACITY)) ?? initialCapacity();
+    this.#capacity ??=
+      (await this.ctx.storage.get<CapacityState>(CAPACITY)) ??
+      initialCapacity(this.#refill() ? FAST_REFILL_MS : DEFAULT_REFILL_MS);
     return this.#capacity;
   }
 
@@ -247,7 +251,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
    */
   async #send(ids: readonly string[], delays: readonly number[]): Promise<void> {
     if (ids.length === 0) return;
-    const refill = (this.ctx.exports as { Refill?: RefillApi } | undefined)?.Refill;
+    const refill = this.#refill();
     if (!refill) return this.#enqueue(ids, delays);
     const admitted = ids.map((id, i) => ({ id, delayMs: delays[i] ?? 0 }));
     const started = Date.now();
@@ -273,6 +277,11 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
       },
     );
     this.ctx.waitUntil(work);
+  }
+
+  /** The consumer's refill entrypoint, when the Worker hosting this object exports one. */
+  #refill(): RefillApi | undefined {
+    return (this.ctx.exports as { Refill?: RefillApi } | undefined)?.Refill;
   }
 
   /** Sends admitted jobs to the queue, each after its permit's delay. */

@@ -184,6 +184,22 @@ describe("the auto cap", () => {
     expect(capOf(state, auto(), 0, T0 + 10_000).reason).toContain("wait longer");
   });
 
+  it("the long waits of runs queued for the autoscaler are no reason to back off", () => {
+    let state = knowing({ running: 4 });
+    const asking = capOf(state, auto(), 300, T0);
+    state = noteAsking(state, asking.growth, T0);
+    // The fleet reached its maximum: no more runs for the autoscaler from now on.
+    state = observeFleet(state, fleet({ running: 32 }, T0 + 5_000), asking.cap);
+    state = noteAsking(state, capOf(state, auto(), 300, T0 + 5_000).growth, T0 + 5_000);
+    // The runs that waited for cold starts end, reporting long delays.
+    state = observeRuns(
+      state,
+      Array(10).fill({ type: "framing", delayMs: 8_000, executionMs: 3_000 }),
+    );
+    state = observeFleet(state, fleet({ running: 32 }, T0 + 10_000), 35);
+    expect(capOf(state, auto(), 300, T0 + 10_000).reason).not.toContain("backing off");
+  });
+
   it("a lost /run answer may wait as long as the runs queued ahead take, plus a cold start at zero", () => {
     expect(expectedQueueMs(knowing({ running: 4 }))).toBe(100); // the learned delay, no queue
     const queued = knowing({ running: 4, inQueue: 8 }, 3_000);
