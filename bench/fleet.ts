@@ -576,34 +576,42 @@ function reportAutoscaling(auto: AutoscalingResult, uncapped: AutoscalingResult)
         ? fmtS(auto.warm_at_ms - auto.grown_at_ms)
         : "n/a"
     } the cold start: ${AUTO_WORKERS} workers initializing, the runs that asked for them queued)`;
-  figure("runpod_queue_at_full_fleet_max", "1. RunPod's queue at 32 workers, auto: max", {
-    value: measured ? q.max : "n/a",
+  // "Once the fleet has grown": every worker up (running + idle = the maximum). While 32 workers
+  // start, the runs that asked for them wait at RunPod by design: shown apart, for information.
+  const w = auto.queue_when_warm;
+  const warmMeasured = Number.isFinite(w.max);
+  const warmNote = `while running + idle = ${AUTO_WORKERS} and jobs were still to be submitted (the emulator's timeline, a sample at every change, time-weighted; ${fmtS(w.window_ms)} of such time); inQueue includes each run's queueMs (20 ms), so a burst of /run shows at once`;
+  figure("runpod_queue_grown_max", "1. RunPod's queue once the fleet has grown, auto: max", {
+    value: warmMeasured ? w.max : "n/a",
     unit: "runs",
     target: `≤ ${limit}`,
-    pass: measured ? q.max <= limit : false,
-    note: measured ? queueNote : `no such time: ${queueNote}`,
+    pass: warmMeasured ? w.max <= limit : false,
+    note: warmMeasured ? warmNote : `no such time: ${warmNote}`,
   });
-  figure("runpod_queue_at_full_fleet_p95", "1. RunPod's queue at 32 workers, auto: p95", {
-    value: measured ? q.p95 : "n/a",
+  figure("runpod_queue_grown_p95", "1. RunPod's queue once the fleet has grown, auto: p95", {
+    value: warmMeasured ? w.p95 : "n/a",
     unit: "runs",
     target: `≤ ${limit}`,
-    pass: measured ? q.p95 <= limit : false,
-    note: queueNote,
+    pass: warmMeasured ? w.p95 <= limit : false,
+    note: warmNote,
   });
+  figure(
+    "runpod_queue_with_cold_start_auto",
+    "1. RunPod's queue at 32 workers, cold start included, auto",
+    {
+      value: measured ? `max ${q.max}, p95 ${q.p95} runs` : "n/a",
+      unit: "",
+      target: "",
+      pass: null,
+      note: queueNote,
+    },
+  );
   figure("runpod_queue_when_grown_uncapped", "1. RunPod's queue at 32 workers, all at once", {
     value: uncapped.queue_when_grown ?? "n/a",
     unit: "runs",
     target: "",
     pass: null,
     note: `when the fleet first reached ${AUTO_WORKERS} (every job was at RunPod by then: last /run at ${fmtS(uncapped.last_run_at_ms)})`,
-  });
-  const w = auto.queue_when_warm;
-  figure("runpod_queue_when_warm_auto", "1. RunPod's queue once all 32 warm, auto", {
-    value: Number.isFinite(w.max) ? `max ${w.max}, p95 ${w.p95} runs` : "n/a",
-    unit: "",
-    target: "",
-    pass: null,
-    note: `as above, but while running + idle = ${AUTO_WORKERS} (the cold start, when ${AUTO_WORKERS} initializing workers have their runs queued, left out; ${fmtS(w.window_ms)} of such time); inQueue includes each run's queueMs (20 ms), so a burst of /run shows at once`,
   });
   for (const [r, label] of [
     [auto, "auto"],

@@ -97,9 +97,9 @@ export const FAST_REFILL_MS = 300;
 /** A run length before any is learned (ms). */
 export const DEFAULT_RUN_MS = 30_000;
 /** Runs queued for the autoscaler and no new worker for this long: growth stalled. */
-export const STALL_MS = 30_000;
+export const STALL_MS = 15_000;
 /** A stalled growth is tried again after this long. */
-export const STALL_RETRY_MS = 120_000;
+export const STALL_RETRY_MS = 300_000;
 /** At most one multiplicative back-off per this long (one per "round trip"). */
 export const BACKOFF_SPACING_MS = 2_000;
 /** A worker that is queued behind a cold start: how long a claim may wait at worst for it. */

@@ -58,7 +58,9 @@ export interface Probe {
 }
 
 export interface ChaosRun {
-  options: Required<Omit<ChaosOptions, "log" | "outputFile" | "settings">> & { log: (line: string) => void };
+  options: Required<Omit<ChaosOptions, "log" | "outputFile" | "settings">> & {
+    log: (line: string) => void;
+  };
   settings: Record<string, string>;
   stack: LocalStack;
   api: Api;
