@@ -12,18 +12,30 @@ import type { Job } from "../shared/sql/jobs/row.ts";
 /** How long an answer waits for the dispatcher's estimate. */
 export const ESTIMATE_TIMEOUT_MS = 1_000;
 
-/** The jobs with `queue` set: an estimate for each pending one, null for the others. */
-export async function withQueue(env: ProducerEnv, jobs: Job[]): Promise<Job[]> {
+/**
+ * The jobs with `queue` set: an estimate for each pending one, null for the others. `created`:
+ * the jobs were just created, and the dispatcher holds them from now on (offerNew), so that their
+ * positions, and those of the jobs created after them, count them before their queue messages
+ * reach a consumer.
+ */
+export async function withQueue(
+  env: ProducerEnv,
+  jobs: Job[],
+  options: { created?: boolean } = {},
+): Promise<Job[]> {
   const pending = jobs.filter((job) => job.status === "pending" && !job.archived);
   const estimates = new Map<string, QueueInfo>();
   if (pending.length > 0) {
     const dispatcher = env.DISPATCHER.get(env.DISPATCHER.idFromName(env.RUNPOD_ENDPOINT_ID ?? ""));
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
+      const queued = pending.map((job) => ({ id: job.id, key: fairKeyOf(job), type: job.type }));
       const answer = await Promise.race([
-        dispatcher.estimate(
-          pending.map((job) => ({ id: job.id, key: fairKeyOf(job), type: job.type })),
-        ),
+        options.created
+          ? dispatcher.offerNew(
+              queued.map((job, i) => ({ ...job, createdAt: pending[i]?.created_at ?? "" })),
+            )
+          : dispatcher.estimate(queued),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
             () => reject(new Error(`no estimate within ${ESTIMATE_TIMEOUT_MS} ms`)),
@@ -42,7 +54,11 @@ export async function withQueue(env: ProducerEnv, jobs: Job[]): Promise<Job[]> {
 }
 
 /** One job with `queue` set. */
-export async function jobWithQueue(env: ProducerEnv, job: Job): Promise<Job> {
-  const [answered] = await withQueue(env, [job]);
+export async function jobWithQueue(
+  env: ProducerEnv,
+  job: Job,
+  options: { created?: boolean } = {},
+): Promise<Job> {
+  const [answered] = await withQueue(env, [job], options);
   return answered ?? job;
 }

@@ -415,10 +415,17 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
    */
   async estimate(jobs: QueuedJob[]): Promise<{ id: string; queue: QueueInfo }[]> {
     const now = Date.now();
-    if (!this.#positions || now - this.#positions.at >= QUEUE_SNAPSHOT_MS) {
+    const { waiting } = this.#queue.counts();
+    const snapshot = this.#positions;
+    // Read again when old, or when the backlog grew or shrank by a tenth (a burst just offered).
+    if (
+      !snapshot ||
+      now - snapshot.at >= QUEUE_SNAPSHOT_MS ||
+      Math.abs(waiting - snapshot.keys.waiting) > Math.max(5, snapshot.keys.waiting / 10)
+    ) {
       this.#positions = { at: now, keys: keySnapshot(this.#queue.waitingKeys()) };
     }
-    const { keys, at } = this.#positions;
+    const { keys, at } = this.#positions ?? { at: now, keys: keySnapshot(new Map()) };
     const capacity = await this.#loadCapacity();
     const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
     const cap = config ? (await this.#cap(config)).cap : 1;
@@ -434,10 +441,11 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     return jobs.map((job) => {
       const place = places.get(job.id);
       let position = 0;
-      if (place?.kind === "waiting") position = positionOf(keys, place.key, place.rank);
-      else if (!place) {
-        const key = this.#queue.keyCounts(job.key);
-        position = positionOf(keys, key, key?.waiting ?? 0);
+      if (place?.kind === "waiting") {
+        position = positionOf(keys, place.key, place.counts, place.rank);
+      } else if (!place) {
+        const own = this.#queue.keyCounts(job.key);
+        position = positionOf(keys, job.key, own, own?.waiting ?? 0);
       }
       const queue: QueueInfo = {
         position,
@@ -447,6 +455,18 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
       };
       return { id: job.id, queue };
     });
+  }
+
+  /**
+   * A job just created: it waits here from now on (its queue message, when it comes, finds it
+   * known), so its position counts it, and so do the positions of the jobs after it. Admission is
+   * unchanged: a consumer batch or a freed slot admits it in its turn.
+   */
+  async offerNew(
+    jobs: (QueuedJob & { createdAt: string })[],
+  ): Promise<{ id: string; queue: QueueInfo }[]> {
+    this.#queue.offer(jobs.map(({ id, key, createdAt }) => ({ id, key, createdAt })));
+    return this.estimate(jobs);
   }
 
   /**

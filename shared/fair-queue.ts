@@ -41,7 +41,9 @@ export interface FairQueueCost {
 }
 
 /** A job's place: waiting (its key's counts and its rank in the key), or in flight. */
-export type JobPlace = { kind: "waiting"; key: KeyCounts; rank: number } | { kind: "in_flight" };
+export type JobPlace =
+  | { kind: "waiting"; key: string; counts: KeyCounts; rank: number }
+  | { kind: "in_flight" };
 
 /** An in-flight entry younger than this is never healed away (it may not be claimed yet). */
 export const HEAL_GRACE_MS = 60_000;
@@ -279,12 +281,13 @@ export class FairQueue {
     const places = new Map<string, JobPlace>();
     for (const id of jobIds) {
       const [row] = this.#exec<{
+        fair_key: string;
         seq: number;
         dispatched: number;
         waiting: number;
         next_seq: number;
       }>(
-        `SELECT w.seq, k.dispatched, k.waiting, k.next_seq FROM waiting w
+        `SELECT w.fair_key, w.seq, k.dispatched, k.waiting, k.next_seq FROM waiting w
          JOIN fair_keys k ON k.fair_key = w.fair_key WHERE w.job_id = ?`,
         id,
       );
@@ -292,7 +295,8 @@ export class FairQueue {
         const rank = Math.min(row.waiting - 1, Math.max(0, row.seq - (row.next_seq - row.waiting)));
         places.set(id, {
           kind: "waiting",
-          key: { dispatched: row.dispatched, waiting: row.waiting },
+          key: row.fair_key,
+          counts: { dispatched: row.dispatched, waiting: row.waiting },
           rank,
         });
       } else if (this.#exec("SELECT 1 FROM in_flight WHERE job_id = ?", id).length > 0) {
@@ -312,10 +316,12 @@ export class FairQueue {
   }
 
   /** Every waiting key's counts (O(keys): for the position snapshot, never per admission). */
-  waitingKeys(): KeyCounts[] {
-    return this.#exec<{ dispatched: number; waiting: number }>(
-      "SELECT dispatched, waiting FROM fair_keys WHERE waiting > 0",
-    ).map((row) => ({ dispatched: row.dispatched, waiting: row.waiting }));
+  waitingKeys(): Map<string, KeyCounts> {
+    return new Map(
+      this.#exec<{ fair_key: string; dispatched: number; waiting: number }>(
+        "SELECT fair_key, dispatched, waiting FROM fair_keys WHERE waiting > 0",
+      ).map((row) => [row.fair_key, { dispatched: row.dispatched, waiting: row.waiting }]),
+    );
   }
 
   /** The counts, from the one `totals` row. */

@@ -33,6 +33,10 @@ export interface KeyCounts {
 
 /** The waiting keys' counts in the form a position is computed from. */
 export interface KeySnapshot {
+  /** Each key's counts, to leave a job's own key out (its live counts give its rank). */
+  byKey: Map<string, KeyCounts>;
+  /** Jobs waiting in all keys when the snapshot was taken. */
+  waiting: number;
   /** dispatched, ascending, with prefix sums (sumD[i] = Σ of the first i). */
   d: number[];
   sumD: number[];
@@ -43,15 +47,24 @@ export interface KeySnapshot {
   floor: number;
 }
 
-export function keySnapshot(keys: readonly KeyCounts[]): KeySnapshot {
-  const d = keys.map((k) => k.dispatched).sort((a, b) => a - b);
-  const e = keys.map((k) => k.dispatched + k.waiting).sort((a, b) => a - b);
+export function keySnapshot(keys: ReadonlyMap<string, KeyCounts>): KeySnapshot {
+  const counts = [...keys.values()];
+  const d = counts.map((k) => k.dispatched).sort((a, b) => a - b);
+  const e = counts.map((k) => k.dispatched + k.waiting).sort((a, b) => a - b);
   const prefix = (values: number[]) => {
     const sums = [0];
     for (const value of values) sums.push((sums.at(-1) ?? 0) + value);
     return sums;
   };
-  return { d, sumD: prefix(d), e, sumE: prefix(e), floor: d[0] ?? 0 };
+  return {
+    byKey: new Map(keys),
+    waiting: counts.reduce((sum, k) => sum + k.waiting, 0),
+    d,
+    sumD: prefix(d),
+    e,
+    sumE: prefix(e),
+    floor: d[0] ?? 0,
+  };
 }
 
 /** How many of `sorted` are below `t` (binary search). */
@@ -75,13 +88,26 @@ export function servedBefore(snapshot: KeySnapshot, t: number): number {
   return Math.max(0, upToT - exhausted);
 }
 
+/** The jobs of one key served before the keys reach `t`. */
+const servedOf = (k: KeyCounts, t: number) => Math.min(k.waiting, Math.max(0, t - k.dispatched));
+
 /**
- * A job's position: `key` its key's counts now (null: the key has nothing waiting), `rank` its
- * place within its key (0: next; a job not yet offered is last: rank = the key's waiting).
+ * A job's position: the other keys' jobs served before its key reaches it (from the snapshot),
+ * plus its rank within its own key (from `own`, the key's counts now: null when it has nothing
+ * waiting). `rank`: 0 for its key's next; a job the dispatcher does not hold yet is its key's last
+ * (rank = the key's waiting).
  */
-export function positionOf(snapshot: KeySnapshot, key: KeyCounts | null, rank: number): number {
-  const start = key === null || key.waiting === 0 ? snapshot.floor : key.dispatched;
-  return servedBefore(snapshot, Math.max(start, snapshot.floor) + rank);
+export function positionOf(
+  snapshot: KeySnapshot,
+  key: string,
+  own: KeyCounts | null,
+  rank: number,
+): number {
+  const start = own === null || own.waiting === 0 ? snapshot.floor : own.dispatched;
+  const t = Math.max(start, snapshot.floor) + rank;
+  const mine = snapshot.byKey.get(key);
+  const others = servedBefore(snapshot, t) - (mine ? servedOf(mine, t) : 0);
+  return Math.max(0, others) + rank;
 }
 
 export interface EtaInputs {

@@ -115,6 +115,8 @@ export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = asyn
     if (!winner || hash === null) throw new Error("insert returned no row");
     return answerRepeat(c, winner, hash);
   }
+  // The dispatcher holds the job from now on (its position counts it), then its message goes.
+  const job = await jobWithQueue(c.env, toJob(row), { created: true });
   try {
     await c.env.EXPORT_QUEUE.send({ job_id: row.id });
   } catch (error) {
@@ -123,5 +125,5 @@ export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = asyn
     log("error", "enqueue failed after insert", { job_id: row.id, error: String(error) });
   }
   c.header("Location", `/exports/${row.id}`);
-  return c.json({ job: await jobWithQueue(c.env, toJob(row)) }, 202);
+  return c.json({ job }, 202);
 };

@@ -32,25 +32,34 @@ function simulate(keys: KeyCounts[]): [number, number][] {
 
 describe("queue position", () => {
   it("two users, equal shares: the big backlog's jobs interleave with the small one's", () => {
-    const keys = [
-      { dispatched: 0, waiting: 500 },
-      { dispatched: 0, waiting: 3 },
-    ];
-    const snapshot = keySnapshot(keys);
+    const big = { dispatched: 0, waiting: 500 };
+    const small = { dispatched: 0, waiting: 3 };
+    const snapshot = keySnapshot(
+      new Map([
+        ["big", big],
+        ["small", small],
+      ]),
+    );
     // The small user's jobs: 0, 2, 4 jobs ahead (one of the big user's before each).
-    expect([0, 1, 2].map((r) => positionOf(snapshot, keys[1] ?? null, r))).toEqual([0, 2, 4]);
+    expect([0, 1, 2].map((r) => positionOf(snapshot, "small", small, r))).toEqual([0, 2, 4]);
     // The big user's 100th job: its 99 before it and the small user's 3.
-    expect(positionOf(snapshot, keys[0] ?? null, 99)).toBe(102);
+    expect(positionOf(snapshot, "big", big, 99)).toBe(102);
+    // A snapshot older than the big user's backlog (read before it was offered): the job's own
+    // rank still counts, from its key's counts now.
+    const stale = keySnapshot(new Map([["small", small]]));
+    expect(positionOf(stale, "big", big, 99)).toBe(102);
   });
 
   it("a key that starts waiting is level with the least served: its first job is next", () => {
-    const snapshot = keySnapshot([
-      { dispatched: 40, waiting: 200 },
-      { dispatched: 55, waiting: 10 },
-    ]);
-    expect(positionOf(snapshot, null, 0)).toBe(0);
+    const snapshot = keySnapshot(
+      new Map([
+        ["a", { dispatched: 40, waiting: 200 }],
+        ["b", { dispatched: 55, waiting: 10 }],
+      ]),
+    );
+    expect(positionOf(snapshot, "new", null, 0)).toBe(0);
     // its second job: after one of the least served key's
-    expect(positionOf(snapshot, null, 1)).toBe(1);
+    expect(positionOf(snapshot, "new", { dispatched: 40, waiting: 1 }, 1)).toBe(2);
   });
 
   it("matches the dispatcher's order within the ties between equally served keys", () => {
@@ -64,10 +73,10 @@ describe("queue position", () => {
           { minLength: 1, maxLength: 8 },
         ),
         (keys) => {
-          const snapshot = keySnapshot(keys);
+          const snapshot = keySnapshot(new Map(keys.map((k, i) => [`k${i}`, k])));
           const order = simulate(keys);
           order.forEach(([key, rank], actual) => {
-            const estimate = positionOf(snapshot, keys[key] ?? null, rank);
+            const estimate = positionOf(snapshot, `k${key}`, keys[key] ?? null, rank);
             // Ties between keys served equally are broken by name in the dispatcher; the
             // estimate ignores the tie-break: off by at most the number of tied keys.
             expect(Math.abs(estimate - actual)).toBeLessThanOrEqual(keys.length - 1);
@@ -82,7 +91,7 @@ describe("queue position", () => {
       dispatched: (i * 7919) % 1000,
       waiting: 1 + ((i * 104_729) % 50),
     }));
-    const snapshot = keySnapshot(keys);
+    const snapshot = keySnapshot(new Map(keys.map((k, i) => [`k${i}`, k])));
     for (const t of [0, 1, 500, 999, 1_020, 5_000]) {
       const direct = keys.reduce(
         (sum, k) => sum + Math.min(k.waiting, Math.max(0, t - k.dispatched)),
