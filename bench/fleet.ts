@@ -60,7 +60,9 @@ const AUTOSCALING_EMULATOR: Record<string, string> = {
   RUNPOD_EMULATOR_COLD_START_MS: "2000",
   RUNPOD_EMULATOR_IDLE_TIMEOUT_MS: "5000",
   RUNPOD_EMULATOR_RUN_MS: String(AUTO_RUN_MS),
-  RUNPOD_EMULATOR_QUEUE_MS: "20",
+  // A run starts as soon as a worker is free: with a pickup time, every burst of refills (runs
+  // that ended together) would read as a queue at RunPod for that long.
+  RUNPOD_EMULATOR_QUEUE_MS: "0",
   RUNPOD_EMULATOR_PROGRESS_STEPS: "50",
 };
 const AUTOSCALING_CONFIGS = {
@@ -580,7 +582,7 @@ function reportAutoscaling(auto: AutoscalingResult, uncapped: AutoscalingResult)
   // start, the runs that asked for them wait at RunPod by design: shown apart, for information.
   const w = auto.queue_when_warm;
   const warmMeasured = Number.isFinite(w.max);
-  const warmNote = `while running + idle = ${AUTO_WORKERS} and jobs were still to be submitted (the emulator's timeline, a sample at every change, time-weighted; ${fmtS(w.window_ms)} of such time); inQueue includes each run's queueMs (20 ms), so a burst of /run shows at once`;
+  const warmNote = `while running + idle = ${AUTO_WORKERS} and jobs were still to be submitted (the emulator's timeline, a sample at every change, time-weighted; ${fmtS(w.window_ms)} of such time); the emulator's queueMs is 0 here, so inQueue counts runs waiting for a worker`;
   figure("runpod_queue_grown_max", "1. RunPod's queue once the fleet has grown, auto: max", {
     value: warmMeasured ? w.max : "n/a",
     unit: "runs",
