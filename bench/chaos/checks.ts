@@ -74,13 +74,19 @@ function stable(value: unknown): string {
   return JSON.stringify(value);
 }
 
-function differingFields(a: Job, b: Job): string[] {
+/**
+ * A job as its versions define it: without `queue`, the API's estimate, which is not part of the
+ * row (live `job` messages leave it out; `queue` messages carry it).
+ */
+function versioned(job: Job): Record<string, unknown> {
+  const { queue: _queue, ...rest } = job as unknown as Record<string, unknown>;
+  return rest;
+}
+
+function differingFields(job: Job, other: Job): string[] {
+  const [a, b] = [versioned(job), versioned(other)];
   const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
-  return [...keys].filter(
-    (key) =>
-      stable((a as unknown as Record<string, unknown>)[key]) !==
-      stable((b as unknown as Record<string, unknown>)[key]),
-  );
+  return [...keys].filter((key) => stable(a[key]) !== stable(b[key]));
 }
 
 const summary = (job: Job | undefined) =>
@@ -512,7 +518,7 @@ export async function verify(run: ChaosRun): Promise<Report> {
         if (!TERMINAL.has(truth.status)) continue;
         const seen = client.view.get(id);
         if (!seen) diffs.push({ id, why: "never seen" });
-        else if (stable(seen) !== stable(truth)) {
+        else if (stable(versioned(seen)) !== stable(versioned(truth))) {
           const relation =
             seen.version < truth.version
               ? `behind (v${seen.version} < v${truth.version})`
