@@ -65,6 +65,12 @@ export interface CapacityState {
   refillMs: number;
   /** The back-off's ceiling on the cap; null: none. */
   ceiling: number | null;
+  /** How much a clean poll lifts the ceiling: an eighth of the cap before the first cut. */
+  ceilingStep: number;
+  /** The last submissions' outcomes, for the failure rate ("f" failed, "o" answered). */
+  outcomes: string;
+  /** Since when (ms) runs have been queued at RunPod while asked for and no worker came; 0: not. */
+  queuedSince: number;
   /** When the ceiling was last lowered (ms): one back-off per BACKOFF_SPACING_MS. */
   backedOffAt: number;
   backoffReason: string | null;
@@ -115,6 +121,9 @@ export function initialCapacity(refillMs = DEFAULT_REFILL_MS): CapacityState {
     delayAtPoll: null,
     refillMs,
     ceiling: null,
+    ceilingStep: 1,
+    outcomes: "",
+    queuedSince: 0,
     backedOffAt: 0,
     backoffReason: null,
     workers: 0,
@@ -143,6 +152,7 @@ function backOff(
   return {
     ...state,
     ceiling: Math.max(1, Math.floor(from * factor)),
+    ceilingStep: state.ceiling === null ? Math.max(1, Math.ceil(current / 8)) : state.ceilingStep,
     backedOffAt: now,
     backoffReason: reason,
   };
@@ -171,7 +181,16 @@ export function observeRefill(state: CapacityState, ms: number): CapacityState {
   return { ...state, refillMs: average(state.refillMs, Math.max(0, ms)) };
 }
 
-/** What a batch's submissions met: a 429 or a high failure rate backs off. */
+/** Outcomes judged for the failure rate, and the fewest that can back off. */
+export const OUTCOME_WINDOW = 20;
+const OUTCOMES_TO_JUDGE = 10;
+
+/**
+ * What a batch's submissions met: a 429 backs off at once; failures (5xx, timeouts) only when
+ * they are half or more of the last OUTCOME_WINDOW submissions (at least 10 of them), after which
+ * the window starts again. Degraded is not down: a failure here and there is the seed's CASE's
+ * business, and a cap cut for each unlucky batch would shrink it to nothing.
+ */
 export function observeOutcomes(
   state: CapacityState,
   outcomes: readonly SubmitOutcome[],
@@ -181,12 +200,23 @@ export function observeOutcomes(
   if (outcomes.some((outcome) => outcome.kind === "rate_limited")) {
     return backOff(state, now, current, 0.75, "RunPod answered 429");
   }
-  const failed = outcomes.filter((outcome) => outcome.kind === "failed").length;
-  // Degraded is not down: a failure here and there is the seed's CASE's business, not the cap's.
-  if (failed >= 2 && failed * 2 >= outcomes.length) {
-    return backOff(state, now, current, 0.75, `${failed} of ${outcomes.length} submissions failed`);
+  const marks = outcomes
+    .filter((outcome) => outcome.kind === "ok" || outcome.kind === "failed")
+    .map((outcome) => (outcome.kind === "failed" ? "f" : "o"))
+    .join("");
+  const window = ((state.outcomes ?? "") + marks).slice(-OUTCOME_WINDOW);
+  const failed = [...window].filter((mark) => mark === "f").length;
+  if (window.length >= OUTCOMES_TO_JUDGE && failed * 2 >= window.length) {
+    const cut = backOff(
+      state,
+      now,
+      current,
+      0.75,
+      `${failed} of the last ${window.length} submissions failed`,
+    );
+    return { ...cut, outcomes: cut === state ? window : "" };
   }
-  return state;
+  return { ...state, outcomes: window };
 }
 
 /** A fresh answer of /health. `current`: the cap before it. */
@@ -200,10 +230,17 @@ export function observeFleet(state: CapacityState, fleet: Fleet, current: number
     grewAt: workers > state.workers ? now : state.grewAt,
     delayAtPoll: state.delayMs,
   };
-  if (next.askingSince > 0 && workers <= state.workers && now - next.grewAt >= STALL_MS) {
+  // Runs waiting at RunPod for a worker while we ask the autoscaler for more: since when.
+  const waitingForWorkers = next.askingSince > 0 && fleet.inQueue > 0 && workers <= state.workers;
+  next = {
+    ...next,
+    queuedSince: waitingForWorkers ? state.queuedSince || now : 0,
+  };
+  if (waitingForWorkers && now - next.queuedSince >= STALL_MS) {
     // Runs waited for the autoscaler and no worker came: it will not grow now (account limits,
     // no GPUs of the type, a lower max than we know). Keep the queue short; ask again later.
-    next = { ...next, askingSince: 0, stalledUntil: now + STALL_RETRY_MS };
+    // (Runs not submitted — a paused gate, the pace — are no sign: only runs queued at RunPod.)
+    next = { ...next, askingSince: 0, queuedSince: 0, stalledUntil: now + STALL_RETRY_MS };
   }
   // Runs queued for the autoscaler waited on purpose (cold starts): their delays say nothing
   // until the runs submitted since have ended.
@@ -234,10 +271,13 @@ export function observeFleet(state: CapacityState, fleet: Fleet, current: number
       `runs wait longer at RunPod (${Math.round(state.delayMs ?? 0)} ms)`,
     );
   }
+  if (next.ceiling !== null && next.ceiling > current) {
+    // The model's cap is below the ceiling: the back-off is over.
+    next = { ...next, ceiling: null, backoffReason: null };
+  }
   if (next.ceiling !== null) {
-    // A clean poll: the ceiling grows back, one step (an eighth of the fleet, at least 1).
-    const step = Math.max(1, Math.ceil((fleet.ready + fleet.running) / 8));
-    next = { ...next, ceiling: next.ceiling + step };
+    // A clean poll: the ceiling grows back one step (an eighth of the cap before the first cut).
+    next = { ...next, ceiling: next.ceiling + Math.max(1, next.ceilingStep ?? 1) };
   }
   return next;
 }

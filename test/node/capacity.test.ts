@@ -100,8 +100,18 @@ describe("the auto cap", () => {
     const asking = capOf(state, auto(), 300, T0);
     expect(asking.growth).toBe(28);
     state = noteAsking(state, asking.growth, T0);
-    state = observeFleet(state, fleet({ running: 4, inQueue: 28 }, T0 + STALL_MS), asking.cap);
-    const stalled = capOf(state, auto(), 300, T0 + STALL_MS);
+    // Runs not yet at RunPod (a paused gate, the pace) are no sign: the fleet may still grow.
+    state = observeFleet(state, fleet({ running: 4, inQueue: 0 }, T0 + STALL_MS), asking.cap);
+    expect(capOf(state, auto(), 300, T0 + STALL_MS).growth).toBe(28);
+    // Runs queued at RunPod for STALL_MS, and no worker came.
+    state = observeFleet(state, fleet({ running: 4, inQueue: 28 }, T0 + STALL_MS + 1), asking.cap);
+    expect(capOf(state, auto(), 300, T0 + STALL_MS + 1).growth).toBe(28);
+    state = observeFleet(
+      state,
+      fleet({ running: 4, inQueue: 28 }, T0 + 2 * STALL_MS + 1),
+      asking.cap,
+    );
+    const stalled = capOf(state, auto(), 300, T0 + 2 * STALL_MS + 1);
     expect(stalled.growth).toBe(0);
     expect(stalled.cap).toBe(5);
     expect(stalled.reason).toContain("autoscaler added no worker");
@@ -139,11 +149,15 @@ describe("the auto cap", () => {
     for (let poll = 1; cap < before; poll++) {
       state = observeFleet(state, fleet({ running: 32 }, T0 + poll * 5_000), cap);
       const next = capOf(state, auto(), 1_000, T0 + poll * 5_000).cap;
-      expect(next - cap).toBeLessThanOrEqual(4); // an eighth of the fleet a poll
+      // an eighth of the cap before the cut a poll (the last step up to the model's cap)
+      expect(next - cap).toBe(Math.min(Math.ceil(before / 8), before - cap));
       expect(next).toBeGreaterThan(cap);
       cap = next;
     }
     expect(cap).toBe(before);
+    // and the ceiling goes once the model's cap is below it
+    state = observeFleet(state, fleet({ running: 32 }, T0 + 99_000), before);
+    expect(state.ceiling).toBeNull();
   });
 
   it("throttled or unhealthy workers halve the cap; a failure here and there does not", () => {
@@ -164,13 +178,23 @@ describe("the auto cap", () => {
       before,
     );
     expect(capOf(degraded, auto(), 1_000, T0).cap).toBe(before);
-    const failing = observeOutcomes(
+    // An unlucky small batch (2 of 3 failed) is no verdict: fewer than 10 outcomes seen.
+    const unlucky = observeOutcomes(
       state,
       [{ kind: "failed", error: "500" }, { kind: "failed", error: "502" }, { kind: "ok" }],
       T0 + BACKOFF_SPACING_MS,
       before,
     );
+    expect(capOf(unlucky, auto(), 1_000, T0).cap).toBe(before);
+    // Half of the last ten and more: a cut, and the window starts again.
+    const failing = observeOutcomes(
+      unlucky,
+      [...Array(4).fill({ kind: "failed", error: "500" }), ...Array(3).fill({ kind: "ok" })],
+      T0 + BACKOFF_SPACING_MS,
+      before,
+    );
     expect(capOf(failing, auto(), 1_000, T0).cap).toBe(Math.floor(before * 0.75));
+    expect(failing.outcomes).toBe("");
   });
 
   it("runs waiting longer and longer at RunPod back off while the fleet is not growing", () => {
