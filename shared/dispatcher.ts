@@ -11,9 +11,12 @@
 // A consumer batch offers its jobs and gets back the ones admitted now (`dispatch`), then reports
 // what their submissions met (`report`). The state machine frees a job's slot when its run ends
 // (`free`), which admits the next fairest job; jobs admitted without a consumer at hand (a slot
-// freed by a webhook, a pause or the pace running out) are sent to the queue as messages, and an
-// alarm wakes the object when a pause or the pace allows the next admission. Each method runs to
-// completion before the next (the object's input gate), so two callers never share a slot.
+// freed by a webhook, a pause or the pace running out) go straight to the consumer's Refill
+// entrypoint (else, or when it fails, to the queue as messages), and an alarm wakes the object
+// when a pause or the pace allows the next admission, and to read the fleet. The producer holds a
+// created job here at once (`offerNew`) and asks where pending jobs stand (`estimate`: queue
+// positions and ETAs). Each method runs to completion before the next (the object's input gate),
+// so two callers never share a slot.
 import { DurableObject } from "cloudflare:workers";
 import {
   type CapacityState,
