@@ -258,13 +258,17 @@ async function autoscaling(config: keyof typeof AUTOSCALING_CONFIGS): Promise<Au
   const drainEnd = Math.max(...runs.map(webhookAt).filter(Number.isFinite));
   const lastRunAt = Math.max(...runRequestsAll.map((r) => r.at));
   const total = (s: FleetSample) => s.idle + s.running + s.initializing;
+  // Runs waiting at RunPod for a worker: the emulator's timeline has a sample at every change,
+  // and runs that arrive while workers are idle show as queued until the emulator starts them
+  // (the same millisecond); only runs beyond the idle workers wait.
+  const waitingForWorkers = (s: FleetSample) => Math.max(0, s.inQueue - s.idle);
   const grown = report.timeline.find((s) => total(s) >= AUTO_WORKERS && s.at >= t0);
   const atFull = grown
     ? timeWeighted(
         report.timeline,
         grown.at,
         lastRunAt,
-        (s) => s.inQueue,
+        waitingForWorkers,
         0.95,
         (s) => total(s) >= AUTO_WORKERS,
       )
@@ -272,7 +276,7 @@ async function autoscaling(config: keyof typeof AUTOSCALING_CONFIGS): Promise<Au
   const warm = report.timeline.find((s) => s.idle + s.running >= AUTO_WORKERS && s.at >= t0);
   const isWarm = (s: FleetSample) => s.idle + s.running >= AUTO_WORKERS;
   const whenWarm = warm
-    ? timeWeighted(report.timeline, warm.at, lastRunAt, (s) => s.inQueue, 0.95, isWarm)
+    ? timeWeighted(report.timeline, warm.at, lastRunAt, waitingForWorkers, 0.95, isWarm)
     : { max: Number.NaN, quantile: Number.NaN, ms: 0 };
   const lastStart = Math.max(...runs.map((r) => ms(r.startedAt)).filter(Number.isFinite));
   const idle = warm
@@ -582,7 +586,7 @@ function reportAutoscaling(auto: AutoscalingResult, uncapped: AutoscalingResult)
   // start, the runs that asked for them wait at RunPod by design: shown apart, for information.
   const w = auto.queue_when_warm;
   const warmMeasured = Number.isFinite(w.max);
-  const warmNote = `while running + idle = ${AUTO_WORKERS} and jobs were still to be submitted (the emulator's timeline, a sample at every change, time-weighted; ${fmtS(w.window_ms)} of such time); the emulator's queueMs is 0 here, so inQueue counts runs waiting for a worker`;
+  const warmNote = `while running + idle = ${AUTO_WORKERS} and jobs were still to be submitted (the emulator's timeline, a sample at every change, time-weighted; ${fmtS(w.window_ms)} of such time); runs waiting for a worker: inQueue beyond the idle workers (queueMs is 0 here; a run that arrives while a worker is idle shows as queued until the emulator starts it, within the millisecond)`;
   figure("runpod_queue_grown_max", "1. RunPod's queue once the fleet has grown, auto: max", {
     value: warmMeasured ? w.max : "n/a",
     unit: "runs",
