@@ -212,8 +212,12 @@ interface Step {
 function lifeSteps(id: string, failOnce: boolean): Step[] {
   const runs = ["run-a-u1", "run-b-u1"];
   const attemptSteps = (attempt: number, progress: number[]): Step[] => [
-    { step: "consumer: pending?", statement: "pendingByIds", binds: [JSON.stringify([id])] },
-    { step: "consumer: claim", statement: "claim", binds: ["+120 seconds", JSON.stringify([id])] },
+    { step: "consumer: batch jobs", statement: "batchJobs", binds: [JSON.stringify([id])] },
+    {
+      step: "consumer: claim",
+      statement: "claim",
+      binds: ["+120 seconds", crypto.randomUUID(), JSON.stringify([id])],
+    },
     {
       step: "consumer: record run",
       statement: "recordRun",
@@ -492,7 +496,7 @@ function sampleBinds(): Record<string, unknown[]> {
       "bench-key",
       "bench-hash",
     ],
-    "jobs.pendingByIds": [JSON.stringify(pending)],
+    "jobs.batchJobs": [JSON.stringify(pending)],
     "jobs.processingAmong": [JSON.stringify(processing)],
     "jobs.listByUser": [HEAVY_PROJECT, ...cursor, 21],
     "jobs.listActiveByUser": [HEAVY_PROJECT, ...cursor, 21],
@@ -504,7 +508,8 @@ function sampleBinds(): Record<string, unknown[]> {
     "jobs.listByProjectsAndActiveStatus": [projects, "pending", ...cursor, 21],
     "jobs.listAll": [...cursor, 51],
     "jobs.listAllByStatus": ["error", ...cursor, 51],
-    "jobs.claim": [delay, JSON.stringify([complete, errorJob])],
+    "jobs.claim": [delay, "token", JSON.stringify([complete, errorJob])],
+    "jobs.claimedBy": [JSON.stringify([complete, errorJob]), "token"],
     "jobs.recordRun": ["r", delay, processing[0], 99],
     "jobs.release": [delay, processing[0], 99],
     "jobs.failWithoutRun": ["e", delay, "submit_failed", processing[0], 99],

@@ -17,18 +17,20 @@ import type { ConsumerEnv } from "../shared/env.ts";
 import { fairKeyOf, type OfferedJob } from "../shared/fair-queue.ts";
 import {
   claimJobs,
+  FREE_RETRY_S,
   failRun,
   holdJobs,
   type JobDeps,
   recordRun,
   releaseJob,
+  requeue,
 } from "../shared/job-state.ts";
 import { livePublisher } from "../shared/live-publisher.ts";
 import { log } from "../shared/log.ts";
 import { createRunpodClient, type RunpodClient, RunpodError } from "../shared/runpod-client.ts";
 import { jobMessage } from "../shared/schemas.ts";
 import { type ConsumerSettings, consumerSettings } from "../shared/settings.ts";
-import { pendingJobs } from "../shared/sql/jobs/reads.ts";
+import { batchJobs } from "../shared/sql/jobs/reads.ts";
 import type { JobRow } from "../shared/sql/jobs/row.ts";
 import { buildRunRequest } from "./run-request.ts";
 
@@ -110,7 +112,14 @@ export async function processJobBatch(
   const gateConfig = deps.settings.gate;
   // Offer the jobs still pending to the dispatcher; it admits those whose turn it is (free slots,
   // fairness, the gate) and keeps the others waiting, sending them when their turn comes.
-  const pending = await pendingJobs(deps.db, [...byJob.keys()]);
+  const jobs = await batchJobs(deps.db, [...byJob.keys()]);
+  const pending = jobs.filter((job) => job.status === "pending");
+  // A finished job's message is a duplicate, or the retry of a slot whose free failed
+  // (job-state's freeSlots): freeing is idempotent, so it is freed here either way.
+  await freeFinished(
+    deps,
+    jobs.filter((job) => job.status === "complete" || job.status === "error").map((job) => job.id),
+  );
   // Only duplicates (no job still pending): nothing to ask the dispatcher.
   const admission: Admission =
     pending.length === 0
@@ -146,6 +155,20 @@ export async function processJobBatch(
     retry: (id, delaySeconds) => byJob.get(id)?.[0]?.retry({ delaySeconds }),
   });
   return poison;
+}
+
+/** Frees finished jobs' slots; when the dispatcher does not answer, tries again through the queue. */
+async function freeFinished(deps: ConsumerDeps, ids: string[]): Promise<void> {
+  if (ids.length === 0) return;
+  try {
+    await deps.dispatcher.free(ids);
+  } catch (error) {
+    log("warn", "freeing finished jobs' slots failed; tried again through the queue", {
+      jobs: ids,
+      error: String(error),
+    });
+    await requeue(deps.queue, ids, FREE_RETRY_S);
+  }
 }
 
 /** What becomes of an admitted job's message (or, on the refill path, of the job). */

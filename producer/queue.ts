@@ -26,7 +26,7 @@ export async function withQueue(
   const pending = jobs.filter((job) => job.status === "pending" && !job.archived);
   const estimates = new Map<string, QueueInfo>();
   if (pending.length > 0) {
-    const dispatcher = env.DISPATCHER.get(env.DISPATCHER.idFromName(env.RUNPOD_ENDPOINT_ID ?? ""));
+    const dispatcher = dispatcherOf(env);
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       const queued = pending.map((job) => ({ id: job.id, key: fairKeyOf(job), type: job.type }));
@@ -51,6 +51,26 @@ export async function withQueue(
     }
   }
   return jobs.map((job) => ({ ...job, queue: estimates.get(job.id) ?? null }));
+}
+
+function dispatcherOf(env: ProducerEnv) {
+  return env.DISPATCHER.get(env.DISPATCHER.idFromName(env.RUNPOD_ENDPOINT_ID ?? ""));
+}
+
+/**
+ * Whether the dispatcher holds the job (waiting or in flight). A job it holds is on its way: the
+ * dispatcher sends its message when its turn comes. False also when the dispatcher does not answer.
+ */
+export async function dispatcherHolds(env: ProducerEnv, jobId: string): Promise<boolean> {
+  try {
+    return (await dispatcherOf(env).known([jobId])).includes(jobId);
+  } catch (error) {
+    log("warn", "dispatcher did not say whether it holds a job", {
+      job_id: jobId,
+      error: String(error),
+    });
+    return false;
+  }
 }
 
 /** One job with `queue` set. */

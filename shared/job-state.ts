@@ -64,25 +64,38 @@ export interface Slots {
   free(jobIds: string[], runs?: RunFigures[]): Promise<void>;
 }
 
+/** How long until a slot whose free failed is freed again through the queue. */
+export const FREE_RETRY_S = 5;
+
 /**
  * freeSlots: a run ended (completed, failed, cancelled, released, lost) or a waiting job left
  * (cancelled, expired); the dispatcher admits the next fairest job. Freeing is idempotent, so
- * every path frees its slot exactly once; a notification that fails is healed by the
- * reconciler, which checks the slots against D1.
+ * every path frees its slot exactly once. When the dispatcher does not answer (a deploy resets
+ * it), freeing is made durable through the queue: a finished job's message comes back after
+ * FREE_RETRY_S and the consumer that receives it frees the slot (consumer/process-jobs.ts). A
+ * job back to pending needs no such message: its own message comes after its delay and the
+ * dispatcher hands its slot back to it. The reconciler's heal stays the last net.
  */
 async function freeSlots(
   deps: JobDeps,
   rows: readonly (JobRow | null)[],
   runs: RunFigures[] = [],
 ): Promise<void> {
-  const ids = rows.filter((row): row is JobRow => row !== null).map((row) => row.id);
-  if (ids.length === 0) return;
-  await deps.slots.free(ids, runs).catch((error: unknown) => {
-    log("warn", "freeing dispatch slots failed; the reconciler heals it", {
+  const changed = rows.filter((row): row is JobRow => row !== null);
+  if (changed.length === 0) return;
+  const ids = changed.map((row) => row.id);
+  try {
+    await deps.slots.free(ids, runs);
+  } catch (error) {
+    const finished = changed
+      .filter((row) => row.status === "complete" || row.status === "error")
+      .map((row) => row.id);
+    log("warn", "freeing dispatch slots failed; tried again through the queue", {
       jobs: ids,
       error: String(error),
     });
-  });
+    await requeue(deps.queue, finished, FREE_RETRY_S);
+  }
 }
 
 /**

@@ -9,7 +9,7 @@ import { auth, errorReplies, header, JSON_BODY_ERRORS, jsonBody, reply } from ".
 import { CreateExportRequest, JobEnvelope } from "../api-schemas.ts";
 import { jobDeps } from "../deps.ts";
 import { type AppContext, type AppEnv, apiError } from "../http.ts";
-import { jobWithQueue } from "../queue.ts";
+import { dispatcherHolds, jobWithQueue } from "../queue.ts";
 
 const location = { Location: header("/exports/{id} of the job") };
 
@@ -64,7 +64,12 @@ async function requestHash(request: Request): Promise<string> {
 }
 
 /** A repeat of an Idempotency-Key: the first job (200) if the body is the same, else 422. */
-async function answerRepeat(c: AppContext, existing: JobRow, hash: string) {
+async function answerRepeat(
+  c: AppContext,
+  existing: JobRow,
+  hash: string,
+  options: { raced?: boolean } = {},
+) {
   if (existing.request_hash !== hash) {
     return apiError(
       c,
@@ -74,7 +79,34 @@ async function answerRepeat(c: AppContext, existing: JobRow, hash: string) {
     );
   }
   c.header("Location", `/exports/${existing.id}`);
-  return c.json({ job: await jobWithQueue(c.env, toJob(existing)) }, 200);
+  // A job no claim has taken, no consumer has held (due_at set) and the dispatcher does not hold
+  // may never have been enqueued (the first request's offer and send both failed, or its answer
+  // was lost): the repeat enqueues it. Otherwise a repeat enqueues nothing.
+  // (A request that lost the race to insert answers the winner's job, which the winner enqueues.)
+  const unsent =
+    !options.raced &&
+    existing.status === "pending" &&
+    existing.attempt === 0 &&
+    existing.due_at !== null &&
+    !(await dispatcherHolds(c.env, existing.id));
+  const job = unsent ? await enqueueNew(c, existing) : await jobWithQueue(c.env, toJob(existing));
+  return c.json({ job }, 200);
+}
+
+/**
+ * A job just inserted (or found never enqueued): the dispatcher holds it from now on (its
+ * position counts it), then its message goes. The row is the truth: a send that fails is left to
+ * the reconciler, which re-enqueues pending jobs whose message was lost, so the job is accepted
+ * rather than failing a request whose retry would create a second job.
+ */
+async function enqueueNew(c: AppContext, row: JobRow) {
+  const job = await jobWithQueue(c.env, toJob(row), { created: true });
+  try {
+    await c.env.EXPORT_QUEUE.send({ job_id: row.id });
+  } catch (error) {
+    log("error", "enqueue failed after insert", { job_id: row.id, error: String(error) });
+  }
+  return job;
 }
 
 /**
@@ -113,17 +145,9 @@ export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = asyn
     const winner =
       key === undefined ? null : await findJobByIdempotencyKey(c.env.DB, request.project_id, key);
     if (!winner || hash === null) throw new Error("insert returned no row");
-    return answerRepeat(c, winner, hash);
+    return answerRepeat(c, winner, hash, { raced: true });
   }
-  // The dispatcher holds the job from now on (its position counts it), then its message goes.
-  const job = await jobWithQueue(c.env, toJob(row), { created: true });
-  try {
-    await c.env.EXPORT_QUEUE.send({ job_id: row.id });
-  } catch (error) {
-    // The row is the truth: the reconciler re-enqueues pending jobs whose message was lost, so
-    // the job is accepted rather than failing a request whose retry would create a second job.
-    log("error", "enqueue failed after insert", { job_id: row.id, error: String(error) });
-  }
+  const job = await enqueueNew(c, row);
   c.header("Location", `/exports/${row.id}`);
   return c.json({ job }, 202);
 };

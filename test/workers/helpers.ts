@@ -22,16 +22,19 @@ export type FetchInit = RequestInit & {
   token?: string | null;
   /** Settings that differ from the test defaults for this one request. */
   vars?: Record<string, string>;
+  /** Bindings that replace the test bindings for this one request (wrappers of the real ones). */
+  bindings?: Partial<ConsumerEnv>;
 };
 
 export function producerFetch(path: string, init: FetchInit = {}): Promise<Response> {
-  const { token = API_TOKEN, vars = {}, ...rest } = init;
+  const { token = API_TOKEN, vars = {}, bindings = {}, ...rest } = init;
   const headers = new Headers(rest.headers);
   if (token !== null) headers.set("authorization", `Bearer ${token}`);
   return Promise.resolve(
     app.fetch(new Request(`https://exports.test${path}`, { ...rest, headers }), {
       ...env,
       ...vars,
+      ...bindings,
     }),
   );
 }
@@ -318,4 +321,56 @@ export function dispatchConfig(overrides: Partial<DispatchConfig> = {}): Dispatc
     scaler: { kind: "queue_delay" },
     ...overrides,
   };
+}
+
+/** What D1 throws when the connection drops: the statement may or may not have committed. */
+export const CONNECTION_LOST = "D1_ERROR: Network connection lost.";
+
+/**
+ * The real D1 binding, except that the statements `lose` picks run (and commit) and then throw
+ * CONNECTION_LOST instead of answering, `times` times in all: "committed, but the answer was
+ * lost", as Cloudflare documents it can happen. `lost()` tells how many answers were lost.
+ */
+export function answersLost(
+  db: D1Database,
+  lose: (sql: string) => boolean,
+  times = 1,
+): D1Database & { lost(): number } {
+  let left = times;
+  let lost = 0;
+  const lossy = (statement: D1PreparedStatement): D1PreparedStatement =>
+    new Proxy(statement, {
+      get(target, prop) {
+        if (prop === "bind") {
+          return (...values: unknown[]) => lossy(target.bind(...values));
+        }
+        if (prop === "first" || prop === "all" || prop === "run" || prop === "raw") {
+          const method = Reflect.get(target, prop) as (...args: unknown[]) => Promise<unknown>;
+          return async (...args: unknown[]) => {
+            const answer = await method.apply(target, args);
+            if (left > 0) {
+              left -= 1;
+              lost += 1;
+              throw new Error(CONNECTION_LOST);
+            }
+            return answer;
+          };
+        }
+        const value = Reflect.get(target, prop);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+  return new Proxy(db, {
+    get(target, prop) {
+      if (prop === "prepare") {
+        return (sql: string) => {
+          const statement = target.prepare(sql);
+          return lose(sql) ? lossy(statement) : statement;
+        };
+      }
+      if (prop === "lost") return () => lost;
+      const value = Reflect.get(target, prop);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  }) as D1Database & { lost(): number };
 }

@@ -23,7 +23,7 @@ const ARCHIVE_COUNT = "SEARCH archive_counts USING INTEGER PRIMARY KEY (rowid=?)
 /** For each statement: sample parameters, and what its plan must reach export_jobs through. */
 const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   "jobs.insert": { binds: ["i", 1, null, "overlay", "k", "{}", null, null], uses: [] },
-  "jobs.pendingByIds": { binds: [ids], uses: [`${PK} (id=?)`] },
+  "jobs.batchJobs": { binds: [ids], uses: [`${PK} (id=?)`] },
   "jobs.processingAmong": { binds: [ids], uses: [`${PK} (id=?)`] },
   "jobs.listByUser": {
     binds: [7, ...cursor, 21],
@@ -62,7 +62,8 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     binds: [projects, "processing", ...cursor, 21],
     uses: ["idx_export_jobs_project_status (project_id=? AND status=?)"],
   },
-  "jobs.claim": { binds: [delay, ids], uses: [`${PK} (id=?)`] },
+  "jobs.claim": { binds: [delay, "token", ids], uses: [`${PK} (id=?)`] },
+  "jobs.claimedBy": { binds: [ids, "token"], uses: [`${PK} (id=?)`] },
   "jobs.recordRun": { binds: ["r", delay, "i", 1], uses: [`${PK} (id=?)`] },
   "jobs.release": { binds: [delay, "i", 1], uses: [`${PK} (id=?)`] },
   "jobs.failWithoutRun": {

@@ -1,10 +1,9 @@
 // A new job: the one INSERT on `export_jobs`.
 
-import { retryTransient } from "../../d1-retry.ts";
 import type { JobType } from "../../schemas.ts";
 import { NOW } from "../time.ts";
 import * as due from "./due.ts";
-import type { JobRow } from "./row.ts";
+import { guardedRow, type JobRow } from "./row.ts";
 
 export const INSERT_SQL = {
   insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
@@ -27,22 +26,21 @@ export interface NewJob {
 /**
  * The seed's "create job", with `pending` and due now. Null when the project already has a job
  * under the same Idempotency-Key (the unique index decides, also for two racing requests). Safe
- * to retry: a second try of a committed insert conflicts on the id and returns null.
+ * to retry: a second try of a committed insert conflicts on the id and returns null — and when the
+ * first try's answer was lost, the row under this (fresh) id is read back: it is this insert's.
  */
 export function insertJob(db: D1Database, job: NewJob): Promise<JobRow | null> {
-  return retryTransient(() =>
-    db
-      .prepare(INSERT_SQL.insert)
-      .bind(
-        job.id,
-        job.project_id,
-        job.user_id ?? null,
-        job.type,
-        job.input_video_key,
-        JSON.stringify(job.params),
-        job.idempotency?.key ?? null,
-        job.idempotency?.requestHash ?? null,
-      )
-      .first<JobRow>(),
+  return guardedRow(
+    db,
+    { id: job.id, shows: () => true },
+    INSERT_SQL.insert,
+    job.id,
+    job.project_id,
+    job.user_id ?? null,
+    job.type,
+    job.input_video_key,
+    JSON.stringify(job.params),
+    job.idempotency?.key ?? null,
+    job.idempotency?.requestHash ?? null,
   );
 }

@@ -11,9 +11,10 @@ export const READ_SQL = {
   // The dispatcher's slots checked against D1: which of these jobs are still processing.
   processingAmong: `SELECT id FROM export_jobs
                     WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'processing'`,
-  // What the dispatcher needs of a batch's jobs that are still waiting: their fairness key and age.
-  pendingByIds: `SELECT id, project_id, user_id, created_at FROM export_jobs
-                 WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'`,
+  // A consumer batch's jobs: what the dispatcher needs of those still waiting (their fairness key
+  // and age), and the status of the others (a finished job's message may carry a slot to free).
+  batchJobs: `SELECT id, project_id, user_id, created_at, status FROM export_jobs
+              WHERE id IN (SELECT value FROM json_each(?))`,
 } as const;
 
 export function getJob(db: D1Database, id: string): Promise<JobRow | null> {
@@ -36,16 +37,12 @@ export async function processingAmong(db: D1Database, ids: readonly string[]): P
   return results.map((row) => row.id);
 }
 
-export async function pendingJobs(
-  db: D1Database,
-  ids: readonly string[],
-): Promise<Pick<JobRow, "id" | "project_id" | "user_id" | "created_at">[]> {
+export type BatchJob = Pick<JobRow, "id" | "project_id" | "user_id" | "created_at" | "status">;
+
+export async function batchJobs(db: D1Database, ids: readonly string[]): Promise<BatchJob[]> {
   if (ids.length === 0) return [];
   const { results } = await retryTransient(() =>
-    db
-      .prepare(READ_SQL.pendingByIds)
-      .bind(JSON.stringify(ids))
-      .all<Pick<JobRow, "id" | "project_id" | "user_id" | "created_at">>(),
+    db.prepare(READ_SQL.batchJobs).bind(JSON.stringify(ids)).all<BatchJob>(),
   );
   return results;
 }

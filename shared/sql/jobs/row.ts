@@ -13,7 +13,8 @@
 // Reads and the guarded statements are retried on transient D1 errors (shared/d1-retry.ts):
 // running one of them twice is safe.
 
-import { retryTransient } from "../../d1-retry.ts";
+import { retryTransient, retryTransientOutcome } from "../../d1-retry.ts";
+import { log } from "../../log.ts";
 import type { QueueInfo } from "../../queue-estimate.ts";
 import type { JobType } from "../../schemas.ts";
 
@@ -47,6 +48,11 @@ export interface JobRow {
   user_id: number | null;
   /** When the job reached complete or error (migration 0007); internal, never returned. */
   finished_at: string | null;
+  /**
+   * The claim that made the current attempt (migration 0008): a claim whose answer D1 lost reads
+   * its jobs back by it. Internal, never returned.
+   */
+  claim_token: string | null;
 }
 
 /**
@@ -55,7 +61,7 @@ export interface JobRow {
  */
 export type Job = Omit<
   JobRow,
-  "params" | "request_hash" | "pending_since" | "last_event" | "finished_at"
+  "params" | "request_hash" | "pending_since" | "last_event" | "finished_at" | "claim_token"
 > & {
   params: Record<string, unknown>;
   archived?: true;
@@ -72,6 +78,7 @@ export function toJob(row: JobRow): Job {
     pending_since: _since,
     last_event: _event,
     finished_at: _finished,
+    claim_token: _claim,
     ...rest
   } = row;
   return { ...rest, params: JSON.parse(row.params) as Record<string, unknown> };
@@ -99,3 +106,73 @@ export const allRows = async (db: D1Database, sql: string, ...binds: unknown[]) 
         .all<JobRow>(),
     )
   ).results;
+
+/**
+ * How to tell, after an answer D1 lost, whether a guarded statement had committed: the job it
+ * changes, and whether that job as it is now shows this statement's change (the state it leads
+ * to, for the same attempt and run). Another writer that made the same change (a duplicate
+ * delivery) counts as this one: what follows a change — freeing a slot, publishing, re-enqueuing
+ * — is safe to do twice.
+ */
+export interface ReadBack {
+  id: string;
+  shows(row: JobRow): boolean;
+}
+
+const BY_ID = "SELECT * FROM export_jobs WHERE id = ?";
+
+/**
+ * A guarded single-row statement, retried on transient errors. When a failed try may have
+ * committed and the statement then matched no row, the job is read back (one primary-key read,
+ * only then): if it shows the change, that row is the answer, as if the first answer had come.
+ */
+export async function guardedRow(
+  db: D1Database,
+  readBack: ReadBack,
+  sql: string,
+  ...binds: unknown[]
+): Promise<JobRow | null> {
+  const { value, ambiguous } = await retryTransientOutcome(() =>
+    db
+      .prepare(sql)
+      .bind(...binds)
+      .first<JobRow>(),
+  );
+  if (value || !ambiguous) return value;
+  const now = await firstRow(db, BY_ID, readBack.id);
+  if (!now || !readBack.shows(now)) return null;
+  log("warn", "a write whose answer was lost had committed", {
+    job_id: now.id,
+    attempt: now.attempt,
+    status: now.status,
+  });
+  return now;
+}
+
+/**
+ * A guarded many-row statement, retried on transient errors; after a try that may have committed,
+ * `readBack` (a read of the rows that statement marks) adds the rows its lost answer held.
+ */
+export async function guardedRows(
+  db: D1Database,
+  readBack: () => Promise<JobRow[]>,
+  sql: string,
+  ...binds: unknown[]
+): Promise<JobRow[]> {
+  const { value, ambiguous } = await retryTransientOutcome(() =>
+    db
+      .prepare(sql)
+      .bind(...binds)
+      .all<JobRow>(),
+  );
+  if (!ambiguous) return value.results;
+  const rows = new Map(value.results.map((row) => [row.id, row]));
+  const earlier = (await readBack()).filter((row) => !rows.has(row.id));
+  if (earlier.length > 0) {
+    log("warn", "a write whose answer was lost had committed", {
+      jobs: earlier.map((row) => row.id),
+    });
+  }
+  for (const row of earlier) rows.set(row.id, row);
+  return [...rows.values()];
+}

@@ -10,7 +10,7 @@
 
 import { NOW, NOW_PLUS, seconds } from "../time.ts";
 import * as due from "./due.ts";
-import { allRows, CANCELLED, firstRow, type JobRow } from "./row.ts";
+import { allRows, CANCELLED, guardedRow, guardedRows, type JobRow } from "./row.ts";
 
 /** `SET` fragments every transition to `pending` shares: a fresh start for the next claim. */
 const BACK_TO_PENDING = `status = 'pending', runpod_job_id = NULL, version = version + 1,
@@ -33,9 +33,14 @@ const SEED_RETRY = `status = CASE WHEN retry_count < 3 THEN 'pending' ELSE 'erro
 export const TRANSITION_SQL = {
   claim: `UPDATE export_jobs
           SET status = 'processing', attempt = attempt + 1, started_at = ${NOW}, progress = 0,
-              ${due.claimDeadline(NOW_PLUS)}, version = version + 1, last_event = 'claimed'
+              ${due.claimDeadline(NOW_PLUS)}, version = version + 1, last_event = 'claimed',
+              claim_token = ?
           WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
           RETURNING *`,
+  // After a claim whose answer was lost: the jobs that claim made, still waiting for their run.
+  claimedBy: `SELECT * FROM export_jobs
+              WHERE id IN (SELECT value FROM json_each(?)) AND +claim_token = ?
+                AND +status = 'processing' AND +runpod_job_id IS NULL`,
   recordRun: `UPDATE export_jobs SET runpod_job_id = ?, ${due.pollAt(NOW_PLUS)}, version = version + 1, last_event = 'submitted'
               WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id IS NULL
               RETURNING *`,
@@ -134,8 +139,57 @@ export function claimJobs(
   claimTimeoutS: number,
 ): Promise<JobRow[]> {
   if (ids.length === 0) return Promise.resolve([]);
-  return allRows(db, TRANSITION_SQL.claim, seconds(claimTimeoutS), JSON.stringify(ids));
+  // The claim's own mark: after an answer D1 lost, the jobs it claimed are read back by it, so a
+  // batch never takes jobs it claimed for another's (nor leaves them to the claim timeout).
+  const token = crypto.randomUUID();
+  const list = JSON.stringify(ids);
+  return guardedRows(
+    db,
+    () => allRows(db, TRANSITION_SQL.claimedBy, list, token),
+    TRANSITION_SQL.claim,
+    seconds(claimTimeoutS),
+    token,
+    list,
+  );
 }
+
+/** What a guarded statement's change looks like on the job, for its read-back (row.ts). */
+const shows = {
+  run: (id: string, attempt: number, runpodJobId: string) => ({
+    id,
+    shows: (row: JobRow) => row.attempt === attempt && row.runpod_job_id === runpodJobId,
+  }),
+  released: (id: string, attempt: number) => ({
+    id,
+    shows: (row: JobRow) =>
+      row.attempt === attempt && row.status === "pending" && row.last_event === "released",
+  }),
+  failed: (id: string, attempt: number, error: string, event: string) => ({
+    id,
+    shows: (row: JobRow) =>
+      row.attempt === attempt &&
+      (row.status === "pending" || row.status === "error") &&
+      row.last_event === event &&
+      row.error === error,
+  }),
+  completed: (id: string, attempt: number, runpodJobId: string | null) => ({
+    id,
+    shows: (row: JobRow) =>
+      row.attempt === attempt && row.status === "complete" && row.runpod_job_id === runpodJobId,
+  }),
+  cancelled: (id: string, attempt?: number) => ({
+    id,
+    shows: (row: JobRow) =>
+      (attempt === undefined || row.attempt === attempt) &&
+      row.status === "error" &&
+      row.error === CANCELLED,
+  }),
+  progressed: (id: string, attempt: number, progress: number) => ({
+    id,
+    shows: (row: JobRow) =>
+      row.attempt === attempt && row.status === "processing" && row.progress >= progress,
+  }),
+};
 
 export function recordRun(
   db: D1Database,
@@ -144,7 +198,15 @@ export function recordRun(
   runpodJobId: string,
   pollAfterS: number,
 ): Promise<JobRow | null> {
-  return firstRow(db, TRANSITION_SQL.recordRun, runpodJobId, seconds(pollAfterS), id, attempt);
+  return guardedRow(
+    db,
+    shows.run(id, attempt, runpodJobId),
+    TRANSITION_SQL.recordRun,
+    runpodJobId,
+    seconds(pollAfterS),
+    id,
+    attempt,
+  );
 }
 
 export function releaseJob(
@@ -153,7 +215,14 @@ export function releaseJob(
   attempt: number,
   delayS: number,
 ): Promise<JobRow | null> {
-  return firstRow(db, TRANSITION_SQL.release, seconds(delayS), id, attempt);
+  return guardedRow(
+    db,
+    shows.released(id, attempt),
+    TRANSITION_SQL.release,
+    seconds(delayS),
+    id,
+    attempt,
+  );
 }
 
 /**
@@ -184,15 +253,44 @@ export function failAttempt(
   event: "submit_failed" | "failed" = runpodJobId === null ? "submit_failed" : "failed",
 ): Promise<JobRow | null> {
   const delay = seconds(retryDelayS);
+  const failed = shows.failed(job.id, attempt, error, event);
   if (runpodJobId === null) {
-    return firstRow(db, TRANSITION_SQL.failWithoutRun, error, delay, event, job.id, attempt);
+    return guardedRow(
+      db,
+      failed,
+      TRANSITION_SQL.failWithoutRun,
+      error,
+      delay,
+      event,
+      job.id,
+      attempt,
+    );
   }
   return byRun(
     job.runpod_job_id,
     runpodJobId,
-    () => firstRow(db, TRANSITION_SQL.failRecordedRun, error, delay, job.id, attempt, runpodJobId),
     () =>
-      firstRow(db, TRANSITION_SQL.failUnrecordedRun, error, delay, runpodJobId, job.id, attempt),
+      guardedRow(
+        db,
+        failed,
+        TRANSITION_SQL.failRecordedRun,
+        error,
+        delay,
+        job.id,
+        attempt,
+        runpodJobId,
+      ),
+    () =>
+      guardedRow(
+        db,
+        failed,
+        TRANSITION_SQL.failUnrecordedRun,
+        error,
+        delay,
+        runpodJobId,
+        job.id,
+        attempt,
+      ),
   );
 }
 
@@ -204,37 +302,32 @@ export function completeJob(
   runpodJobId: string | null,
   outputVideoKey: string,
 ): Promise<JobRow | null> {
-  if (runpodJobId === null) {
-    return firstRow(
+  const completed = shows.completed(job.id, attempt, runpodJobId);
+  const unrecorded = () =>
+    guardedRow(
       db,
+      completed,
       TRANSITION_SQL.completeUnrecordedRun,
       outputVideoKey,
-      null,
+      runpodJobId,
       job.id,
       attempt,
     );
-  }
+  if (runpodJobId === null) return unrecorded();
   return byRun(
     job.runpod_job_id,
     runpodJobId,
     () =>
-      firstRow(
+      guardedRow(
         db,
+        completed,
         TRANSITION_SQL.completeRecordedRun,
         outputVideoKey,
         job.id,
         attempt,
         runpodJobId,
       ),
-    () =>
-      firstRow(
-        db,
-        TRANSITION_SQL.completeUnrecordedRun,
-        outputVideoKey,
-        runpodJobId,
-        job.id,
-        attempt,
-      ),
+    unrecorded,
   );
 }
 
@@ -245,17 +338,27 @@ export function endRunCancelled(
   attempt: number,
   runpodJobId: string,
 ): Promise<JobRow | null> {
+  const cancelled = shows.cancelled(job.id, attempt);
   return byRun(
     job.runpod_job_id,
     runpodJobId,
-    () => firstRow(db, TRANSITION_SQL.cancelledRecordedRun, job.id, attempt, runpodJobId),
-    () => firstRow(db, TRANSITION_SQL.cancelledUnrecordedRun, runpodJobId, job.id, attempt),
+    () =>
+      guardedRow(db, cancelled, TRANSITION_SQL.cancelledRecordedRun, job.id, attempt, runpodJobId),
+    () =>
+      guardedRow(
+        db,
+        cancelled,
+        TRANSITION_SQL.cancelledUnrecordedRun,
+        runpodJobId,
+        job.id,
+        attempt,
+      ),
   );
 }
 
 /** cancelJob: a user's cancel of a job that has not finished. */
 export function cancelJob(db: D1Database, id: string): Promise<JobRow | null> {
-  return firstRow(db, TRANSITION_SQL.cancel, id);
+  return guardedRow(db, shows.cancelled(id), TRANSITION_SQL.cancel, id);
 }
 
 /** recordProgress: raise the current attempt's progress (never backwards); it is news, too. */
@@ -266,8 +369,9 @@ export function recordProgress(
   progress: number,
   pollAfterS: number,
 ): Promise<JobRow | null> {
-  return firstRow(
+  return guardedRow(
     db,
+    shows.progressed(id, attempt, progress),
     TRANSITION_SQL.progress,
     progress,
     seconds(pollAfterS),
