@@ -79,6 +79,7 @@ export const ERRORS = {
   bad_ticket: "the live ticket is missing, forged or expired: mint a fresh one",
   upgrade_required: "GET /live answers only a WebSocket upgrade (Upgrade: websocket)",
   live_unavailable: "live status cannot be reached right now (Retry-After); D1 is unaffected",
+  invalid_bookmark: "x-d1-bookmark is not a bookmark from an earlier answer",
 } as const;
 export type ErrorCode = keyof typeof ERRORS;
 export type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 415 | 416 | 422 | 426 | 500 | 503;
@@ -116,7 +117,7 @@ type ErrorReply = {
 export function errorReplies<const O extends Partial<Record<ErrorStatus, readonly ErrorCode[]>>>(
   kind: Auth,
   own: O,
-): Record<(keyof O & ErrorStatus) | 401 | 500, ErrorReply> {
+): Record<(keyof O & ErrorStatus) | 400 | 401 | 500, ErrorReply> {
   const codes = new Map<ErrorStatus, ErrorCode[]>();
   const add = (status: ErrorStatus, ...more: readonly ErrorCode[]) => {
     const list = codes.get(status) ?? [];
@@ -129,6 +130,8 @@ export function errorReplies<const O extends Partial<Record<ErrorStatus, readonl
   for (const [status, list] of Object.entries(own) as [string, readonly ErrorCode[]][]) {
     add(Number(status) as ErrorStatus, ...list);
   }
+  // Every route that reads D1 runs in a session (producer/d1-session.ts).
+  if (kind !== "none" && kind !== "liveTicket") add(400, "invalid_bookmark");
   if (bearer || kind === "liveTicket") add(500, "not_configured");
   add(500, "internal_error");
   const replies: Partial<Record<ErrorStatus, ErrorReply>> = {};
@@ -139,7 +142,7 @@ export function errorReplies<const O extends Partial<Record<ErrorStatus, readonl
       content: { "application/json": { schema: ErrorSchema } },
     };
   }
-  return replies as Record<(keyof O & ErrorStatus) | 401 | 500, ErrorReply>;
+  return replies as Record<(keyof O & ErrorStatus) | 400 | 401 | 500, ErrorReply>;
 }
 
 /** A success answer: its description, its JSON schema (none for bodies that are not JSON). */

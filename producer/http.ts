@@ -15,7 +15,13 @@ export type TokenName = "API_TOKEN" | "ADMIN_TOKEN";
  */
 export type AppEnv = {
   Bindings: ProducerEnv;
-  Variables: { token: TokenName; attempt: number; ticket: LiveTicket };
+  Variables: {
+    token: TokenName;
+    attempt: number;
+    ticket: LiveTicket;
+    /** A reading request's D1 binding itself (producer/d1-session.ts): its primary. */
+    primaryDb?: D1Database;
+  };
 };
 export type AppContext = Context<AppEnv>;
 

@@ -5,6 +5,7 @@ import { OpenAPIHono } from "@hono/zod-openapi";
 import { cors } from "hono/cors";
 import { log } from "../shared/log.ts";
 import { mount } from "./api.ts";
+import { BOOKMARK_HEADER, d1Session } from "./d1-session.ts";
 import { type AppEnv, apiError, defaultHook } from "./http.ts";
 import { listJobsForOperators, listJobsForOperatorsRoute } from "./routes/admin-jobs.ts";
 import { cancelExport, cancelExportRoute } from "./routes/cancel-export.ts";
@@ -40,11 +41,18 @@ const app = new OpenAPIHono<AppEnv>({ defaultHook });
 app.use("*", async (c, next) => {
   const origin = c.env.CORS_ORIGIN;
   if (!origin) return next();
-  return cors({ origin, allowHeaders: ["Authorization", "Content-Type", "Idempotency-Key"] })(
-    c,
-    next,
-  );
+  const preflight = await cors({
+    origin,
+    allowHeaders: ["Authorization", "Content-Type", "Idempotency-Key", BOOKMARK_HEADER],
+  })(c, next);
+  if (preflight) return preflight;
+  // The frontend's script may read the bookmark and Location; said only to the allowed origin
+  // (hono's `exposeHeaders` would say it to any).
+  if (c.res.headers.get("access-control-allow-origin")) {
+    c.res.headers.set("Access-Control-Expose-Headers", `${BOOKMARK_HEADER}, Location`);
+  }
 });
+app.use("*", d1Session);
 
 mount(app, healthRoute, health);
 mount(app, openapiRoute, serveOpenapi(app));

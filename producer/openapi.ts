@@ -7,6 +7,7 @@ import type { OpenAPIHono } from "@hono/zod-openapi";
 import { z } from "zod";
 import { r2Key } from "../shared/schemas.ts";
 import { components } from "./api-schemas.ts";
+import { BOOKMARK_HEADER } from "./d1-session.ts";
 import type { AppEnv } from "./http.ts";
 
 type JsonSchema = z.core.JSONSchema.BaseSchema;
@@ -106,6 +107,7 @@ function build(app: OpenAPIHono<AppEnv>): OpenApiDocument {
     ],
   });
   const document = JSON.parse(JSON.stringify(generated)) as OpenApiDocument;
+  addBookmarks(document);
   document.components = {
     securitySchemes: {
       apiToken: {
@@ -122,6 +124,41 @@ function build(app: OpenAPIHono<AppEnv>): OpenApiDocument {
     schemas: { ...document.components?.schemas, ...componentSchemas() },
   };
   return document;
+}
+
+/**
+ * D1 sessions (producer/d1-session.ts) wrap every route that reads D1 (those whose 400 answers
+ * carry `invalid_bookmark`): each takes an optional `x-d1-bookmark` and its successful answers
+ * return one. Added here, in one place, rather than in every createRoute.
+ */
+function addBookmarks(document: OpenApiDocument): void {
+  for (const operations of Object.values(document.paths)) {
+    for (const operation of Object.values(operations)) {
+      if (!operation.responses["400"]?.description.includes("`invalid_bookmark`")) continue;
+      operation.parameters = [
+        ...(operation.parameters ?? []),
+        {
+          name: BOOKMARK_HEADER,
+          in: "header",
+          required: false,
+          description:
+            "A bookmark from an earlier answer: this request reads D1 at least as new as that " +
+            "answer (read your own writes across replicas)",
+          schema: { type: "string", pattern: "^[0-9a-fA-F-]{1,256}$" },
+        },
+      ];
+      for (const [status, response] of Object.entries(operation.responses)) {
+        if (!status.startsWith("2")) continue;
+        response.headers = {
+          ...response.headers,
+          [BOOKMARK_HEADER]: {
+            description: "The D1 session's bookmark after this request: send it back to read it",
+            schema: { type: "string" },
+          },
+        };
+      }
+    }
+  }
 }
 
 const built = new WeakMap<object, OpenApiDocument>();

@@ -196,12 +196,17 @@ export async function orArchived<T>(
   return archived ? pick(archived) : null;
 }
 
-/** The job as GET /exports/{id} answers it: from D1, else from its archive (`archived: true`). */
+/**
+ * The job as GET /exports/{id} answers it: from D1, else from its archive (`archived: true`).
+ * `primary`: when `db` may be a replica, the primary is asked before the archive (a job created
+ * a moment ago may not have reached the replica yet).
+ */
 export async function findJob(
   db: D1Database,
   videos: R2Bucket,
   jobId: string,
+  primary?: D1Database,
 ): Promise<Job | null> {
-  const row = await getJob(db, jobId);
+  const row = (await getJob(db, jobId)) ?? (primary ? await getJob(primary, jobId) : null);
   return orArchived(videos, jobId, row && toJob(row), (archived) => archived.job);
 }

@@ -58,7 +58,7 @@ function etagMatches(header: string | undefined, etag: string): boolean {
 }
 
 export const getExportOutput: RouteHandler<typeof getExportOutputRoute, AppEnv> = async (c) => {
-  const job = await findJob(c.env.DB, c.env.VIDEOS, c.req.valid("param").id);
+  const job = await findJob(c.env.DB, c.env.VIDEOS, c.req.valid("param").id, c.var.primaryDb);
   if (!job) return apiError(c, 404, "not_found", "no such export job");
   if (job.status !== "complete" || !job.output_video_key) {
     return apiError(c, 409, "not_complete", `the job is ${job.status}; there is no output yet`);

@@ -24,7 +24,7 @@ export const getExportRoute = createRoute({
 
 /** `GET /exports/{id}`: from D1, else from its archive in R2 (`"archived": true`). */
 export const getExport: RouteHandler<typeof getExportRoute, AppEnv> = async (c) => {
-  const job = await findJob(c.env.DB, c.env.VIDEOS, c.req.valid("param").id);
+  const job = await findJob(c.env.DB, c.env.VIDEOS, c.req.valid("param").id, c.var.primaryDb);
   if (!job) return apiError(c, 404, "not_found", "no such export job");
   return c.json({ job: await jobWithQueue(c.env, job) }, 200);
 };

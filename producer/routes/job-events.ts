@@ -23,7 +23,10 @@ export const getExportEventsRoute = createRoute({
 /** `GET /exports/{id}/events`: the job's timeline, oldest first; an archived job's from R2. */
 export const getExportEvents: RouteHandler<typeof getExportEventsRoute, AppEnv> = async (c) => {
   const { id } = c.req.valid("param");
-  const inD1 = await listJobEvents(c.env.DB, id);
+  // A replica that has not the job yet: the primary before the archive (producer/d1-session.ts).
+  const primary = c.var.primaryDb;
+  const inD1 =
+    (await listJobEvents(c.env.DB, id)) ?? (primary ? await listJobEvents(primary, id) : null);
   const events = await orArchived(c.env.VIDEOS, id, inD1, (archived) => archived.events);
   if (!events) return apiError(c, 404, "not_found", "no such export job");
   return c.json({ events }, 200);

@@ -70,7 +70,10 @@ describe("GET /openapi.json", () => {
     expect(create?.responses["400"]?.content?.["application/json"].schema).toEqual({
       $ref: "#/components/schemas/Error",
     });
-    expect(create?.parameters?.map((p) => [p.in, p.name])).toEqual([["header", "Idempotency-Key"]]);
+    expect(create?.parameters?.map((p) => [p.in, p.name])).toEqual([
+      ["header", "Idempotency-Key"],
+      ["header", "x-d1-bookmark"],
+    ]);
   });
 
   it("has a POST /exports body schema that accepts and rejects as the zod schema does", async () => {
