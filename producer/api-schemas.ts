@@ -262,11 +262,26 @@ export const LiveMessageSchema = component(
             "pending jobs' queue positions, outside their versions: at most one per project " +
               "every 5 s while the project has pending jobs",
           ),
+        z
+          .object({
+            type: z.literal("progress"),
+            job_id: z.string(),
+            project_id: z.number().int(),
+            attempt: z.number().int(),
+            version: z.number().int(),
+            progress: z.number().int().min(0).max(100),
+          })
+          .describe(
+            "a progress report D1 did not record (it records one per 25 points or per 60 s), " +
+              "outside the job's version: apply it to the job known at exactly `version` and " +
+              "`attempt`, raising its progress",
+          ),
       ])
       .describe(
         "A text frame of GET /live: one snapshot on connect, then one `job` per change, the " +
-          "job as GET /exports/{id} answers it (without `queue`), and `queue` messages. Keep " +
-          "the highest `version` per job. Send `ping` to get `pong`.",
+          "job as GET /exports/{id} answers it (without `queue`), and `queue` and `progress` " +
+          "messages outside the versions. Keep the highest `version` per job. Send `ping` to " +
+          "get `pong`.",
       ),
   ),
 );

@@ -438,10 +438,42 @@ export async function applyLostRun(
 }
 
 /**
- * recordProgress: a progress report of attempt `attempt`. A report that names its run
- * (`runpodJobId`) while the attempt has none recorded adopts it, as a webhook would: the run whose
- * `/run` answer timed out is then polled, cancelled and named like any other. The adoption is a
- * second statement only in that case; a report that raises nothing adopts nothing.
+ * A progress report is written to D1 at most once per 25 points or per this many seconds (and
+ * always when it adopts a run); the reports in between are published live only. Before, each
+ * report wrote the row and its (status, due_at) entry: a handler reporting every 5 s over a 60 s
+ * render doubled D1's writes per job. Well under POLL_AFTER_S, so a run that reports keeps
+ * deferring the reconciler's poll.
+ */
+export const PROGRESS_WRITE_S = 60;
+
+/**
+ * Whether a report of `progress` for `row` (current attempt, processing, lower progress) is
+ * written: it crosses a multiple of 25, the attempt has no run recorded yet (the report may adopt
+ * it, and it moves the claim deadline), or the last news is PROGRESS_WRITE_S old. The last news
+ * is known without a column: it set the poll time to news + POLL_AFTER_S (due.ts).
+ */
+export function writesProgress(
+  row: Pick<JobRow, "progress" | "runpod_job_id" | "due_at">,
+  progress: number,
+  pollAfterS: number,
+  now = Date.now(),
+): boolean {
+  if (Math.floor(progress / 25) > Math.floor(row.progress / 25)) return true;
+  if (row.runpod_job_id === null || row.due_at === null) return true;
+  const pollAt = Date.parse(`${row.due_at.replace(" ", "T")}Z`);
+  if (!Number.isFinite(pollAt)) return true;
+  return pollAt - pollAfterS * 1000 <= now - PROGRESS_WRITE_S * 1000;
+}
+
+/**
+ * recordProgress: a progress report of attempt `attempt`. The job is read first (a primary-key
+ * read): a report of another attempt, of a job no longer processing, or no higher than what is
+ * known changes nothing. One that `writesProgress` is the guarded UPDATE (published as a change);
+ * the others are published live only, at the row's version (`progress` messages).
+ *
+ * A report that names its run (`runpodJobId`) while the attempt has none recorded adopts it, as a
+ * webhook would: the run whose `/run` answer timed out is then polled, cancelled and named like
+ * any other. The adoption is a second statement only in that case.
  */
 export async function recordProgress(
   deps: JobDeps,
@@ -450,6 +482,13 @@ export async function recordProgress(
   progress: number,
   runpodJobId?: string,
 ): Promise<JobRow | null> {
+  const row = await getJob(deps.db, jobId);
+  if (row?.status !== "processing" || row.attempt !== attempt) return null;
+  if (row.progress >= progress) return null;
+  if (!writesProgress(row, progress, deps.pollAfterS)) {
+    await publishProgress(deps, row, progress);
+    return null;
+  }
   const raised = await published(
     deps,
     await transitions.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS),
@@ -463,6 +502,27 @@ export async function recordProgress(
     deps.pollAfterS,
   );
   return (await published(deps, adopted)) ?? raised;
+}
+
+/** Live only: progress D1 did not record, at the version D1 has. A failure is logged. */
+async function publishProgress(deps: JobDeps, row: JobRow, progress: number): Promise<void> {
+  // async: a publisher that throws instead of rejecting is a failed publication all the same.
+  const publishing = (async () =>
+    deps.live.progress({
+      job_id: row.id,
+      project_id: row.project_id,
+      attempt: row.attempt,
+      version: row.version,
+      progress,
+    }))().catch((error: unknown) => {
+    log("warn", "live publication failed", {
+      job_id: row.id,
+      attempt: row.attempt,
+      error: String(error),
+    });
+  });
+  if (deps.defer) deps.defer(publishing);
+  else await publishing;
 }
 
 /** How long until the reconciler tries RunPod's /cancel again after it failed. */

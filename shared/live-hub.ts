@@ -19,6 +19,7 @@ import {
   ALL_HUB,
   LIVE_SOCKET_HEADER,
   type LiveMessage,
+  type LiveProgress,
   projectHubName,
   projectOfHub,
   QUEUE_MESSAGE_INTERVAL_MS,
@@ -237,6 +238,13 @@ export class LiveHub extends LiveRoom {
     await this.#forward((channel) => channel.deliver(job));
   }
 
+  /** A progress report D1 did not record: to the sockets and channels, like a change. */
+  async publishProgress(update: LiveProgress): Promise<void> {
+    const text = JSON.stringify({ type: "progress", ...update } satisfies LiveMessage);
+    this.sendToScope(text, update.project_id);
+    await this.#forward((channel) => channel.deliverText(text, update.project_id));
+  }
+
   /** The project this hub is for; null for the operators' hub. */
   #projectId(): number | null {
     return projectOfHub(this.ctx.id.name ?? "");
@@ -333,7 +341,7 @@ export class LiveChannel extends LiveRoom {
     return this.broadcast(job);
   }
 
-  /** A project hub's `queue` message, forwarded as it is. */
+  /** A project hub's `queue` or `progress` message, forwarded as it is. */
   deliverText(text: string, projectId: number): number {
     return this.sendToScope(text, projectId);
   }

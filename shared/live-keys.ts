@@ -27,7 +27,21 @@ export const ALL_HUB = "all";
 export type LiveMessage =
   | { type: "snapshot"; jobs: Job[] }
   | { type: "job"; job: Job }
-  | { type: "queue"; jobs: { id: string; queue: QueueInfo }[] };
+  | { type: "queue"; jobs: { id: string; queue: QueueInfo }[] }
+  | ({ type: "progress" } & LiveProgress);
+
+/**
+ * A progress report that was not written to D1 (shared/job-state.ts writes at most one per 25
+ * points or per PROGRESS_WRITE_S): live only, outside the job's version. A client applies it to the
+ * job it knows at exactly `version` (and `attempt`), raising `progress`, never lowering it.
+ */
+export interface LiveProgress {
+  job_id: string;
+  project_id: number;
+  attempt: number;
+  version: number;
+  progress: number;
+}
 
 /** A hub sends a `queue` message at most this often. */
 export const QUEUE_MESSAGE_INTERVAL_MS = 5_000;

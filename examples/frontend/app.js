@@ -76,6 +76,15 @@ async function connectLive() {
       // Where a pending job stands: not a change of the job (no version), the newest estimate.
       const ours = message.jobs.find((each) => each.id === job.id);
       if (ours) showQueue(ours.queue);
+    } else if (message.type === "progress" && message.job_id === job.id) {
+      // Progress D1 did not record (it records one report per 25 points or per minute): it
+      // applies to the version we show, and only raises the bar.
+      const same = message.version === job.version && message.attempt === job.attempt;
+      if (same && job.status === "processing" && message.progress > job.progress) {
+        job = { ...job, progress: message.progress };
+        $("#progress").value = job.progress;
+        $("#percent").textContent = `${job.progress}%`;
+      }
     }
   });
   // An error event is always followed by close.

@@ -435,6 +435,13 @@ function onLiveMessage(data) {
   } else if (message.type === "queue") {
     for (const { id, queue } of message.jobs) keepQueue(id, queue);
     queueRender();
+  } else if (message.type === "progress") {
+    // Progress D1 did not record: for the version we know, it only raises the bar.
+    const seen = jobs.get(message.job_id);
+    if (!seen || seen.version !== message.version || seen.attempt !== message.attempt) return;
+    if (seen.status !== "processing" || message.progress <= seen.progress) return;
+    jobs.set(seen.id, { ...seen, progress: message.progress });
+    queueRender();
   } else if (message.type === "job") {
     if (!keep(message.job)) return;
     forgetOldJobs();

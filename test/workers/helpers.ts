@@ -368,6 +368,20 @@ export function answersLost(
           return lose(sql) ? lossy(statement) : statement;
         };
       }
+      if (prop === "withSession") {
+        // A session (producer/d1-session.ts) of the same lossy database.
+        return (constraint?: string) => {
+          const session = target.withSession(constraint);
+          return {
+            prepare: (sql: string) => {
+              const statement = session.prepare(sql);
+              return lose(sql) ? lossy(statement) : statement;
+            },
+            batch: (statements: D1PreparedStatement[]) => session.batch(statements),
+            getBookmark: () => session.getBookmark(),
+          };
+        };
+      }
       if (prop === "lost") return () => lost;
       const value = Reflect.get(target, prop);
       return typeof value === "function" ? value.bind(target) : value;

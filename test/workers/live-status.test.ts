@@ -532,9 +532,15 @@ describe("changes", () => {
   it("a failed publication is logged and changes nothing: the transition is in D1", async () => {
     const p = freshProjectId();
     const client = await connect((await mintProjects(p)).ticket);
-    const rejecting = deps({ publish: () => Promise.reject(new Error("live status is down")) });
+    const rejecting = deps({
+      publish: () => Promise.reject(new Error("live status is down")),
+      progress: () => Promise.reject(new Error("live status is down")),
+    });
     const throwing = deps({
       publish: () => {
+        throw new Error("live status threw");
+      },
+      progress: () => {
         throw new Error("live status threw");
       },
     });
@@ -656,6 +662,43 @@ describe("queue messages", () => {
     expect(queueOf(hubClient, b.id)).toEqual([]);
     expect(await readJob(a.id)).toMatchObject({ version: 1 });
     expect(hubClient.changes(a.id).map((job) => job.version)).toEqual([1]);
+    hubClient.close();
+    channelClient.close();
+  });
+});
+
+describe("progress messages", () => {
+  it("a report D1 does not record reaches the project's sockets and channels at the row's version", async () => {
+    const [p, q] = [freshProjectId(), freshProjectId()];
+    const hubClient = await connect((await mintProjects(p)).ticket);
+    const channelClient = await connect((await mintProjects(p, q)).ticket);
+    const job = await insertPendingJob(p);
+    const [claimed] = await state.claimJobs(deps(), [job.id], 120);
+    const recorded = await state.recordRun(deps(), claimed as JobRow, "run-live-progress");
+    if (!recorded) throw new Error("not recorded");
+    const res = await postJson(
+      await callbackPath("progress", job.id, recorded.attempt),
+      { progress: 12 },
+      { token: null },
+    );
+    expect(res.status).toBe(204);
+    const expected = {
+      type: "progress",
+      job_id: job.id,
+      project_id: p,
+      attempt: recorded.attempt,
+      version: recorded.version,
+      progress: 12,
+    };
+    for (const client of [hubClient, channelClient]) {
+      await client.until(
+        () => client.messages.some((message) => message.type === "progress"),
+        "the progress message",
+      );
+      expect(client.messages.filter((message) => message.type === "progress")).toEqual([expected]);
+    }
+    // Not a change: D1 and the job messages stay at the recorded version.
+    expect(await readJob(job.id)).toMatchObject({ progress: 0, version: recorded.version });
     hubClient.close();
     channelClient.close();
   });
