@@ -78,6 +78,8 @@ export interface RunMeta {
   duration: number;
   wall_ms: number;
   changes: number;
+  /** The database's size after the statement (bytes; D1's meta.size_after). */
+  size_after: number;
 }
 
 interface SqlAnswer {

@@ -8,8 +8,9 @@
 //                  (shared/live-publisher.ts), to tell where the producer's time goes.
 //   POST /sql      {"db": "ROWS"|"PLANS", "statements": [{"sql", "binds"}], "repeat"?: n}
 //                  runs each statement (each `repeat` times, one after the other) and answers,
-//                  per statement, every run's D1 meta (rows_read, rows_written, duration) and the
-//                  first run's results. Local only: it runs whatever SQL it is given.
+//                  per statement, every run's D1 meta (rows_read, rows_written, duration,
+//                  size_after) and the first run's results. Local only: it runs whatever SQL it
+//                  is given.
 //   GET  /health
 
 import type { LiveHub } from "../../shared/live-hub.ts";
@@ -45,6 +46,8 @@ interface RunMeta {
   /** Around the call, as this Worker sees it (ms; workerd's clock moves on I/O only). */
   wall_ms: number;
   changes: number;
+  /** The database's size in bytes after the statement (D1's meta.size_after). */
+  size_after: number;
 }
 
 const json = (status: number, body: unknown) =>
@@ -106,6 +109,7 @@ async function runSql(request: Request, env: Env): Promise<Response> {
         duration: meta.duration,
         wall_ms: performance.now() - started,
         changes: meta.changes,
+        size_after: meta.size_after,
       });
       if (i === 0) results = answer.results;
     }
