@@ -16,7 +16,9 @@ export function reportCost(l: DispatchLatency, lives: LifeRows[]): void {
   const progressRow = happy.steps.find((st) => st.step.startsWith("progress"));
   const rowsWritten = happy.rows_written + (progress - 3) * (progressRow?.rows_written ?? 3);
   const rowsRead = happy.rows_read + (progress - 3) * (progressRow?.rows_read ?? 2);
-  const doRequests = 2 + 2 / batch + 2 + 2 + 2 * progress + 2 + 1;
+  // Live publication 2 per change; the dispatcher: offerNew at create, dispatch + report per
+  // batch, free at the run's end.
+  const doRequests = 2 + 2 / batch + 2 + 2 + 2 * progress + 2 + 1 + 1;
   const inputs: CostInputs = {
     workerRequests: 1 + l.webhooksPerJob + progress + l.batchesPerJob,
     workerRequestsDetail: `POST 1 + webhook ${l.webhooksPerJob.toFixed(2)} + progress ${progress.toFixed(2)} + consumer invocations ${l.batchesPerJob.toFixed(2)} per job (measured, dispatch-latency phase)`,
@@ -25,7 +27,7 @@ export function reportCost(l: DispatchLatency, lives: LifeRows[]): void {
     d1RowsRead: rowsRead,
     d1RowsWritten: rowsWritten,
     doRequests,
-    doRequestsDetail: `${doRequests.toFixed(2)} per job, counted from the code with the measured progress reports: live publication 2 per change (created, claimed, submitted, ${progress.toFixed(0)} progress, completed), dispatcher dispatch + report per batch of ${batch.toFixed(1)}, free 1`,
+    doRequestsDetail: `${doRequests.toFixed(2)} per job, counted from the code with the measured progress reports: live publication 2 per change (created, claimed, submitted, ${progress.toFixed(0)} progress, completed), dispatcher offerNew 1 + dispatch + report per batch of ${batch.toFixed(1)} + free 1`,
     doActiveSPerRequest: 0.01,
     doSqliteRowsWritten: 15,
     r2ClassA: 1,
