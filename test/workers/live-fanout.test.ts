@@ -1,27 +1,47 @@
-// What live fan-out costs, counted on the real objects: the Durable Object calls a representative
-// job lifecycle makes (create, claim in one batch of 30, submit, 3 progress reports, complete),
-// with nobody listening and with listeners. The publisher gets the real LIVE_HUB namespace
-// wrapped in a counter (every call it makes, by object name).
+// Live fan-out on the real objects: what a batch of changes costs in Durable Object calls (one per
+// live shard it touches; no call to a hub nobody listens to), that every listener still gets every
+// change it may see (operators across all shards, a project's socket, a channel of several
+// projects) and queue messages, and that a hub's subscription to its shard follows its listeners,
+// across eviction. The publisher gets the real LIVE_HUB namespace wrapped in a counter: every
+// call it makes, by object name, and the forwards each shard answers it made.
 //
-// The figures: `npx vitest run --project workers --silent=false test/workers/live-fanout.test.ts`
-// prints them (one JSON line per scenario).
+// The figures (per job and at 100 exports/s, one JSON line per scenario): `npm run live-fanout`.
+import { evictDurableObject, listDurableObjectIds, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import * as state from "../../shared/job-state.ts";
 import type { LiveHub } from "../../shared/live-hub.ts";
+import {
+  LIVE_SHARDS,
+  OPERATORS_HUB,
+  projectHubName,
+  shardHubName,
+  shardOfProject,
+} from "../../shared/live-keys.ts";
 import { livePublisher } from "../../shared/live-publisher.ts";
 import type { JobRow } from "../../shared/sql/jobs/row.ts";
-import { freshProjectId } from "./helpers.ts";
+import { freshProjectId, waitFor } from "./helpers.ts";
 import { connect, type LiveClient, mintAll, mintProjects } from "./live-client.ts";
 
-/** Calls made to each object, by its name. */
-type Calls = Map<string, number>;
+/** What the publisher called: calls by object name, and the forwards the shards reported. */
+class Counter {
+  readonly calls = new Map<string, number>();
+  forwards = 0;
+
+  get total(): number {
+    return [...this.calls.values()].reduce((a, b) => a + b, 0);
+  }
+
+  reset(): void {
+    this.calls.clear();
+    this.forwards = 0;
+  }
+}
 
 /** The real LIVE_HUB namespace, counting every method called on the stubs it hands out. */
-function countingHubs(calls: Calls): DurableObjectNamespace<LiveHub> {
-  const hubs = env.LIVE_HUB;
-  return new Proxy(hubs, {
+function countingHubs(counter: Counter): DurableObjectNamespace<LiveHub> {
+  return new Proxy(env.LIVE_HUB, {
     get(target, property) {
       if (property !== "get") {
         const value: unknown = Reflect.get(target, property);
@@ -35,10 +55,13 @@ function countingHubs(calls: Calls): DurableObjectNamespace<LiveHub> {
             const value: unknown = Reflect.get(stubTarget, method);
             if (typeof value !== "function" || typeof method !== "string") return value;
             // Called as it is: an RPC stub's method is itself a stub (its `apply` would be RPC).
-            const call = value as (...args: unknown[]) => unknown;
-            return (...args: unknown[]) => {
-              calls.set(name, (calls.get(name) ?? 0) + 1);
-              return call(...args);
+            const call = value as (...args: unknown[]) => Promise<unknown>;
+            return async (...args: unknown[]) => {
+              counter.calls.set(name, (counter.calls.get(name) ?? 0) + 1);
+              const answer = await call(...args);
+              // A shard answers how many hubs it forwarded the batch to.
+              if (typeof answer === "number") counter.forwards += answer;
+              return answer;
             };
           },
         });
@@ -47,20 +70,27 @@ function countingHubs(calls: Calls): DurableObjectNamespace<LiveHub> {
   });
 }
 
-const JOBS = 30;
+const countingDeps = (counter: Counter) => ({
+  ...consumerDeps(env),
+  live: livePublisher({ LIVE_HUB: countingHubs(counter) }),
+});
 
-/** JOBS jobs of JOBS projects, each created, claimed (one batch), submitted, 3 × progress, done. */
-async function lifecycle(projects: number[], calls: Calls): Promise<JobRow[]> {
-  const deps = { ...consumerDeps(env), live: livePublisher({ LIVE_HUB: countingHubs(calls) }) };
+function createJob(deps: state.JobDeps, projectId: number) {
+  return state.createJob(deps, {
+    id: crypto.randomUUID(),
+    project_id: projectId,
+    type: "overlay",
+    input_video_key: `uploads/${projectId}/in.mp4`,
+    params: { highlight_regions: [{ start_time: 0, end_time: 1 }] },
+  });
+}
+
+/** A job of each project: created, claimed in one batch, submitted, 3 × progress, completed. */
+async function lifecycle(projects: readonly number[], counter: Counter): Promise<JobRow[]> {
+  const deps = countingDeps(counter);
   const created: JobRow[] = [];
   for (const projectId of projects) {
-    const row = await state.createJob(deps, {
-      id: crypto.randomUUID(),
-      project_id: projectId,
-      type: "overlay",
-      input_video_key: `uploads/${projectId}/in.mp4`,
-      params: { highlight_regions: [{ start_time: 0, end_time: 1 }] },
-    });
+    const row = await createJob(deps, projectId);
     if (!row) throw new Error("create failed");
     created.push(row);
   }
@@ -94,46 +124,269 @@ async function lifecycle(projects: number[], calls: Calls): Promise<JobRow[]> {
   return done;
 }
 
-const isAllHub = (name: string) => name === "all" || name.startsWith("all:");
-const sum = (values: Iterable<number>) => [...values].reduce((a, b) => a + b, 0);
+const hub = (name: string) => env.LIVE_HUB.get(env.LIVE_HUB.idFromName(name));
 
-/** Per job and at 100 exports/s, from the calls of JOBS jobs. */
-function figures(scenario: string, calls: Calls, jobs: number) {
-  const all = [...calls].filter(([name]) => isAllHub(name));
+/** Who subscribed to the object `name` (storage, as it survives eviction). */
+function subscribersOf(name: string): Promise<string[]> {
+  return runInDurableObject(hub(name), async (_hub, ctx) =>
+    [...(await ctx.storage.list({ prefix: "sub:" })).keys()].map((key) => key.slice(4)),
+  );
+}
+
+/** Whether the object `name` was ever created (called, or reached by a test). */
+async function exists(name: string): Promise<boolean> {
+  const id = env.LIVE_HUB.idFromName(name);
+  return (await listDurableObjectIds(env.LIVE_HUB)).some((other) => other.equals(id));
+}
+
+/** Waits until the operators' hub (left by a test's closed socket) is subscribed to no shard. */
+async function operatorsLeft(): Promise<void> {
+  await waitFor(async () => {
+    for (let shard = 0; shard < LIVE_SHARDS; shard++) {
+      if ((await subscribersOf(shardHubName(shard))).includes(OPERATORS_HUB)) return undefined;
+    }
+    return true;
+  }, "the operators' hub to leave every shard");
+}
+
+const distinctShards = (projects: readonly number[]) =>
+  new Set(projects.map((id) => shardOfProject(id))).size;
+
+const JOBS = 30;
+const freshProjects = (n: number) => Array.from({ length: n }, () => freshProjectId());
+
+describe("live fan-out", () => {
+  it("a batch of 30 claimed jobs costs one call per live shard it touches, and a hub nobody listens to is never called", async () => {
+    const projects = freshProjects(JOBS);
+    const counter = new Counter();
+    const deps = countingDeps(counter);
+    const created: JobRow[] = [];
+    for (const projectId of projects) created.push((await createJob(deps, projectId)) as JobRow);
+    // One call per change, to the project's shard only.
+    expect(counter.total).toBe(JOBS);
+    expect([...counter.calls.keys()].every((name) => name.startsWith("all:"))).toBe(true);
+
+    counter.reset();
+    const claimed = await state.claimJobs(
+      deps,
+      created.map((row) => row.id),
+      120,
+    );
+    expect(claimed).toHaveLength(JOBS);
+    // 30 projects in a row cover every shard: 16 calls for 30 changes, one per shard.
+    expect(distinctShards(projects)).toBe(LIVE_SHARDS);
+    expect(counter.calls.size).toBe(LIVE_SHARDS);
+    expect([...counter.calls.values()].every((n) => n === 1)).toBe(true);
+    expect([...counter.calls.keys()].sort()).toEqual(
+      Array.from({ length: LIVE_SHARDS }, (_, shard) => shardHubName(shard)).sort(),
+    );
+
+    // Nobody listens to these projects: their hubs were never called (never even created), and
+    // the shards forwarded them to no project hub.
+    for (const projectId of projects) expect(await exists(projectHubName(projectId))).toBe(false);
+    for (let shard = 0; shard < LIVE_SHARDS; shard++) {
+      const subscribers = await subscribersOf(shardHubName(shard));
+      expect(
+        subscribers.filter((name) => projects.some((id) => name === projectHubName(id))),
+      ).toEqual([]);
+    }
+    expect(await exists(shardHubName(0))).toBe(true); // what `exists` sees of an object called
+  });
+
+  it("an operators' socket gets every change of projects on every shard; a project's socket and a channel get theirs", async () => {
+    const projects = freshProjects(2 * LIVE_SHARDS);
+    const [p, q, r] = projects as [number, number, number];
+    const operators = await connect((await mintAll()).ticket);
+    const single = await connect((await mintProjects(p)).ticket);
+    const channel = await connect((await mintProjects(q, r)).ticket); // two shards
+    expect(shardOfProject(q)).not.toBe(shardOfProject(r));
+    const counter = new Counter();
+    const done = await lifecycle(projects, counter);
+    // The publisher calls shards only: one per single-row change, one per shard for the claims.
+    expect([...counter.calls.keys()].every((name) => name.startsWith("all:"))).toBe(true);
+    expect(counter.total).toBe(6 * projects.length + LIVE_SHARDS);
+
+    const versions = [1, 2, 3, 4, 5, 6, 7]; // create, claim, record, 3 × progress, complete
+    for (const job of done) {
+      expect(job.version).toBe(7);
+      await operators.untilVersion(job.id, 7);
+      expect(operators.changes(job.id).map((seen) => seen.version)).toEqual(versions);
+      expect(operators.latest(job.id)).toMatchObject({ status: "complete", version: 7 });
+    }
+    const ofProject = (projectId: number) => done.find((job) => job.project_id === projectId);
+    for (const [client, mine] of [
+      [single, [p]],
+      [channel, [q, r]],
+    ] as const) {
+      for (const projectId of mine) {
+        const job = ofProject(projectId) as JobRow;
+        await client.untilVersion(job.id, 7);
+        expect(client.changes(job.id).map((seen) => seen.version)).toEqual(versions);
+      }
+      expect(
+        client.changes().every((job) => (mine as readonly number[]).includes(job.project_id)),
+      ).toBe(true);
+    }
+    for (const client of [operators, single, channel]) client.close();
+    await operatorsLeft();
+  });
+
+  it("changes published at once to one shard reach the operators' hub each exactly once, however many are in flight together", async () => {
+    // 40 projects of one shard, a change of each published at the same time.
+    const projects = freshProjects(40 * LIVE_SHARDS).filter(
+      (id, _, all) => shardOfProject(id) === shardOfProject(all[0] as number),
+    );
+    expect(projects).toHaveLength(40);
+    const operators = await connect((await mintAll()).ticket);
+    const counter = new Counter();
+    const deps = countingDeps(counter);
+    const created = await Promise.all(projects.map((id) => createJob(deps, id)));
+    expect(counter.total).toBe(40);
+    // While a call to the operators' hub is in flight, the next changes wait and go together
+    // (how many go together depends on timing: the figure is printed, only its bounds tested).
+    expect(counter.forwards).toBeGreaterThanOrEqual(1);
+    expect(counter.forwards).toBeLessThanOrEqual(40);
+    for (const job of created) {
+      if (!job) throw new Error("create failed");
+      await operators.untilVersion(job.id, 1);
+    }
+    const ids = new Set(created.map((job) => job?.id));
+    const seen = operators.changes().filter((job) => ids.has(job.id));
+    expect(seen).toHaveLength(40);
+    console.log(
+      JSON.stringify({ scenario: "40 changes at once, one shard", forwards: counter.forwards }),
+    );
+    operators.close();
+    await operatorsLeft();
+  });
+
+  it("a project's hub subscribes to its shard with its first listener and leaves with its last, across eviction", async () => {
+    const [p, q] = [freshProjectId(), freshProjectId()];
+    const shardP = shardHubName(shardOfProject(p));
+    const shardQ = shardHubName(shardOfProject(q));
+    expect(await subscribersOf(shardP)).not.toContain(projectHubName(p));
+
+    const first = await connect((await mintProjects(p)).ticket);
+    expect(await subscribersOf(shardP)).toContain(projectHubName(p));
+    // A channel's subscription makes q's hub subscribe to q's shard, before the snapshot.
+    const channel = await connect((await mintProjects(p, q)).ticket);
+    expect(await subscribersOf(shardQ)).toContain(projectHubName(q));
+    const second = await connect((await mintProjects(p)).ticket);
+    first.close();
+    channel.close();
+    await waitFor(
+      async () => (!(await subscribersOf(shardQ)).includes(projectHubName(q)) ? true : undefined),
+      "q's hub to leave its shard with the channel",
+    );
+    // p's hub keeps its second socket, so it stays subscribed; evicted (its socket hibernated)
+    // with its shard, both wake from storage for the next change.
+    expect(await subscribersOf(shardP)).toContain(projectHubName(p));
+    await evictDurableObject(hub(projectHubName(p)), { webSockets: "hibernate" });
+    await evictDurableObject(hub(shardP));
+    const counter = new Counter();
+    const job = (await createJob(countingDeps(counter), p)) as JobRow;
+    await second.untilVersion(job.id, 1);
+    expect(counter.forwards).toBeGreaterThanOrEqual(1);
+
+    second.close();
+    await waitFor(
+      async () => (!(await subscribersOf(shardP)).includes(projectHubName(p)) ? true : undefined),
+      "p's hub to leave its shard with its last socket",
+    );
+    // Nobody listens any more: the next change stops at the shard.
+    counter.reset();
+    await createJob(countingDeps(counter), p);
+    expect(counter.total).toBe(1);
+    expect(counter.calls.get(shardP)).toBe(1);
+  });
+
+  it("the operators' hub listens to every shard while it holds a socket, and sends queue messages", async () => {
+    const operators = await connect((await mintAll()).ticket);
+    for (let shard = 0; shard < LIVE_SHARDS; shard++) {
+      expect(await subscribersOf(shardHubName(shard))).toContain(OPERATORS_HUB);
+    }
+    const job = (await createJob(countingDeps(new Counter()), freshProjectId())) as JobRow;
+    await operators.until(
+      () =>
+        operators.messages.some(
+          (message) =>
+            message.type === "queue" && message.jobs.some((queued) => queued.id === job.id),
+        ),
+      "a queue message naming the operators' new pending job",
+    );
+    expect(operators.changes(job.id).map((seen) => seen.version)).toEqual([1]);
+    operators.close();
+    await operatorsLeft();
+  });
+});
+
+/** Per job and at 100 exports/s, from what `counter` saw over `jobs` lifecycles. */
+function figures(scenario: string, counter: Counter, jobs: number) {
   const perJob = (n: number) => Math.round((n / jobs) * 100) / 100;
+  const atRate = (n: number) => Math.round((n / jobs) * 100);
+  const shardCalls = [...counter.calls.values()];
   const result = {
     scenario,
-    publisher_calls_per_job: perJob(sum(calls.values())),
-    all_hub_calls_per_job: perJob(sum(all.map(([, n]) => n))),
-    all_hubs_touched: all.length,
-    all_hubs_rps_at_100_exports_s: Math.round((sum(all.map(([, n]) => n)) / jobs) * 100),
-    busiest_all_hub_rps_at_100_exports_s: Math.round(
-      (Math.max(0, ...all.map(([, n]) => n)) / jobs) * 100,
-    ),
+    publisher_calls_per_job: perJob(counter.total),
+    forwards_per_job: perJob(counter.forwards),
+    do_calls_per_job: perJob(counter.total + counter.forwards),
+    shards_touched: counter.calls.size,
+    all_shards_rps_at_100_exports_s: atRate(counter.total),
+    busiest_shard_rps_at_100_exports_s: atRate(Math.max(0, ...shardCalls)),
   };
   console.log(JSON.stringify(result));
   return result;
 }
 
-describe("live fan-out, counted", () => {
-  it("with nobody listening", async () => {
-    const projects = Array.from({ length: JOBS }, () => freshProjectId());
-    const calls: Calls = new Map();
-    await lifecycle(projects, calls);
-    figures("no listener", calls, JOBS);
+describe("live fan-out, counted (create, claim as one batch, submit, 3 × progress, complete)", () => {
+  it("with nobody listening: one call per change, none for a claim's batch beyond its shards", async () => {
+    await operatorsLeft();
+    const counter = new Counter();
+    await lifecycle(freshProjects(JOBS), counter);
+    const seen = figures("no listener", counter, JOBS);
+    // 6 single-row changes per job, and a batch of 30 claims in one call per shard.
+    expect(counter.total).toBe(6 * JOBS + LIVE_SHARDS);
+    expect(seen.forwards_per_job).toBe(0);
   });
 
-  it("with an operator and a socket on every project", async () => {
-    const projects = Array.from({ length: JOBS }, () => freshProjectId());
-    const clients: LiveClient[] = [await connect((await mintAll()).ticket)];
-    for (const projectId of projects) {
-      clients.push(await connect((await mintProjects(projectId)).ticket));
+  it("with listeners: each shard call is forwarded once to each hub of its batch that listens", async () => {
+    const scenarios = [
+      { name: "an operator", operator: true, projects: false },
+      { name: "a socket on every project", operator: false, projects: true },
+      { name: "an operator and a socket on every project", operator: true, projects: true },
+    ];
+    for (const scenario of scenarios) {
+      const projects = freshProjects(JOBS);
+      const operators = scenario.operator ? await connect((await mintAll()).ticket) : null;
+      const own = new Map<number, LiveClient>();
+      if (scenario.projects) {
+        for (const projectId of projects) {
+          own.set(projectId, await connect((await mintProjects(projectId)).ticket));
+        }
+      }
+      const counter = new Counter();
+      const done = await lifecycle(projects, counter);
+      figures(scenario.name, counter, JOBS);
+      const shardCalls = 6 * JOBS + LIVE_SHARDS;
+      expect(counter.total).toBe(shardCalls);
+      // The operators' hub: once per shard call. Projects' hubs: once per single-row change, and
+      // the claim's batch once per project (each shard's call carries its projects' jobs).
+      expect(counter.forwards).toBe(
+        (scenario.operator ? shardCalls : 0) + (scenario.projects ? 6 * JOBS + JOBS : 0),
+      );
+      for (const job of done) {
+        for (const client of [operators, own.get(job.project_id)]) {
+          if (!client) continue;
+          await client.untilVersion(job.id, 7);
+          expect(client.changes(job.id).map((seen) => seen.version)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+        }
+      }
+      for (const [projectId, client] of own) {
+        expect(client.changes().every((job) => job.project_id === projectId)).toBe(true);
+        client.close();
+      }
+      operators?.close();
+      await operatorsLeft();
     }
-    const calls: Calls = new Map();
-    const done = await lifecycle(projects, calls);
-    figures("operator + every project", calls, JOBS);
-    const [operator] = clients;
-    for (const job of done) await operator?.untilVersion(job.id, job.version);
-    for (const client of clients) client.close();
   });
 });
