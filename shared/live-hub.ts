@@ -27,6 +27,7 @@ import type { Dispatcher } from "./dispatcher.ts";
 import { fairKeyOf } from "./fair-queue.ts";
 import {
   type HubRole,
+  hubOfScope,
   hubRole,
   LIVE_SHARDS,
   LIVE_SOCKET_HEADER,
@@ -229,6 +230,8 @@ const SUBSCRIPTION = "sub:";
 const QUEUE_SENT = "queue-sent";
 /** The token under which a project or operators' hub last subscribed itself to its shard(s). */
 const UPSTREAM = "upstream";
+/** The hub's own name (see LiveHub.#name). */
+const SELF = "self";
 
 /**
  * A sender's calls to its subscribers, one lane each: at most one call in flight per subscriber;
@@ -300,8 +303,28 @@ export class LiveHub extends LiveRoom {
   #subscriptions: Promise<Map<string, string>> | undefined;
   readonly #outbox = new Outbox();
 
-  #role(): HubRole {
-    return hubRole(this.ctx.id.name ?? "");
+  /** The name this hub was reached by, remembered (storage) from the calls that carry it. */
+  #self: string | undefined;
+
+  /**
+   * This hub's name, hence its role. `ctx.id.name` is not there everywhere (wrangler dev leaves
+   * it undefined), so every call that needs the role carries the name its caller reached the hub
+   * by (`known`), and the hub keeps it for the calls that cannot (its alarm, a socket's close).
+   */
+  async #name(known?: string): Promise<string> {
+    if (known !== undefined) {
+      if (this.#self !== known) {
+        this.#self = known;
+        await this.ctx.storage.put(SELF, known);
+      }
+      return known;
+    }
+    this.#self ??= this.ctx.id.name ?? (await this.ctx.storage.get<string>(SELF));
+    return this.#self ?? "";
+  }
+
+  async #role(known?: string): Promise<HubRole> {
+    return hubRole(await this.#name(known));
   }
 
   #subscribers(): Promise<Map<string, string>> {
@@ -332,7 +355,6 @@ export class LiveHub extends LiveRoom {
    * many calls it made (the fan-out test counts them); rejects when a subscriber was not told.
    */
   async publish(jobs: readonly Job[]): Promise<number> {
-    if (this.#role().kind !== "shard") throw new Error(`${this.ctx.id.name} is not a live shard`);
     const subscribers = await this.#subscribers();
     if (subscribers.size === 0) return 0;
     const batches = new Map<string, Job[]>();
@@ -350,7 +372,7 @@ export class LiveHub extends LiveRoom {
     let calls = 0;
     await this.#forward([...batches.keys()], (name) => {
       const sent = this.#outbox.send(name, batches.get(name) ?? [], (batch) =>
-        this.#hub(name).deliver(batch),
+        this.#hub(name).deliver(batch, name),
       );
       if (sent.newCall) calls += 1;
       return sent.answer;
@@ -362,10 +384,10 @@ export class LiveHub extends LiveRoom {
    * A shard's forward to a project's or the operators' hub: to its sockets, and a project's to
    * its channels in one call each. Answers how many listen (0: the shard drops this hub).
    */
-  async deliver(jobs: readonly Job[]): Promise<number> {
-    const role = this.#role();
+  async deliver(jobs: readonly Job[], self: string): Promise<number> {
+    const role = await this.#role(self);
     if (role.kind !== "project" && role.kind !== "operators") {
-      throw new Error(`${this.ctx.id.name} holds no live sockets`);
+      throw new Error(`${self} holds no live sockets`);
     }
     let listeners = this.broadcast(jobs);
     if (jobs.some((job) => job.status === "pending")) await this.#queueSoon();
@@ -406,21 +428,21 @@ export class LiveHub extends LiveRoom {
     return listening;
   }
 
-  protected override async opened(_info: SocketInfo): Promise<void> {
-    await this.#listen();
+  protected override async opened(info: SocketInfo): Promise<void> {
+    await this.#listen(await this.#name(hubOfScope(info.scope)));
   }
 
   protected override async connected(): Promise<void> {
     await this.#queueSoon();
   }
 
-  protected override async closed(ws: WebSocket): Promise<void> {
-    await this.#unlistenIfIdle(ws);
+  protected override async closed(ws: WebSocket, info: SocketInfo): Promise<void> {
+    await this.#unlistenIfIdle(await this.#name(hubOfScope(info.scope)), ws);
   }
 
-  /** The shards this hub listens to: its project's, or every one for the operators. */
-  #upstream(): string[] {
-    const role = this.#role();
+  /** The shards the hub `self` listens to: its project's, or every one for the operators. */
+  #upstream(self: string): string[] {
+    const role = hubRole(self);
     if (role.kind === "project") return [shardHubName(shardOfProject(role.projectId))];
     if (role.kind === "operators") {
       return Array.from({ length: LIVE_SHARDS }, (_, shard) => shardHubName(shard));
@@ -433,18 +455,17 @@ export class LiveHub extends LiveRoom {
    * subscription answered. Every connection subscribes afresh (a new token): one call per connect,
    * and a concurrent unsubscribe of the last listener, which carries the old token, cannot undo it.
    */
-  async #listen(): Promise<void> {
-    const shards = this.#upstream();
+  async #listen(self: string): Promise<void> {
+    const shards = this.#upstream(self);
     if (shards.length === 0) return;
     const token = crypto.randomUUID();
     await this.ctx.storage.put(UPSTREAM, token);
-    const name = this.ctx.id.name ?? "";
-    await Promise.all(shards.map((shard) => this.#hub(shard).subscribe(name, token)));
+    await Promise.all(shards.map((shard) => this.#hub(shard).subscribe(self, token, shard)));
   }
 
   /** Unsubscribes from the shard(s) once no socket (but `closing`) and no channel is left. */
-  async #unlistenIfIdle(closing?: WebSocket): Promise<void> {
-    const shards = this.#upstream();
+  async #unlistenIfIdle(self: string, closing?: WebSocket): Promise<void> {
+    const shards = this.#upstream(self);
     if (shards.length === 0) return;
     const open = this.ctx
       .getWebSockets()
@@ -452,13 +473,12 @@ export class LiveHub extends LiveRoom {
     if (open || (await this.#subscribers()).size > 0) return;
     const token = await this.ctx.storage.get<string>(UPSTREAM);
     if (token === undefined) return;
-    const name = this.ctx.id.name ?? "";
     // Best effort: a shard that keeps a stale subscription drops it on its next forward (0).
     const results = await Promise.allSettled(
-      shards.map((shard) => this.#hub(shard).unsubscribe(name, token)),
+      shards.map((shard) => this.#hub(shard).unsubscribe(self, token, shard)),
     );
     if (results.some((result) => result.status === "rejected")) {
-      log("info", "live hub unsubscribe incomplete", { hub: name });
+      log("info", "live hub unsubscribe incomplete", { hub: self });
     }
   }
 
@@ -475,7 +495,7 @@ export class LiveHub extends LiveRoom {
    * every QUEUE_MESSAGE_INTERVAL_MS. One D1 read and one dispatcher call a message.
    */
   override async alarm(): Promise<void> {
-    const role = this.#role();
+    const role = await this.#role();
     if (role.kind !== "project" && role.kind !== "operators") return;
     const projectId = role.kind === "project" ? role.projectId : null;
     const listening =
@@ -510,22 +530,23 @@ export class LiveHub extends LiveRoom {
   }
 
   /**
-   * `name` (a channel, at a project's hub; a hub, at a shard) listens from now on. A project's
-   * hub subscribes itself to its shard before it answers: the channel reads its snapshot after.
+   * `name` (a channel, at a project's hub; a hub, at a shard) listens from now on; `self` is the
+   * name the caller reached this hub by. A project's hub subscribes itself to its shard before it
+   * answers: the channel reads its snapshot after.
    */
-  async subscribe(name: string, token: string): Promise<void> {
+  async subscribe(name: string, token: string, self: string): Promise<void> {
     const subscribers = await this.#subscribers();
     subscribers.set(name, token);
     await this.ctx.storage.put(SUBSCRIPTION + name, token);
-    if (this.#role().kind === "project") {
-      await this.#listen();
+    if ((await this.#role(self)).kind === "project") {
+      await this.#listen(self);
       await this.#queueSoon();
     }
   }
 
   /** Drops `name` unless another connection subscribed it since (another token). */
-  async unsubscribe(name: string, token: string): Promise<void> {
-    if (await this.#drop(name, token)) await this.#unlistenIfIdle();
+  async unsubscribe(name: string, token: string, self: string): Promise<void> {
+    if (await this.#drop(name, token)) await this.#unlistenIfIdle(await this.#name(self));
   }
 
   /** Forgets `name`'s subscription if `token` is still its own; answers whether it did. */
@@ -557,7 +578,11 @@ export class LiveChannel extends LiveRoom {
   protected override async opened(info: SocketInfo): Promise<void> {
     const { channel, scope } = info;
     if (!channel || scope.all) return;
-    await Promise.all(scope.projectIds.map((id) => this.#hub(id).subscribe(channel, info.token)));
+    await Promise.all(
+      scope.projectIds.map((id) =>
+        this.#hub(id).subscribe(channel, info.token, projectHubName(id)),
+      ),
+    );
   }
 
   protected override async closed(ws: WebSocket, info: SocketInfo): Promise<void> {
@@ -569,7 +594,9 @@ export class LiveChannel extends LiveRoom {
     if (others.length > 0) return;
     // Best effort: a hub that keeps a stale subscription drops it on its next forward (0).
     const results = await Promise.allSettled(
-      scope.projectIds.map((id) => this.#hub(id).unsubscribe(channel, info.token)),
+      scope.projectIds.map((id) =>
+        this.#hub(id).unsubscribe(channel, info.token, projectHubName(id)),
+      ),
     );
     if (results.some((result) => result.status === "rejected")) {
       log("info", "live channel unsubscribe incomplete", { channel });

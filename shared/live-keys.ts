@@ -87,6 +87,10 @@ export interface SocketInfo {
 
 export const channelName = (ticketId: string) => `channel:${ticketId}`;
 
+/** The hub that holds the socket of a ticket for all projects or for one (liveRoomFor). */
+export const hubOfScope = (scope: LiveScope) =>
+  scope.all ? OPERATORS_HUB : projectHubName(scope.projectIds[0] as number);
+
 /** What liveRoomFor needs of the live-status objects' bindings. */
 interface RoomNamespace {
   idFromName(name: string): DurableObjectId;
@@ -101,9 +105,8 @@ export function liveRoomFor(
   const { scope } = ticket;
   const token = crypto.randomUUID();
   if (scope.all || scope.projectIds.length === 1) {
-    const name = scope.all ? OPERATORS_HUB : projectHubName(scope.projectIds[0] as number);
     return {
-      room: env.LIVE_HUB.get(env.LIVE_HUB.idFromName(name)),
+      room: env.LIVE_HUB.get(env.LIVE_HUB.idFromName(hubOfScope(scope))),
       info: { scope, channel: null, token },
     };
   }
