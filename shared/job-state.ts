@@ -23,7 +23,7 @@
 
 import type { RunFigures } from "./capacity.ts";
 import type { JobMessage } from "./env.ts";
-import type { LivePublisher } from "./live-publisher.ts";
+import { LivePublicationError, type LivePublisher } from "./live-publisher.ts";
 import { log } from "./log.ts";
 import type { RunpodClient } from "./runpod-client.ts";
 import type { RunpodStatusObject } from "./schemas.ts";
@@ -111,19 +111,16 @@ export async function publishJobs(deps: JobDeps, rows: readonly (JobRow | null)[
 }
 
 async function publishNow(deps: JobDeps, changed: readonly JobRow[]): Promise<void> {
-  const results = await Promise.allSettled(
-    // async: a publisher that throws instead of rejecting is a failed publication all the same.
-    changed.map(async (row) => deps.live.publish(toJob(row))),
-  );
-  results.forEach((result, i) => {
-    if (result.status === "rejected") {
-      log("warn", "live publication failed", {
-        job_id: changed[i]?.id,
-        attempt: changed[i]?.attempt,
-        error: String(result.reason),
-      });
-    }
-  });
+  try {
+    // One call for the statement's rows (the publisher makes one per live shard they touch).
+    // Awaited inside the try: a publisher that throws instead of rejecting failed all the same.
+    await deps.live.publish(changed.map(toJob));
+  } catch (error) {
+    log("warn", "live publication failed", {
+      job_ids: error instanceof LivePublicationError ? error.jobIds : changed.map((row) => row.id),
+      error: String(error),
+    });
+  }
 }
 
 /** Publishes `row` if there is one, and hands it back. */

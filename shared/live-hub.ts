@@ -1,30 +1,45 @@
 // Live status: the Durable Objects behind GET /live, with hibernatable WebSockets.
 //
-// Keying: one LiveHub per project (`idFromName("project:<id>")`) and one "all" hub for operators.
-// The publisher (shared/live-publisher.ts) tells the job's project hub and the "all" hub of each
-// change: two calls per change however many clients listen, spread over projects. A ticket has
-// ONE WebSocket, held by one object: an operators' ticket's by the "all" hub, a one-project
-// ticket's by that project's hub, a several-project ticket's by its own LiveChannel
-// (`idFromName("channel:<ticket id>")`), which subscribes to its projects' hubs (up to 100, past
-// the 10 tags a socket may carry). A hub forwards to its subscribed channels and calls none when
-// it has none; idle sockets hibernate, each with its ticket's scope as its attachment.
+// Keying (names in shared/live-keys.ts): LiveHub objects in three roles, by name, and LiveChannel.
+// - Shards `all:<project id mod LIVE_SHARDS>` (16): the only objects the publisher calls
+//   (shared/live-publisher.ts), with ONE call per shard a batch of changes touches. A shard holds
+//   no socket; it forwards each batch, in one call per subscriber, to the hubs that subscribed to
+//   it: the operators' hub (every job) and the project hubs of the batch's jobs. A shard with no
+//   subscriber forwards nothing, and a project nobody listens to costs no call past its shard.
+// - `project:<id>`: the sockets of one-project tickets, and the channels of several-project
+//   tickets that subscribed to it. It subscribes itself to its shard while it has a socket or a
+//   channel, and unsubscribes when the last one goes.
+// - `operators`: the sockets of `all_projects` tickets, subscribed to every shard while it has one.
+// A ticket has ONE WebSocket, held by one object: the project's hub, the operators' hub, or for a
+// ticket of several projects its own LiveChannel (`channel:<ticket id>`), which subscribes to its
+// projects' hubs (up to 100, past the 10 tags a socket may carry). Subscriptions are kept in the
+// subscribed object's storage (they survive eviction and hibernation), each with the token of the
+// connection that made it: an unsubscribe drops only its own, so a late one never undoes a newer
+// subscription. A forward answered "0 listeners" drops the subscriber (a socket that died without
+// closing). Idle sockets hibernate, each with its ticket's scope as its attachment.
 //
-// On connect the object accepts the socket (and a channel subscribes) *before* it reads the
-// snapshot from D1, so no change falls between the two; changes that arrive while it reads wait
-// and follow the snapshot. Clients keep the highest `version` per job.
+// On connect the object accepts the socket, and subscribes (a channel to its hubs, a hub to its
+// shards, each awaited down the chain) *before* it reads the snapshot from D1, so no change falls
+// between the two; changes that arrive while it reads wait and follow the snapshot. Clients keep
+// the highest `version` per job.
 import { DurableObject } from "cloudflare:workers";
 import type { Dispatcher } from "./dispatcher.ts";
 import { fairKeyOf } from "./fair-queue.ts";
 import {
-  ALL_HUB,
+  type HubRole,
+  hubOfScope,
+  hubRole,
+  LIVE_SHARDS,
   LIVE_SOCKET_HEADER,
   type LiveMessage,
   type LiveProgress,
+  OPERATORS_HUB,
   projectHubName,
-  projectOfHub,
   QUEUE_MESSAGE_INTERVAL_MS,
   QUEUE_MESSAGE_JOBS,
   type SocketInfo,
+  shardHubName,
+  shardOfProject,
 } from "./live-keys.ts";
 import type { LiveScope } from "./live-ticket.ts";
 import { log } from "./log.ts";
@@ -109,7 +124,8 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair("ping", "pong"));
   }
 
-  /** Before the snapshot is read: a channel subscribes to its projects' hubs here. */
+  /** Before the snapshot is read: a channel subscribes to its projects' hubs here, a hub to its
+   * shards. */
   protected async opened(_info: SocketInfo): Promise<void> {}
 
   /** After a socket's snapshot was sent. */
@@ -147,12 +163,17 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
     return new Response(null, { status: 101, webSocket: client });
   }
 
-  /** Sends `job` to every open socket that may see it; answers how many there are. */
-  protected broadcast(job: Job): number {
-    return this.sendToScope(
-      JSON.stringify({ type: "job", job } satisfies LiveMessage),
-      job.project_id,
-    );
+  /**
+   * Sends each of `jobs` to every open socket that may see it; answers how many sockets saw at
+   * least one (0: nobody here listens to these jobs).
+   */
+  protected broadcast(jobs: readonly Job[]): number {
+    let listeners = 0;
+    for (const job of jobs) {
+      const text = JSON.stringify({ type: "job", job } satisfies LiveMessage);
+      listeners = Math.max(listeners, this.sendToScope(text, job.project_id));
+    }
+    return listeners;
   }
 
   /**
@@ -208,16 +229,106 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
 const SUBSCRIPTION = "sub:";
 /** When the hub last sent a `queue` message (ms). */
 const QUEUE_SENT = "queue-sent";
+/** The token under which a project or operators' hub last subscribed itself to its shard(s). */
+const UPSTREAM = "upstream";
+/** The hub's own name (see LiveHub.#name). */
+const SELF = "self";
 
 /**
- * One project's changes (or, as "all", every project's): sent to the sockets it holds and
- * forwarded to the channels that subscribed (kept in its storage, so they survive eviction).
+ * A sender's calls to its subscribers, one lane each: at most one call in flight per subscriber;
+ * the jobs that come meanwhile wait and leave together in the next call. Idle, a batch leaves at
+ * once (no added latency); busy, batches grow instead of calls piling up, so a subscriber (the
+ * operators' hub, which hears every shard) gets at most one call per sender at a time however
+ * fast changes come. In memory: a call in flight keeps the object awake.
+ */
+class Outbox {
+  readonly #lanes = new Map<string, Lane>();
+
+  /**
+   * Sends `jobs` to `name` with `call`, now or with the next call; answers that call's answer,
+   * and whether this send made a call of its own (false: it joined one already waiting).
+   */
+  send(
+    name: string,
+    jobs: readonly Job[],
+    call: (jobs: readonly Job[]) => Promise<number>,
+  ): { answer: Promise<number>; newCall: boolean } {
+    const lane = this.#lanes.get(name);
+    if (lane?.waiting) {
+      lane.waiting.jobs.push(...jobs);
+      return { answer: lane.waiting.answer, newCall: false };
+    }
+    const batch: Batch = { jobs: [...jobs], answer: Promise.resolve(0) };
+    const run = async () => {
+      if (lane?.waiting === batch) lane.waiting = null;
+      return call(batch.jobs);
+    };
+    const current: Lane = lane ?? { tail: Promise.resolve(), waiting: null };
+    if (lane) {
+      lane.waiting = batch;
+      batch.answer = lane.tail.then(run);
+    } else {
+      batch.answer = run();
+      this.#lanes.set(name, current);
+    }
+    const tail = batch.answer.then(
+      () => {},
+      () => {},
+    );
+    current.tail = tail;
+    void tail.then(() => {
+      if (current.tail === tail) this.#lanes.delete(name);
+    });
+    return { answer: batch.answer, newCall: true };
+  }
+}
+
+interface Batch {
+  jobs: Job[];
+  answer: Promise<number>;
+}
+
+interface Lane {
+  /** Settles when the lane's last call has ended (never rejects). */
+  tail: Promise<void>;
+  /** The jobs for the next call, while one is in flight. */
+  waiting: Batch | null;
+}
+
+/**
+ * A shard, a project's hub or the operators' hub, by its name (see the header). Each keeps its
+ * subscribers in its storage: a shard the hubs that listen, a project's hub the channels.
  */
 export class LiveHub extends LiveRoom {
-  /** Channel name → the token of the connection that subscribed it last. */
+  /** Subscriber name → the token of the connection that subscribed it last. */
   #subscriptions: Promise<Map<string, string>> | undefined;
+  readonly #outbox = new Outbox();
 
-  #channels(): Promise<Map<string, string>> {
+  /** The name this hub was reached by, remembered (storage) from the calls that carry it. */
+  #self: string | undefined;
+
+  /**
+   * This hub's name, hence its role. `ctx.id.name` is not there everywhere (wrangler dev leaves
+   * it undefined), so every call that needs the role carries the name its caller reached the hub
+   * by (`known`), and the hub keeps it for the calls that cannot (its alarm, a socket's close).
+   */
+  async #name(known?: string): Promise<string> {
+    if (known !== undefined) {
+      if (this.#self !== known) {
+        this.#self = known;
+        await this.ctx.storage.put(SELF, known);
+      }
+      return known;
+    }
+    this.#self ??= this.ctx.id.name ?? (await this.ctx.storage.get<string>(SELF));
+    return this.#self ?? "";
+  }
+
+  async #role(known?: string): Promise<HubRole> {
+    return hubRole(await this.#name(known));
+  }
+
+  #subscribers(): Promise<Map<string, string>> {
     this.#subscriptions ??= this.ctx.storage
       .list<string>({ prefix: SUBSCRIPTION })
       .then(
@@ -231,44 +342,180 @@ export class LiveHub extends LiveRoom {
     return this.#subscriptions;
   }
 
-  /** A change of one of this hub's jobs. Rejects when a subscribed channel could not be told. */
-  async publish(job: Job): Promise<void> {
-    this.broadcast(job);
-    if (job.status === "pending") await this.#queueSoon();
-    await this.#forward((channel) => channel.deliver(job));
+  #hub(name: string): DurableObjectStub<LiveHub> {
+    return this.env.LIVE_HUB.get(this.env.LIVE_HUB.idFromName(name));
   }
 
-  /** A progress report D1 did not record: to the sockets and channels, like a change. */
+  #channel(name: string): DurableObjectStub<LiveChannel> {
+    return this.env.LIVE_CHANNEL.get(this.env.LIVE_CHANNEL.idFromName(name));
+  }
+
+  /**
+   * A shard's one call per batch (from the publisher): each subscribed hub gets, in one call, the
+   * batch's jobs it listens to (the operators' hub all of them), through the outbox. Answers how
+   * many calls it made (the fan-out test counts them); rejects when a subscriber was not told.
+   */
+  async publish(jobs: readonly Job[]): Promise<number> {
+    const subscribers = await this.#subscribers();
+    if (subscribers.size === 0) return 0;
+    const batches = new Map<string, Job[]>();
+    const add = (name: string, job: Job) => {
+      const batch = batches.get(name);
+      if (batch) batch.push(job);
+      else batches.set(name, [job]);
+    };
+    const operators = subscribers.has(OPERATORS_HUB);
+    for (const job of jobs) {
+      if (operators) add(OPERATORS_HUB, job);
+      const project = projectHubName(job.project_id);
+      if (subscribers.has(project)) add(project, job);
+    }
+    let calls = 0;
+    await this.#forward([...batches.keys()], (name) => {
+      const sent = this.#outbox.send(name, batches.get(name) ?? [], (batch) =>
+        this.#hub(name).deliver(batch, name),
+      );
+      if (sent.newCall) calls += 1;
+      return sent.answer;
+    });
+    return calls;
+  }
+
+  /**
+   * A shard's progress report that D1 did not record (shared/job-state.ts): to the operators'
+   * hub and the project's hub when they listen, as it is (no outbox: it is outside the versions,
+   * and a client applies it only at the version it names, so its order among job messages does not
+   * matter).
+   */
   async publishProgress(update: LiveProgress): Promise<void> {
+    const subscribers = await this.#subscribers();
+    if (subscribers.size === 0) return;
     const text = JSON.stringify({ type: "progress", ...update } satisfies LiveMessage);
-    this.sendToScope(text, update.project_id);
-    await this.#forward((channel) => channel.deliverText(text, update.project_id));
+    const project = projectHubName(update.project_id);
+    const names = [OPERATORS_HUB, project].filter((name) => subscribers.has(name));
+    await this.#forward(names, (name) =>
+      this.#hub(name).deliverText(text, update.project_id, name),
+    );
   }
 
-  /** The project this hub is for; null for the operators' hub. */
-  #projectId(): number | null {
-    return projectOfHub(this.ctx.id.name ?? "");
+  /**
+   * A shard's forward of a message outside the versions (progress) to a project's or the
+   * operators' hub: to its sockets, and a project's to its channels. Answers how many listen.
+   */
+  async deliverText(text: string, projectId: number, self: string): Promise<number> {
+    const role = await this.#role(self);
+    if (role.kind !== "project" && role.kind !== "operators") {
+      throw new Error(`${self} holds no live sockets`);
+    }
+    let listeners = this.sendToScope(text, projectId);
+    if (role.kind === "project") {
+      const subscribers = await this.#subscribers();
+      listeners += await this.#forward([...subscribers.keys()], (name) =>
+        this.#channel(name).deliverText(text, projectId),
+      );
+    }
+    return listeners;
+  }
+
+  /**
+   * A shard's forward to a project's or the operators' hub: to its sockets, and a project's to
+   * its channels in one call each. Answers how many listen (0: the shard drops this hub).
+   */
+  async deliver(jobs: readonly Job[], self: string): Promise<number> {
+    const role = await this.#role(self);
+    if (role.kind !== "project" && role.kind !== "operators") {
+      throw new Error(`${self} holds no live sockets`);
+    }
+    let listeners = this.broadcast(jobs);
+    if (jobs.some((job) => job.status === "pending")) await this.#queueSoon();
+    if (role.kind === "project") {
+      const subscribers = await this.#subscribers();
+      listeners += await this.#forward(
+        [...subscribers.keys()],
+        (name) =>
+          this.#outbox.send(name, jobs, (batch) => this.#channel(name).deliver(batch)).answer,
+      );
+    }
+    return listeners;
+  }
+
+  /**
+   * Sends `send(name)` to each of `names` that is still subscribed, drops those that answer 0
+   * listeners, and answers how many answered more. Rejects when one could not be reached (it
+   * stays subscribed).
+   */
+  async #forward(names: readonly string[], send: (name: string) => Promise<number>) {
+    if (names.length === 0) return 0;
+    const subscribers = await this.#subscribers();
+    let listening = 0;
+    const results = await Promise.allSettled(
+      names.map(async (name) => {
+        const token = subscribers.get(name);
+        if (token === undefined) return;
+        if ((await send(name)) > 0) listening += 1;
+        else await this.#drop(name, token);
+      }),
+    );
+    const failed = results.filter((result) => result.status === "rejected");
+    if (failed.length > 0) {
+      throw new Error(
+        `${failed.length} live subscriber(s) not reached: ${String(failed[0]?.reason)}`,
+      );
+    }
+    return listening;
+  }
+
+  protected override async opened(info: SocketInfo): Promise<void> {
+    await this.#listen(await this.#name(hubOfScope(info.scope)));
   }
 
   protected override async connected(): Promise<void> {
     await this.#queueSoon();
   }
 
-  /** Sends `forward` to every subscribed channel; drops those with nobody listening. */
-  async #forward(forward: (channel: DurableObjectStub<LiveChannel>) => Promise<number>) {
-    const channels = await this.#channels();
-    if (channels.size === 0) return;
+  protected override async closed(ws: WebSocket, info: SocketInfo): Promise<void> {
+    await this.#unlistenIfIdle(await this.#name(hubOfScope(info.scope)), ws);
+  }
+
+  /** The shards the hub `self` listens to: its project's, or every one for the operators. */
+  #upstream(self: string): string[] {
+    const role = hubRole(self);
+    if (role.kind === "project") return [shardHubName(shardOfProject(role.projectId))];
+    if (role.kind === "operators") {
+      return Array.from({ length: LIVE_SHARDS }, (_, shard) => shardHubName(shard));
+    }
+    return [];
+  }
+
+  /**
+   * Subscribes this hub to its shard(s), awaited, before a socket's snapshot is read or a channel's
+   * subscription answered. Every connection subscribes afresh (a new token): one call per connect,
+   * and a concurrent unsubscribe of the last listener, which carries the old token, cannot undo it.
+   */
+  async #listen(self: string): Promise<void> {
+    const shards = this.#upstream(self);
+    if (shards.length === 0) return;
+    const token = crypto.randomUUID();
+    await this.ctx.storage.put(UPSTREAM, token);
+    await Promise.all(shards.map((shard) => this.#hub(shard).subscribe(self, token, shard)));
+  }
+
+  /** Unsubscribes from the shard(s) once no socket (but `closing`) and no channel is left. */
+  async #unlistenIfIdle(self: string, closing?: WebSocket): Promise<void> {
+    const shards = this.#upstream(self);
+    if (shards.length === 0) return;
+    const open = this.ctx
+      .getWebSockets()
+      .some((ws) => ws !== closing && ws.readyState === WebSocket.OPEN);
+    if (open || (await this.#subscribers()).size > 0) return;
+    const token = await this.ctx.storage.get<string>(UPSTREAM);
+    if (token === undefined) return;
+    // Best effort: a shard that keeps a stale subscription drops it on its next forward (0).
     const results = await Promise.allSettled(
-      [...channels].map(async ([name, token]) => {
-        const listeners = await forward(
-          this.env.LIVE_CHANNEL.get(this.env.LIVE_CHANNEL.idFromName(name)),
-        );
-        if (listeners === 0) await this.unsubscribe(name, token);
-      }),
+      shards.map((shard) => this.#hub(shard).unsubscribe(self, token, shard)),
     );
-    const failed = results.filter((result) => result.status === "rejected");
-    if (failed.length > 0) {
-      throw new Error(`${failed.length} live channel(s) not reached: ${String(failed[0]?.reason)}`);
+    if (results.some((result) => result.status === "rejected")) {
+      log("info", "live hub unsubscribe incomplete", { hub: self });
     }
   }
 
@@ -285,16 +532,16 @@ export class LiveHub extends LiveRoom {
    * every QUEUE_MESSAGE_INTERVAL_MS. One D1 read and one dispatcher call a message.
    */
   override async alarm(): Promise<void> {
+    const role = await this.#role();
+    if (role.kind !== "project" && role.kind !== "operators") return;
+    const projectId = role.kind === "project" ? role.projectId : null;
     const listening =
       this.ctx.getWebSockets().some((ws) => ws.readyState === WebSocket.OPEN) ||
-      (await this.#channels()).size > 0;
+      (await this.#subscribers()).size > 0;
     if (!listening) return;
-    const projectId = this.#projectId();
-    const all = (this.ctx.id.name ?? "") === ALL_HUB;
-    if (projectId === null && !all) return;
     const pending = (
       await listJobs(this.env.DB, {
-        projectIds: all ? null : [projectId as number],
+        projectIds: projectId === null ? null : [projectId],
         statuses: "pending",
         limit: QUEUE_MESSAGE_JOBS,
         after: null,
@@ -310,23 +557,42 @@ export class LiveHub extends LiveRoom {
     const text = JSON.stringify({ type: "queue", jobs } satisfies LiveMessage);
     this.sendToScope(text, projectId);
     await this.ctx.storage.put(QUEUE_SENT, Date.now());
-    if (projectId !== null) await this.#forward((channel) => channel.deliverText(text, projectId));
+    if (projectId !== null) {
+      const subscribers = await this.#subscribers();
+      await this.#forward([...subscribers.keys()], (name) =>
+        this.#channel(name).deliverText(text, projectId),
+      );
+    }
     await this.ctx.storage.setAlarm(Date.now() + QUEUE_MESSAGE_INTERVAL_MS);
   }
 
-  async subscribe(channel: string, token: string): Promise<void> {
-    const channels = await this.#channels();
-    channels.set(channel, token);
-    await this.ctx.storage.put(SUBSCRIPTION + channel, token);
-    await this.#queueSoon();
+  /**
+   * `name` (a channel, at a project's hub; a hub, at a shard) listens from now on; `self` is the
+   * name the caller reached this hub by. A project's hub subscribes itself to its shard before it
+   * answers: the channel reads its snapshot after.
+   */
+  async subscribe(name: string, token: string, self: string): Promise<void> {
+    const subscribers = await this.#subscribers();
+    subscribers.set(name, token);
+    await this.ctx.storage.put(SUBSCRIPTION + name, token);
+    if ((await this.#role(self)).kind === "project") {
+      await this.#listen(self);
+      await this.#queueSoon();
+    }
   }
 
-  /** Drops `channel` unless another connection subscribed it since (another token). */
-  async unsubscribe(channel: string, token: string): Promise<void> {
-    const channels = await this.#channels();
-    if (channels.get(channel) !== token) return;
-    channels.delete(channel);
-    await this.ctx.storage.delete(SUBSCRIPTION + channel);
+  /** Drops `name` unless another connection subscribed it since (another token). */
+  async unsubscribe(name: string, token: string, self: string): Promise<void> {
+    if (await this.#drop(name, token)) await this.#unlistenIfIdle(await this.#name(self));
+  }
+
+  /** Forgets `name`'s subscription if `token` is still its own; answers whether it did. */
+  async #drop(name: string, token: string): Promise<boolean> {
+    const subscribers = await this.#subscribers();
+    if (subscribers.get(name) !== token) return false;
+    subscribers.delete(name);
+    await this.ctx.storage.delete(SUBSCRIPTION + name);
+    return true;
   }
 }
 
@@ -336,9 +602,9 @@ export class LiveChannel extends LiveRoom {
     return this.env.LIVE_HUB.get(this.env.LIVE_HUB.idFromName(projectHubName(projectId)));
   }
 
-  /** A project hub's forward; 0 listeners tells the hub to drop this channel. */
-  deliver(job: Job): number {
-    return this.broadcast(job);
+  /** A project hub's forward of a batch; 0 listeners tells the hub to drop this channel. */
+  deliver(jobs: readonly Job[]): number {
+    return this.broadcast(jobs);
   }
 
   /** A project hub's `queue` or `progress` message, forwarded as it is. */
@@ -349,7 +615,11 @@ export class LiveChannel extends LiveRoom {
   protected override async opened(info: SocketInfo): Promise<void> {
     const { channel, scope } = info;
     if (!channel || scope.all) return;
-    await Promise.all(scope.projectIds.map((id) => this.#hub(id).subscribe(channel, info.token)));
+    await Promise.all(
+      scope.projectIds.map((id) =>
+        this.#hub(id).subscribe(channel, info.token, projectHubName(id)),
+      ),
+    );
   }
 
   protected override async closed(ws: WebSocket, info: SocketInfo): Promise<void> {
@@ -361,7 +631,9 @@ export class LiveChannel extends LiveRoom {
     if (others.length > 0) return;
     // Best effort: a hub that keeps a stale subscription drops it on its next forward (0).
     const results = await Promise.allSettled(
-      scope.projectIds.map((id) => this.#hub(id).unsubscribe(channel, info.token)),
+      scope.projectIds.map((id) =>
+        this.#hub(id).unsubscribe(channel, info.token, projectHubName(id)),
+      ),
     );
     if (results.some((result) => result.status === "rejected")) {
       log("info", "live channel unsubscribe incomplete", { channel });

@@ -1,23 +1,59 @@
 // How live-status objects are named, what their sockets receive, and which object holds a
-// ticket's socket (liveRoomFor): shared by the objects (shared/live-hub.ts), the publisher
-// (shared/live-publisher.ts) and GET /live, with no runtime imports (Node code may import it).
+// ticket's socket (liveRoomFor): shared by the objects (shared/live-hub.ts, which says how they
+// work together), the publisher (shared/live-publisher.ts) and GET /live, with no runtime imports
+// (Node code may import it).
 import type { LiveScope, LiveTicket } from "./live-ticket.ts";
 import type { QueueInfo } from "./queue-estimate.ts";
 import type { Job } from "./sql/jobs/row.ts";
 
 const PROJECT_HUB = "project:";
+const SHARD_HUB = "all:";
 
-/** The hub of one project's changes. */
+/** The hub of one project's changes (its sockets, and the channels of tickets that name it). */
 export const projectHubName = (projectId: number) => `${PROJECT_HUB}${projectId}`;
 
-/** The project of a hub's name; null for the operators' hub (or another name). */
+/** The project of a hub's name; null for another name. */
 export function projectOfHub(name: string): number | null {
   if (!name.startsWith(PROJECT_HUB)) return null;
   const id = Number(name.slice(PROJECT_HUB.length));
   return Number.isInteger(id) && id > 0 ? id : null;
 }
-/** The operators' hub: every change of every project. */
-export const ALL_HUB = "all";
+
+/**
+ * Shards of the publication side: every change goes to the shard of its project, and only there.
+ * 16 spreads 100 exports/s (about 650 publications/s) to about 40/s per shard, far from a Durable
+ * Object's ~1,000 requests/s, while a batch of 30 jobs still costs at most 16 calls. Changing it
+ * moves projects to other shards: the hubs re-subscribe as their sockets reconnect.
+ */
+export const LIVE_SHARDS = 16;
+
+/** The shard of a project's changes. */
+export const shardOfProject = (projectId: number) => projectId % LIVE_SHARDS;
+
+/** The name of shard `shard` (0 ≤ shard < LIVE_SHARDS). */
+export const shardHubName = (shard: number) => `${SHARD_HUB}${shard}`;
+
+/** The operators' hub: it holds the sockets of `all_projects` tickets and hears every shard. */
+export const OPERATORS_HUB = "operators";
+
+/** What a LiveHub is, from its name. */
+export type HubRole =
+  | { kind: "project"; projectId: number }
+  | { kind: "shard"; shard: number }
+  | { kind: "operators" }
+  | { kind: "none" };
+
+export function hubRole(name: string): HubRole {
+  const projectId = projectOfHub(name);
+  if (projectId !== null) return { kind: "project", projectId };
+  if (name === OPERATORS_HUB) return { kind: "operators" };
+  if (name.startsWith(SHARD_HUB)) {
+    const shard = Number(name.slice(SHARD_HUB.length));
+    if (Number.isInteger(shard) && shard >= 0 && shard < LIVE_SHARDS)
+      return { kind: "shard", shard };
+  }
+  return { kind: "none" };
+}
 
 /**
  * What a live socket receives: a snapshot on connect, then one message per change; and, outside
@@ -65,6 +101,10 @@ export interface SocketInfo {
 
 export const channelName = (ticketId: string) => `channel:${ticketId}`;
 
+/** The hub that holds the socket of a ticket for all projects or for one (liveRoomFor). */
+export const hubOfScope = (scope: LiveScope) =>
+  scope.all ? OPERATORS_HUB : projectHubName(scope.projectIds[0] as number);
+
 /** What liveRoomFor needs of the live-status objects' bindings. */
 interface RoomNamespace {
   idFromName(name: string): DurableObjectId;
@@ -79,9 +119,8 @@ export function liveRoomFor(
   const { scope } = ticket;
   const token = crypto.randomUUID();
   if (scope.all || scope.projectIds.length === 1) {
-    const name = scope.all ? ALL_HUB : projectHubName(scope.projectIds[0] as number);
     return {
-      room: env.LIVE_HUB.get(env.LIVE_HUB.idFromName(name)),
+      room: env.LIVE_HUB.get(env.LIVE_HUB.idFromName(hubOfScope(scope))),
       info: { scope, channel: null, token },
     };
   }

@@ -1,6 +1,7 @@
 // Figure 8, cost per million exports on list prices (../prices.json, ../cost.ts): the per-job
 // counts measured by figure 4, the D1 rows of figure 5, and stated assumptions where the local
 // stack cannot measure.
+import { LIVE_SHARDS } from "../../shared/live-keys.ts";
 import { type CostInputs, costPerMillion, readPrices } from "../cost.ts";
 import type { LifeRows } from "../d1-figures.ts";
 import type { DispatchLatency } from "./dispatch-latency.ts";
@@ -16,9 +17,12 @@ export function reportCost(l: DispatchLatency, lives: LifeRows[]): void {
   const progressRow = happy.steps.find((st) => st.step.startsWith("progress"));
   const rowsWritten = happy.rows_written + (progress - 3) * (progressRow?.rows_written ?? 3);
   const rowsRead = happy.rows_read + (progress - 3) * (progressRow?.rows_read ?? 2);
-  // Live publication 2 per change; the dispatcher: offerNew at create, dispatch + report per
-  // batch, free at the run's end.
-  const doRequests = 2 + 2 / batch + 2 + 2 + 2 * progress + 2 + 1 + 1;
+  // Live status with nobody listening (test/workers/live-fanout.test.ts counts it): one call to
+  // the project's shard per change, and a claimed batch one call per shard it touches (at most
+  // LIVE_SHARDS); a listening hub adds one forward per change it hears. The dispatcher: offerNew
+  // at create, dispatch + report per batch, free at the run's end.
+  const live = 1 + Math.min(batch, LIVE_SHARDS) / batch + 1 + progress + 1;
+  const doRequests = live + 2 / batch + 1 + 1;
   const inputs: CostInputs = {
     workerRequests: 1 + l.webhooksPerJob + progress + l.batchesPerJob,
     workerRequestsDetail: `POST 1 + webhook ${l.webhooksPerJob.toFixed(2)} + progress ${progress.toFixed(2)} + consumer invocations ${l.batchesPerJob.toFixed(2)} per job (measured, dispatch-latency phase)`,
@@ -27,7 +31,7 @@ export function reportCost(l: DispatchLatency, lives: LifeRows[]): void {
     d1RowsRead: rowsRead,
     d1RowsWritten: rowsWritten,
     doRequests,
-    doRequestsDetail: `${doRequests.toFixed(2)} per job, counted from the code with the measured progress reports: live publication 2 per change (created, claimed, submitted, ${progress.toFixed(0)} progress, completed), dispatcher offerNew 1 + dispatch + report per batch of ${batch.toFixed(1)} + free 1`,
+    doRequestsDetail: `${doRequests.toFixed(2)} per job, counted from the code with the measured progress reports: live publication ${live.toFixed(2)} with nobody listening (one call per change to its project's shard: created, submitted, ${progress.toFixed(0)} progress, completed; the claims of a batch of ${batch.toFixed(1)} one call per shard touched), dispatcher offerNew 1 + dispatch + report per batch of ${batch.toFixed(1)} + free 1`,
     doActiveSPerRequest: 0.01,
     doSqliteRowsWritten: 15,
     r2ClassA: 1,

@@ -76,7 +76,7 @@ const OVERHEAD_VARIANTS = [
   { key: "bare_r2", label: "bare + R2 HEAD", path: "/exports?with=r2" },
   {
     key: "bare_r2_live",
-    label: "bare + R2 HEAD + 2 live publications",
+    label: "bare + R2 HEAD + the live publication",
     path: "/exports?with=r2,live",
   },
   { key: "producer", label: "the producer", path: "" },

@@ -4,8 +4,9 @@
 //   POST /exports[?with=r2|r2,live]  the bare producer: parse the JSON body, one D1 insert (the
 //                  producer's own INSERT_SQL.insert), one queue send, 202 {"job"} — what
 //                  POST /exports cannot do less than. `with` adds what the producer does besides:
-//                  `r2` its HEAD of input_video_key, `live` its two live-status publications
-//                  (shared/live-publisher.ts), to tell where the producer's time goes.
+//                  `r2` its HEAD of input_video_key, `live` its live-status publication
+//                  (shared/live-publisher.ts: one call, to the project's shard), to tell where
+//                  the producer's time goes.
 //   POST /sql      {"db": "ROWS"|"PLANS", "statements": [{"sql", "binds"}], "repeat"?: n}
 //                  runs each statement (each `repeat` times, one after the other) and answers,
 //                  per statement, every run's D1 meta (rows_read, rows_written, duration,
@@ -81,7 +82,7 @@ async function bareExport(request: Request, env: Env): Promise<Response> {
   if (!row) return json(500, { error: "insert returned no row" });
   if (extra.has("live")) {
     await livePublisher(env)
-      .publish(toJob(row))
+      .publish([toJob(row)])
       .catch(() => {});
   }
   await env.QUEUE.send({ job_id: row.id });

@@ -8,7 +8,7 @@ import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
 import { decodeBase64Url, encodeBase64Url } from "../../shared/base64url.ts";
 import * as state from "../../shared/job-state.ts";
-import type { LiveMessage, LivePublisher } from "../../shared/live-publisher.ts";
+import type { LivePublisher } from "../../shared/live-publisher.ts";
 import { projectHubName } from "../../shared/live-publisher.ts";
 import { mintTicket } from "../../shared/live-ticket.ts";
 import { type Job, type JobRow, toJob } from "../../shared/sql/jobs/row.ts";
@@ -16,7 +16,6 @@ import {
   ADMIN_TOKEN,
   API_TOKEN,
   callbackPath,
-  type FetchInit,
   freshProjectId,
   insertPendingJob,
   overlayRequest,
@@ -26,103 +25,15 @@ import {
   readJob,
   waitFor,
 } from "./helpers.ts";
-
-interface MintedTicket {
-  ticket: string;
-  expires_at: string;
-}
-
-async function mint(body: unknown, init: FetchInit = {}): Promise<MintedTicket> {
-  const res = await postJson("/live-tickets", body, init);
-  expect(res.status).toBe(201);
-  return (await res.json()) as MintedTicket;
-}
-
-const mintProjects = (...projectIds: number[]) => mint({ project_ids: projectIds });
-const mintAll = () => mint({ all_projects: true }, { token: ADMIN_TOKEN });
-
-function openLive(ticket: string, init: FetchInit = {}): Promise<Response> {
-  return producerFetch(`/live?ticket=${encodeURIComponent(ticket)}`, {
-    token: null,
-    ...init,
-    headers: { Upgrade: "websocket", ...(init.headers as Record<string, string> | undefined) },
-  });
-}
-
-/** The test's end of a live socket: every message it received, in order. */
-class LiveClient {
-  readonly messages: LiveMessage[] = [];
-  pongs = 0;
-
-  readonly ws: WebSocket;
-
-  constructor(ws: WebSocket) {
-    this.ws = ws;
-    ws.addEventListener("message", (event) => {
-      const data = event.data as string;
-      if (data === "pong") this.pongs += 1;
-      else this.messages.push(JSON.parse(data) as LiveMessage);
-    });
-    ws.accept();
-  }
-
-  get snapshot(): Job[] {
-    const first = this.messages[0];
-    if (first?.type !== "snapshot") throw new Error("the first message is not the snapshot");
-    return first.jobs;
-  }
-
-  /** The `job` messages, in arrival order (of one job, with `id`). */
-  changes(id?: string): Job[] {
-    return this.messages.flatMap((message) =>
-      message.type === "job" && (id === undefined || message.job.id === id) ? [message.job] : [],
-    );
-  }
-
-  /** What a client keeping the highest version per job shows. */
-  latest(id: string): Job | undefined {
-    let best: Job | undefined;
-    for (const job of [...this.snapshot, ...this.changes(id)]) {
-      if (job.id === id && (!best || job.version > best.version)) best = job;
-    }
-    return best;
-  }
-
-  until(check: () => boolean, what: string): Promise<true> {
-    return waitFor(async () => (check() ? true : undefined), what);
-  }
-
-  /** Waits until a change of `id` with at least `version` arrived. */
-  untilVersion(id: string, version: number): Promise<true> {
-    return this.until(
-      () => this.changes(id).some((job) => job.version >= version),
-      `version ${version} of ${id}`,
-    );
-  }
-
-  close(): void {
-    this.ws.close(1000, "test done");
-  }
-}
-
-async function connect(ticket: string): Promise<LiveClient> {
-  const res = await openLive(ticket);
-  expect(res.status).toBe(101);
-  if (!res.webSocket) throw new Error("no WebSocket in the 101 answer");
-  const client = new LiveClient(res.webSocket);
-  await client.until(() => client.messages.length > 0, "the snapshot");
-  expect(client.messages[0]?.type).toBe("snapshot");
-  return client;
-}
-
-/**
- * An answer's job as live `job` messages carry it: without `queue`, which is not part of the row
- * (it never raises `version`) and travels in `queue` messages instead.
- */
-function asLive(job: Job): Job {
-  const { queue: _queue, ...rest } = job;
-  return rest;
-}
+import {
+  asLive,
+  connect,
+  LiveClient,
+  mint,
+  mintAll,
+  mintProjects,
+  openLive,
+} from "./live-client.ts";
 
 /** GET /exports/{id}'s job: what every live message must equal (its `queue` aside). */
 async function apiJob(id: string): Promise<Job> {

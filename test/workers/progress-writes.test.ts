@@ -74,7 +74,7 @@ describe("progress writes", () => {
     const real = livePublisher(env);
     const live: LivePublisher = {
       publish: (published) => {
-        jobs.push(published);
+        jobs.push(...published);
         return real.publish(published);
       },
       progress: (update) => {
