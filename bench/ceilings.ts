@@ -22,6 +22,7 @@ import os from "node:os";
 import path from "node:path";
 import { ARCHIVE_BATCH } from "../consumer/reconciler.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
+import { LIVE_SHARDS } from "../shared/live-keys.ts";
 import { consumerSettings } from "../shared/settings.ts";
 import { DEAD_LETTER_SQL } from "../shared/sql/dead-letters.ts";
 import { EVENT_SQL } from "../shared/sql/events.ts";
@@ -217,24 +218,28 @@ type ArchiveStatement = (typeof ARCHIVE_STATEMENTS)[number];
 // ---------------------------------------------------------------------------------------------
 
 /**
- * Live publication TODAY (shared/live-publisher.ts, shared/live-hub.ts): every changed row is one
- * call to its project's LiveHub and one to the operators' "all" hub, whoever listens; a project
- * hub forwards each change to every LiveChannel (a multi-project viewer) subscribed to it.
- * Publication is being reworked (batched, skipped when nobody listens, sharded): update this
- * table when that lands.
+ * Live publication (shared/live-publisher.ts, shared/live-hub.ts; counted by
+ * test/workers/live-fanout.test.ts): one call per statement to each shard (`all:<project mod 16>`)
+ * its rows touch — a job's created, submitted, 3 progress and completed one call each, its claim
+ * one per shard a batch touches (at most LIVE_SHARDS of B) —; past the shard only to the hubs that
+ * listen: the operators' hub (every change, when an operator is connected) and the project's hub
+ * (its changes, when someone watches the project), and from a project's hub to each LiveChannel
+ * (multi-project viewer) subscribed to it.
  */
-export const LIVE_TODAY = {
+export const LIVE = {
   /** Rows a job changes on the admitted path: created, claimed, submitted, progress ×3, completed. */
   changesPerJob: 7,
   /** One more when the job waits: the hold is published like a transition. */
   extraChangesWhenHeld: 1,
-  projectHubCallsPerChange: 1,
-  allHubCallsPerChange: 1,
-  /** Per change, per LiveChannel subscribed to the job's project (none assumed in the totals). */
-  channelCallsPerChangePerViewer: 1,
+  shards: LIVE_SHARDS,
 } as const;
 
-type DoClass = "Dispatcher" | "LiveHub (project)" | "LiveHub (all)" | "LiveChannel";
+type DoClass =
+  | "Dispatcher"
+  | "LiveHub (shard)"
+  | "LiveHub (operators)"
+  | "LiveHub (project)"
+  | "LiveChannel";
 
 interface DoCall {
   object: DoClass;
@@ -243,10 +248,17 @@ interface DoCall {
   when: string;
 }
 
+/** Shard calls per job: one per change, the claim shared by the shards a batch touches. */
+const shardCallsPerJob = (path: PathName, b: number) =>
+  LIVE.changesPerJob -
+  1 +
+  Math.min(b, LIVE.shards) / b +
+  (path === "waits" ? LIVE.extraChangesWhenHeld : 0);
+
 /** Durable Object requests per job on a path, at batch size b. */
 function doCalls(path: PathName, b: number): DoCall[] {
-  const changes =
-    LIVE_TODAY.changesPerJob + (path === "waits" ? LIVE_TODAY.extraChangesWhenHeld : 0);
+  const changes = LIVE.changesPerJob + (path === "waits" ? LIVE.extraChangesWhenHeld : 0);
+  const shard = shardCallsPerJob(path, b);
   const dispatcher: DoCall[] = [
     { object: "Dispatcher", call: "offerNew", perJob: 1, when: "create (producer/queue.ts)" },
     { object: "Dispatcher", call: "dispatch", perJob: 1 / b, when: "consumer batch" },
@@ -258,22 +270,28 @@ function doCalls(path: PathName, b: number): DoCall[] {
   return [
     ...dispatcher,
     {
-      object: "LiveHub (project)",
+      object: "LiveHub (shard)",
       call: "publish",
-      perJob: changes * LIVE_TODAY.projectHubCallsPerChange,
-      when: `changed row (${changes})`,
+      perJob: shard,
+      when: `statement that changed the job (${changes} changes, the claim shared by the batch), spread over ${LIVE.shards} shards`,
     },
     {
-      object: "LiveHub (all)",
-      call: "publish",
-      perJob: changes * LIVE_TODAY.allHubCallsPerChange,
-      when: `changed row (${changes}), every project's on one object`,
+      object: "LiveHub (operators)",
+      call: "deliver",
+      perJob: 0,
+      when: `up to ${round(shard, 2)} per job while an operator is connected (fewer as calls coalesce), none otherwise`,
+    },
+    {
+      object: "LiveHub (project)",
+      call: "deliver",
+      perJob: 0,
+      when: `${changes} per job of the project while someone watches it, none otherwise`,
     },
     {
       object: "LiveChannel",
       call: "deliver",
       perJob: 0,
-      when: `${changes * LIVE_TODAY.channelCallsPerChangePerViewer} per multi-project viewer of the job's project (none assumed)`,
+      when: `${changes} per multi-project viewer of the job's project (none assumed)`,
     },
   ];
 }
@@ -929,13 +947,17 @@ function report(m: Measured): void {
         ", ",
       )}; waits path ${round(perClass(waits, "Dispatcher"), 3)}; + estimate 1 per GET of a pending job; the alarm ${pollPerS}/s while busy (FLEET_POLL_S ${settings.gate.fleetPollS}); one object per endpoint`,
   });
-  figure("do_live_per_job", "4. LiveHub requests/job: project hub / 'all' hub (today)", {
-    value: `${perClass(admitted, "LiveHub (project)")} / ${perClass(admitted, "LiveHub (all)")}`,
-    unit: "",
-    target: "(info)",
-    pass: null,
-    note: `LIVE_TODAY: ${LIVE_TODAY.changesPerJob} changed rows a job (+${LIVE_TODAY.extraChangesWhenHeld} when held), each published to its project's hub and to the 'all' hub whether anyone listens; LiveChannel: ${LIVE_TODAY.changesPerJob} per multi-project viewer of the project; plus a hub's queue alarm every 5 s while someone listens and jobs are pending (one D1 listing + one dispatcher estimate)`,
-  });
+  figure(
+    "do_live_per_job",
+    "4. LiveHub requests/job: shards (nobody listening) / operators' hub (listening)",
+    {
+      value: `${round(perClass(admitted, "LiveHub (shard)"), 2)} / ≤ ${round(perClass(admitted, "LiveHub (shard)"), 2)}`,
+      unit: "",
+      target: "(info)",
+      pass: null,
+      note: `one call per statement per shard touched (${LIVE.changesPerJob} changes a job, +${LIVE.extraChangesWhenHeld} when held; the claim of a batch of ${B} touches ≤ ${LIVE.shards} shards); nothing past a shard unless someone listens: the operators' hub as many as the shards while an operator is connected, a project's hub ${LIVE.changesPerJob} per job while someone watches it; plus a hub's queue alarm every 5 s while someone listens and jobs are pending`,
+    },
+  );
   let fleetAdmissionMs: number | null = null;
   try {
     const fleet = JSON.parse(readFileSync(path.join(root, "bench/fleet.json"), "utf8")) as {
@@ -952,13 +974,13 @@ function report(m: Measured): void {
       pass: dispatcher <= DO_SOFT_LIMIT_PER_S,
       note: `${round(perClass(admitted, "Dispatcher"), 3)}/job × ${rate}/s + the alarm${fleetAdmissionMs === null ? "" : `; the fair queue's SQLite alone ${fleetAdmissionMs} ms per admission (npm run fleet) → ${round((rate * fleetAdmissionMs) / 10, 1)} % busy`}; the gate sends ${runsPerSPerEndpoint()} /run/s per endpoint (RUNPOD_RUNS_PER_10S ${settings.gate.runsPer10s}; RunPod allows 100), so ${fmt(rate)}/s needs ≥ ${Math.ceil(rate / runsPerSPerEndpoint())} endpoints, one dispatcher each`,
     });
-    const all = rate * perClass(admitted, "LiveHub (all)");
-    figure(`do_all_hub_at_${rate}`, `4. the 'all' LiveHub at ${fmt(rate)} exports/s (today)`, {
-      value: round(all, 0),
+    const shard = (rate * perClass(admitted, "LiveHub (shard)")) / LIVE.shards;
+    figure(`do_shard_at_${rate}`, `4. a live shard at ${fmt(rate)} exports/s (projects spread)`, {
+      value: round(shard, 0),
       unit: "req/s",
       target: `≤ ${fmt(DO_SOFT_LIMIT_PER_S)}`,
-      pass: all <= DO_SOFT_LIMIT_PER_S,
-      note: `${perClass(admitted, "LiveHub (all)")}/job on one object; a project's hub gets as many per job of that project (${fmt(DO_SOFT_LIMIT_PER_S / perClass(admitted, "LiveHub (project)"), 0)} exports/s of one project reach the limit)`,
+      pass: shard <= DO_SOFT_LIMIT_PER_S,
+      note: `${round(perClass(admitted, "LiveHub (shard)"), 2)}/job over ${LIVE.shards} shards; the operators' hub, while an operator is connected, hears up to ${fmt(rate * perClass(admitted, "LiveHub (shard)"), 0)}/s before calls coalesce (one in flight per shard); one project's hub reaches the limit at ${fmt(DO_SOFT_LIMIT_PER_S / LIVE.changesPerJob, 0)} exports/s of that project while watched`,
     });
   }
   const messages = 1_000;
@@ -978,7 +1000,7 @@ function report(m: Measured): void {
       idempotency: IDEMPOTENCY_LOOKUP,
       progress_statements_per_job: PROGRESS_STATEMENTS_PER_JOB,
       archive: { batch: ARCHIVE_BATCH, statements: ARCHIVE_STATEMENTS },
-      live_today: LIVE_TODAY,
+      live_today: LIVE,
       durable_objects: { admitted: doCalls("admitted", B), waits: doCalls("waits", B) },
       limits: {
         d1_bytes: D1_LIMIT_BYTES,
