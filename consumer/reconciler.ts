@@ -9,7 +9,7 @@
 // held-jobs audit (a read; at worst a job's message is sent twice, which its claim absorbs) and
 // the archive's (shared/archive.ts: an idempotent put, then a delete guarded by version).
 
-import { archiveJobs } from "../shared/archive.ts";
+import { ARCHIVE_BATCH, archiveFinished } from "../shared/archive.ts";
 import { forEachBounded } from "../shared/concurrency.ts";
 import {
   applyLostRun,
@@ -25,7 +25,6 @@ import {
 } from "../shared/job-state.ts";
 import { log } from "../shared/log.ts";
 import { RunpodError } from "../shared/runpod-client.ts";
-import { ARCHIVE_START, archivableJobs } from "../shared/sql/jobs/archive.ts";
 import { heldJobs } from "../shared/sql/jobs/leases.ts";
 import { processingAmong } from "../shared/sql/jobs/reads.ts";
 import type { JobRow } from "../shared/sql/jobs/row.ts";
@@ -33,8 +32,19 @@ import type { ConsumerDeps } from "./process-jobs.ts";
 
 /** Jobs leased per statement. */
 export const RECONCILE_BATCH = 100;
-/** A pass stops starting new batches after this long (a cron invocation may run 15 minutes). */
+/**
+ * Steps 1–5 start no new batch after this long (a cron invocation may run 15 minutes); step 6
+ * goes on until ARCHIVE_UNTIL_MS.
+ */
 export const RECONCILE_BUDGET_MS = 25_000;
+/**
+ * Step 6 (the archive) starts no batch after this many budgets into the pass: 50 s by default,
+ * 10 s before the next cron. Steps 1–5 stop starting batches at one budget, so the archive has
+ * about one budget (25 s) of every minute at least, and about 49 s when steps 1–5 are quick.
+ */
+export const ARCHIVE_UNTIL_BUDGETS = 2;
+/** When step 6 starts its last batch, by default: ARCHIVE_UNTIL_BUDGETS budgets into the pass. */
+export const ARCHIVE_UNTIL_MS = ARCHIVE_UNTIL_BUDGETS * RECONCILE_BUDGET_MS;
 /**
  * Pages of held jobs (RECONCILE_BATCH each) the audit reads per pass at most: 10,000 jobs a
  * minute. After a sweep a pass reads only the jobs held since the last one, at most one hold per
@@ -42,8 +52,6 @@ export const RECONCILE_BUDGET_MS = 25_000;
  * 1.67× margin; a sweep of a 100,000-job backlog (a new or reset dispatcher) takes 10 passes.
  */
 export const HELD_PAGES_PER_PASS = 100;
-/** Finished jobs archived per batch: each is an R2 put, so the batches are smaller. */
-export const ARCHIVE_BATCH = 50;
 
 type Count = RunOutcome | "expired" | "poll_failed" | "cancel_retried" | "claim_stretched";
 
@@ -70,7 +78,9 @@ export async function reconcile(
   const { settings } = deps;
   const batch = options.batch ?? RECONCILE_BATCH;
   const archiveBatch = options.batch ?? ARCHIVE_BATCH;
-  const deadline = Date.now() + (options.budgetMs ?? RECONCILE_BUDGET_MS);
+  const budgetMs = options.budgetMs ?? RECONCILE_BUDGET_MS;
+  const started = Date.now();
+  const deadline = started + budgetMs;
   const report: ReconcileReport = {
     requeued: 0,
     unheld: 0,
@@ -256,24 +266,25 @@ export async function reconcile(
     log("error", "reconciler step failed", { step: "slots", error: String(error) });
   }
 
-  // 6. Retention: jobs finished more than ARCHIVE_AFTER_S ago, to R2 and out of D1. Batches go on
-  //    while they come back full and time is left, so the archive keeps up with the rate at which
-  //    jobs finish; each pass starts again from the oldest, past any job a batch had to leave.
+  // 6. Retention: jobs finished more than ARCHIVE_AFTER_S ago, to R2 and out of D1 (batches go
+  //    on while they come back full and time is left: shared/archive.ts). Until ARCHIVE_UNTIL_MS
+  //    into the pass, not only what steps 1–5 left of their budget: jobs finish at the pace
+  //    exports come in, and a busy step before must not starve the archive. Measured by
+  //    bench/archive-rate.ts (bench/README.md, figure 9).
   if (settings.archiveAfterS > 0) {
-    let after = ARCHIVE_START;
-    await step(
-      "archive",
-      async () => {
-        const rows = await archivableJobs(deps.db, settings.archiveAfterS, after, archiveBatch);
-        const last = rows.at(-1);
-        if (last) after = { finished_at: last.finished_at ?? "", id: last.id };
-        return rows;
-      },
-      async (rows) => {
-        report.archived += (await archiveJobs(deps.db, deps.videos, rows)).archived;
-      },
-      archiveBatch,
-    );
+    try {
+      await archiveFinished(deps.db, deps.videos, {
+        archiveAfterS: settings.archiveAfterS,
+        batch: archiveBatch,
+        deadline: started + budgetMs * ARCHIVE_UNTIL_BUDGETS,
+        onArchived: (archived) => {
+          report.archived += archived;
+        },
+      });
+    } catch (error) {
+      report.failedSteps.push("archive");
+      log("error", "reconciler step failed", { step: "archive", error: String(error) });
+    }
   }
 
   log("info", "reconciled", { ...report });
