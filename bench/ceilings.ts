@@ -20,7 +20,7 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ARCHIVE_BATCH } from "../consumer/reconciler.ts";
+import { ARCHIVE_BATCH } from "../shared/archive.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
 import { LIVE_SHARDS } from "../shared/live-keys.ts";
 import { consumerSettings } from "../shared/settings.ts";

@@ -27,7 +27,7 @@ import {
 } from "./support.ts";
 
 const CONFIG = path.join(root, "bench/worker/wrangler.toml");
-const DATABASES = ["bench-rows", "bench-plans"] as const;
+const DATABASES = ["bench-rows", "bench-plans", "bench-archive"] as const;
 
 export interface BenchWorker {
   url: string;
@@ -86,7 +86,7 @@ interface SqlAnswer {
   statements: { runs: RunMeta[]; results: Record<string, unknown>[] }[];
 }
 
-export type Db = "DB" | "ROWS" | "PLANS";
+export type Db = "DB" | "ROWS" | "PLANS" | "ARCHIVE";
 
 export async function sql(
   worker: BenchWorker,

@@ -5,6 +5,7 @@
 import { rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { type LocalStack, type StackOptions, startLocalStack } from "../scripts/local-stack.ts";
+import { type ArchiveRate, measureArchiveRate, reportArchiveRate } from "./archive-rate.ts";
 import { type LifeRows, rowsPerJob, SEED_JOBS, Seeder, startBenchWorker } from "./d1-figures.ts";
 import { reportCost } from "./figures/cost-per-million.ts";
 import { reportD1Rows } from "./figures/d1-rows.ts";
@@ -36,6 +37,7 @@ import {
   elapsed,
   emulatorConfig,
   LONG_RUN_MS,
+  load,
   loads,
   logs,
   note,
@@ -187,8 +189,13 @@ async function main(): Promise<void> {
   await stopping;
   console.log(`done (${seeded.seconds.toFixed(0)} s of seeding in all; ${elapsed()})`);
   const plans = await measurePlans(worker);
+  // The archive rate, on the bench Worker's own database and bucket, with the stack stopped.
+  load("archive");
+  note("archive rate… ");
+  const archive = await measureArchiveRate(worker);
+  console.log(`${Math.round(archive.configs[0]?.rate ?? 0)} jobs/s (${elapsed()})`);
 
-  report({ lives, lat, paced, open, fan, live, overhead, plans, seeded });
+  report({ lives, lat, paced, open, fan, live, overhead, plans, seeded, archive });
 }
 
 // ---- the report ---------------------------------------------------------------------------------
@@ -201,6 +208,7 @@ interface Measured extends DispatchPacing {
   overhead: ProducerOverhead;
   plans: Plans;
   seeded: Awaited<Seeder["done"]>;
+  archive: ArchiveRate;
 }
 
 /** The figures' rows in the README's order, the table, then bench/results.json. */
@@ -213,6 +221,7 @@ function report(m: Measured): void {
   reportPlans(m.plans, m.seeded);
   reportLiveLatency(m.live);
   reportCost(m.lat, m.lives);
+  reportArchiveRate(m.archive);
 
   printTable();
   console.log(

@@ -9,7 +9,7 @@
 // held-jobs audit (a read; at worst a job's message is sent twice, which its claim absorbs) and
 // the archive's (shared/archive.ts: an idempotent put, then a delete guarded by version).
 
-import { archiveJobs } from "../shared/archive.ts";
+import { ARCHIVE_BATCH, archiveFinished } from "../shared/archive.ts";
 import { forEachBounded } from "../shared/concurrency.ts";
 import {
   applyLostRun,
@@ -25,7 +25,6 @@ import {
 } from "../shared/job-state.ts";
 import { log } from "../shared/log.ts";
 import { RunpodError } from "../shared/runpod-client.ts";
-import { ARCHIVE_START, archivableJobs } from "../shared/sql/jobs/archive.ts";
 import { heldJobs } from "../shared/sql/jobs/leases.ts";
 import { processingAmong } from "../shared/sql/jobs/reads.ts";
 import type { JobRow } from "../shared/sql/jobs/row.ts";
@@ -33,12 +32,26 @@ import type { ConsumerDeps } from "./process-jobs.ts";
 
 /** Jobs leased per statement. */
 export const RECONCILE_BATCH = 100;
-/** A pass stops starting new batches after this long (a cron invocation may run 15 minutes). */
+/**
+ * Steps 1–5 start no new batch after this long (a cron invocation may run 15 minutes); step 6
+ * goes on until ARCHIVE_UNTIL_MS.
+ */
 export const RECONCILE_BUDGET_MS = 25_000;
-/** Pages of held jobs the audit reads per pass. */
-export const HELD_PAGES_PER_PASS = 10;
-/** Finished jobs archived per batch: each is an R2 put, so the batches are smaller. */
-export const ARCHIVE_BATCH = 50;
+/**
+ * Step 6 (the archive) starts no batch after this many budgets into the pass: 50 s by default,
+ * 10 s before the next cron. Steps 1–5 stop starting batches at one budget, so the archive has
+ * about one budget (25 s) of every minute at least, and about 49 s when steps 1–5 are quick.
+ */
+export const ARCHIVE_UNTIL_BUDGETS = 2;
+/** When step 6 starts its last batch, by default: ARCHIVE_UNTIL_BUDGETS budgets into the pass. */
+export const ARCHIVE_UNTIL_MS = ARCHIVE_UNTIL_BUDGETS * RECONCILE_BUDGET_MS;
+/**
+ * Pages of held jobs (RECONCILE_BATCH each) the audit reads per pass at most: 10,000 jobs a
+ * minute. After a sweep a pass reads only the jobs held since the last one, at most one hold per
+ * job arriving while a backlog waits: 6,000 a minute at 100 exports/s, so the audit keeps up with
+ * 1.67× margin; a sweep of a 100,000-job backlog (a new or reset dispatcher) takes 10 passes.
+ */
+export const HELD_PAGES_PER_PASS = 100;
 
 type Count = RunOutcome | "expired" | "poll_failed" | "cancel_retried" | "claim_stretched";
 
@@ -46,6 +59,8 @@ export interface ReconcileReport {
   requeued: number;
   /** Held jobs (waiting for a dispatch slot) the dispatcher did not know, re-enqueued. */
   unheld: number;
+  /** Held jobs the audit read from D1 and checked with the dispatcher in this pass. */
+  heldAudited: number;
   expired: number;
   claimsExpired: number;
   polled: number;
@@ -58,15 +73,18 @@ export interface ReconcileReport {
 
 export async function reconcile(
   deps: ConsumerDeps,
-  options: { budgetMs?: number; batch?: number; healGraceMs?: number } = {},
+  options: { budgetMs?: number; batch?: number; healGraceMs?: number; heldPages?: number } = {},
 ): Promise<ReconcileReport> {
   const { settings } = deps;
   const batch = options.batch ?? RECONCILE_BATCH;
   const archiveBatch = options.batch ?? ARCHIVE_BATCH;
-  const deadline = Date.now() + (options.budgetMs ?? RECONCILE_BUDGET_MS);
+  const budgetMs = options.budgetMs ?? RECONCILE_BUDGET_MS;
+  const started = Date.now();
+  const deadline = started + budgetMs;
   const report: ReconcileReport = {
     requeued: 0,
     unheld: 0,
+    heldAudited: 0,
     expired: 0,
     claimsExpired: 0,
     polled: 0,
@@ -126,35 +144,55 @@ export async function reconcile(
   );
 
   // 2b. Jobs held for a dispatch slot: every one must be known to the dispatcher (waiting or in
-  //     flight). One it does not know (the dispatcher was replaced: another endpoint id, lost
-  //     storage) is re-enqueued, and its consumer batch offers it again. A sweep: at most
-  //     HELD_PAGES_PER_PASS pages a pass, resumed where the last pass stopped (the dispatcher
-  //     keeps the cursor), so a large backlog costs each pass the same. A read, no lease: two
-  //     passes at once at worst send a job's message twice, which its claim absorbs.
-  let afterSeq = await deps.dispatcher.auditCursor();
-  let pages = 0;
-  let swept = false;
-  await step(
-    "held",
-    async () => {
-      if (pages >= HELD_PAGES_PER_PASS) return [];
-      const page = await heldJobs(deps.db, afterSeq, batch);
-      pages += 1;
-      if (page.length < batch) swept = true;
-      afterSeq = page.at(-1)?.seq ?? afterSeq;
-      return page;
-    },
-    async (page) => {
-      if (page.length === 0) return;
-      const known = new Set(await deps.dispatcher.known(page.map((job) => job.id)));
-      const unknown = page.filter((job) => !known.has(job.id)).map((job) => job.id);
-      await requeue(deps.queue, unknown, 0);
-      report.unheld += unknown.length;
-    },
-  );
-  await deps.dispatcher.setAuditCursor(swept ? 0 : afterSeq).catch((error: unknown) => {
-    log("warn", "saving the held-jobs audit cursor failed", { error: String(error) });
+  //     flight). One it does not know is re-enqueued, and its consumer batch offers it again. A
+  //     held job becomes unknown when the dispatcher's storage did not see its offer: a new
+  //     object (another endpoint id, a reset) or one not audited for a while (the endpoint id
+  //     pointed elsewhere meanwhile) — then its audit mark is gone or stale and the audit sweeps
+  //     every held job from the start — or when its hold is newer than the last pass. So once a
+  //     sweep reached the end, a pass reads only the held jobs after the mark (the rows of jobs
+  //     created since), in rowid order through (status, due_at): its cost follows what was held
+  //     since, not the backlog. A job held again later (a retry) was offered to this same
+  //     dispatcher first (the consumer offers, then holds); one the dispatcher lets go while it
+  //     waits is sent again by the dispatcher itself (Dispatcher.free). At most
+  //     HELD_PAGES_PER_PASS pages a pass; the mark moves past a page only once its check is
+  //     done. A read, no lease: two passes at once at worst send a job's message twice, which
+  //     its claim absorbs.
+  const heldPages = options.heldPages ?? HELD_PAGES_PER_PASS;
+  const mark = await deps.dispatcher.auditCursor().catch((error: unknown) => {
+    // Not known where to resume: this pass audits nothing (a sweep from the start would lower
+    // the mark), the next one tries again.
+    report.failedSteps.push("held");
+    log("error", "reconciler step failed", { step: "held", error: String(error) });
+    return null;
   });
+  if (mark !== null) {
+    let afterSeq = mark;
+    let readSeq = mark;
+    let pages = 0;
+    await step(
+      "held",
+      async () => {
+        if (pages >= heldPages) return [];
+        const page = await heldJobs(deps.db, readSeq, batch);
+        pages += 1;
+        readSeq = page.at(-1)?.seq ?? readSeq;
+        return page;
+      },
+      async (page) => {
+        if (page.length === 0) return;
+        report.heldAudited += page.length;
+        const known = new Set(await deps.dispatcher.known(page.map((job) => job.id)));
+        const unknown = page.filter((job) => !known.has(job.id)).map((job) => job.id);
+        await requeue(deps.queue, unknown, 0);
+        report.unheld += unknown.length;
+        afterSeq = page.at(-1)?.seq ?? afterSeq;
+      },
+    );
+    // Saved also when nothing was read: the mark's time says this dispatcher is kept up.
+    await deps.dispatcher.setAuditCursor(afterSeq).catch((error: unknown) => {
+      log("warn", "saving the held-jobs audit mark failed", { error: String(error) });
+    });
+  }
 
   // 3. Processing jobs past their claim deadline or poll time. A claim deadline stretches with
   //    the time runs queue at RunPod now (the dispatcher's fleet model): a submission whose /run
@@ -228,24 +266,25 @@ export async function reconcile(
     log("error", "reconciler step failed", { step: "slots", error: String(error) });
   }
 
-  // 6. Retention: jobs finished more than ARCHIVE_AFTER_S ago, to R2 and out of D1. Batches go on
-  //    while they come back full and time is left, so the archive keeps up with the rate at which
-  //    jobs finish; each pass starts again from the oldest, past any job a batch had to leave.
+  // 6. Retention: jobs finished more than ARCHIVE_AFTER_S ago, to R2 and out of D1 (batches go
+  //    on while they come back full and time is left: shared/archive.ts). Until ARCHIVE_UNTIL_MS
+  //    into the pass, not only what steps 1–5 left of their budget: jobs finish at the pace
+  //    exports come in, and a busy step before must not starve the archive. Measured by
+  //    bench/archive-rate.ts (bench/README.md, figure 9).
   if (settings.archiveAfterS > 0) {
-    let after = ARCHIVE_START;
-    await step(
-      "archive",
-      async () => {
-        const rows = await archivableJobs(deps.db, settings.archiveAfterS, after, archiveBatch);
-        const last = rows.at(-1);
-        if (last) after = { finished_at: last.finished_at ?? "", id: last.id };
-        return rows;
-      },
-      async (rows) => {
-        report.archived += (await archiveJobs(deps.db, deps.videos, rows)).archived;
-      },
-      archiveBatch,
-    );
+    try {
+      await archiveFinished(deps.db, deps.videos, {
+        archiveAfterS: settings.archiveAfterS,
+        batch: archiveBatch,
+        deadline: started + budgetMs * ARCHIVE_UNTIL_BUDGETS,
+        onArchived: (archived) => {
+          report.archived += archived;
+        },
+      });
+    } catch (error) {
+      report.failedSteps.push("archive");
+      log("error", "reconciler step failed", { step: "archive", error: String(error) });
+    }
   }
 
   log("info", "reconciled", { ...report });

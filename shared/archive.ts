@@ -20,7 +20,7 @@ import { log } from "./log.ts";
 import { MAX_SUBMIT_CONCURRENCY } from "./settings.ts";
 import { DEAD_LETTER_SQL } from "./sql/dead-letters.ts";
 import { EVENT_SQL, type EventRow, type JobEvent, toEvent } from "./sql/events.ts";
-import { ARCHIVE_SQL } from "./sql/jobs/archive.ts";
+import { ARCHIVE_SQL, ARCHIVE_START, archivableJobs } from "./sql/jobs/archive.ts";
 import { getJob } from "./sql/jobs/reads.ts";
 import { type Job, type JobRow, toJob } from "./sql/jobs/row.ts";
 import { STATS_SQL } from "./sql/stats.ts";
@@ -97,7 +97,8 @@ export interface ArchiveResult {
 
 /**
  * Archives `rows` (finished jobs, as just read from D1): reads their events, puts one object per
- * job (at most 6 at a time), then deletes what was put in one transaction.
+ * job (at most 6 at a time: a Worker invocation holds at most 6 connections, the rest wait),
+ * then deletes what was put in one transaction.
  */
 export async function archiveJobs(
   db: D1Database,
@@ -164,6 +165,50 @@ export async function archiveJobs(
   );
   const archived = deleted.at(-1)?.results?.length ?? 0;
   return { archived, skipped: rows.length - archived };
+}
+
+/**
+ * Finished jobs read, put and deleted per batch: 3 D1 calls a batch, so 100 halves their number
+ * per job against 50 (the same rate on local D1, measured by bench/archive-rate.ts, where the
+ * puts and the Worker's CPU are the bound); `deleteArchived` then touches 100 rows, their
+ * job_counts updates and dead letters, and the events go by version ranges of at most 900 rows.
+ */
+export const ARCHIVE_BATCH = 100;
+
+/** One archiving pass: what is archivable, how many a batch, until when. */
+export interface ArchivePass {
+  archiveAfterS: number;
+  /** Jobs read, put and deleted per batch. */
+  batch: number;
+  /** No batch starts after this (ms since the epoch); the first always does. */
+  deadline: number;
+  /** Told of each batch's archived jobs as it ends (a later batch may still fail). */
+  onArchived?: (archived: number) => void;
+}
+
+/**
+ * The reconciler's retention step: jobs finished more than `archiveAfterS` ago, oldest first,
+ * batch after batch while batches come back full and time is left, so the work of a pass follows
+ * the backlog and the archive keeps up with the rate at which jobs finish; keyset-paged on
+ * (finished_at, id) within the pass, past any job a batch had to leave. Returns the jobs archived.
+ */
+export async function archiveFinished(
+  db: D1Database,
+  videos: R2Bucket,
+  pass: ArchivePass,
+): Promise<number> {
+  let after = ARCHIVE_START;
+  let archived = 0;
+  for (;;) {
+    const rows = await archivableJobs(db, pass.archiveAfterS, after, pass.batch);
+    const last = rows.at(-1);
+    if (!last) return archived;
+    after = { finished_at: last.finished_at ?? "", id: last.id };
+    const batch = await archiveJobs(db, videos, rows);
+    archived += batch.archived;
+    pass.onArchived?.(batch.archived);
+    if (rows.length < pass.batch || Date.now() >= pass.deadline) return archived;
+  }
 }
 
 /** Job ids as the API hands them out (UUIDs); anything else has no archive to look for. */

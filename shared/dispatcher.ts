@@ -115,7 +115,24 @@ export interface Admission {
 const GATE = "gate";
 const CONFIG = "config";
 const CAPACITY = "capacity";
-const AUDIT_CURSOR = "held-audit-cursor";
+/** Where the reconciler's audit of held jobs stands against this dispatcher (an AuditMark). */
+export const AUDIT_CURSOR = "held-audit-cursor";
+/**
+ * A mark older than this was not kept up by the audit (the cron runs every minute): the endpoint
+ * id pointed at another dispatcher meanwhile, or the cron stopped. Jobs held then may have been
+ * offered to another dispatcher, whatever their rowid, so the audit sweeps from the start again.
+ */
+export const AUDIT_STALE_MS = 180_000;
+
+/**
+ * The audit's mark: every held job of `export_jobs` up to rowid `after` was checked against this
+ * dispatcher's storage, the last time at `at` (ms). Lost with the storage (a reset, another
+ * endpoint id: a fresh object), which is what makes the audit sweep everything again.
+ */
+export interface AuditMark {
+  after: number;
+  at: number;
+}
 
 /**
  * What the dispatcher uses of its Worker's env: the queue, to send admitted jobs itself, and
@@ -299,7 +316,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
       );
     } catch (error) {
       // The jobs hold their slots until the reconciler heals them (no processing row after
-      // HEAL_GRACE_MS); its held-jobs audit then re-enqueues them.
+      // HEAL_GRACE_MS) and re-enqueues them.
       log("warn", "dispatcher could not send admitted jobs", { jobs: ids, error: String(error) });
     }
   }
@@ -361,7 +378,21 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   async free(jobIds: string[], runs: RunFigures[] = []): Promise<void> {
     if (runs.length > 0) await this.#saveCapacity(observeRuns(await this.#loadCapacity(), runs));
     const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
-    if (this.#queue.free(jobIds) === 0 || !config) return;
+    const { freed, unwaited } = this.#queue.free(jobIds);
+    // A waiting job let go: the state machine frees it once the job left `pending` (cancelled,
+    // expired), and its message then finds nothing to do. Should the job be pending again and
+    // held in D1 (a free that arrived after an operator's retry and the new offer), this message
+    // makes its batch offer it again: the reconciler's audit reads only the jobs held since its
+    // last pass, so nothing else would find it. One message per waiting job let go.
+    if (unwaited.length > 0) {
+      this.ctx.waitUntil(
+        this.#enqueue(
+          unwaited,
+          unwaited.map(() => 0),
+        ),
+      );
+    }
+    if (freed === 0 || !config) return;
     const { ids, delays } = await this.#admit(config);
     await this.#send(ids, delays);
   }
@@ -378,13 +409,20 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     return healed;
   }
 
-  /** Where the reconciler's sweep of held jobs resumes (a rowid of export_jobs; 0: the start). */
+  /**
+   * Where the reconciler's audit of held jobs resumes: a rowid of export_jobs up to which every
+   * held job was checked against this storage; 0 (sweep from the start) when this storage was
+   * never audited (a new object: another endpoint id, a reset) or its mark is stale. (A plain
+   * number is the mark of a sweep that restarted every time it finished: swept once more.)
+   */
   async auditCursor(): Promise<number> {
-    return (await this.ctx.storage.get<number>(AUDIT_CURSOR)) ?? 0;
+    const mark = await this.ctx.storage.get<AuditMark | number>(AUDIT_CURSOR);
+    if (typeof mark !== "object" || Date.now() - mark.at > AUDIT_STALE_MS) return 0;
+    return mark.after;
   }
 
   async setAuditCursor(seq: number): Promise<void> {
-    await this.ctx.storage.put(AUDIT_CURSOR, seq);
+    await this.ctx.storage.put(AUDIT_CURSOR, { after: seq, at: Date.now() } satisfies AuditMark);
   }
 
   /** Which of these jobs the dispatcher knows (waiting or in flight): the reconciler's audit. */

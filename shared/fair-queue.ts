@@ -216,10 +216,13 @@ export class FairQueue {
     );
   }
 
-  /** Frees the slots (or backlog places) of jobs that no longer need one; each at most once. */
-  free(jobIds: readonly string[]): number {
+  /**
+   * Frees the slots (or backlog places) of jobs that no longer need one; each at most once.
+   * `freed`: slots freed; `unwaited`: the jobs that were still waiting.
+   */
+  free(jobIds: readonly string[]): { freed: number; unwaited: string[] } {
     let freed = 0;
-    let unwaited = 0;
+    const unwaited: string[] = [];
     let keysLeft = 0;
     for (const id of jobIds) {
       freed += this.#exec("DELETE FROM in_flight WHERE job_id = ?", id).written > 0 ? 1 : 0;
@@ -228,7 +231,7 @@ export class FairQueue {
         id,
       );
       if (waiting) {
-        unwaited++;
+        unwaited.push(id);
         const [key] = this.#exec<{ waiting: number }>(
           "UPDATE fair_keys SET waiting = waiting - 1 WHERE fair_key = ? RETURNING waiting",
           waiting.fair_key,
@@ -236,8 +239,8 @@ export class FairQueue {
         if (key?.waiting === 0) keysLeft++;
       }
     }
-    this.#addTotals(-freed, -unwaited, -keysLeft);
-    return freed;
+    this.#addTotals(-freed, -unwaited.length, -keysLeft);
+    return { freed, unwaited };
   }
 
   /**

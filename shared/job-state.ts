@@ -604,7 +604,7 @@ export async function replayDeadLetter(
 /**
  * holdJobs: jobs the dispatcher keeps waiting for a slot. Their due_at is cleared, so the
  * reconciler does not take them for lost messages (and does not re-enqueue them every grace
- * period); it audits them against the dispatcher instead (unheldJobs).
+ * period); it audits them against the dispatcher instead (consumer/reconciler.ts, the held-jobs audit).
  */
 export function holdJobs(deps: JobDeps, ids: readonly string[]): Promise<JobRow[]> {
   return allPublished(deps, leases.holdJobs(deps.db, ids));

@@ -71,7 +71,7 @@ const newestFirst = (a: JobRow, b: JobRow) =>
 /**
  * A ticket's snapshot, newest first: the active jobs of its projects and their 20 most recently
  * created finished ones, through the listings of shared/sql/jobs/listings.ts (index ranges: the
- * active ones by (project_id, status), then the newest 20 + (active) rows by (project_id,
+ * active ones by (project_id, status, created_at, id), then the newest 20 + (active) rows by (project_id,
  * created_at), which hold the 20 newest finished). Operators: the same within the newest
  * SNAPSHOT_ALL_WINDOW jobs.
  */
@@ -527,7 +527,7 @@ export class LiveHub extends LiveRoom {
   }
 
   /**
-   * The `queue` message: the queue positions of this project's oldest pending jobs (the
+   * The `queue` message: the queue positions of this project's newest pending jobs (up to QUEUE_MESSAGE_JOBS) (the
    * operators' hub: of any project), sent while someone listens and jobs are pending, at most
    * every QUEUE_MESSAGE_INTERVAL_MS. One D1 read and one dispatcher call a message.
    */

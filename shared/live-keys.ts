@@ -81,7 +81,7 @@ export interface LiveProgress {
 
 /** A hub sends a `queue` message at most this often. */
 export const QUEUE_MESSAGE_INTERVAL_MS = 5_000;
-/** Pending jobs a `queue` message covers at most (the oldest of the project, or of all). */
+/** Pending jobs a `queue` message covers at most (the newest of the project, or of all: a listing is newest first). */
 export const QUEUE_MESSAGE_JOBS = 100;
 
 /**

@@ -12,8 +12,12 @@
 //                  per statement, every run's D1 meta (rows_read, rows_written, duration,
 //                  size_after) and the first run's results. Local only: it runs whatever SQL it
 //                  is given.
+//   POST /archive  {"batch", "budgetMs", "archiveAfterS"}: one archiving pass of the reconciler
+//                  (shared/archive.ts archiveFinished) on ARCHIVE and VIDEOS; answers the jobs
+//                  archived and the pass's time as this Worker saw it (bench/archive-rate.ts).
 //   GET  /health
 
+import { archiveFinished } from "../../shared/archive.ts";
 import type { LiveHub } from "../../shared/live-hub.ts";
 import { livePublisher } from "../../shared/live-publisher.ts";
 import { INSERT_SQL } from "../../shared/sql/jobs/insert.ts";
@@ -23,6 +27,7 @@ interface Env {
   DB?: D1Database;
   ROWS?: D1Database;
   PLANS?: D1Database;
+  ARCHIVE?: D1Database;
   QUEUE?: Queue<{ job_id: string }>;
   VIDEOS?: R2Bucket;
   LIVE_HUB?: DurableObjectNamespace<LiveHub>;
@@ -34,7 +39,7 @@ interface Statement {
 }
 
 interface SqlRequest {
-  db: "ROWS" | "PLANS";
+  db: "ROWS" | "PLANS" | "ARCHIVE";
   statements: Statement[];
   repeat?: number;
 }
@@ -119,6 +124,26 @@ async function runSql(request: Request, env: Env): Promise<Response> {
   return json(200, { statements: out });
 }
 
+async function archivePass(request: Request, env: Env): Promise<Response> {
+  if (!env.ARCHIVE || !env.VIDEOS) return json(500, { error: "not the D1 figures' config" });
+  const { batch, budgetMs, archiveAfterS } = (await request.json()) as {
+    batch: number;
+    budgetMs: number;
+    archiveAfterS: number;
+  };
+  const started = performance.now();
+  let batches = 0;
+  const archived = await archiveFinished(env.ARCHIVE, env.VIDEOS, {
+    archiveAfterS,
+    batch,
+    deadline: Date.now() + budgetMs,
+    onArchived: () => {
+      batches += 1;
+    },
+  });
+  return json(200, { archived, batches, worker_ms: performance.now() - started });
+}
+
 export default {
   async fetch(request, env): Promise<Response> {
     const { pathname } = new URL(request.url);
@@ -128,6 +153,9 @@ export default {
         return await bareExport(request, env);
       }
       if (pathname === "/sql" && request.method === "POST") return await runSql(request, env);
+      if (pathname === "/archive" && request.method === "POST") {
+        return await archivePass(request, env);
+      }
       return json(404, { error: "not found" });
     } catch (error) {
       return json(500, { error: error instanceof Error ? error.message : String(error) });

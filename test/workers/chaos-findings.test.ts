@@ -3,11 +3,12 @@
 // fault (released, no retry spent) while an error answer is the seed's CASE; jobs waiting in the
 // dispatcher are not re-enqueued every grace period, and one the dispatcher lost is. (The live
 // view ending at D1's version after bookkeeping is in live-status.test.ts.)
+import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
-import { HELD_PAGES_PER_PASS, reconcile } from "../../consumer/reconciler.ts";
-import type { DispatchStatus } from "../../shared/dispatcher.ts";
+import { reconcile } from "../../consumer/reconciler.ts";
+import { AUDIT_CURSOR, AUDIT_STALE_MS, type DispatchStatus } from "../../shared/dispatcher.ts";
 import { holdJobs } from "../../shared/job-state.ts";
 import * as repo from "../../shared/sql/jobs/reads.ts";
 import { claimJobs } from "../../shared/sql/jobs/transitions.ts";
@@ -236,10 +237,12 @@ describe("jobs waiting for a dispatch slot", () => {
     const before = await reconcile(consumerDeps(testEnv));
     expect(before.unheld).toBe(0);
 
-    // The dispatcher forgets one (as when its admitted message was lost and its slot healed).
+    // The dispatcher lets one go while D1 still holds it (a free that came late): it sends the
+    // job's message itself, so the audit, which reads only the holds since its last pass, does
+    // not have to find it.
     await env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint)).free([second.id]);
     const report = await reconcile(consumerDeps(testEnv));
-    expect(report.unheld).toBeGreaterThanOrEqual(1);
+    expect(report.unheld).toBe(0);
     await waitFor(
       async () => ((await sentMessagesFor(second.id)).length > 0 ? true : undefined),
       "the forgotten job's message",
@@ -249,6 +252,55 @@ describe("jobs waiting for a dispatch slot", () => {
     expect(await sentMessagesFor(first.id)).toEqual([]);
     // Still pending and held: its next batch offers it to the dispatcher again.
     expect(await repo.getJob(env.DB, second.id)).toMatchObject({ status: "pending", due_at: null });
+  });
+
+  it("after a sweep, a pass audits only the jobs held since: none when none were, not the backlog", async () => {
+    const endpoint = uniqueEndpoint("tail");
+    await configureEndpoint(endpoint, { runMs: 600_000 });
+    const testEnv = envFor(endpoint, { RUNPOD_MAX_IN_FLIGHT: "1" });
+    const projectId = freshProjectId();
+    const backlog: string[] = [];
+    for (let i = 0; i < 12; i++) backlog.push((await insertPendingJob(projectId)).id);
+    await deliver(backlog, { env: testEnv }); // one admitted, eleven held (and known)
+    expect((await dispatchStatus(endpoint)).waiting).toBe(11);
+
+    // A dispatcher that was never audited: every held job in D1 is read once (a sweep).
+    const sweep = await reconcile(consumerDeps(testEnv));
+    expect(sweep.heldAudited).toBeGreaterThanOrEqual(11);
+    // Nothing held since: the next passes read nothing, however large the backlog.
+    for (let pass = 0; pass < 2; pass++) {
+      const quiet = await reconcile(consumerDeps(testEnv));
+      expect(quiet.heldAudited).toBe(0);
+      expect(quiet.unheld).toBe(0);
+    }
+    // Three jobs held since: the next pass reads those three.
+    const later: string[] = [];
+    for (let i = 0; i < 3; i++) later.push((await insertPendingJob(projectId)).id);
+    await deliver(later, { env: testEnv });
+    const next = await reconcile(consumerDeps(testEnv));
+    expect(next.heldAudited).toBe(3);
+    expect(next.unheld).toBe(0);
+    for (const id of [...backlog, ...later]) expect(await sentMessagesFor(id)).toEqual([]);
+  });
+
+  it("a dispatcher whose audit fell behind (another one was audited meanwhile) is swept again", async () => {
+    const endpoint = uniqueEndpoint("stale");
+    await configureEndpoint(endpoint, { runMs: 600_000 });
+    const testEnv = envFor(endpoint, { RUNPOD_MAX_IN_FLIGHT: "1" });
+    const ids: string[] = [];
+    for (let i = 0; i < 4; i++) ids.push((await insertPendingJob()).id);
+    await deliver(ids, { env: testEnv });
+    await reconcile(consumerDeps(testEnv));
+    expect((await reconcile(consumerDeps(testEnv))).heldAudited).toBe(0);
+    // Its last audit is older than AUDIT_STALE_MS, as when the endpoint id pointed elsewhere for a
+    // while: jobs held then were offered to that other dispatcher, whatever their rowid.
+    const dispatcher = env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint));
+    await runInDurableObject(dispatcher, async (_instance, state) => {
+      const mark = await state.storage.get<{ after: number; at: number }>(AUDIT_CURSOR);
+      if (!mark) throw new Error("no audit mark");
+      await state.storage.put(AUDIT_CURSOR, { ...mark, at: mark.at - AUDIT_STALE_MS - 1 });
+    });
+    expect((await reconcile(consumerDeps(testEnv))).heldAudited).toBeGreaterThanOrEqual(3);
   });
 
   it("a job re-pended or released meanwhile is not held: it waits out its delay", async () => {
@@ -263,7 +315,7 @@ describe("jobs waiting for a dispatch slot", () => {
     expect(await readJob(job.id)).toEqual(before);
   });
 
-  it("the audit reads at most 10 pages a pass and resumes where the last pass stopped", async () => {
+  it("the audit reads at most its pages a pass and resumes where the last pass stopped", async () => {
     // A fresh endpoint's dispatcher knows none of these held jobs.
     const testEnv = envFor(uniqueEndpoint("sweep"));
     const ids: string[] = [];
@@ -273,14 +325,14 @@ describe("jobs waiting for a dispatch slot", () => {
     )
       .bind(JSON.stringify(ids))
       .run();
-    const first = await reconcile(consumerDeps(testEnv), { batch: 1 });
-    expect(first.unheld).toBe(HELD_PAGES_PER_PASS);
+    const first = await reconcile(consumerDeps(testEnv), { batch: 1, heldPages: 10 });
+    expect(first.unheld).toBe(10);
     // The twelve are the newest held rows, after at least ten others or some of themselves: a
     // sweep that started over each pass would never reach the last of them.
     for (let pass = 0; pass < 50; pass++) {
       const sent = await Promise.all(ids.map(async (id) => (await sentMessagesFor(id)).length));
       if (sent.every((n) => n > 0)) break;
-      await reconcile(consumerDeps(testEnv), { batch: 1 });
+      await reconcile(consumerDeps(testEnv), { batch: 1, heldPages: 10 });
     }
     await waitFor(async () => {
       const sent = await Promise.all(ids.map(async (id) => (await sentMessagesFor(id)).length));

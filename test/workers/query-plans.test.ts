@@ -41,7 +41,9 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   },
   "jobs.listActiveByProjects": {
     binds: [projects, ...cursor, 21],
-    uses: ["idx_export_jobs_project_status (project_id=? AND status=?)"],
+    uses: [
+      "idx_export_jobs_project_status_created (project_id=? AND status=? AND (created_at,id)<(?,?))",
+    ],
   },
   "jobs.listByProjectsAndStatus": {
     binds: [projects, "error", ...cursor, 21],
@@ -60,7 +62,9 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   },
   "jobs.listByProjectsAndActiveStatus": {
     binds: [projects, "processing", ...cursor, 21],
-    uses: ["idx_export_jobs_project_status (project_id=? AND status=?)"],
+    uses: [
+      "idx_export_jobs_project_status_created (project_id=? AND status=? AND (created_at,id)<(?,?))",
+    ],
   },
   "jobs.claim": { binds: [delay, "token", ids], uses: [`${PK} (id=?)`] },
   "jobs.claimedBy": { binds: [ids, "token"], uses: [`${PK} (id=?)`] },
@@ -192,8 +196,52 @@ describe("query plans (EXPLAIN QUERY PLAN on the real D1 binding)", () => {
           `${name}: ${plan.join(" | ")}`,
         ).toBe(true);
       }
+      // A listing pages newest first: its sort (the projects of a json_each list are separate
+      // ranges) may only merge ranges that the index already walks in (created_at, id) order, cut
+      // by the cursor, so that SQLite stops each range once LIMIT rows are in. A sort of
+      // everything the equality columns match reads every active job of a project for a page.
+      if (name.startsWith("jobs.list") && plan.includes("USE TEMP B-TREE FOR ORDER BY")) {
+        expect(
+          plan.some((step) => /^SEARCH export_jobs .*\(created_at,id\)<\(\?,\?\)/.test(step)),
+          `${name} sorts rows its index range does not order: ${plan.join(" | ")}`,
+        ).toBe(true);
+      }
     });
   }
+
+  it("a page of a project's active jobs reads about a page of rows, however many are active", async () => {
+    // 400 pending and 3 processing jobs in one project (one statement), as a backlog makes them.
+    const projectId = freshProjectId();
+    const others = [freshProjectId(), freshProjectId()];
+    await env.DB.prepare(
+      `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 403)
+       INSERT INTO export_jobs (id, project_id, type, status, input_video_key, params, created_at,
+                                due_at)
+       SELECT lower(hex(randomblob(16))), ?1, 'overlay',
+              CASE WHEN i % 100 = 0 THEN 'processing' ELSE 'pending' END, 'in.mp4', '{}',
+              strftime('%Y-%m-%d %H:%M:%f', '2026-01-01', '+' || i || ' seconds'), NULL
+       FROM n`,
+    )
+      .bind(projectId)
+      .run();
+    const rowsRead = async (sql: string, projects: number[], ...binds: unknown[]) => {
+      const { results, meta } = await env.DB.prepare(sql)
+        .bind(JSON.stringify(projects), ...binds, "9999-12-31", "", 21)
+        .all<{ created_at: string; status: string }>();
+      return { results, read: meta.rows_read };
+    };
+    for (const projects of [[projectId], [projectId, ...others]]) {
+      const active = await rowsRead(JOB_SQL.listActiveByProjects, projects);
+      expect(active.results).toHaveLength(21);
+      const newest = active.results.map((row) => row.created_at);
+      expect(newest).toEqual([...newest].sort().reverse());
+      // The 21 rows, their index entries, json_each's list: not the 403 active jobs.
+      expect(active.read, `${projects.length} project(s)`).toBeLessThan(4 * 21 + 10);
+      const pending = await rowsRead(JOB_SQL.listByProjectsAndActiveStatus, projects, "pending");
+      expect(pending.results).toHaveLength(21);
+      expect(pending.read, `${projects.length} project(s)`).toBeLessThan(4 * 21 + 10);
+    }
+  });
 
   it("a contract-valid GET /exports of 100 projects binds 4 parameters and finds their jobs", async () => {
     const projectIds = Array.from({ length: 100 }, () => freshProjectId());

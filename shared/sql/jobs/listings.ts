@@ -10,14 +10,16 @@ export const LISTING_SQL = {
   listByProjects: `SELECT * FROM export_jobs
                    WHERE project_id IN (SELECT value FROM json_each(?)) AND (created_at, id) < (?, ?)
                    ORDER BY created_at DESC, id DESC LIMIT ?`,
-  // Active jobs are few per project: (project_id, status) reads only them, then they are sorted.
-  // Left to itself the planner takes (status, created_at): every active job of every project.
-  listActiveByProjects: `SELECT * FROM export_jobs INDEXED BY idx_export_jobs_project_status
+  // (project_id, status, created_at, id): each (project, status) range newest first from the
+  // cursor, cut at LIMIT, so a page reads about a page of rows however many jobs are active; the
+  // sort only merges those ranges. Left to itself the planner takes (status, created_at): every
+  // active job of every project.
+  listActiveByProjects: `SELECT * FROM export_jobs INDEXED BY idx_export_jobs_project_status_created
                          WHERE project_id IN (SELECT value FROM json_each(?))
                            AND status IN ('pending', 'processing') AND (created_at, id) < (?, ?)
                          ORDER BY created_at DESC, id DESC LIMIT ?`,
-  // One active status: its few rows through (project_id, status), then sorted.
-  listByProjectsAndActiveStatus: `SELECT * FROM export_jobs INDEXED BY idx_export_jobs_project_status
+  // One active status: one range per project through the same index.
+  listByProjectsAndActiveStatus: `SELECT * FROM export_jobs INDEXED BY idx_export_jobs_project_status_created
                                   WHERE project_id IN (SELECT value FROM json_each(?))
                                     AND status = ? AND (created_at, id) < (?, ?)
                                   ORDER BY created_at DESC, id DESC LIMIT ?`,
