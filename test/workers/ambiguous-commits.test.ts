@@ -22,32 +22,10 @@ import {
   readJob,
   runCalls,
   sentMessagesFor,
+  spyQueue,
   uniqueEndpoint,
   waitFor,
 } from "./helpers.ts";
-
-/** The real queue, noting each send and its delay (delayed messages do not arrive in a test). */
-function spyQueue() {
-  const sent: { jobIds: string[]; delaySeconds: number | undefined }[] = [];
-  const real = env.EXPORT_QUEUE;
-  const queue: Queue<JobMessage> = {
-    metrics: () => real.metrics(),
-    send(body, options) {
-      sent.push({ jobIds: [body.job_id], delaySeconds: options?.delaySeconds });
-      return real.send(body, options);
-    },
-    sendBatch(messages, options) {
-      const list = [...messages];
-      sent.push({ jobIds: list.map((m) => m.body.job_id), delaySeconds: options?.delaySeconds });
-      return real.sendBatch(list, options);
-    },
-  };
-  return {
-    queue,
-    sendsOf: (jobId: string) =>
-      sent.filter((s) => s.jobIds.includes(jobId)).map((s) => s.delaySeconds),
-  };
-}
 
 const dispatcher = (endpoint: string) => env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint));
 

@@ -1,6 +1,5 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import type { JobMessage } from "../../shared/env.ts";
 import { consumerSettings } from "../../shared/settings.ts";
 import { signAttempt } from "../../shared/signing.ts";
 import {
@@ -17,15 +16,10 @@ import {
   readJob,
   runCalls,
   sentMessagesFor,
+  spyQueue,
   uniqueEndpoint,
   waitFor,
 } from "./helpers.ts";
-
-/** One `send`/`sendBatch` the consumer made: which jobs, after how long. */
-interface Sent {
-  jobIds: string[];
-  delaySeconds: number | undefined;
-}
 
 /**
  * The test bindings for one endpoint (so each test has its own dispatch gate), with EXPORT_QUEUE
@@ -33,20 +27,7 @@ interface Sent {
  * the queue spy during a test, but what the consumer asked for is still visible.
  */
 function envFor(endpoint: string, extra: Record<string, string> = {}) {
-  const sent: Sent[] = [];
-  const real = env.EXPORT_QUEUE;
-  const queue: Queue<JobMessage> = {
-    metrics: () => real.metrics(),
-    send(body, options) {
-      sent.push({ jobIds: [body.job_id], delaySeconds: options?.delaySeconds });
-      return real.send(body, options);
-    },
-    sendBatch(messages, options) {
-      const list = [...messages];
-      sent.push({ jobIds: list.map((m) => m.body.job_id), delaySeconds: options?.delaySeconds });
-      return real.sendBatch(list, options);
-    },
-  };
+  const { queue, sent } = spyQueue();
   return { ...env, RUNPOD_ENDPOINT_ID: endpoint, ...extra, EXPORT_QUEUE: queue, sent };
 }
 type TestEnv = ReturnType<typeof envFor>;

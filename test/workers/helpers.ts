@@ -7,7 +7,7 @@ import {
 import { env } from "cloudflare:workers";
 import consumer from "../../consumer/index.ts";
 import app from "../../producer/index.ts";
-import type { ConsumerEnv } from "../../shared/env.ts";
+import type { ConsumerEnv, JobMessage } from "../../shared/env.ts";
 import type { DispatchConfig } from "../../shared/settings.ts";
 import { type SignedUrlKind, signAttempt } from "../../shared/signing.ts";
 import type { JobRow } from "../../shared/sql/jobs/row.ts";
@@ -387,4 +387,28 @@ export function answersLost(
       return typeof value === "function" ? value.bind(target) : value;
     },
   }) as D1Database & { lost(): number };
+}
+
+/** The real queue, noting each send and its delay (delayed messages do not arrive in a test). */
+export function spyQueue() {
+  const sent: { jobIds: string[]; delaySeconds: number | undefined }[] = [];
+  const real = env.EXPORT_QUEUE;
+  const queue: Queue<JobMessage> = {
+    metrics: () => real.metrics(),
+    send(body, options) {
+      sent.push({ jobIds: [body.job_id], delaySeconds: options?.delaySeconds });
+      return real.send(body, options);
+    },
+    sendBatch(messages, options) {
+      const list = [...messages];
+      sent.push({ jobIds: list.map((m) => m.body.job_id), delaySeconds: options?.delaySeconds });
+      return real.sendBatch(list, options);
+    },
+  };
+  return {
+    queue,
+    sent,
+    sendsOf: (jobId: string) =>
+      sent.filter((s) => s.jobIds.includes(jobId)).map((s) => s.delaySeconds),
+  };
 }
