@@ -1058,6 +1058,12 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
       try {
         // As a handler would: it knows its run's id (`job["id"]`).
         call.status = await post(target, { progress, runpod_job_id: job.state.id });
+        // 409 stale_attempt: the pipeline moved past this run's attempt. A handler that follows
+        // docs/gpu-worker.md stops rendering; so does this one (RunPod then reports it FAILED).
+        if (call.status === 409 && jobs.get(job.state.id) === job && isActive(job.state.status)) {
+          log(`job ${job.state.id} stopped: its attempt is stale (progress answered 409)`);
+          finishJob(job, "FAILED", "stopped: the attempt is stale (progress answered 409)");
+        }
       } catch (error) {
         call.error = errorText(error);
         log(`job ${job.state.id} progress ${progress} to ${target} failed: ${call.error}`);

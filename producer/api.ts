@@ -80,6 +80,8 @@ export const ERRORS = {
   upgrade_required: "GET /live answers only a WebSocket upgrade (Upgrade: websocket)",
   live_unavailable: "live status cannot be reached right now (Retry-After); D1 is unaffected",
   invalid_bookmark: "x-d1-bookmark is not a bookmark from an earlier answer",
+  stale_attempt:
+    "the progress report is of an attempt that is not the job's current one: stop that run",
 } as const;
 export type ErrorCode = keyof typeof ERRORS;
 export type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 415 | 416 | 422 | 426 | 500 | 503;

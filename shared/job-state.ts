@@ -479,18 +479,44 @@ export async function recordProgress(
   progress: number,
   runpodJobId?: string,
 ): Promise<JobRow | null> {
+  const outcome = await reportProgress(deps, jobId, attempt, progress, runpodJobId);
+  return outcome.kind === "recorded" ? outcome.row : null;
+}
+
+/**
+ * What became of a progress report: written to D1 (`recorded`), published live only (`live`),
+ * nothing (`unchanged`: not higher, the job finished, or no such job), or `stale`: the report is
+ * of an attempt that is not the job's current one, so its run renders for nothing and is told to
+ * stop (409 `stale_attempt`, docs/gpu-worker.md).
+ */
+export type ProgressOutcome =
+  | { kind: "recorded"; row: JobRow }
+  | { kind: "live" }
+  | { kind: "unchanged" }
+  | { kind: "stale" };
+
+/** recordProgress, telling what became of the report (the progress route answers from it). */
+export async function reportProgress(
+  deps: JobDeps,
+  jobId: string,
+  attempt: number,
+  progress: number,
+  runpodJobId?: string,
+): Promise<ProgressOutcome> {
   const row = await getJob(deps.db, jobId);
-  if (row?.status !== "processing" || row.attempt !== attempt) return null;
-  if (row.progress >= progress) return null;
+  if (!row) return { kind: "unchanged" };
+  if (row.attempt !== attempt) return { kind: "stale" };
+  if (row.status !== "processing" || row.progress >= progress) return { kind: "unchanged" };
   if (!writesProgress(row, progress, deps.pollAfterS)) {
     await publishProgress(deps, row, progress);
-    return null;
+    return { kind: "live" };
   }
   const raised = await published(
     deps,
     await transitions.recordProgress(deps.db, jobId, attempt, progress, deps.pollAfterS),
   );
-  if (!raised || !runpodJobId || raised.runpod_job_id !== null) return raised;
+  if (!raised) return { kind: "unchanged" };
+  if (!runpodJobId || raised.runpod_job_id !== null) return { kind: "recorded", row: raised };
   const adopted = await transitions.recordRun(
     deps.db,
     jobId,
@@ -498,7 +524,7 @@ export async function recordProgress(
     runpodJobId,
     deps.pollAfterS,
   );
-  return (await published(deps, adopted)) ?? raised;
+  return { kind: "recorded", row: (await published(deps, adopted)) ?? raised };
 }
 
 /** Live only: progress D1 did not record, at the version D1 has. A failure is logged. */

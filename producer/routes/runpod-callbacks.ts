@@ -3,7 +3,7 @@
 
 import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
 import type { MiddlewareHandler } from "hono";
-import { applyRunStatus, recordProgress } from "../../shared/job-state.ts";
+import { applyRunStatus, reportProgress } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import { type SignedUrlKind, verifyAttempt } from "../../shared/signing.ts";
 import { getJob } from "../../shared/sql/jobs/reads.ts";
@@ -119,8 +119,11 @@ export const runpodProgressRoute = createRoute({
     body: jsonBody(ProgressReport, { anyContentType: true }),
   },
   responses: {
-    204: { description: "recorded, or ignored when the attempt is not current" },
-    ...errorReplies("signedUrl", BODY_ERRORS),
+    204: {
+      description:
+        "recorded, or ignored: not higher than the progress known, or the attempt's job finished",
+    },
+    ...errorReplies("signedUrl", { ...BODY_ERRORS, 409: ["stale_attempt"] }),
   },
 });
 
@@ -130,12 +133,22 @@ export const runpodProgressRoute = createRoute({
  */
 export const runpodProgress: RouteHandler<typeof runpodProgressRoute, AppEnv> = async (c) => {
   const report = c.req.valid("json");
-  await recordProgress(
+  const outcome = await reportProgress(
     jobDeps(c),
     c.req.valid("param").id,
     c.get("attempt"),
     Math.floor(report.progress),
     report.runpod_job_id,
   );
+  if (outcome.kind === "stale") {
+    // The run of an attempt the job has moved past: its result will be discarded, so its
+    // handler should stop rendering now (docs/gpu-worker.md).
+    return apiError(
+      c,
+      409,
+      "stale_attempt",
+      `attempt ${c.get("attempt")} is not this job's current attempt: stop this run`,
+    );
+  }
   return c.body(null, 204);
 };

@@ -318,7 +318,10 @@ describe("POST /runpod/progress/{id}", () => {
     expect((await readJob(job.id))?.progress).toBe(40);
     await progress(job.id, 1, 62.9);
     expect((await readJob(job.id))?.progress).toBe(62);
-    expect((await progress(job.id, 2, 90)).status).toBe(204); // a signed but not current attempt
+    // A signed report of an attempt that is not the current one: 409, the run is told to stop.
+    const stale = await progress(job.id, 2, 90);
+    expect(stale.status).toBe(409);
+    expect(((await stale.json()) as { error: { code: string } }).error.code).toBe("stale_attempt");
     expect((await readJob(job.id))?.progress).toBe(62);
 
     await postJson(
@@ -326,11 +329,12 @@ describe("POST /runpod/progress/{id}", () => {
       { id: "run-p", status: "COMPLETED" },
       { token: null },
     );
+    // The current attempt of a finished job: 204, nothing changes.
     expect((await progress(job.id, 1, 70)).status).toBe(204);
     expect(await readJob(job.id)).toMatchObject({ status: "complete", progress: 100 });
   });
 
-  it("ignores progress for an older attempt and rejects bad figures", async () => {
+  it("answers 409 stale_attempt to progress of an older attempt, changing nothing, and rejects bad figures", async () => {
     const job = await processingJob({ runId: "run-q" });
     // Attempt 1 fails and is re-pended; attempt 2 is claimed and running.
     await postJson(
@@ -343,7 +347,7 @@ describe("POST /runpod/progress/{id}", () => {
     const current = await readJob(job.id);
     expect(current).toMatchObject({ status: "processing", attempt: 2, retry_count: 1 });
 
-    expect((await progress(job.id, 1, 50)).status).toBe(204);
+    expect((await progress(job.id, 1, 50)).status).toBe(409);
     expect(await readJob(job.id)).toEqual(current);
     for (const bad of [101, -1, "50", null]) {
       expect((await progress(job.id, 2, bad)).status).toBe(400);
