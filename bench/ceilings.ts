@@ -506,7 +506,7 @@ async function wave(
       1,
       jobs.map((job) => ({
         sql: JOB_SQL.completeRecordedRun,
-        binds: [`exports/${job.project}/${job.id}.mp4`, job.id, 1, job.runId],
+        binds: [3000, 10, `exports/${job.project}/${job.id}.mp4`, job.id, 1, job.runId],
       })),
     ),
     one,

@@ -245,14 +245,14 @@ function lifeSteps(id: string, failOnce: boolean): Step[] {
     steps.push(...attemptSteps(1, []), {
       step: "webhook: FAILED → pending",
       statement: "failRecordedRun",
-      binds: ["RunPod FAILED: emulated failure", "+30 seconds", id, 1, runs[0]],
+      binds: [1000, 10, "RunPod FAILED: emulated failure", "+30 seconds", id, 1, runs[0]],
     });
   }
   const attempt = failOnce ? 2 : 1;
   steps.push(...attemptSteps(attempt, [25, 50, 75]), {
     step: "webhook: COMPLETED",
     statement: "completeRecordedRun",
-    binds: [`exports/42/${id}.mp4`, id, attempt, runs[attempt - 1]],
+    binds: [3000, 10, `exports/42/${id}.mp4`, id, attempt, runs[attempt - 1]],
   });
   return steps;
 }
@@ -515,12 +515,12 @@ function sampleBinds(): Record<string, unknown[]> {
     "jobs.recordRun": ["r", delay, processing[0], 99],
     "jobs.release": [delay, processing[0], 99],
     "jobs.failWithoutRun": ["e", delay, "submit_failed", processing[0], 99],
-    "jobs.failRecordedRun": ["e", delay, processing[0], 99, "r"],
-    "jobs.failUnrecordedRun": ["e", delay, "r", processing[0], 99],
-    "jobs.completeRecordedRun": ["k", processing[0], 99, "r"],
-    "jobs.completeUnrecordedRun": ["k", "r", processing[0], 99],
-    "jobs.cancelledRecordedRun": [processing[0], 99, "r"],
-    "jobs.cancelledUnrecordedRun": ["r", processing[0], 99],
+    "jobs.failRecordedRun": [1000, 10, "e", delay, processing[0], 99, "r"],
+    "jobs.failUnrecordedRun": [1000, 10, "e", delay, "r", processing[0], 99],
+    "jobs.completeRecordedRun": [1000, 10, "k", processing[0], 99, "r"],
+    "jobs.completeUnrecordedRun": [1000, 10, "k", "r", processing[0], 99],
+    "jobs.cancelledRecordedRun": [1000, 10, processing[0], 99, "r"],
+    "jobs.cancelledUnrecordedRun": [1000, 10, "r", processing[0], 99],
     "jobs.cancel": [complete],
     "jobs.cancelUnconfirmed": [delay, errorJob, "not-its-run"],
     "jobs.cancelConfirmed": [complete],

@@ -129,6 +129,19 @@ export const JobSchema = component(
           .int()
           .min(1)
           .describe("raised by every change of the job: keep the highest one you have seen"),
+        gpu_ms: z
+          .number()
+          .int()
+          .min(0)
+          .describe(
+            "GPU time of the job's runs (RunPod's executionTime), failed runs included, as known " +
+              "when each run's news reached the job; 0 for a job archived before it was counted",
+          ),
+        queue_ms: z
+          .number()
+          .int()
+          .min(0)
+          .describe("time the job's runs waited at RunPod for a worker (RunPod's delayTime)"),
         archived: z
           .literal(true)
           .optional()
@@ -355,3 +368,35 @@ export const RunpodStatus = component(
   "RunPod's job status object, as returned by /status/{id}; unknown keys pass through.",
 );
 export const ProgressReport = component("ProgressReport", progressReport);
+
+const usageRow = z.object({
+  key: z.number().int().describe("the user_id or project_id"),
+  exports: z.number().int().describe("jobs created in the window"),
+  complete: z.number().int().describe("jobs that reached complete in the window"),
+  error: z
+    .number()
+    .int()
+    .describe("jobs that reached error in the window (failed, cancelled, expired)"),
+  gpu_seconds: z
+    .number()
+    .describe("execution time of the runs that ended in the window (RunPod's executionTime)"),
+  est_cost_usd: z
+    .number()
+    .describe(
+      "gpu_seconds × GPU_PRICE_PER_S: execution only; RunPod also bills workers' start-up and " +
+        "idle time, which no run reports",
+    ),
+});
+
+export const UsageSchema = component(
+  "Usage",
+  z
+    .object({
+      group_by: z.enum(["user", "project"]),
+      from: z.string().describe("first UTC day counted (YYYY-MM-DD)"),
+      to: z.string().describe("last UTC day counted (YYYY-MM-DD)"),
+      price_per_s: z.number().describe("GPU_PRICE_PER_S, USD"),
+      rows: z.array(usageRow).describe("one per key with activity in the window, most GPU first"),
+    })
+    .describe("GPU usage and exports per user or project over whole UTC days"),
+);

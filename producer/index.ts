@@ -35,6 +35,7 @@ import {
   runpodWebhookRoute,
 } from "./routes/runpod-callbacks.ts";
 import { stats, statsRoute } from "./routes/stats.ts";
+import { getUsage, usageRoute } from "./routes/usage.ts";
 
 const app = new OpenAPIHono<AppEnv>({ defaultHook });
 
@@ -77,6 +78,7 @@ mount(app, deleteDeadLetterRoute, deleteDeadLetter);
 mount(app, statsRoute, stats);
 mount(app, listJobsForOperatorsRoute, listJobsForOperators);
 mount(app, retryErrorJobsRoute, retryErrorJobs);
+mount(app, usageRoute, getUsage);
 
 app.notFound((c) => apiError(c, 404, "not_found", `no route for ${c.req.method} ${c.req.path}`));
 app.onError((error, c) => {

@@ -80,6 +80,9 @@ export function restoreStatements(archive: unknown): string[] {
     ["due_at", "NULL"],
     ["attempt", L(job.attempt)],
     ["version", L(job.version)],
+    // Archives from before GPU time was counted (migration 0010) have none: 0.
+    ["gpu_ms", L(job.gpu_ms ?? 0)],
+    ["queue_ms", L(job.queue_ms ?? 0)],
     ["pending_since", L(job.created_at)],
     ["finished_at", NOW],
   ];
@@ -89,6 +92,11 @@ VALUES (${columns.map(([, value]) => value).join(", ")})`,
     // The insert trigger's `created` event: the archived timeline has the real one.
     `DELETE FROM export_job_events
 WHERE job_id = ${L(job.id)} AND version = ${L(job.version)} AND type = 'created' AND ref = ''`,
+    // …and its count in the day's usage: the job was counted when it was created (usage_daily
+    // outlives archival), so a restore must not count it again.
+    `UPDATE usage_daily SET exports = exports - 1
+WHERE day = substr(${L(job.created_at)}, 1, 10) AND exports > 0
+  AND ((kind = 'project' AND key = ${L(job.project_id)})${job.user_id === null ? "" : ` OR (kind = 'user' AND key = ${L(job.user_id)})`})`,
   ];
   for (let i = 0; i < events.length; i += EVENTS_PER_INSERT) {
     const rows = events.slice(i, i + EVENTS_PER_INSERT).map((event, j) => {

@@ -223,7 +223,13 @@ export async function readArchivedJob(
   const object = await videos.get(archiveKey(jobId));
   if (!object) return null;
   const archive = await object.json<ArchivedJob>();
-  return { job: { ...archive.job, archived: true }, events: archive.events };
+  // Archives written before GPU time was counted (migration 0010) have no gpu_ms / queue_ms.
+  const job = {
+    ...archive.job,
+    gpu_ms: archive.job.gpu_ms ?? 0,
+    queue_ms: archive.job.queue_ms ?? 0,
+  };
+  return { job: { ...job, archived: true }, events: archive.events };
 }
 
 /**

@@ -35,6 +35,7 @@ import * as leases from "./sql/jobs/leases.ts";
 import { getJob } from "./sql/jobs/reads.ts";
 import { type JobRow, toJob } from "./sql/jobs/row.ts";
 import * as transitions from "./sql/jobs/transitions.ts";
+import { recordLateRun } from "./sql/runs.ts";
 
 /** Queues accept delays up to 12 hours. */
 export const MAX_QUEUE_DELAY_S = 43_200;
@@ -271,7 +272,16 @@ export async function failRun(
   const delayS = retryDelaySeconds(job.retry_count + 1, deps.retry);
   const row = await published(
     deps,
-    await transitions.failAttempt(deps.db, job, attempt, runpodJobId, error, delayS, event),
+    await transitions.failAttempt(
+      deps.db,
+      job,
+      attempt,
+      runpodJobId,
+      error,
+      delayS,
+      event,
+      spendOf(runs),
+    ),
   );
   await freeSlots(deps, [row], runs);
   if (!row) return null;
@@ -280,6 +290,14 @@ export async function failRun(
     return { status: "pending", retryCount: row.retry_count, delayS };
   }
   return { status: "error", retryCount: row.retry_count, delayS: 0 };
+}
+
+/** What the runs' news told of their GPU and queue time (0 for what it did not tell). */
+function spendOf(runs: readonly RunFigures[]): transitions.RunSpend {
+  return {
+    executionMs: runs.reduce((n, run) => n + (run.executionMs ?? 0), 0),
+    delayMs: runs.reduce((n, run) => n + (run.delayMs ?? 0), 0),
+  };
 }
 
 export type RunOutcome =
@@ -322,6 +340,41 @@ export async function applyRunStatus(
   const figures: RunFigures[] = [
     { type: job.type, delayMs: run.delayTime ?? null, executionMs: run.executionTime ?? null },
   ];
+  const outcome = await applyRunNews(deps, job, attempt, run, figures);
+  // News of a run that ended after its job moved on (cancelled, superseded, a duplicate run, a
+  // stale attempt): the job does not change, but the GPU time it cost is counted (its record,
+  // the day's usage).
+  if (outcome === "unchanged" && TERMINAL_RUN.has(run.status) && (run.executionTime ?? 0) > 0) {
+    await recordLateRun(deps.db, {
+      runpodJobId: run.id,
+      jobId: job.id,
+      attempt,
+      projectId: job.project_id,
+      userId: job.user_id,
+      outcome: run.status.toLowerCase(),
+      delayMs: run.delayTime ?? null,
+      executionMs: run.executionTime ?? 0,
+    }).catch((error: unknown) => {
+      log("warn", "late run figures not recorded", {
+        job_id: job.id,
+        attempt,
+        runpod_job_id: run.id,
+        error: String(error),
+      });
+    });
+  }
+  return outcome;
+}
+
+const TERMINAL_RUN = new Set(["COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"]);
+
+async function applyRunNews(
+  deps: JobDeps,
+  job: JobRow,
+  attempt: number,
+  run: RunpodStatusObject,
+  figures: RunFigures[],
+): Promise<RunOutcome> {
   switch (run.status) {
     case "COMPLETED": {
       const reported = (run.output as { output_video_key?: unknown } | undefined)?.output_video_key;
@@ -335,7 +388,7 @@ export async function applyRunStatus(
     case "CANCELLED": {
       const ended = await published(
         deps,
-        await transitions.endRunCancelled(deps.db, job, attempt, run.id),
+        await transitions.endRunCancelled(deps.db, job, attempt, run.id, spendOf(figures)),
       );
       await freeSlots(deps, [ended]);
       return ended ? "cancelled" : "unchanged";
@@ -389,7 +442,7 @@ async function markComplete(
 ): Promise<RunOutcome> {
   const done = await published(
     deps,
-    await transitions.completeJob(deps.db, job, attempt, runpodJobId, outputKey),
+    await transitions.completeJob(deps.db, job, attempt, runpodJobId, outputKey, spendOf(runs)),
   );
   await freeSlots(deps, [done], runs);
   return done ? "completed" : "unchanged";

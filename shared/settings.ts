@@ -54,6 +54,11 @@ function numberVar(value: string | undefined, fallback: number, name: string): n
   return parsed;
 }
 
+/** GPU_PRICE_PER_S: USD per GPU second, for /usage's estimates (an L4's list price by default). */
+export function gpuPricePerS(env: { GPU_PRICE_PER_S?: string }): number {
+  return numberVar(env.GPU_PRICE_PER_S, 0.00019, "GPU_PRICE_PER_S");
+}
+
 export interface RunpodSettings {
   baseUrl: string;
   apiKey: string;

@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest";
 import { DEAD_LETTER_SQL } from "../../shared/sql/dead-letters.ts";
 import { EVENT_SQL } from "../../shared/sql/events.ts";
 import { JOB_SQL } from "../../shared/sql/jobs/catalog.ts";
+import { RUN_SQL } from "../../shared/sql/runs.ts";
 import { STATS_SQL } from "../../shared/sql/stats.ts";
 import { freshProjectId, insertPendingJob, postJson, producerFetch, putInput } from "./helpers.ts";
 
@@ -74,12 +75,12 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     binds: ["e", delay, "submit_failed", "i", 1],
     uses: [`${PK} (id=?)`],
   },
-  "jobs.failRecordedRun": { binds: ["e", delay, "i", 1, "r"], uses: [`${PK} (id=?)`] },
-  "jobs.failUnrecordedRun": { binds: ["e", delay, "r", "i", 1], uses: [`${PK} (id=?)`] },
-  "jobs.completeRecordedRun": { binds: ["k", "i", 1, "r"], uses: [`${PK} (id=?)`] },
-  "jobs.completeUnrecordedRun": { binds: ["k", "r", "i", 1], uses: [`${PK} (id=?)`] },
-  "jobs.cancelledRecordedRun": { binds: ["i", 1, "r"], uses: [`${PK} (id=?)`] },
-  "jobs.cancelledUnrecordedRun": { binds: ["r", "i", 1], uses: [`${PK} (id=?)`] },
+  "jobs.failRecordedRun": { binds: [1000, 10, "e", delay, "i", 1, "r"], uses: [`${PK} (id=?)`] },
+  "jobs.failUnrecordedRun": { binds: [1000, 10, "e", delay, "r", "i", 1], uses: [`${PK} (id=?)`] },
+  "jobs.completeRecordedRun": { binds: [1000, 10, "k", "i", 1, "r"], uses: [`${PK} (id=?)`] },
+  "jobs.completeUnrecordedRun": { binds: [1000, 10, "k", "r", "i", 1], uses: [`${PK} (id=?)`] },
+  "jobs.cancelledRecordedRun": { binds: [1000, 10, "i", 1, "r"], uses: [`${PK} (id=?)`] },
+  "jobs.cancelledUnrecordedRun": { binds: [1000, 10, "r", "i", 1], uses: [`${PK} (id=?)`] },
   "jobs.cancel": { binds: ["i"], uses: [`${PK} (id=?)`] },
   "jobs.cancelUnconfirmed": { binds: [delay, "i", "r"], uses: [`${PK} (id=?)`] },
   "jobs.cancelConfirmed": { binds: ["i"], uses: [`${PK} (id=?)`] },
@@ -151,6 +152,15 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   "stats.deadLetters": { binds: [], uses: [] },
   "stats.archived": { binds: [], uses: [ARCHIVE_COUNT] },
   "stats.addArchived": { binds: [pairs], uses: [ARCHIVE_COUNT, `${PK} (id=?)`] },
+  "runs.late": {
+    binds: ["r", "j", 1, 7, null, "cancelled", 10, 900, 900],
+    uses: [],
+  },
+  "runs.usage": {
+    binds: ["user", "2026-12-01", "2026-12-07"],
+    uses: ["SEARCH usage_daily USING PRIMARY KEY (kind=? AND day>? AND day<?)"],
+  },
+  "runs.byJob": { binds: ["j"], uses: ["idx_export_runs_job (job_id=?)"] },
 };
 
 const STATEMENTS: Record<string, string> = Object.fromEntries([
@@ -158,6 +168,7 @@ const STATEMENTS: Record<string, string> = Object.fromEntries([
   ...Object.entries(DEAD_LETTER_SQL).map(([name, sql]) => [`deadLetters.${name}`, sql]),
   ...Object.entries(STATS_SQL).map(([name, sql]) => [`stats.${name}`, sql]),
   ...Object.entries(EVENT_SQL).map(([name, sql]) => [`events.${name}`, sql]),
+  ...Object.entries(RUN_SQL).map(([name, sql]) => [`runs.${name}`, sql]),
 ]);
 
 async function planOf(sql: string, binds: unknown[]): Promise<string[]> {

@@ -639,5 +639,7 @@ function fakeJob(): Job {
     attempt: 0,
     version: 2,
     user_id: null,
+    gpu_ms: 0,
+    queue_ms: 0,
   };
 }

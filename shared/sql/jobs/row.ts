@@ -53,6 +53,12 @@ export interface JobRow {
    * its jobs back by it. Internal, never returned.
    */
   claim_token: string | null;
+  /**
+   * RunPod's executionTime / delayTime of the job's runs, failed ones included, as known when
+   * each run's news changed the job (migration 0010): what the job cost in GPU time.
+   */
+  gpu_ms: number;
+  queue_ms: number;
 }
 
 /**

@@ -12,6 +12,25 @@ import { NOW, NOW_PLUS, seconds } from "../time.ts";
 import * as due from "./due.ts";
 import { allRows, CANCELLED, guardedRow, guardedRows, type JobRow } from "./row.ts";
 
+/**
+ * `SET` fragment of the statements that end a run: its RunPod figures (executionTime,
+ * delayTime; 0 when unknown) added to the job's `gpu_ms` and `queue_ms`. First in the SET, so
+ * their two binds come first (migration 0010's triggers carry them to the run's record and the
+ * day's usage).
+ */
+const RUN_FIGURES = "gpu_ms = gpu_ms + ?, queue_ms = queue_ms + ?";
+
+/** A run's RunPod figures, as its news told them (ms; 0 when unknown). */
+export interface RunSpend {
+  executionMs: number;
+  delayMs: number;
+}
+export const NO_SPEND: RunSpend = { executionMs: 0, delayMs: 0 };
+const spent = (spend: RunSpend) => [
+  Math.max(0, Math.round(spend.executionMs)),
+  Math.max(0, Math.round(spend.delayMs)),
+];
+
 /** `SET` fragments every transition to `pending` shares: a fresh start for the next claim. */
 const BACK_TO_PENDING = `status = 'pending', runpod_job_id = NULL, version = version + 1,
                          finished_at = NULL, last_event = 'retried'`;
@@ -53,26 +72,26 @@ export const TRANSITION_SQL = {
                    RETURNING *`,
   // A run failed: a re-pended job forgets it (the next claim records its own), an ended one keeps it.
   failRecordedRun: `UPDATE export_jobs
-                    SET ${SEED_RETRY}, last_event = 'failed',
+                    SET ${RUN_FIGURES}, ${SEED_RETRY}, last_event = 'failed',
                         runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE runpod_job_id END
                     WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                     RETURNING *`,
   failUnrecordedRun: `UPDATE export_jobs
-                      SET ${SEED_RETRY}, last_event = 'failed',
+                      SET ${RUN_FIGURES}, ${SEED_RETRY}, last_event = 'failed',
                           runpod_job_id = CASE WHEN retry_count < 3 THEN NULL ELSE ? END
                       WHERE id = ? AND status = 'processing' AND attempt = ?
                         AND runpod_job_id IS NULL
                       RETURNING *`,
   // The seed's "mark job complete", for the current attempt and run only.
   completeRecordedRun: `UPDATE export_jobs
-                        SET status = 'complete', progress = 100, output_video_key = ?,
+                        SET ${RUN_FIGURES}, status = 'complete', progress = 100, output_video_key = ?,
                             completed_at = ${NOW}, finished_at = ${NOW}, ${due.nothingDue},
                             version = version + 1, last_event = 'completed'
                         WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                         RETURNING *`,
   // A webhook faster than recordRun (or a run adopted after the client timed out on /run).
   completeUnrecordedRun: `UPDATE export_jobs
-                          SET status = 'complete', progress = 100, output_video_key = ?,
+                          SET ${RUN_FIGURES}, status = 'complete', progress = 100, output_video_key = ?,
                               completed_at = ${NOW}, finished_at = ${NOW}, ${due.nothingDue},
                               runpod_job_id = ?,
                               version = version + 1, last_event = 'completed'
@@ -80,12 +99,12 @@ export const TRANSITION_SQL = {
                             AND runpod_job_id IS NULL
                           RETURNING *`,
   cancelledRecordedRun: `UPDATE export_jobs
-                         SET status = 'error', error = '${CANCELLED}', ${due.nothingDue},
+                         SET ${RUN_FIGURES}, status = 'error', error = '${CANCELLED}', ${due.nothingDue},
                              finished_at = ${NOW}, version = version + 1, last_event = 'cancelled'
                          WHERE id = ? AND status = 'processing' AND attempt = ? AND runpod_job_id = ?
                          RETURNING *`,
   cancelledUnrecordedRun: `UPDATE export_jobs
-                           SET status = 'error', error = '${CANCELLED}', ${due.nothingDue},
+                           SET ${RUN_FIGURES}, status = 'error', error = '${CANCELLED}', ${due.nothingDue},
                                finished_at = ${NOW}, runpod_job_id = ?, version = version + 1,
                                last_event = 'cancelled'
                            WHERE id = ? AND status = 'processing' AND attempt = ?
@@ -251,6 +270,7 @@ export function failAttempt(
   error: string,
   retryDelayS: number,
   event: "submit_failed" | "failed" = runpodJobId === null ? "submit_failed" : "failed",
+  spend: RunSpend = NO_SPEND,
 ): Promise<JobRow | null> {
   const delay = seconds(retryDelayS);
   const failed = shows.failed(job.id, attempt, error, event);
@@ -274,6 +294,7 @@ export function failAttempt(
         db,
         failed,
         TRANSITION_SQL.failRecordedRun,
+        ...spent(spend),
         error,
         delay,
         job.id,
@@ -285,6 +306,7 @@ export function failAttempt(
         db,
         failed,
         TRANSITION_SQL.failUnrecordedRun,
+        ...spent(spend),
         error,
         delay,
         runpodJobId,
@@ -301,6 +323,7 @@ export function completeJob(
   attempt: number,
   runpodJobId: string | null,
   outputVideoKey: string,
+  spend: RunSpend = NO_SPEND,
 ): Promise<JobRow | null> {
   const completed = shows.completed(job.id, attempt, runpodJobId);
   const unrecorded = () =>
@@ -308,6 +331,7 @@ export function completeJob(
       db,
       completed,
       TRANSITION_SQL.completeUnrecordedRun,
+      ...spent(spend),
       outputVideoKey,
       runpodJobId,
       job.id,
@@ -322,6 +346,7 @@ export function completeJob(
         db,
         completed,
         TRANSITION_SQL.completeRecordedRun,
+        ...spent(spend),
         outputVideoKey,
         job.id,
         attempt,
@@ -337,18 +362,28 @@ export function endRunCancelled(
   job: Pick<JobRow, "id" | "runpod_job_id">,
   attempt: number,
   runpodJobId: string,
+  spend: RunSpend = NO_SPEND,
 ): Promise<JobRow | null> {
   const cancelled = shows.cancelled(job.id, attempt);
   return byRun(
     job.runpod_job_id,
     runpodJobId,
     () =>
-      guardedRow(db, cancelled, TRANSITION_SQL.cancelledRecordedRun, job.id, attempt, runpodJobId),
+      guardedRow(
+        db,
+        cancelled,
+        TRANSITION_SQL.cancelledRecordedRun,
+        ...spent(spend),
+        job.id,
+        attempt,
+        runpodJobId,
+      ),
     () =>
       guardedRow(
         db,
         cancelled,
         TRANSITION_SQL.cancelledUnrecordedRun,
+        ...spent(spend),
         runpodJobId,
         job.id,
         attempt,
