@@ -481,6 +481,14 @@ export async function applyLostRun(
     const producedBy = output.customMetadata?.[OUTPUT_RUN_METADATA] ?? null;
     return markComplete(deps, job, job.attempt, runId ?? producedBy, key);
   }
+  if (!runId && job.retry_count >= 3) {
+    // A claim timeout takes the seed's CASE (the contract's reconciler), but never the last
+    // retry: no run recorded means the submission was lost (a consumer that died, a /run answer
+    // that timed out on a run RunPod never created), not that the job failed. Such a job is
+    // released instead, its retry_count unchanged; only a genuine failure ends it.
+    const delayS = retryDelaySeconds(job.retry_count + 1, deps.retry);
+    return (await releaseJob(deps, job, delayS)) ? "retrying" : "unchanged";
+  }
   const message = runId
     ? `RunPod run ${runId} not found (expired) and no output at ${key}`
     : `no RunPod run recorded within ${claimTimeoutS}s of the claim and no output at ${key}`;

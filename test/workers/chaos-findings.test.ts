@@ -112,6 +112,25 @@ describe("a claim timeout is a lost run", () => {
   });
 });
 
+describe("a claim timeout never spends a job's last retry", () => {
+  // The 10,000-job chaos run (seed 42): three jobs had three genuine failures, then a fourth
+  // attempt whose /run answer timed out and whose run RunPod never created; the claim timeout
+  // took the seed's CASE and ended them in error, though nothing showed the job at fault.
+  it("with three failures counted, a claim timeout without output releases the job (retry_count 3)", async () => {
+    const endpoint = uniqueEndpoint("claim-last");
+    const job = await processingJob({ runId: null, retryCount: 3 });
+    await makeDue(job.id);
+    await reconcile(consumerDeps(envFor(endpoint, { RETRY_BASE_DELAY_S: "0" })));
+    const row = await readJob(job.id);
+    expect(row).toMatchObject({ status: "pending", retry_count: 3, runpod_job_id: null });
+    expect(await eventTypes(job.id)).toEqual(["created", "claimed", "released"]);
+    await waitFor(
+      async () => ((await sentMessagesFor(job.id)).length > 0 ? true : undefined),
+      "the released job's message",
+    );
+  });
+});
+
 describe("RunPod down is nobody's fault; an error answer is the job's attempt failing", () => {
   it("a 503 on /run releases the job with its retries intact, and the gate counts it", async () => {
     const endpoint = uniqueEndpoint("down-503");
