@@ -197,11 +197,35 @@ function minimumOf(
       : before !== undefined && after !== undefined && before.status !== after.status
         ? 2
         : 0;
-  written += counts + events;
+  // GPU accounting (migration 0010): the day's usage row per key (project, and user when the job
+  // has one) on insert, on an ending and when GPU time is added; the run's record when a run is
+  // recorded and when it ends.
+  const keys = after?.user_id === null || after?.user_id === undefined ? 1 : 2;
+  const ended =
+    after !== undefined &&
+    (after.status === "complete" || after.status === "error") &&
+    before?.status !== after.status;
+  const gpuAdded = before !== undefined && after !== undefined && before.gpu_ms !== after.gpu_ms;
+  const usage = before === undefined && after !== undefined ? keys : ended || gpuAdded ? keys : 0;
+  const runRecorded =
+    after?.runpod_job_id !== undefined &&
+    after.runpod_job_id !== null &&
+    before?.runpod_job_id !== after.runpod_job_id
+      ? 1
+      : 0;
+  const runEnded =
+    after !== undefined &&
+    ["completed", "failed", "cancelled"].includes(String(after.last_event)) &&
+    before?.version !== after.version &&
+    (before?.runpod_job_id ?? after.runpod_job_id ?? null) !== null
+      ? 1
+      : 0;
+  const runs = runRecorded + runEnded;
+  written += counts + events + usage + runs;
   const detail = changed
-    ? `row 1 + index ${touched.length}${touched.length ? ` (${touched.join(", ")})` : ""} + counts ${counts} + events ${events}`
+    ? `row 1 + index ${touched.length}${touched.length ? ` (${touched.join(", ")})` : ""} + counts ${counts} + events ${events} + usage ${usage} + runs ${runs}`
     : "no change";
-  return { read: (readsJob ? 1 : 0) + counts, written, detail };
+  return { read: (readsJob ? 1 : 0) + counts + usage + runs, written, detail };
 }
 
 interface Step {

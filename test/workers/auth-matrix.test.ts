@@ -251,6 +251,11 @@ const MATRIX: Record<string, RouteCase> = {
     },
   },
   "GET /stats": { auth: "admin", ok: 200, call: async () => ({ path: "/stats" }) },
+  "GET /usage": {
+    auth: "admin",
+    ok: 200,
+    call: async () => ({ path: "/usage?group_by=project" }),
+  },
   "GET /admin/jobs": { auth: "admin", ok: 200, call: async () => ({ path: "/admin/jobs" }) },
   "POST /admin/jobs/retry": {
     auth: "admin",

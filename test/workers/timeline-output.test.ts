@@ -184,7 +184,13 @@ describe("GET /exports/{id}/events", () => {
       const stalePost = await webhook(job.id, 1, stale);
       expect(await stalePost.json()).toEqual({ applied: false, outcome: "unchanged" });
     }
-    await progress(job.id, 1, 80);
+    // Progress of the failed attempt 1 (the job is at attempt 2 now): 409, its run should stop.
+    const staleProgress = await postJson(
+      await callbackPath("progress", job.id, 1),
+      { progress: 80 },
+      { token: null },
+    );
+    expect(staleProgress.status).toBe(409);
     // The right attempt, another run's news.
     const other = await webhook(job.id, 2, { id: "run-other", status: "COMPLETED" });
     expect(await other.json()).toEqual({ applied: false, outcome: "unchanged" });
