@@ -6,14 +6,16 @@
 //    ^  ^                              |   |  submit failed / FAILED / TIMED_OUT / run lost
 //    |  |                              |   v
 //    |  |                              |  seed CASE: retry_count < 3 ? pending : error
-//    |  +------------ release ---------+  (429, dispatch paused, bad RunPod key: not the job's
-//    |                                     fault; retry_count unchanged)
+//    |  +------------ release ---------+  (429, dispatch paused, bad RunPod key, a claim timeout
+//    |                                     that would spend the last retry: not the job's fault;
+//    |                                     retry_count unchanged)
 //    +-- replay of a dead letter / operator retry (error, not cancelled): retry_count = 0
 //   cancel (pending|processing) --> error 'cancelled'    (RunPod /cancel when a run exists)
 //   pending PENDING_MAX_AGE_S after it was wanted --> error 'expired: …'
 //
 // Attempts never repeat: every claim raises `attempt`, webhook and progress URLs carry it, and
-// news about any other attempt matches no row and changes nothing.
+// news about any other attempt matches no row and changes nothing (progress of another attempt
+// answers 409 stale_attempt, so its run stops; its GPU time still reaches the run's record).
 //
 // Every statement that changed a row — a transition, and the bookkeeping too (a reconciler lease,
 // a hold, a cancel retry: they move due_at and raise version) — hands it to publishJobs (live
