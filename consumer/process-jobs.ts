@@ -17,13 +17,12 @@ import type { ConsumerEnv } from "../shared/env.ts";
 import { fairKeyOf, type OfferedJob } from "../shared/fair-queue.ts";
 import {
   claimJobs,
-  FREE_RETRY_S,
   failRun,
+  freeDurably,
   holdJobs,
   type JobDeps,
   recordRun,
   releaseJob,
-  requeue,
 } from "../shared/job-state.ts";
 import { livePublisher } from "../shared/live-publisher.ts";
 import { log } from "../shared/log.ts";
@@ -116,9 +115,9 @@ export async function processJobBatch(
   const pending = jobs.filter((job) => job.status === "pending");
   // A finished job's message is a duplicate, or the retry of a slot whose free failed
   // (job-state's freeSlots): freeing is idempotent, so it is freed here either way.
-  await freeFinished(
+  await freeDurably(
     deps,
-    jobs.filter((job) => job.status === "complete" || job.status === "error").map((job) => job.id),
+    jobs.filter((job) => job.status === "complete" || job.status === "error"),
   );
   // Only duplicates (no job still pending): nothing to ask the dispatcher.
   const admission: Admission =
@@ -155,20 +154,6 @@ export async function processJobBatch(
     retry: (id, delaySeconds) => byJob.get(id)?.[0]?.retry({ delaySeconds }),
   });
   return poison;
-}
-
-/** Frees finished jobs' slots; when the dispatcher does not answer, tries again through the queue. */
-async function freeFinished(deps: ConsumerDeps, ids: string[]): Promise<void> {
-  if (ids.length === 0) return;
-  try {
-    await deps.dispatcher.free(ids);
-  } catch (error) {
-    log("warn", "freeing finished jobs' slots failed; tried again through the queue", {
-      jobs: ids,
-      error: String(error),
-    });
-    await requeue(deps.queue, ids, FREE_RETRY_S);
-  }
 }
 
 /** What becomes of an admitted job's message (or, on the refill path, of the job). */

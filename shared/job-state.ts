@@ -84,20 +84,39 @@ async function freeSlots(
   rows: readonly (JobRow | null)[],
   runs: RunFigures[] = [],
 ): Promise<void> {
-  const changed = rows.filter((row): row is JobRow => row !== null);
-  if (changed.length === 0) return;
-  const ids = changed.map((row) => row.id);
+  await freeDurably(
+    deps,
+    rows.filter((row): row is JobRow => row !== null),
+    runs,
+  );
+}
+
+/**
+ * Frees the slots of `jobs` (idempotent); when the dispatcher does not answer, the finished ones
+ * go back on the queue after FREE_RETRY_S, and the consumer that receives a finished job's
+ * message calls this again (consumer/process-jobs.ts).
+ */
+export async function freeDurably(
+  deps: Pick<JobDeps, "slots" | "queue">,
+  jobs: readonly Pick<JobRow, "id" | "status">[],
+  runs: RunFigures[] = [],
+): Promise<void> {
+  if (jobs.length === 0) return;
+  const ids = jobs.map((job) => job.id);
   try {
     await deps.slots.free(ids, runs);
   } catch (error) {
-    const finished = changed
-      .filter((row) => row.status === "complete" || row.status === "error")
-      .map((row) => row.id);
     log("warn", "freeing dispatch slots failed; tried again through the queue", {
       jobs: ids,
       error: String(error),
     });
-    await requeue(deps.queue, finished, FREE_RETRY_S);
+    await requeue(
+      deps.queue,
+      jobs
+        .filter((job) => job.status === "complete" || job.status === "error")
+        .map((job) => job.id),
+      FREE_RETRY_S,
+    );
   }
 }
 
