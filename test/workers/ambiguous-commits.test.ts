@@ -15,6 +15,7 @@ import {
   emulatorRequests,
   freshProjectId,
   insertPendingJob,
+  messageArrives,
   overlayRequest,
   postJson,
   putInput,
@@ -24,7 +25,6 @@ import {
   sentMessagesFor,
   spyQueue,
   uniqueEndpoint,
-  waitFor,
 } from "./helpers.ts";
 
 const dispatcher = (endpoint: string) => env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint));
@@ -136,10 +136,7 @@ describe("a commit whose answer D1 lost", () => {
       .bind(projectId)
       .all<{ id: string }>();
     expect(results.map((row) => row.id)).toEqual([job.id]);
-    await waitFor(
-      async () => ((await sentMessagesFor(job.id)).length > 0 ? true : undefined),
-      "the job's message",
-    );
+    await messageArrives(job.id);
   });
 
   it("insert with an Idempotency-Key: 202 (not a repeat), enqueued; the client's retry gets the same job", async () => {
@@ -156,10 +153,7 @@ describe("a commit whose answer D1 lost", () => {
     expect(db.lost()).toBe(1);
     expect(res.status).toBe(202);
     const { job } = (await res.json()) as { job: { id: string } };
-    await waitFor(
-      async () => ((await sentMessagesFor(job.id)).length > 0 ? true : undefined),
-      "the job's message",
-    );
+    await messageArrives(job.id);
 
     const again = await postJson("/exports", overlayRequest(projectId, key), { headers });
     expect(again.status).toBe(200);
@@ -189,10 +183,7 @@ describe("an idempotent repeat", () => {
 
     const again = await postJson("/exports", overlayRequest(projectId, key), { headers });
     expect(again.status).toBe(200);
-    await waitFor(
-      async () => ((await sentMessagesFor(job.id)).length > 0 ? true : undefined),
-      "the repeat's message",
-    );
+    await messageArrives(job.id);
   });
 });
 

@@ -19,6 +19,7 @@ import {
   emulatorRequests,
   freshProjectId,
   insertPendingJob,
+  messageArrives,
   plannedKey,
   postJson,
   processingJob,
@@ -124,10 +125,7 @@ describe("a claim timeout never spends a job's last retry", () => {
     const row = await readJob(job.id);
     expect(row).toMatchObject({ status: "pending", retry_count: 3, runpod_job_id: null });
     expect(await eventTypes(job.id)).toEqual(["created", "claimed", "released"]);
-    await waitFor(
-      async () => ((await sentMessagesFor(job.id)).length > 0 ? true : undefined),
-      "the released job's message",
-    );
+    await messageArrives(job.id);
   });
 });
 

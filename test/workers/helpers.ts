@@ -124,6 +124,10 @@ export async function sentMessagesFor(jobId: string): Promise<unknown[]> {
   return results.map((r) => JSON.parse(r.body) as unknown);
 }
 
+/** Waits until the queue spy has received a message for `jobId`. */
+export const messageArrives = (jobId: string) =>
+  waitFor(async () => ((await sentMessagesFor(jobId)).length > 0 ? true : undefined), "message");
+
 /** Messages the queue spy received whose body mentions `needle` anywhere. */
 export async function sentMessagesMentioning(needle: string): Promise<number> {
   await sentMessagesFor("");

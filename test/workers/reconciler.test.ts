@@ -12,6 +12,7 @@ import {
   emulatorOrigin,
   emulatorRequests,
   insertPendingJob,
+  messageArrives,
   processingJob,
   putOutput,
   readJob,
@@ -67,9 +68,6 @@ async function makeDue(id: string): Promise<void> {
     .bind(id)
     .run();
 }
-
-const messageArrives = (jobId: string) =>
-  waitFor(async () => ((await sentMessagesFor(jobId)).length > 0 ? true : undefined), "message");
 
 describe("reconciler (consumer cron)", () => {
   it("re-enqueues a pending job whose message was lost, but not one waiting out a retry delay", async () => {
