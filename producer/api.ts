@@ -132,8 +132,9 @@ export function errorReplies<const O extends Partial<Record<ErrorStatus, readonl
   for (const [status, list] of Object.entries(own) as [string, readonly ErrorCode[]][]) {
     add(Number(status) as ErrorStatus, ...list);
   }
-  // Every route that reads D1 runs in a session (producer/d1-session.ts).
-  if (kind !== "none" && kind !== "liveTicket") add(400, "invalid_bookmark");
+  // Every route that reads D1 runs in a session (producer/d1-session.ts), RunPod's callbacks aside.
+  if (kind !== "none" && kind !== "liveTicket" && kind !== "signedUrl")
+    add(400, "invalid_bookmark");
   if (bearer || kind === "liveTicket") add(500, "not_configured");
   add(500, "internal_error");
   const replies: Partial<Record<ErrorStatus, ErrorReply>> = {};

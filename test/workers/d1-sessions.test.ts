@@ -7,12 +7,15 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { READ_SQL } from "../../shared/sql/jobs/reads.ts";
 import {
+  callbackPath,
   countJobs,
   freshProjectId,
   overlayRequest,
   postJson,
+  processingJob,
   producerFetch,
   putInput,
+  readJob,
 } from "./helpers.ts";
 
 const BOOKMARK = "x-d1-bookmark";
@@ -121,6 +124,25 @@ describe("D1 sessions", () => {
     expect(res.status).toBe(200);
     expect(res.headers.get("access-control-expose-headers")).toContain(BOOKMARK);
     expect(res.headers.get(BOOKMARK)).toEqual(expect.any(String));
+  });
+
+  it("RunPod's callbacks run on the primary without a session: no client reads their bookmark", async () => {
+    const job = await processingJob({ runId: "run-no-session" });
+    const spy = sessionSpy();
+    const res = await postJson(
+      await callbackPath("progress", job.id, job.attempt),
+      { progress: 30 },
+      { token: null, bindings: { DB: spy.db } },
+    );
+    expect(res.status).toBe(204);
+    const hook = await postJson(
+      await callbackPath("webhook", job.id, job.attempt),
+      { id: "run-no-session", status: "IN_PROGRESS" },
+      { token: null, bindings: { DB: spy.db } },
+    );
+    expect(hook.status).toBe(200);
+    expect(spy.opened).toEqual([]);
+    expect((await readJob(job.id))?.progress).toBe(30);
   });
 
   it("a malformed bookmark is 400 invalid_bookmark and writes nothing", async () => {
