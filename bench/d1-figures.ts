@@ -10,6 +10,7 @@ import { devServerFlags } from "../scripts/local-stack.ts";
 import { DEAD_LETTER_SQL } from "../shared/sql/dead-letters.ts";
 import { EVENT_SQL } from "../shared/sql/events.ts";
 import { JOB_SQL } from "../shared/sql/jobs/catalog.ts";
+import { insertBinds } from "../shared/sql/jobs/insert.ts";
 import { STATS_SQL } from "../shared/sql/stats.ts";
 import {
   type Guarded,
@@ -262,7 +263,16 @@ function lifeSteps(id: string, failOnce: boolean): Step[] {
     {
       step: "producer: insert",
       statement: "insert",
-      binds: [id, 42, 7, "overlay", "uploads/42/in.mp4", '{"highlight_regions":[]}', null, null],
+      binds: insertBinds({
+        id,
+        project_id: 42,
+        user_id: 7,
+        type: "overlay",
+        input_video_key: "uploads/42/in.mp4",
+        params: { highlight_regions: [] },
+        input_etag: "etag",
+        params_hash: id,
+      }),
     },
   ];
   if (failOnce) {
@@ -512,16 +522,17 @@ function sampleBinds(): Record<string, unknown[]> {
     { id: errorJob, version: 999 },
   ]);
   return {
-    "jobs.insert": [
-      crypto.randomUUID(),
-      7,
-      7,
-      "overlay",
-      "uploads/7/in.mp4",
-      "{}",
-      "bench-key",
-      "bench-hash",
-    ],
+    "jobs.insert": insertBinds({
+      id: crypto.randomUUID(),
+      project_id: 7,
+      user_id: 7,
+      type: "overlay",
+      input_video_key: "uploads/7/in.mp4",
+      params: {},
+      idempotency: { key: "bench-key", requestHash: "bench-hash" },
+      input_etag: "bench-etag",
+      params_hash: "bench-params",
+    }),
     "jobs.batchJobs": [JSON.stringify(pending)],
     "jobs.processingAmong": [JSON.stringify(processing)],
     "jobs.listByUser": [HEAVY_PROJECT, ...cursor, 21],

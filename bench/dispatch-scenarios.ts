@@ -261,7 +261,8 @@ async function postJob(
     project_id: projectId,
     type: "overlay",
     input_video_key: "uploads/demo/sample.mp4",
-    params: { highlight_regions: [{ start_time: 1, end_time: 3 }] },
+    // Distinct params: identical exports would be reused instead of run (GPU seconds).
+    params: { highlight_regions: [{ start_time: 1, end_time: 3 }], n: crypto.randomUUID() },
   });
   for (let i = 0; i < 5; i++) {
     try {

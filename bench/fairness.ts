@@ -111,7 +111,8 @@ async function createJobs(
             user_id: userId,
             type: "overlay",
             input_video_key: "uploads/demo/sample.mp4",
-            params: { highlight_regions: [{ start_time: 1, end_time: 2 }] },
+            // Distinct params: identical exports would be reused instead of run.
+            params: { highlight_regions: [{ start_time: 1, end_time: 2 }], n: crypto.randomUUID() },
           }),
         });
         if (res.status === 202) {

@@ -217,7 +217,8 @@ export class Fleet {
                 user_id: user,
                 type: "overlay",
                 input_video_key: "uploads/demo/sample.mp4",
-                params: { highlight_regions: [{ start_time: 1, end_time: 2 }] },
+                // Distinct params: identical exports would be reused instead of run.
+                params: { highlight_regions: [{ start_time: 1, end_time: 2 }], n: key },
               }),
               signal: AbortSignal.timeout(60_000),
             });

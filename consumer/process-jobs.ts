@@ -23,13 +23,15 @@ import {
   type JobDeps,
   recordRun,
   releaseJob,
+  reuseOutput,
+  unfollowJobs,
 } from "../shared/job-state.ts";
 import { livePublisher } from "../shared/live-publisher.ts";
 import { log } from "../shared/log.ts";
 import { createRunpodClient, type RunpodClient, RunpodError } from "../shared/runpod-client.ts";
 import { jobMessage } from "../shared/schemas.ts";
 import { type ConsumerSettings, consumerSettings } from "../shared/settings.ts";
-import { batchJobs } from "../shared/sql/jobs/reads.ts";
+import { type BatchJob, batchJobs } from "../shared/sql/jobs/reads.ts";
 import type { JobRow } from "../shared/sql/jobs/row.ts";
 import { buildRunRequest } from "./run-request.ts";
 
@@ -112,7 +114,11 @@ export async function processJobBatch(
   // Offer the jobs still pending to the dispatcher; it admits those whose turn it is (free slots,
   // fairness, the gate) and keeps the others waiting, sending them when their turn comes.
   const jobs = await batchJobs(deps.db, [...byJob.keys()]);
-  const pending = jobs.filter((job) => job.status === "pending");
+  // GPU seconds never wasted: a job identical to a complete one reuses its output, a follower
+  // whose leader is on its way waits for it; neither is offered to the dispatcher.
+  const settled = await settleIdentical(deps, jobs);
+  for (const id of settled) for (const message of byJob.get(id) ?? []) message.ack();
+  const pending = jobs.filter((job) => job.status === "pending" && !settled.has(job.id));
   // A finished job's message is a duplicate, or the retry of a slot whose free failed
   // (job-state's freeSlots): freeing is idempotent, so it is freed here either way.
   await freeDurably(
@@ -154,6 +160,78 @@ export async function processJobBatch(
     retry: (id, delaySeconds) => byJob.get(id)?.[0]?.retry({ delaySeconds }),
   });
   return poison;
+}
+
+/** A leader on its way: its followers wait for it. */
+const ON_ITS_WAY = new Set<string | null>(["pending", "processing"]);
+
+/** The identical complete job a batch read found for a pending job, if any. */
+function sourceOf(job: BatchJob): { id: string; outputVideoKey: string } | null {
+  if (job.source === null) return null;
+  const [id, outputVideoKey] = JSON.parse(job.source) as [unknown, unknown];
+  return typeof id === "string" && typeof outputVideoKey === "string"
+    ? { id, outputVideoKey }
+    : null;
+}
+
+/**
+ * Reuse and single flight for a batch's pending jobs (shared/job-state.ts): a job with an
+ * identical complete job gets a copy of its output and completes; a follower whose leader is on
+ * its way is held (due_at cleared: the reconciler's audit checks it against its leader); a
+ * follower whose leader ended without an output to reuse (failed for good, cancelled, superseded,
+ * gone) is an ordinary job from now on. The jobs reused or held, whose messages are done with.
+ * A copy that fails (the source's output is gone, R2 failed) leaves the job to run.
+ */
+async function settleIdentical(
+  deps: ConsumerDeps,
+  jobs: readonly BatchJob[],
+): Promise<Set<string>> {
+  const settled = new Set<string>();
+  const waiting: string[] = [];
+  const released: string[] = [];
+  const reusing: { job: BatchJob; source: { id: string; outputVideoKey: string } }[] = [];
+  for (const job of jobs) {
+    if (job.status !== "pending") continue;
+    const source = sourceOf(job);
+    if (source) reusing.push({ job, source });
+    else if (job.follows !== null && ON_ITS_WAY.has(job.leader)) waiting.push(job.id);
+    else if (job.follows !== null) released.push(job.id);
+  }
+  await forEachBounded(
+    reusing,
+    deps.settings.submitConcurrency,
+    async ({ job, source }) => {
+      const reused = await reuseOutput(deps, job, source);
+      if (reused === "missing") {
+        log("warn", "identical job's output is gone; the job runs", {
+          job_id: job.id,
+          source: source.id,
+        });
+        if (job.follows !== null) released.push(job.id);
+        return;
+      }
+      // Reused, or no longer pending (another delivery took it): either way done here.
+      settled.add(job.id);
+      if (reused) log("info", "output reused", { job_id: job.id, reused_from: source.id });
+    },
+    (entry, error) => {
+      log("warn", "reuse failed; the job runs", { job_id: entry.job.id, error: String(error) });
+    },
+  );
+  if (waiting.length > 0) {
+    // Never offered to the dispatcher while the leader is on its way: a hold that fails leaves
+    // the follower due, and the reconciler's lost-message lease sends it to a batch again.
+    for (const id of waiting) settled.add(id);
+    await holdJobs(deps, waiting).catch((error: unknown) => {
+      log("warn", "holding followers failed", { jobs: waiting, error: String(error) });
+    });
+  }
+  if (released.length > 0) {
+    await unfollowJobs(deps, released).catch((error: unknown) => {
+      log("warn", "releasing followers failed", { jobs: released, error: String(error) });
+    });
+  }
+  return settled;
 }
 
 /** What becomes of an admitted job's message (or, on the refill path, of the job). */

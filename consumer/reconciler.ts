@@ -181,8 +181,22 @@ export async function reconcile(
       async (page) => {
         if (page.length === 0) return;
         report.heldAudited += page.length;
-        const known = new Set(await deps.dispatcher.known(page.map((job) => job.id)));
-        const unknown = page.filter((job) => !known.has(job.id)).map((job) => job.id);
+        // A follower is held by its leader, not the dispatcher: while the leader is on its way
+        // it waits, never re-enqueued as lost; once the leader ended (or is gone), it is sent
+        // to a batch, which reuses the leader's output or releases it as an ordinary job.
+        const byDispatcher = page.filter((job) => job.leader === null);
+        const known = new Set(
+          byDispatcher.length > 0
+            ? await deps.dispatcher.known(byDispatcher.map((job) => job.id))
+            : [],
+        );
+        const unknown = page
+          .filter((job) =>
+            job.leader === null
+              ? !known.has(job.id)
+              : job.leader !== "pending" && job.leader !== "processing",
+          )
+          .map((job) => job.id);
         await requeue(deps.queue, unknown, 0);
         report.unheld += unknown.length;
         afterSeq = page.at(-1)?.seq ?? afterSeq;

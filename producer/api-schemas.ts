@@ -96,7 +96,10 @@ export const JobSchema = component(
         input_video_key: z.string(),
         output_video_key: z.string().nullable().describe("set when the job is complete"),
         params: z.record(z.string(), z.unknown()).describe("the request's params, as sent"),
-        error: z.string().nullable().describe("the last failure, or 'cancelled'"),
+        error: z
+          .string()
+          .nullable()
+          .describe("the last failure, 'cancelled', or 'superseded by <newer job id>'"),
         retry_count: z.number().int().min(0).describe("failed attempts so far"),
         runpod_job_id: z.string().nullable(),
         created_at: z.string().describe(stamp("created")),
@@ -142,6 +145,30 @@ export const JobSchema = component(
           .int()
           .min(0)
           .describe("time the job's runs waited at RunPod for a worker (RunPod's delayTime)"),
+        input_etag: z
+          .string()
+          .nullable()
+          .describe("the input object's R2 ETag when the job was created (part of its identity)"),
+        supersede_key: z
+          .string()
+          .nullable()
+          .describe("the request's supersede_key: a newer job under it ends this one"),
+        reuse: z
+          .boolean()
+          .describe('false when the request said `"reuse": false` (no reuse, no following)'),
+        follows: z
+          .string()
+          .nullable()
+          .describe(
+            "single flight: the identical job this one waited for (or waits for); its output is " +
+              "copied when it completes, and this job runs on its own when it does not",
+          ),
+        reused_from: z
+          .string()
+          .nullable()
+          .describe(
+            "set when the job completed with a copy of this identical job's output, no run",
+          ),
         archived: z
           .literal(true)
           .optional()

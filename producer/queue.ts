@@ -23,7 +23,10 @@ export async function withQueue(
   jobs: Job[],
   options: { created?: boolean } = {},
 ): Promise<Job[]> {
-  const pending = jobs.filter((job) => job.status === "pending" && !job.archived);
+  // A follower has no place of its own: it waits for its leader (`follows`), not for a slot.
+  const pending = jobs.filter(
+    (job) => job.status === "pending" && !job.archived && job.follows === null,
+  );
   const estimates = new Map<string, QueueInfo>();
   if (pending.length > 0) {
     const dispatcher = dispatcherOf(env);

@@ -12,12 +12,24 @@
 // was forgotten when the job was archived and another request may have taken it since. Dead
 // letters are not archived, so none come back. The restored events keep their order with
 // versions −n…−1 (the archive does not hold the original ones), so they sort before any new one.
-// The job's status count follows by trigger and `archive_counts` goes down by one. A job that is
+// The job's status count follows by trigger and `archive_counts` goes down by one. Its identity
+// hash (params_hash, internal) is recomputed, so a restored complete job is reused again. A job that is
 // in D1 already fails at the first statement (its primary key).
 //
 // `main` takes its I/O as arguments so that tests can drive it.
+import { createHash } from "node:crypto";
 import { pathToFileURL } from "node:url";
 import type { ArchivedJob } from "../shared/archive.ts";
+import { canonicalJson, type ExportIdentity } from "../shared/identity.ts";
+
+/** shared/identity.ts's paramsHash, synchronously (the archive does not hold it). */
+function paramsHashOf(job: ExportIdentity): string {
+  return createHash("sha256")
+    .update(
+      canonicalJson({ type: job.type, input_video_key: job.input_video_key, params: job.params }),
+    )
+    .digest("hex");
+}
 
 export const USAGE = `Usage: npx node scripts/restore-archived-job.ts FILE|-
 
@@ -83,6 +95,14 @@ export function restoreStatements(archive: unknown): string[] {
     // Archives from before GPU time was counted (migration 0010) have none: 0.
     ["gpu_ms", L(job.gpu_ms ?? 0)],
     ["queue_ms", L(job.queue_ms ?? 0)],
+    // Reuse and supersede (migration 0011); archives from before have none. The identity hash is
+    // recomputed, so a restored complete job serves identical exports again.
+    ["input_etag", L(job.input_etag ?? null)],
+    ["params_hash", L(job.input_etag ? paramsHashOf(job) : null)],
+    ["reuse", L(job.reuse ?? true)],
+    ["supersede_key", L(job.supersede_key ?? null)],
+    ["follows", L(job.follows ?? null)],
+    ["reused_from", L(job.reused_from ?? null)],
     ["pending_since", L(job.created_at)],
     ["finished_at", NOW],
   ];

@@ -223,11 +223,17 @@ export async function readArchivedJob(
   const object = await videos.get(archiveKey(jobId));
   if (!object) return null;
   const archive = await object.json<ArchivedJob>();
-  // Archives written before GPU time was counted (migration 0010) have no gpu_ms / queue_ms.
-  const job = {
+  // Archives written before GPU time was counted (migration 0010) have no gpu_ms / queue_ms;
+  // those written before reuse and supersede (migration 0011), none of their fields.
+  const job: Job = {
     ...archive.job,
     gpu_ms: archive.job.gpu_ms ?? 0,
     queue_ms: archive.job.queue_ms ?? 0,
+    input_etag: archive.job.input_etag ?? null,
+    supersede_key: archive.job.supersede_key ?? null,
+    reuse: archive.job.reuse ?? true,
+    follows: archive.job.follows ?? null,
+    reused_from: archive.job.reused_from ?? null,
   };
   return { job: { ...job, archived: true }, events: archive.events };
 }

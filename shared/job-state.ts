@@ -11,7 +11,15 @@
 //    |                                     retry_count unchanged)
 //    +-- replay of a dead letter / operator retry (error, not cancelled): retry_count = 0
 //   cancel (pending|processing) --> error 'cancelled'    (RunPod /cancel when a run exists)
-//   pending PENDING_MAX_AGE_S after it was wanted --> error 'expired: …'
+//   superseded (pending|processing) --> error 'superseded by <id>'   (as cancel; in the insert of
+//                                       the newer job under the same supersede key)
+//   pending --reused: an identical complete job's output copied--> complete (reused_from, no run)
+//   pending PENDING_MAX_AGE_S after it was wanted --> error 'expired: …'   (never a follower)
+//
+// Single flight: a job created while an identical one is on its way follows it (`follows`): the
+// consumer holds it (due_at cleared) instead of offering it to the dispatcher. The leader's end
+// wakes it (migration 0011's trigger makes it due, wakeFollowers sends its message): it then
+// reuses the leader's output, or, when the leader ended without one, is an ordinary job.
 //
 // Attempts never repeat: every claim raises `attempt`, webhook and progress URLs carry it, and
 // news about any other attempt matches no row and changes nothing (progress of another attempt
@@ -27,6 +35,7 @@ import type { RunFigures } from "./capacity.ts";
 import type { JobMessage } from "./env.ts";
 import { LivePublicationError, type LivePublisher } from "./live-publisher.ts";
 import { log } from "./log.ts";
+import { copyObject } from "./r2-copy.ts";
 import type { RunpodClient } from "./runpod-client.ts";
 import type { RunpodStatusObject } from "./schemas.ts";
 import { r2Key } from "./schemas.ts";
@@ -84,11 +93,29 @@ async function freeSlots(
   rows: readonly (JobRow | null)[],
   runs: RunFigures[] = [],
 ): Promise<void> {
-  await freeDurably(
-    deps,
-    rows.filter((row): row is JobRow => row !== null),
-    runs,
-  );
+  const changed = rows.filter((row): row is JobRow => row !== null);
+  await freeDurably(deps, changed, runs);
+  await wakeFollowers(deps, changed);
+}
+
+/**
+ * A leader that ended (complete or error) sends its waiting followers' messages now; the
+ * statement that ended it made them due (migration 0011), so a send that fails is made up by the
+ * reconciler's lost-message lease. Only a leader that has followers costs a read.
+ */
+async function wakeFollowers(deps: JobDeps, rows: readonly JobRow[]): Promise<void> {
+  const leaders = rows
+    .filter((row) => row.followers > 0 && (row.status === "complete" || row.status === "error"))
+    .map((row) => row.id);
+  if (leaders.length === 0) return;
+  try {
+    await requeue(deps.queue, await leases.followersOf(deps.db, leaders), 0);
+  } catch (error) {
+    log("warn", "waking followers failed; the reconciler will", {
+      leaders,
+      error: String(error),
+    });
+  }
 }
 
 /**
@@ -151,9 +178,69 @@ async function published<T extends JobRow | null>(deps: JobDeps, row: T): Promis
   return row;
 }
 
-/** createJob: the seed's "create job" (pending), or null for an Idempotency-Key already used. */
-export async function createJob(deps: JobDeps, job: NewJob): Promise<JobRow | null> {
-  return published(deps, await insertJob(deps.db, job));
+/**
+ * createJob: the seed's "create job" (pending), or null for an Idempotency-Key already used. With
+ * a supersede key, the older jobs it ended are published, their slots freed, their followers
+ * woken and their runs cancelled at RunPod (after the answer when `defer` allows; the statement
+ * left each a cancel retry, so a /cancel that fails or never runs is the reconciler's).
+ */
+export async function createJob(
+  deps: JobDeps & { runpod?: RunpodClient },
+  job: NewJob,
+): Promise<JobRow | null> {
+  const { row, superseded } = await insertJob(deps.db, job, CANCEL_RETRY_S);
+  await publishJobs(deps, [row, ...superseded]);
+  if (superseded.length > 0) {
+    log("info", "jobs superseded", {
+      job_id: job.id,
+      superseded: superseded.map((old) => old.id),
+    });
+    await freeSlots(deps, superseded);
+    const { runpod } = deps;
+    if (runpod) {
+      const cancelling = Promise.all(
+        superseded.flatMap((old) =>
+          old.runpod_job_id ? [cancelRunOf({ ...deps, runpod }, old.id, old.runpod_job_id)] : [],
+        ),
+      );
+      if (deps.defer) deps.defer(cancelling);
+      else await cancelling;
+    }
+  }
+  return row;
+}
+
+/** The custom metadata key naming, on a reused job's output, the job it was copied from. */
+export const REUSED_FROM_METADATA = "reused-from";
+
+/**
+ * reuseOutput: a pending job identical to the complete job `source` gets a copy of its output
+ * at its own key (streamed), then completes (`reused_from`, event `reused`), without a run.
+ * "missing": the source's output is gone (the job is an ordinary one then); null: the job was no
+ * longer pending (its copy is left for the run that took it, which overwrites it).
+ */
+export async function reuseOutput(
+  deps: JobDeps,
+  job: Pick<JobRow, "id" | "project_id">,
+  source: { id: string; outputVideoKey: string },
+): Promise<JobRow | null | "missing"> {
+  const key = plannedOutputKey(job);
+  const copied = await copyObject(deps.videos, source.outputVideoKey, key, {
+    // Not the source's run name (OUTPUT_RUN_METADATA): no run of this job wrote it.
+    customMetadata: ({ [OUTPUT_RUN_METADATA]: _run, ...rest }) => ({
+      ...rest,
+      [REUSED_FROM_METADATA]: source.id,
+    }),
+  });
+  if (!copied) return "missing";
+  const row = await published(deps, await transitions.reuseOutput(deps.db, job.id, key, source.id));
+  await freeSlots(deps, [row]);
+  return row;
+}
+
+/** Followers whose leader ended without an output to reuse: ordinary jobs from now on. */
+export function unfollowJobs(deps: JobDeps, ids: readonly string[]): Promise<JobRow[]> {
+  return allPublished(deps, leases.unfollow(deps.db, ids));
 }
 
 /** Where the GPU worker writes the result. */

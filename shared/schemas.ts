@@ -64,6 +64,20 @@ const projectId = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
 /** The project's owner as the frontend's backend knows it: the fairness key of dispatch. */
 const userId = z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional();
 
+/**
+ * `supersede_key` (1–200 chars): the new job ends the project's older pending or processing jobs
+ * under the same key (an identical one is followed instead). `reuse: false`: never reuse an
+ * identical export's output nor follow an identical job on its way (default true).
+ */
+const gpuSaving = {
+  supersede_key: z
+    .string()
+    .min(1, "must be 1 to 200 characters")
+    .max(200, "must be 1 to 200 characters")
+    .optional(),
+  reuse: z.boolean().optional(),
+};
+
 /** `POST /exports` body; `params` is validated per `type`, unknown params keys pass through. */
 export const createExportRequest = z.discriminatedUnion("type", [
   z.object({
@@ -71,6 +85,7 @@ export const createExportRequest = z.discriminatedUnion("type", [
     user_id: userId,
     type: z.literal("framing"),
     input_video_key: r2Key,
+    ...gpuSaving,
     params: paramsOf({ crop_keyframes: z.array(cropKeyframe).min(1) }),
   }),
   z.object({
@@ -78,6 +93,7 @@ export const createExportRequest = z.discriminatedUnion("type", [
     user_id: userId,
     type: z.literal("overlay"),
     input_video_key: r2Key,
+    ...gpuSaving,
     params: paramsOf({ highlight_regions: z.array(highlightRegion).min(1) }),
   }),
   z.object({
@@ -85,6 +101,7 @@ export const createExportRequest = z.discriminatedUnion("type", [
     user_id: userId,
     type: z.literal("annotate"),
     input_video_key: r2Key,
+    ...gpuSaving,
     params: paramsOf({ annotations: z.array(z.unknown()).min(1) }),
   }),
 ]);

@@ -35,6 +35,7 @@ type ErrorKind =
   | "claim timeout (no run recorded)"
   | "submission timed out"
   | "expired"
+  | "superseded"
   | "other";
 
 const GENUINE: ReadonlySet<ErrorKind> = new Set<ErrorKind>([
@@ -44,11 +45,13 @@ const GENUINE: ReadonlySet<ErrorKind> = new Set<ErrorKind>([
   "run not found (expired)",
   "submission 500 (seed CASE)",
   "cancelled",
+  "superseded",
 ]);
 
 export function classify(error: string | null | undefined): ErrorKind {
   const text = error ?? "";
   if (text === "cancelled") return "cancelled";
+  if (text.startsWith("superseded by ")) return "superseded";
   if (text.startsWith("RunPod FAILED")) return "RunPod FAILED";
   if (text.startsWith("RunPod TIMED_OUT")) return "RunPod TIMED_OUT";
   if (text.startsWith("output missing")) return "output missing";
@@ -231,13 +234,29 @@ export async function verify(run: ChaosRun): Promise<Report> {
   const badComplete: string[] = [];
   const noOutput: string[] = [];
   const why = new Map<string, string>();
+  let reused = 0;
   await forEachBounded(complete, 16, async ({ id }) => {
     const job = d1.get(id) as Job;
     const runsOf = runsByJob.get(id) ?? [];
     const done = runsOf.find(
       (r) => r.status === "COMPLETED" && attemptOfUrl(r.webhook) === job.attempt,
     );
-    if (!done) {
+    if (job.reused_from !== null) {
+      // A reuse: no run of its own; the job it copied is a complete one of the same project,
+      // identical to it, and the copy is checked below with the other outputs.
+      reused += 1;
+      const source = d1.get(job.reused_from) ?? (await readJob(run, job.reused_from));
+      const identical =
+        source?.status === "complete" &&
+        source.project_id === job.project_id &&
+        source.type === job.type &&
+        source.input_video_key === job.input_video_key &&
+        stable(source.params) === stable(job.params);
+      if (!identical) {
+        badComplete.push(id);
+        why.set(id, `reused from ${job.reused_from}, which is not an identical complete job`);
+      }
+    } else if (!done) {
       badComplete.push(id);
       why.set(id, "no COMPLETED run of its current attempt at the emulator");
     } else if (done.id !== job.runpod_job_id) {
@@ -258,7 +277,7 @@ export async function verify(run: ChaosRun): Promise<Report> {
   });
   if (badComplete.length > 0) {
     await fail(
-      "complete without a COMPLETED run of its attempt",
+      "complete without a COMPLETED run of its attempt (or an identical job's output)",
       `${badComplete.length} job(s)`,
       badComplete,
       (id) => why.get(id) ?? "",
@@ -308,6 +327,7 @@ export async function verify(run: ChaosRun): Promise<Report> {
   const notGenuine: string[] = [];
   const notViaCase: string[] = [];
   const cancelledNotByUs: string[] = [];
+  const supersededWrongly: string[] = [];
   const failureEvents: Counts = {};
   const helpedAlong: Counts = {};
   const helpedAlongIds: string[] = [];
@@ -324,6 +344,19 @@ export async function verify(run: ChaosRun): Promise<Report> {
     bump(errorKinds, kind);
     if (kind === "cancelled") {
       if (!cancelledByUs.has(id)) cancelledNotByUs.push(id);
+      continue;
+    }
+    if (kind === "superseded") {
+      // By a job we posted later under the same supersede key, which is not identical to it.
+      const by = d1.get((job.error ?? "").slice("superseded by ".length));
+      if (
+        !by ||
+        by.supersede_key !== job.supersede_key ||
+        by.created_at < job.created_at ||
+        (stable(by.params) === stable(job.params) && by.type === job.type && by.reuse)
+      ) {
+        supersededWrongly.push(id);
+      }
       continue;
     }
     if (!GENUINE.has(kind)) notGenuine.push(id);
@@ -361,6 +394,13 @@ export async function verify(run: ChaosRun): Promise<Report> {
   if (cancelledNotByUs.length > 0) {
     await fail("cancelled by nobody", `${cancelledNotByUs.length} job(s)`, cancelledNotByUs);
   }
+  if (supersededWrongly.length > 0) {
+    await fail(
+      "superseded by no newer job under its key (or by an identical one)",
+      `${supersededWrongly.length} job(s)`,
+      supersededWrongly,
+    );
+  }
   const cancelNotKept = created.filter(
     (job) => job.cancel?.status === 200 && d1.get(job.id)?.error !== "cancelled",
   );
@@ -387,6 +427,23 @@ export async function verify(run: ChaosRun): Promise<Report> {
   const orphanGpuMs: Counts = {};
   const runStatuses: Counts = {};
   let gpuMs = 0;
+  /**
+   * GPU time by what became of the run's result: the job's output, a failure, or discarded —
+   * wasted: the job was superseded or cancelled, the run was a duplicate nobody recorded, or it
+   * belonged to an attempt that was no longer current (stale).
+   */
+  const gpuByUse: Counts = {};
+  const useOf = (job: Job | undefined, r: (typeof runs)[number], events?: JobEvent[]) => {
+    if (r.status === "FAILED" || r.status === "TIMED_OUT") return "failed run";
+    if (job?.status === "complete" && r.id === job.runpod_job_id) return "output";
+    const kind = classify(job?.error);
+    if (job?.status === "error" && (kind === "superseded" || kind === "cancelled")) {
+      return `wasted: ${kind}`;
+    }
+    const known =
+      r.id === job?.runpod_job_id || (events ?? []).some((e) => e.runpod_job_id === r.id);
+    return known ? "wasted: stale" : "wasted: duplicate";
+  };
   let cancelledRunsGpuMs = 0;
   let runsAfterCancel = 0;
   for (const { id } of created) {
@@ -406,6 +463,7 @@ export async function verify(run: ChaosRun): Promise<Report> {
       byAttempt.set(attempt, (byAttempt.get(attempt) ?? 0) + 1);
       bump(runStatuses, r.status);
       gpuMs += r.executionTime ?? 0;
+      bump(gpuByUse, useOf(job, r, events), r.executionTime ?? 0);
       const submitted = Date.parse(r.submittedAt);
       if (inWindow(submitted)) delayedRuns++;
       if (cancelledByUs.has(id)) {
@@ -628,6 +686,12 @@ export async function verify(run: ChaosRun): Promise<Report> {
   }
 
   // ---- the table ----
+  const wastedMs = Object.entries(gpuByUse)
+    .filter(([use]) => use.startsWith("wasted"))
+    .reduce((n, [, v]) => n + v, 0);
+  const superseded = created.filter(
+    (job) => classify(d1.get(job.id)?.error) === "superseded",
+  ).length;
   const runCalls = total(runAnswers);
   const timedOut = scan.counts["submission timed out"] ?? 0;
   const finished = runs.filter((r) => ["COMPLETED", "FAILED", "TIMED_OUT"].includes(r.status));
@@ -698,6 +762,14 @@ export async function verify(run: ChaosRun): Promise<Report> {
           .map(([k, v]) => `${k} ${ms(v)}`)
           .join(", ") || "none"
       } of ${ms(gpuMs)} in all`,
+    ],
+    [
+      "GPU seconds wasted (results discarded) ÷ all",
+      `${ms(wastedMs)} of ${ms(gpuMs)} (${pct(wastedMs, gpuMs)}): ${
+        Object.entries(gpuByUse)
+          .map(([k, v]) => `${k} ${ms(v)}`)
+          .join(", ") || "none"
+      }; ${reused} job(s) complete by reuse, ${superseded} superseded`,
     ],
     [
       "runs of cancelled jobs",

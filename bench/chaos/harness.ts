@@ -42,6 +42,11 @@ const RETRY_EVERY_MS = 10_000;
 const RETRY_PREFIXES = ["RunPod FAILED", "RunPod TIMED_OUT", "RunPod /run answered HTTP 500"];
 const DUPLICATE_POST_SHARE = 0.05;
 const CANCEL_SHARE = 0.02;
+/**
+ * Re-exports: this share of POSTs is an edit of the previous export of the same project, under
+ * its supersede key (every job has one), so it supersedes that export if it has not finished.
+ */
+const REEXPORT_SHARE = 0.1;
 const QUEUE_DUPLICATE_SHARE = 0.05;
 const DUPLICATE_WEBHOOK_SHARE = 0.05;
 const FORGED_SHARE = 0.01;
@@ -273,11 +278,20 @@ async function scenario(run: ChaosRun): Promise<Report> {
       while (inflight.size >= POST_CONCURRENCY) await Promise.race(inflight);
       const projectId = 1 + (index % run.projects);
       const dup = random() < DUPLICATE_POST_SHARE;
+      // The previous export of this project (index − projects), edited, under its key.
+      const reexport = index >= run.projects && random() < REEXPORT_SHARE;
+      const of = reexport ? index - run.projects : index;
+      const body = reexport
+        ? {
+            ...bodyOf(of, projectId, users),
+            params: { ...(bodyOf(of, projectId, users).params as object), edit: index },
+          }
+        : bodyOf(index, projectId, users);
       const job: CreatedJob = {
         index,
         key: `chaos-${runId}-${index}`,
         projectId,
-        body: bodyOf(index, projectId, users),
+        body: { ...body, supersede_key: `reel-${runId}-${of}` },
         id: null,
         postedAt: Date.now(),
         duplicate: dup ? (random() < 0.5 ? "concurrent" : "later") : null,

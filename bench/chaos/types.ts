@@ -23,6 +23,11 @@ export interface Job {
   idempotency_key: string | null;
   attempt: number;
   version: number;
+  gpu_ms: number;
+  supersede_key: string | null;
+  reuse: boolean;
+  follows: string | null;
+  reused_from: string | null;
   archived?: true;
 }
 

@@ -156,7 +156,8 @@ const exportBody = (projectId: number) => ({
   user_id: projectId,
   type: "overlay",
   input_video_key: INPUT,
-  params: { highlight_regions: [{ start_time: 1, end_time: 3 }] },
+  // Distinct params: identical exports would be reused instead of run (GPU seconds).
+  params: { highlight_regions: [{ start_time: 1, end_time: 3 }], n: crypto.randomUUID() },
 });
 
 export async function postExport(

@@ -20,7 +20,8 @@
 import { archiveFinished } from "../../shared/archive.ts";
 import type { LiveHub } from "../../shared/live-hub.ts";
 import { livePublisher } from "../../shared/live-publisher.ts";
-import { INSERT_SQL } from "../../shared/sql/jobs/insert.ts";
+import type { JobType } from "../../shared/schemas.ts";
+import { INSERT_SQL, insertBinds } from "../../shared/sql/jobs/insert.ts";
 import { type JobRow, toJob } from "../../shared/sql/jobs/row.ts";
 
 interface Env {
@@ -74,14 +75,14 @@ async function bareExport(request: Request, env: Env): Promise<Response> {
   }
   const row = await env.DB.prepare(INSERT_SQL.insert)
     .bind(
-      crypto.randomUUID(),
-      body.project_id,
-      body.user_id ?? null,
-      body.type,
-      body.input_video_key,
-      JSON.stringify(body.params),
-      null,
-      null,
+      ...insertBinds({
+        id: crypto.randomUUID(),
+        project_id: body.project_id,
+        user_id: body.user_id,
+        type: body.type as JobType,
+        input_video_key: body.input_video_key,
+        params: body.params as Record<string, unknown>,
+      }),
     )
     .first<JobRow>();
   if (!row) return json(500, { error: "insert returned no row" });

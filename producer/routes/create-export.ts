@@ -1,13 +1,13 @@
 import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
+import { paramsHash, sha256OfJson } from "../../shared/identity.ts";
 import { createJob } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import type { CreateExportRequest as Request } from "../../shared/schemas.ts";
-import { toHex } from "../../shared/signing.ts";
 import { findJobByIdempotencyKey } from "../../shared/sql/jobs/reads.ts";
 import { type JobRow, toJob } from "../../shared/sql/jobs/row.ts";
 import { auth, errorReplies, header, JSON_BODY_ERRORS, jsonBody, reply } from "../api.ts";
 import { CreateExportRequest, JobEnvelope } from "../api-schemas.ts";
-import { jobDeps } from "../deps.ts";
+import { jobDepsWithRunpod } from "../deps.ts";
 import { type AppContext, type AppEnv, apiError } from "../http.ts";
 import { dispatcherHolds, jobWithQueue } from "../queue.ts";
 
@@ -45,23 +45,8 @@ export const createExportRoute = createRoute({
   },
 });
 
-/** JSON with object keys sorted at every level, so equal bodies hash equally. */
-function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
-  if (value && typeof value === "object") {
-    const entries = Object.entries(value).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
-  }
-  return JSON.stringify(value);
-}
-
-async function requestHash(request: Request): Promise<string> {
-  const digest = await crypto.subtle.digest(
-    "SHA-256",
-    new TextEncoder().encode(canonicalJson(request)),
-  );
-  return toHex(digest);
-}
+/** SHA-256 of the canonical request body: equal bodies hash equally. */
+const requestHash = (request: Request): Promise<string> => sha256OfJson(request);
 
 /** A repeat of an Idempotency-Key: the first job (200) if the body is the same, else 422. */
 async function answerRepeat(
@@ -113,7 +98,9 @@ async function enqueueNew(c: AppContext, row: JobRow) {
  * `POST /exports`: validate, check the input exists in R2, insert the `pending` row, then send
  * `{"job_id"}`. Nothing is written or sent before every check has passed. With an
  * `Idempotency-Key` (scoped per project, enforced by a unique index), a repeat of the same body
- * returns the first job and sends nothing.
+ * returns the first job and sends nothing (and supersedes nothing). With a `supersede_key`, the
+ * insert ends the project's older jobs under it (shared/job-state.ts createJob). The input's ETag
+ * and the identity hash make the job comparable with others (reuse, single flight).
  */
 export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = async (c) => {
   const key = c.req.valid("header")["Idempotency-Key"];
@@ -135,10 +122,12 @@ export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = asyn
     );
   }
 
-  const row = await createJob(jobDeps(c), {
+  const row = await createJob(jobDepsWithRunpod(c), {
     id: crypto.randomUUID(),
     ...request,
     idempotency: key !== undefined && hash !== null ? { key, requestHash: hash } : undefined,
+    input_etag: input.etag,
+    params_hash: await paramsHash(request),
   });
   if (!row) {
     // Another request with the same key won the race to insert; answer as its repeat.

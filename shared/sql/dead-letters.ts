@@ -3,7 +3,7 @@
 import { retryTransient } from "../d1-retry.ts";
 import { ARCHIVED_PAIRS } from "./jobs/archive.ts";
 import * as due from "./jobs/due.ts";
-import { CANCELLED, type JobRow, type JobStatus } from "./jobs/row.ts";
+import { type JobRow, type JobStatus, notEndedByRequest } from "./jobs/row.ts";
 import { NOW } from "./time.ts";
 
 export interface DeadLetterRow {
@@ -42,7 +42,7 @@ export const DEAD_LETTER_SQL = {
                    AND EXISTS (SELECT 1 FROM export_jobs j
                                WHERE j.id = dead_letters.job_id
                                  AND j.status IN ('pending', 'error')
-                                 AND j.error IS NOT '${CANCELLED}')
+                                 AND ${notEndedByRequest("j.error")})
                  RETURNING *`,
   replayJob: `UPDATE export_jobs
               SET status = 'pending', runpod_job_id = NULL, retry_count = 0, error = NULL,
@@ -50,7 +50,7 @@ export const DEAD_LETTER_SQL = {
                   ${due.retryAt(NOW)}, pending_since = ${NOW}, version = version + 1,
                   last_event = 'replayed'
               WHERE id = (SELECT job_id FROM dead_letters WHERE id = ? AND replayed_at = ?)
-                AND status IN ('pending', 'error') AND error IS NOT '${CANCELLED}'
+                AND status IN ('pending', 'error') AND ${notEndedByRequest()}
               RETURNING *`,
   // Retention: the dead letters of the jobs a batch archives (idx_dead_letters_job), in the same
   // transaction as the jobs' delete and only for jobs still as they were archived.

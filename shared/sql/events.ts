@@ -20,6 +20,8 @@ export const EVENT_TYPES = [
   "replayed",
   "retried",
   "expired",
+  "superseded",
+  "reused",
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

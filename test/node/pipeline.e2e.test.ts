@@ -99,7 +99,11 @@ async function createJob(): Promise<Job> {
       project_id: 7,
       type: "framing",
       input_video_key: "uploads/demo/sample.mp4",
-      params: { crop_keyframes: [{ time: 0, x: 0, y: 0, width: 1080, height: 1920 }] },
+      // Distinct params: an identical export would reuse an earlier one's output instead of running.
+      params: {
+        crop_keyframes: [{ time: 0, x: 0, y: 0, width: 1080, height: 1920 }],
+        n: crypto.randomUUID(),
+      },
     }),
   });
   expect(res.status).toBe(202);

@@ -342,8 +342,10 @@ export function answersLost(
 ): D1Database & { lost(): number } {
   let left = times;
   let lost = 0;
-  const lossy = (statement: D1PreparedStatement): D1PreparedStatement =>
-    new Proxy(statement, {
+  // The real statement behind each lossy one: a batch runs the real ones.
+  const real = new WeakMap<D1PreparedStatement, D1PreparedStatement>();
+  const lossy = (statement: D1PreparedStatement): D1PreparedStatement => {
+    const proxy = new Proxy(statement, {
       get(target, prop) {
         if (prop === "bind") {
           return (...values: unknown[]) => lossy(target.bind(...values));
@@ -364,8 +366,24 @@ export function answersLost(
         return typeof value === "function" ? value.bind(target) : value;
       },
     });
+    real.set(proxy, statement);
+    return proxy;
+  };
+  // A batch with a lossy statement commits, then loses its answer.
+  const lossyBatch =
+    (batch: (statements: D1PreparedStatement[]) => Promise<D1Result[]>) =>
+    async (statements: D1PreparedStatement[]) => {
+      const answer = await batch(statements.map((st) => real.get(st) ?? st));
+      if (left > 0 && statements.some((st) => real.has(st))) {
+        left -= 1;
+        lost += 1;
+        throw new Error(CONNECTION_LOST);
+      }
+      return answer;
+    };
   return new Proxy(db, {
     get(target, prop) {
+      if (prop === "batch") return lossyBatch((statements) => target.batch(statements));
       if (prop === "prepare") {
         return (sql: string) => {
           const statement = target.prepare(sql);
@@ -381,7 +399,7 @@ export function answersLost(
               const statement = session.prepare(sql);
               return lose(sql) ? lossy(statement) : statement;
             },
-            batch: (statements: D1PreparedStatement[]) => session.batch(statements),
+            batch: lossyBatch((statements) => session.batch(statements)),
             getBookmark: () => session.getBookmark(),
           };
         };

@@ -641,5 +641,10 @@ function fakeJob(): Job {
     user_id: null,
     gpu_ms: 0,
     queue_ms: 0,
+    input_etag: null,
+    supersede_key: null,
+    reuse: true,
+    follows: null,
+    reused_from: null,
   };
 }

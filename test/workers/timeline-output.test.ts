@@ -6,6 +6,7 @@ import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
 import { JOB_SQL } from "../../shared/sql/jobs/catalog.ts";
+import { insertBinds } from "../../shared/sql/jobs/insert.ts";
 import type { JobRow } from "../../shared/sql/jobs/row.ts";
 import * as repo from "../../shared/sql/jobs/transitions.ts";
 import { seconds } from "../../shared/sql/time.ts";
@@ -348,32 +349,6 @@ describe("GET /exports/{id}/events", () => {
 
 // ---- what the timeline costs ----
 
-/**
- * Binds an INSERT's `?` placeholders by column name, so the statement can grow columns (they are
- * bound NULL unless named here) without this test going out of step with it.
- */
-function insertBinds(sql: string, values: Record<string, unknown>): unknown[] {
-  const match = /INSERT INTO \w+ \(([^)]*)\)\s*VALUES \(([\s\S]*)\)\s*ON CONFLICT/.exec(sql);
-  if (!match) throw new Error("not an INSERT … VALUES (…) ON CONFLICT statement");
-  const columns = (match[1] as string).split(",").map((column) => column.trim());
-  const parts: string[] = [];
-  let depth = 0;
-  let current = "";
-  for (const ch of match[2] as string) {
-    if (ch === "," && depth === 0) {
-      parts.push(current.trim());
-      current = "";
-      continue;
-    }
-    if (ch === "(") depth += 1;
-    if (ch === ")") depth -= 1;
-    current += ch;
-  }
-  parts.push(current.trim());
-  if (parts.length !== columns.length) throw new Error("columns and values do not line up");
-  return columns.flatMap((column, i) => (parts[i] === "?" ? [values[column] ?? null] : []));
-}
-
 describe("rows written by the timeline", () => {
   it("one event row per event statement, none for a progress below the next 25", async () => {
     const projectId = freshProjectId();
@@ -392,12 +367,12 @@ describe("rows written by the timeline", () => {
         () =>
           run(
             JOB_SQL.insert,
-            ...insertBinds(JOB_SQL.insert, {
+            ...insertBinds({
               id,
               project_id: projectId,
               type: "overlay",
               input_video_key: `uploads/${projectId}/in.mp4`,
-              params: JSON.stringify({ highlight_regions: [{ start_time: 0, end_time: 1 }] }),
+              params: { highlight_regions: [{ start_time: 0, end_time: 1 }] },
             }),
           ),
       ],

@@ -4,18 +4,21 @@
 // says which:
 //
 //   status               due_at   meaning
-//   pending              NULL     held: waiting in the dispatcher for a slot
+//   pending              NULL     held: waiting in the dispatcher for a slot (a follower:
+//                                 waiting for its leader, migration 0011)
 //   pending              a time   retry time: when it may be tried (again); once it is
 //                                 PENDING_GRACE_S past, its queue message looks lost
 //   processing, no run   a time   claim deadline: past it, the attempt's run counts as lost
 //   processing, a run    a time   poll time: past it, the reconciler asks RunPod
 //   error 'cancelled'    a time   cancel retry: RunPod's /cancel is to be tried again
+//   or 'superseded by'
 //   complete, error      NULL     nothing due
 //
 // Who sets which: insert, release, the seed's CASE (re-pended), operator retry, replay and the
 // lost-message lease a retry time; hold holds; claim a claim deadline; recordRun a poll time;
-// a progress report and the processing lease either of those two; markCancelUnconfirmed and its
-// lease a cancel retry; every end, and a confirmed cancel, nothing due.
+// a progress report and the processing lease either of those two; supersede (for a job with a
+// run), markCancelUnconfirmed and its lease a cancel retry; a leader's end (migration 0011's
+// trigger) its held followers' retry time; every other end, and a confirmed cancel, nothing due.
 //
 // Each meaning has its helpers below, named for it: SET fragments (`due_at = …`) and WHERE
 // fragments (`due_at <= …`, `due_at IS NULL`). Several give the same text (`held` and

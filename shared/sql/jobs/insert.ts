@@ -1,14 +1,38 @@
-// A new job: the one INSERT on `export_jobs`.
+// A new job: the one INSERT on `export_jobs`, and with a supersede key, the end of the older jobs
+// under that key in the same transaction.
 
+import { retryTransientOutcome } from "../../d1-retry.ts";
+import { log } from "../../log.ts";
 import type { JobType } from "../../schemas.ts";
-import { NOW } from "../time.ts";
+import { NOW, seconds } from "../time.ts";
 import * as due from "./due.ts";
-import { guardedRow, type JobRow } from "./row.ts";
+import { allRows, firstRow, type JobRow } from "./row.ts";
+import { TRANSITION_SQL } from "./transitions.ts";
+
+const IDENTITY = (field: string) => `json_extract(j.identity, '$.${field}')`;
 
 export const INSERT_SQL = {
+  // `j.identity`: one JSON parameter {input_etag, params_hash, reuse, supersede_key} (D1 binds
+  // few parameters per statement). Single flight: a job that may reuse follows an identical job
+  // of its project still on its way (pending or processing, itself no follower), if there is one.
+  // (`WHERE true`: SQLite's INSERT … SELECT needs a WHERE before ON CONFLICT.)
   insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
-                                    idempotency_key, request_hash, created_at, due_at, pending_since)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ${NOW}, ${due.firstTry}, ${NOW})
+                                    idempotency_key, request_hash, input_etag, params_hash, reuse,
+                                    supersede_key, follows, created_at, due_at, pending_since)
+           SELECT j.id, j.project_id, j.user_id, j.type, j.input_video_key, j.params,
+                  j.idempotency_key, j.request_hash, ${IDENTITY("input_etag")},
+                  ${IDENTITY("params_hash")}, ${IDENTITY("reuse")}, ${IDENTITY("supersede_key")},
+                  CASE WHEN ${IDENTITY("reuse")} THEN
+                    (SELECT e.id FROM export_jobs e
+                     WHERE e.project_id = j.project_id AND e.params_hash = ${IDENTITY("params_hash")}
+                       AND e.input_etag = ${IDENTITY("input_etag")}
+                       AND e.status IN ('pending', 'processing') AND e.follows IS NULL
+                     LIMIT 1)
+                  END,
+                  ${NOW}, ${due.firstTry}, ${NOW}
+           FROM (SELECT ? AS id, ? AS project_id, ? AS user_id, ? AS type, ? AS input_video_key,
+                        ? AS params, ? AS idempotency_key, ? AS request_hash, ? AS identity) AS j
+           WHERE true
            ON CONFLICT DO NOTHING
            RETURNING *`,
 } as const;
@@ -21,19 +45,26 @@ export interface NewJob {
   input_video_key: string;
   params: Record<string, unknown>;
   idempotency?: { key: string; requestHash: string } | undefined;
+  /**
+   * The input object's R2 ETag, and shared/identity.ts's paramsHash of the job (without them, the
+   * job is identical to no other).
+   */
+  input_etag?: string | undefined;
+  params_hash?: string | undefined;
+  /** False: `"reuse": false` (default true). */
+  reuse?: boolean | undefined;
+  supersede_key?: string | undefined;
 }
 
-/**
- * The seed's "create job", with `pending` and due now. Null when the project already has a job
- * under the same Idempotency-Key (the unique index decides, also for two racing requests). Safe
- * to retry: a second try of a committed insert conflicts on the id and returns null — and when the
- * first try's answer was lost, the row under this (fresh) id is read back: it is this insert's.
- */
-export function insertJob(db: D1Database, job: NewJob): Promise<JobRow | null> {
-  return guardedRow(
-    db,
-    { id: job.id, shows: () => true },
-    INSERT_SQL.insert,
+/** What an insert did: the new job (null for an Idempotency-Key already used), and the jobs it superseded. */
+export interface Inserted {
+  row: JobRow | null;
+  superseded: JobRow[];
+}
+
+/** INSERT_SQL.insert's parameters for `job`, in order. */
+export function insertBinds(job: NewJob): unknown[] {
+  return [
     job.id,
     job.project_id,
     job.user_id ?? null,
@@ -42,5 +73,68 @@ export function insertJob(db: D1Database, job: NewJob): Promise<JobRow | null> {
     JSON.stringify(job.params),
     job.idempotency?.key ?? null,
     job.idempotency?.requestHash ?? null,
+    JSON.stringify({
+      input_etag: job.input_etag ?? null,
+      params_hash: job.params_hash ?? null,
+      reuse: job.reuse === false ? 0 : 1,
+      supersede_key: job.supersede_key ?? null,
+    }),
+  ];
+}
+
+/**
+ * The seed's "create job", with `pending` and due now; with a supersede key, the older jobs under
+ * it end in the same transaction (TRANSITION_SQL.supersede). `row` is null when the project
+ * already has a job under the same Idempotency-Key (the unique index decides, also for two racing
+ * requests); then nothing is superseded. Safe to retry: a second try of a committed insert
+ * conflicts on the id and supersedes nothing more — and when the first try's answer was lost, the
+ * row under this (fresh) id and the jobs it superseded are read back: they are this insert's.
+ * `cancelRetryS`: when a superseded job's run is to be cancelled again if RunPod's /cancel fails.
+ */
+export async function insertJob(
+  db: D1Database,
+  job: NewJob,
+  cancelRetryS: number,
+): Promise<Inserted> {
+  const reuse = job.reuse === false ? 0 : 1;
+  const insert = db.prepare(INSERT_SQL.insert).bind(...insertBinds(job));
+  const key = job.supersede_key;
+  const statements =
+    key === undefined
+      ? [insert]
+      : [
+          insert,
+          db
+            .prepare(TRANSITION_SQL.supersede)
+            .bind(
+              job.id,
+              seconds(cancelRetryS),
+              job.project_id,
+              key,
+              job.id,
+              reuse,
+              job.params_hash ?? null,
+              job.input_etag ?? null,
+            ),
+        ];
+  // One statement without a key; with one, a batch: D1 runs it as one transaction.
+  const { value, ambiguous } = await retryTransientOutcome(() =>
+    statements.length === 1
+      ? insert.all<JobRow>().then((one) => [one])
+      : db.batch<JobRow>(statements),
   );
+  const row = value[0]?.results[0] ?? null;
+  const superseded = value[1]?.results ?? [];
+  if (row || !ambiguous) return { row, superseded };
+  // A try whose answer was lost may have committed: the row under this id is this insert's.
+  const now = await firstRow(db, "SELECT * FROM export_jobs WHERE id = ?", job.id);
+  if (!now) return { row: null, superseded: [] };
+  log("warn", "a write whose answer was lost had committed", { job_id: job.id });
+  return {
+    row: now,
+    superseded:
+      key === undefined
+        ? []
+        : await allRows(db, TRANSITION_SQL.supersededBy, job.project_id, key, job.id),
+  };
 }

@@ -9,7 +9,7 @@
 import { retryTransient } from "../../d1-retry.ts";
 import { NOW, NOW_PLUS, seconds } from "../time.ts";
 import * as due from "./due.ts";
-import { allRows, CANCELLED, firstRow, type JobRow } from "./row.ts";
+import { allRows, endedByRequest, firstRow, type JobRow } from "./row.ts";
 
 /** What every bookkeeping change also sets: a new version, and no timeline event. */
 const BOOKKEEPING = "version = version + 1, last_event = NULL";
@@ -36,10 +36,23 @@ export const LEASE_SQL = {
            AND ${due.retryDueBy(NOW)}
          RETURNING *`,
   // The reconciler's audit of held jobs against the dispatcher, keyset-paged on rowid (the
-  // order of the (status, due_at) index within due_at IS NULL): a read, no lease.
-  held: `SELECT rowid AS seq, id FROM export_jobs
+  // order of the (status, due_at) index within due_at IS NULL): a read, no lease. A follower is
+  // held by its leader, not the dispatcher: its leader's status comes along (a primary-key read).
+  held: `SELECT rowid AS seq, id,
+                (SELECT l.status FROM export_jobs l WHERE l.id = export_jobs.follows) AS leader
+         FROM export_jobs
          WHERE status = 'pending' AND ${due.isHeld} AND rowid > ?
          ORDER BY rowid LIMIT ?`,
+  // Followers whose leader ended without an output to reuse (it failed for good, was cancelled,
+  // superseded or expired; or it is gone): ordinary jobs from now on, offered to the dispatcher.
+  unfollow: `UPDATE export_jobs SET follows = NULL, ${BOOKKEEPING}
+             WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
+               AND follows IS NOT NULL
+             RETURNING *`,
+  // The followers still waiting for a leader that just ended (woken by migration 0011's trigger
+  // in the statement that ended it): their messages are sent at once.
+  followersOf: `SELECT id FROM export_jobs
+                WHERE follows IN (SELECT value FROM json_each(?)) AND status = 'pending'`,
   leaseDueProcessing: lease(
     "processing",
     due.claimDeadlineOrPollAt(NOW_PLUS),
@@ -48,7 +61,7 @@ export const LEASE_SQL = {
   // RunPod's /cancel failed after a user's cancel: due_at on an `error` row means "cancel its run
   // again"; the reconciler picks such rows through (status, due_at) and clears due_at when done.
   cancelUnconfirmed: `UPDATE export_jobs SET ${due.cancelRetryAt(NOW_PLUS)}, ${BOOKKEEPING}
-                      WHERE id = ? AND status = 'error' AND error = '${CANCELLED}'
+                      WHERE id = ? AND status = 'error' AND ${endedByRequest()}
                         AND runpod_job_id = ?
                       RETURNING *`,
   cancelConfirmed: `UPDATE export_jobs SET ${due.nothingDue}, ${BOOKKEEPING}
@@ -76,16 +89,34 @@ export function holdJobs(db: D1Database, ids: readonly string[]): Promise<JobRow
   return allRows(db, LEASE_SQL.hold, JSON.stringify(ids));
 }
 
+/** A held job as the audit reads it: `leader`, a follower's leader's status (null: none, or gone). */
+export interface HeldJob {
+  seq: number;
+  id: string;
+  leader: JobRow["status"] | null;
+}
+
 /** A page of held jobs after rowid `after` (0 for the first page), for the reconciler's audit. */
-export async function heldJobs(
-  db: D1Database,
-  after: number,
-  limit: number,
-): Promise<{ seq: number; id: string }[]> {
+export async function heldJobs(db: D1Database, after: number, limit: number): Promise<HeldJob[]> {
   const { results } = await retryTransient(() =>
-    db.prepare(LEASE_SQL.held).bind(after, limit).all<{ seq: number; id: string }>(),
+    db.prepare(LEASE_SQL.held).bind(after, limit).all<HeldJob>(),
   );
   return results;
+}
+
+/** Followers released as ordinary jobs: `follows` cleared. */
+export function unfollow(db: D1Database, ids: readonly string[]): Promise<JobRow[]> {
+  if (ids.length === 0) return Promise.resolve([]);
+  return allRows(db, LEASE_SQL.unfollow, JSON.stringify(ids));
+}
+
+/** The pending followers of these (ended) leaders. */
+export async function followersOf(db: D1Database, leaderIds: readonly string[]): Promise<string[]> {
+  if (leaderIds.length === 0) return [];
+  const { results } = await retryTransient(() =>
+    db.prepare(LEASE_SQL.followersOf).bind(JSON.stringify(leaderIds)).all<{ id: string }>(),
+  );
+  return results.map((row) => row.id);
 }
 
 /**

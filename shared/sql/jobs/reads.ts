@@ -13,8 +13,21 @@ export const READ_SQL = {
                     WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'processing'`,
   // A consumer batch's jobs: what the dispatcher needs of those still waiting (their fairness key
   // and age), and the status of the others (a finished job's message may carry a slot to free).
-  batchJobs: `SELECT id, project_id, user_id, created_at, status FROM export_jobs
-              WHERE id IN (SELECT value FROM json_each(?))`,
+  // For a pending job that may reuse, the newest identical complete job of its project and its
+  // output key (`source`, a JSON pair: one range of idx_export_jobs_identical); for a follower,
+  // its leader's status (a primary-key read).
+  batchJobs: `SELECT j.id, j.project_id, j.user_id, j.created_at, j.status, j.follows,
+                     CASE WHEN j.status = 'pending' AND j.reuse = 1 THEN
+                       (SELECT json_array(s.id, s.output_video_key) FROM export_jobs s
+                        WHERE s.project_id = j.project_id AND s.params_hash = j.params_hash
+                          AND s.input_etag = j.input_etag AND s.status = 'complete'
+                        ORDER BY s.completed_at DESC LIMIT 1)
+                     END AS source,
+                     CASE WHEN j.status = 'pending' AND j.follows IS NOT NULL THEN
+                       (SELECT l.status FROM export_jobs l WHERE l.id = j.follows)
+                     END AS leader
+              FROM export_jobs j
+              WHERE j.id IN (SELECT value FROM json_each(?))`,
 } as const;
 
 export function getJob(db: D1Database, id: string): Promise<JobRow | null> {
@@ -37,7 +50,15 @@ export async function processingAmong(db: D1Database, ids: readonly string[]): P
   return results.map((row) => row.id);
 }
 
-export type BatchJob = Pick<JobRow, "id" | "project_id" | "user_id" | "created_at" | "status">;
+export type BatchJob = Pick<
+  JobRow,
+  "id" | "project_id" | "user_id" | "created_at" | "status" | "follows"
+> & {
+  /** JSON `[id, output_video_key]` of an identical complete job, for a pending job that may reuse. */
+  source: string | null;
+  /** A pending follower's leader's status; null when it has none or the leader is gone. */
+  leader: JobRow["status"] | null;
+};
 
 export async function batchJobs(db: D1Database, ids: readonly string[]): Promise<BatchJob[]> {
   if (ids.length === 0) return [];

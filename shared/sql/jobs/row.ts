@@ -59,6 +59,22 @@ export interface JobRow {
    */
   gpu_ms: number;
   queue_ms: number;
+  /** The input object's R2 ETag when the job was created (migration 0011; null before). */
+  input_etag: string | null;
+  /**
+   * SHA-256 of the canonical {type, input_video_key, params} (shared/identity.ts): with the
+   * project and input_etag, what makes jobs identical. Internal, never returned.
+   */
+  params_hash: string | null;
+  /** 0: the request said `"reuse": false`. */
+  reuse: number;
+  supersede_key: string | null;
+  /** The identical job this one waits for (single flight). */
+  follows: string | null;
+  /** How many jobs were created following this one. Internal, never returned. */
+  followers: number;
+  /** The complete job whose output was copied to this job's key. */
+  reused_from: string | null;
 }
 
 /**
@@ -67,9 +83,18 @@ export interface JobRow {
  */
 export type Job = Omit<
   JobRow,
-  "params" | "request_hash" | "pending_since" | "last_event" | "finished_at" | "claim_token"
+  | "params"
+  | "request_hash"
+  | "pending_since"
+  | "last_event"
+  | "finished_at"
+  | "claim_token"
+  | "params_hash"
+  | "followers"
+  | "reuse"
 > & {
   params: Record<string, unknown>;
+  reuse: boolean;
   archived?: true;
   /**
    * Not part of the row (it never raises `version`): a pending job's queue position and ETA, in
@@ -85,13 +110,33 @@ export function toJob(row: JobRow): Job {
     last_event: _event,
     finished_at: _finished,
     claim_token: _claim,
+    params_hash: _hash2,
+    followers: _followers,
     ...rest
   } = row;
-  return { ...rest, params: JSON.parse(row.params) as Record<string, unknown> };
+  return {
+    ...rest,
+    params: JSON.parse(row.params) as Record<string, unknown>,
+    reuse: row.reuse !== 0,
+  };
 }
 
 /** The `error` of a job a user cancelled (or whose run RunPod reported CANCELLED). */
 export const CANCELLED = "cancelled";
+
+/** The `error` of a job a newer one superseded: `superseded by <new id>`. */
+export const SUPERSEDED_BY = "superseded by ";
+export const supersededBy = (newId: string) => `${SUPERSEDED_BY}${newId}`;
+
+/**
+ * WHERE: the job was ended by a request (a user's cancel, or a newer job's supersede): never
+ * replayed or retried, and its run is cancelled at RunPod (again, until RunPod confirms).
+ */
+export const endedByRequest = (error = "error") =>
+  `(${error} = '${CANCELLED}' OR substr(${error}, 1, ${SUPERSEDED_BY.length}) = '${SUPERSEDED_BY}')`;
+/** WHERE: the opposite of endedByRequest, also for a NULL error. */
+export const notEndedByRequest = (error = "error") =>
+  `(${error} IS NULL OR NOT ${endedByRequest(error)})`;
 
 /** Runs `sql` (retried on transient errors) and hands back its first row, or null. */
 export const firstRow = (db: D1Database, sql: string, ...binds: unknown[]) =>

@@ -10,7 +10,15 @@
 
 import { NOW, NOW_PLUS, seconds } from "../time.ts";
 import * as due from "./due.ts";
-import { allRows, CANCELLED, guardedRow, guardedRows, type JobRow } from "./row.ts";
+import {
+  allRows,
+  CANCELLED,
+  guardedRow,
+  guardedRows,
+  type JobRow,
+  notEndedByRequest,
+  SUPERSEDED_BY,
+} from "./row.ts";
 
 /**
  * `SET` fragment of the statements that end a run: its RunPod figures (executionTime,
@@ -115,6 +123,34 @@ export const TRANSITION_SQL = {
                version = version + 1, last_event = 'cancelled'
            WHERE id = ? AND status IN ('pending', 'processing')
            RETURNING *`,
+  // Reuse: a pending job completes with a copy of an identical complete job's output, no run.
+  reuse: `UPDATE export_jobs
+          SET status = 'complete', progress = 100, output_video_key = ?, reused_from = ?,
+              completed_at = ${NOW}, finished_at = ${NOW}, ${due.nothingDue},
+              version = version + 1, last_event = 'reused'
+          WHERE id = ? AND status = 'pending'
+          RETURNING *`,
+  // Supersede, in the new job's insert transaction (insert.ts): the project's older pending and
+  // processing jobs under the same key end 'superseded by <new id>' — except those identical to
+  // the new job when it may follow (it follows their leader instead). Only jobs inserted
+  // before the new one (rowid), and only if the new one was inserted (an Idempotency-Key
+  // conflict inserted nothing: no rowid, no match). A job with a run keeps a cancel retry due
+  // until RunPod confirms its /cancel (as a user's cancel).
+  supersede: `UPDATE export_jobs
+              SET status = 'error', error = '${SUPERSEDED_BY}' || ?,
+                  due_at = CASE WHEN runpod_job_id IS NULL THEN NULL ELSE ${NOW_PLUS} END,
+                  finished_at = ${NOW}, version = version + 1, last_event = 'superseded'
+              WHERE id IN (SELECT id FROM export_jobs
+                           WHERE project_id = ? AND supersede_key = ?
+                             AND status IN ('pending', 'processing'))
+                AND +status IN ('pending', 'processing')
+                AND rowid < (SELECT rowid FROM export_jobs WHERE id = ?)
+                AND NOT COALESCE(? AND params_hash = ? AND input_etag = ?, 0)
+              RETURNING *`,
+  // After a supersede whose answer was lost: the jobs it ended.
+  supersededBy: `SELECT * FROM export_jobs
+                 WHERE project_id = ? AND supersede_key = ? AND status = 'error'
+                   AND +error = '${SUPERSEDED_BY}' || ?`,
   progress: `UPDATE export_jobs SET progress = ?, ${due.claimDeadlineOrPollAt(NOW_PLUS)}, version = version + 1, last_event = CASE WHEN CAST(? AS INTEGER) / 25 > progress / 25 THEN 'progress' END
              WHERE id = ? AND status = 'processing' AND attempt = ? AND progress < ?
              RETURNING *`,
@@ -125,7 +161,7 @@ export const TRANSITION_SQL = {
                SET ${BACK_TO_PENDING}, retry_count = 0, error = NULL, progress = 0,
                    started_at = NULL, completed_at = NULL, ${due.retryAt(NOW)}, pending_since = ${NOW}
                WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'error'
-                 AND error IS NOT '${CANCELLED}'
+                 AND ${notEndedByRequest()}
                RETURNING *`,
   retryByFilter: `UPDATE export_jobs
                   SET ${BACK_TO_PENDING}, retry_count = 0, error = NULL, progress = 0,
@@ -133,19 +169,20 @@ export const TRANSITION_SQL = {
                       pending_since = ${NOW}
                   WHERE id IN (SELECT id FROM export_jobs
                                WHERE status = 'error' AND created_at >= ? AND created_at < ?
-                                 AND error IS NOT '${CANCELLED}'
+                                 AND ${notEndedByRequest()}
                                  AND substr(error, 1, length(?)) = ?
                                ORDER BY created_at LIMIT ?)
                     AND +status = 'error'
                   RETURNING *`,
 
-  // The reconciler's expiry: pending jobs wanted for too long, oldest first.
+  // The reconciler's expiry: pending jobs wanted for too long, oldest first. A follower is never
+  // expired: it waits for its leader, which expires (or ends) on its own and then releases it.
   expirePending: `UPDATE export_jobs
                   SET status = 'error', error = ?, ${due.nothingDue}, finished_at = ${NOW},
                       version = version + 1, last_event = 'expired'
                   WHERE id IN (SELECT id FROM export_jobs
                                WHERE status = 'pending' AND created_at < ?
-                                 AND pending_since < ?
+                                 AND pending_since < ? AND follows IS NULL
                                ORDER BY created_at LIMIT ?)
                     AND +status = 'pending'
                   RETURNING *`,
@@ -394,6 +431,23 @@ export function endRunCancelled(
 /** cancelJob: a user's cancel of a job that has not finished. */
 export function cancelJob(db: D1Database, id: string): Promise<JobRow | null> {
   return guardedRow(db, shows.cancelled(id), TRANSITION_SQL.cancel, id);
+}
+
+/** reuse: a pending job completes with the copy of `sourceId`'s output at its own key. */
+export function reuseOutput(
+  db: D1Database,
+  id: string,
+  outputVideoKey: string,
+  sourceId: string,
+): Promise<JobRow | null> {
+  return guardedRow(
+    db,
+    { id, shows: (row) => row.status === "complete" && row.reused_from === sourceId },
+    TRANSITION_SQL.reuse,
+    outputVideoKey,
+    sourceId,
+    id,
+  );
 }
 
 /** recordProgress: raise the current attempt's progress (never backwards); it is news, too. */
