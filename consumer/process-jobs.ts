@@ -22,9 +22,10 @@ import {
   holdJobs,
   type JobDeps,
   recordRun,
+  refollowJobs,
   releaseJob,
+  requeue,
   reuseOutput,
-  unfollowJobs,
 } from "../shared/job-state.ts";
 import { livePublisher } from "../shared/live-publisher.ts";
 import { log } from "../shared/log.ts";
@@ -174,13 +175,19 @@ function sourceOf(job: BatchJob): { id: string; outputVideoKey: string } | null 
     : null;
 }
 
+/** How long until a job whose reuse copy failed (R2 did not answer) is looked at again. */
+export const REUSE_RETRY_S = 30;
+
 /**
  * Reuse and single flight for a batch's pending jobs (shared/job-state.ts): a job with an
  * identical complete job gets a copy of its output and completes; a follower whose leader is on
  * its way is held (due_at cleared: the reconciler's audit checks it against its leader); a
  * follower whose leader ended without an output to reuse (failed for good, cancelled, superseded,
- * gone) is an ordinary job from now on. The jobs reused or held, whose messages are done with.
- * A copy that fails (the source's output is gone, R2 failed) leaves the job to run.
+ * gone) follows another identical job on its way, or becomes an ordinary job. The jobs reused,
+ * held or put back on the queue, whose messages are done with: the others go to the dispatcher.
+ * A source whose output is gone leaves the job to run; a copy that fails (R2 did not answer)
+ * sends the job's message again after REUSE_RETRY_S — a job with an identical output is never
+ * rendered because R2 hiccupped.
  */
 async function settleIdentical(
   deps: ConsumerDeps,
@@ -189,6 +196,7 @@ async function settleIdentical(
   const settled = new Set<string>();
   const waiting: string[] = [];
   const released: string[] = [];
+  const later: string[] = [];
   const reusing: { job: BatchJob; source: { id: string; outputVideoKey: string } }[] = [];
   for (const job of jobs) {
     if (job.status !== "pending") continue;
@@ -215,20 +223,32 @@ async function settleIdentical(
       if (reused) log("info", "output reused", { job_id: job.id, reused_from: source.id });
     },
     (entry, error) => {
-      log("warn", "reuse failed; the job runs", { job_id: entry.job.id, error: String(error) });
+      log("warn", "reuse failed; tried again later", {
+        job_id: entry.job.id,
+        error: String(error),
+      });
+      later.push(entry.job.id);
     },
   );
+  if (later.length > 0) {
+    for (const id of later) settled.add(id);
+    await requeue(deps.queue, later, REUSE_RETRY_S);
+  }
+  if (released.length > 0) {
+    const rows = await refollowJobs(deps, released).catch((error: unknown) => {
+      // Their messages go the ordinary way; the next batch releases them again.
+      log("warn", "releasing followers failed", { jobs: released, error: String(error) });
+      return [];
+    });
+    for (const row of rows) if (row.follows !== null) waiting.push(row.id);
+  }
   if (waiting.length > 0) {
-    // Never offered to the dispatcher while the leader is on its way: a hold that fails leaves
-    // the follower due, and the reconciler's lost-message lease sends it to a batch again.
+    // Never offered to the dispatcher while a leader is on its way: a hold that fails (or finds
+    // the leader ended meanwhile) leaves the follower due, and its wake-up message or the
+    // reconciler's lost-message lease brings it to a batch again.
     for (const id of waiting) settled.add(id);
     await holdJobs(deps, waiting).catch((error: unknown) => {
       log("warn", "holding followers failed", { jobs: waiting, error: String(error) });
-    });
-  }
-  if (released.length > 0) {
-    await unfollowJobs(deps, released).catch((error: unknown) => {
-      log("warn", "releasing followers failed", { jobs: released, error: String(error) });
     });
   }
   return settled;

@@ -8,9 +8,12 @@
 -- reuse:         0 when the request said "reuse": false (the job neither reuses nor follows;
 --                its own output may still serve later jobs).
 -- supersede_key: the request's supersede key.
--- follows:       the identical job this one waits for (single flight); kept once it ended.
--- followers:     how many jobs were created following this one (internal: the leader's end
---                wakes them only when there are any).
+-- follows:       the identical job whose output this one takes: a complete one (reuse), or one
+--                still on its way, which it waits for (single flight). Kept once the job was
+--                reused; when the leader ends without an output, the follower follows another
+--                identical job on its way, or none (it runs).
+-- followers:     how many jobs followed this one (internal: the leader's end wakes them only
+--                when there were any).
 -- reused_from:   the complete job whose output was copied to this job's own key.
 ALTER TABLE export_jobs ADD COLUMN input_etag TEXT;
 ALTER TABLE export_jobs ADD COLUMN params_hash TEXT;
@@ -37,6 +40,13 @@ CREATE INDEX IF NOT EXISTS idx_export_jobs_follows
 -- A follower counts on its leader: the leader's end then wakes it.
 CREATE TRIGGER IF NOT EXISTS trg_followed AFTER INSERT ON export_jobs
 WHEN NEW.follows IS NOT NULL
+BEGIN
+    UPDATE export_jobs SET followers = followers + 1 WHERE id = NEW.follows;
+END;
+
+-- …also a follower that moved to another leader (its first one ended without an output).
+CREATE TRIGGER IF NOT EXISTS trg_refollowed AFTER UPDATE OF follows ON export_jobs
+WHEN NEW.follows IS NOT NULL AND NEW.follows IS NOT OLD.follows
 BEGIN
     UPDATE export_jobs SET followers = followers + 1 WHERE id = NEW.follows;
 END;

@@ -238,9 +238,19 @@ export async function reuseOutput(
   return row;
 }
 
-/** Followers whose leader ended without an output to reuse: ordinary jobs from now on. */
-export function unfollowJobs(deps: JobDeps, ids: readonly string[]): Promise<JobRow[]> {
-  return allPublished(deps, leases.unfollow(deps.db, ids));
+/**
+ * Followers whose leader ended without an output to reuse: each follows another identical job on
+ * its way, or none — then it is an ordinary job. One at a time, so that of several released
+ * together the first leads and the others follow it (single flight, again). The rows, changed.
+ */
+export async function refollowJobs(deps: JobDeps, ids: readonly string[]): Promise<JobRow[]> {
+  const rows: JobRow[] = [];
+  for (const id of ids) {
+    const row = await leases.refollow(deps.db, id);
+    if (row) rows.push(row);
+  }
+  await publishJobs(deps, rows);
+  return rows;
 }
 
 /** Where the GPU worker writes the result. */
@@ -322,6 +332,20 @@ export async function recordRun(
     deps.pollAfterS,
   );
   if (row) return published(deps, row);
+  // Cancelled or superseded between claim and record: the run becomes the job's, with a cancel
+  // retry due, so a /cancel that fails below is tried again by the reconciler.
+  const adopted = await leases.adoptUnwantedRun(
+    deps.db,
+    job.id,
+    job.attempt,
+    runpodJobId,
+    CANCEL_RETRY_S,
+  );
+  if (adopted) {
+    await publishJobs(deps, [adopted]);
+    await cancelRunOf(deps, job.id, runpodJobId);
+    return null;
+  }
   const now = await getJob(deps.db, job.id);
   if (now?.runpod_job_id !== runpodJobId) {
     await deps.runpod.cancelRun(runpodJobId).catch((error: unknown) => {

@@ -251,6 +251,7 @@ export async function verify(run: ChaosRun): Promise<Report> {
         source.project_id === job.project_id &&
         source.type === job.type &&
         source.input_video_key === job.input_video_key &&
+        source.input_etag === job.input_etag &&
         stable(source.params) === stable(job.params);
       if (!identical) {
         badComplete.push(id);

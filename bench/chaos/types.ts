@@ -25,6 +25,7 @@ export interface Job {
   version: number;
   gpu_ms: number;
   supersede_key: string | null;
+  input_etag: string | null;
   reuse: boolean;
   follows: string | null;
   reused_from: string | null;

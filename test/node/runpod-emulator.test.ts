@@ -440,6 +440,29 @@ describe("faults", () => {
     await hook.close();
   });
 
+  it("reports executionTime as the run's time in progress: its run length, or until its cancel", async () => {
+    const endpoint = newEndpoint("exec-time");
+    await configure(endpoint, { runMs: 400, queueMs: 0, progressSteps: [] });
+    const id = await submit(endpoint, { input: { output_video_key: "x" } });
+    const done = await waitForStatus(endpoint, id, "COMPLETED");
+    const state = await jobState(id);
+    const inProgressMs =
+      Date.parse(state.finishedAt as string) - Date.parse(state.startedAt as string);
+    expect(done.executionTime).toBe(inProgressMs);
+    expect(done.executionTime).toBeGreaterThanOrEqual(400);
+
+    await configure(endpoint, { runMs: 60_000, queueMs: 0, progressSteps: [] });
+    const long = await submit(endpoint, { input: { output_video_key: "y" } });
+    await waitFor(async () => (await jobState(long)).startedAt !== null, "the run to start");
+    await runpod("POST", `/v2/${endpoint}/cancel/${long}`);
+    const cancelled = await waitForStatus(endpoint, long, "CANCELLED");
+    const after = await jobState(long);
+    expect(cancelled.executionTime).toBe(
+      Date.parse(after.finishedAt as string) - Date.parse(after.startedAt as string),
+    );
+    expect(cancelled.executionTime).toBeLessThan(60_000);
+  });
+
   it("ends TIMED_OUT when policy.executionTimeout is shorter than runMs", async () => {
     const endpoint = newEndpoint("exec-timeout");
     await configure(endpoint, { runMs: 60_000 });

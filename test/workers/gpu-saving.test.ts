@@ -7,6 +7,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
+import * as state from "../../shared/job-state.ts";
 import { copyObject } from "../../shared/r2-copy.ts";
 import { listEvents } from "../../shared/sql/events.ts";
 import { INSERT_SQL } from "../../shared/sql/jobs/insert.ts";
@@ -268,6 +269,39 @@ describe("supersede keys", () => {
     expect(events.filter((event) => event.type === "superseded")).toHaveLength(1);
   });
 
+  it("a run whose /run answer came after its job was superseded is cancelled, and again by the reconciler if that fails", async () => {
+    const s = await setup("supersede-late-run");
+    const { job: first } = await create(s, { supersede_key: "reel-14" }, { edit: 1 });
+    const deps = consumerDeps(consumerEnv(s));
+    const [claimed] = await state.claimJobs(deps, [first.id], 120);
+    expect(claimed).toBeDefined();
+    await create(s, { supersede_key: "reel-14" }, { edit: 2 });
+    // RunPod's answer to the claimed job's /run comes now, while /cancel fails.
+    const run = await fetch(`${env.RUNPOD_BASE_URL}/${s.endpoint}/run`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${env.RUNPOD_API_KEY}`,
+        "content-type": "application/json",
+      },
+      body: JSON.stringify({ input: {} }),
+    });
+    const { id: runId } = (await run.json()) as { id: string };
+    await configureEndpoint(s.endpoint, { runMs: 60_000, outage: true, outageStatus: 503 });
+    expect(await state.recordRun(deps, claimed as JobRow, runId)).toBeNull();
+    const ended = await readJob(first.id);
+    expect(ended).toMatchObject({ status: "error", runpod_job_id: runId });
+    expect(ended?.due_at).not.toBeNull(); // a cancel retry is due
+
+    await configureEndpoint(s.endpoint, { runMs: 60_000, outage: false });
+    await env.DB.prepare("UPDATE export_jobs SET due_at = '2000-01-01 00:00:00.000' WHERE id = ?")
+      .bind(first.id)
+      .run();
+    await reconcile(deps, { budgetMs: 5_000 });
+    expect((await readJob(first.id))?.due_at).toBeNull();
+    const stateOfRun = await fetch(`${emulatorOrigin}/__emulator/jobs/${runId}`);
+    expect(((await stateOfRun.json()) as { status: string }).status).toBe("CANCELLED");
+  });
+
   it("refuses a supersede_key outside 1–200 characters, and writes nothing", async () => {
     const s = await setup("supersede-bad");
     for (const key of ["", "x".repeat(201), 7]) {
@@ -296,7 +330,9 @@ describe("reuse of identical exports", () => {
     const runsBefore = await runsAt(s.endpoint);
 
     const { job } = await create(s);
-    expect(job).toMatchObject({ status: "pending", reuse: true, follows: null });
+    // It takes its output from the identical complete job: never offered to the dispatcher.
+    expect(job).toMatchObject({ status: "pending", reuse: true, follows: source.id, queue: null });
+    expect(await dispatcherOf(s).known([job.id])).toEqual([]);
     const done = await consume(s, job.id);
     expect(done).toMatchObject({
       status: "complete",
@@ -458,6 +494,68 @@ describe("single flight", () => {
       async () => ((await sentMessagesFor(follower.id)).length > before ? true : undefined),
       "the follower's message",
     );
+  });
+
+  it("followers of a leader that ended without an output: the first leads, the others follow it", async () => {
+    const s = await setup("follow-relead");
+    const { job: leader } = await create(s);
+    await consume(s, leader.id);
+    const { job: a } = await create(s);
+    const { job: b } = await create(s);
+    expect([a.follows, b.follows]).toEqual([leader.id, leader.id]);
+    await deliver([a.id, b.id], { env: consumerEnv(s) });
+
+    await postJson(
+      `/exports/${leader.id}/cancel`,
+      {},
+      { vars: { RUNPOD_ENDPOINT_ID: s.endpoint } },
+    );
+    // Both woken, delivered together: one runs, the other waits for it — never two runs.
+    await deliver([a.id, b.id], { env: consumerEnv(s) });
+    const [ra, rb] = [await readJob(a.id), await readJob(b.id)];
+    const rows = [ra, rb] as JobRow[];
+    const running = rows.filter((row) => row.status === "processing");
+    const waiting = rows.filter((row) => row.status === "pending");
+    expect(running).toHaveLength(1);
+    expect(waiting).toHaveLength(1);
+    expect(running[0]?.follows).toBeNull();
+    expect(waiting[0]).toMatchObject({ follows: running[0]?.id, due_at: null });
+    expect(await runsAt(s.endpoint)).toBe(2); // the leader's, and the new leader's
+  });
+
+  it("a follower whose leader ended after its batch read it is not held: it stays due", async () => {
+    const s = await setup("follow-hold-race");
+    const { job: leader } = await create(s);
+    const { job: follower } = await create(s);
+    expect(follower.follows).toBe(leader.id);
+    await postJson(
+      `/exports/${leader.id}/cancel`,
+      {},
+      { vars: { RUNPOD_ENDPOINT_ID: s.endpoint } },
+    );
+    // The batch saw the leader pending; its hold comes after the leader's end.
+    const held = await state.holdJobs(consumerDeps(consumerEnv(s)), [follower.id]);
+    expect(held).toEqual([]);
+    expect((await readJob(follower.id))?.due_at).not.toBeNull();
+  });
+
+  it("a job identical to a follower that follows nobody supersedes it: only one renders", async () => {
+    const s = await setup("supersede-unfollowed");
+    const { job: leader } = await create(s, { supersede_key: "reel-20" });
+    const { job: follower } = await create(s, { supersede_key: "reel-20" });
+    expect(follower.follows).toBe(leader.id);
+    await postJson(
+      `/exports/${leader.id}/cancel`,
+      {},
+      { vars: { RUNPOD_ENDPOINT_ID: s.endpoint } },
+    );
+    // The follower is not released yet; a new identical export under the key follows nobody.
+    const { job: fresh } = await create(s, { supersede_key: "reel-20" });
+    expect(fresh.follows).toBeNull();
+    expect(await readJob(follower.id)).toMatchObject({
+      status: "error",
+      error: `superseded by ${fresh.id}`,
+    });
   });
 
   it('"reuse": false never follows', async () => {

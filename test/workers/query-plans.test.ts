@@ -121,11 +121,12 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     binds: [0, 100],
     uses: ["idx_export_jobs_status_due (status=? AND due_at=? AND rowid>?)", `${PK} (id=?)`],
   },
-  "jobs.unfollow": { binds: [ids], uses: [`${PK} (id=?)`] },
+  "jobs.refollow": { binds: ["i"], uses: [`${PK} (id=?)`, IDENTICAL_ACTIVE] },
+  "jobs.adoptUnwantedRun": { binds: ["r", delay, "i", 1], uses: [`${PK} (id=?)`] },
   "jobs.followersOf": { binds: [ids], uses: ["idx_export_jobs_follows (follows=? AND status=?)"] },
   "jobs.reuse": { binds: ["k", "s", "i"], uses: [`${PK} (id=?)`] },
   "jobs.supersede": {
-    binds: ["n", delay, 1, "key", "n", 1, "h", "e"],
+    binds: ["n", delay, 1, "key", "n", "h", "e", "n"],
     uses: [
       "idx_export_jobs_supersede (project_id=? AND supersede_key=? AND status=?)",
       `${PK} (id=?)`,

@@ -13,8 +13,10 @@ const IDENTITY = (field: string) => `json_extract(j.identity, '$.${field}')`;
 
 export const INSERT_SQL = {
   // `j.identity`: one JSON parameter {input_etag, params_hash, reuse, supersede_key} (D1 binds
-  // few parameters per statement). Single flight: a job that may reuse follows an identical job
-  // of its project still on its way (pending or processing, itself no follower), if there is one.
+  // few parameters per statement). A job that may reuse follows the newest identical complete job
+  // of its project (its consumer batch copies that output), else an identical job still on its
+  // way (pending or processing, itself no follower: single flight), if there is one. Either way
+  // it is never offered to the dispatcher, so no slot can send it to RunPod first.
   // (`WHERE true`: SQLite's INSERT … SELECT needs a WHERE before ON CONFLICT.)
   insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
                                     idempotency_key, request_hash, input_etag, params_hash, reuse,
@@ -22,12 +24,16 @@ export const INSERT_SQL = {
            SELECT j.id, j.project_id, j.user_id, j.type, j.input_video_key, j.params,
                   j.idempotency_key, j.request_hash, ${IDENTITY("input_etag")},
                   ${IDENTITY("params_hash")}, ${IDENTITY("reuse")}, ${IDENTITY("supersede_key")},
-                  CASE WHEN ${IDENTITY("reuse")} THEN
+                  CASE WHEN ${IDENTITY("reuse")} THEN COALESCE(
+                    (SELECT e.id FROM export_jobs e
+                     WHERE e.project_id = j.project_id AND e.params_hash = ${IDENTITY("params_hash")}
+                       AND e.input_etag = ${IDENTITY("input_etag")} AND e.status = 'complete'
+                     ORDER BY e.completed_at DESC LIMIT 1),
                     (SELECT e.id FROM export_jobs e
                      WHERE e.project_id = j.project_id AND e.params_hash = ${IDENTITY("params_hash")}
                        AND e.input_etag = ${IDENTITY("input_etag")}
                        AND e.status IN ('pending', 'processing') AND e.follows IS NULL
-                     LIMIT 1)
+                     LIMIT 1))
                   END,
                   ${NOW}, ${due.firstTry}, ${NOW}
            FROM (SELECT ? AS id, ? AS project_id, ? AS user_id, ? AS type, ? AS input_video_key,
@@ -96,7 +102,6 @@ export async function insertJob(
   job: NewJob,
   cancelRetryS: number,
 ): Promise<Inserted> {
-  const reuse = job.reuse === false ? 0 : 1;
   const insert = db.prepare(INSERT_SQL.insert).bind(...insertBinds(job));
   const key = job.supersede_key;
   const statements =
@@ -112,9 +117,9 @@ export async function insertJob(
               job.project_id,
               key,
               job.id,
-              reuse,
               job.params_hash ?? null,
               job.input_etag ?? null,
+              job.id,
             ),
         ];
   // One statement without a key; with one, a batch: D1 runs it as one transaction.

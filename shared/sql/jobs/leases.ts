@@ -11,6 +11,15 @@ import { NOW, NOW_PLUS, seconds } from "../time.ts";
 import * as due from "./due.ts";
 import { allRows, endedByRequest, firstRow, type JobRow } from "./row.ts";
 
+/**
+ * WHERE, on a follower's row: its leader is still on its way. A follower is held only then: one
+ * whose leader ended between its batch's read and its hold keeps the due time the leader's end
+ * gave it (migration 0011), so the lost-message lease is its net.
+ */
+export const LEADER_ON_ITS_WAY = `EXISTS (SELECT 1 FROM export_jobs l
+                                          WHERE l.id = export_jobs.follows
+                                            AND l.status IN ('pending', 'processing'))`;
+
 /** What every bookkeeping change also sets: a new version, and no timeline event. */
 const BOOKKEEPING = "version = version + 1, last_event = NULL";
 
@@ -34,6 +43,7 @@ export const LEASE_SQL = {
   hold: `UPDATE export_jobs SET ${due.held}, ${BOOKKEEPING}
          WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
            AND ${due.retryDueBy(NOW)}
+           AND (follows IS NULL OR ${LEADER_ON_ITS_WAY})
          RETURNING *`,
   // The reconciler's audit of held jobs against the dispatcher, keyset-paged on rowid (the
   // order of the (status, due_at) index within due_at IS NULL): a read, no lease. A follower is
@@ -43,11 +53,20 @@ export const LEASE_SQL = {
          FROM export_jobs
          WHERE status = 'pending' AND ${due.isHeld} AND rowid > ?
          ORDER BY rowid LIMIT ?`,
-  // Followers whose leader ended without an output to reuse (it failed for good, was cancelled,
-  // superseded or expired; or it is gone): ordinary jobs from now on, offered to the dispatcher.
-  unfollow: `UPDATE export_jobs SET follows = NULL, ${BOOKKEEPING}
-             WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
-               AND follows IS NOT NULL
+  // A follower whose leader ended without an output to reuse (it failed for good, was cancelled,
+  // superseded or expired; or it is gone) follows another identical job still on its way, or
+  // none: then it is an ordinary job, offered to the dispatcher, its wait counted from now. One
+  // job per statement, so that the second of two released followers follows the first.
+  refollow: `UPDATE export_jobs
+             SET follows = (SELECT e.id FROM export_jobs e
+                            WHERE e.project_id = export_jobs.project_id
+                              AND e.params_hash = export_jobs.params_hash
+                              AND e.input_etag = export_jobs.input_etag
+                              AND e.status IN ('pending', 'processing') AND e.follows IS NULL
+                              AND e.id <> export_jobs.id
+                            LIMIT 1),
+                 pending_since = ${NOW}, ${BOOKKEEPING}
+             WHERE id = ? AND status = 'pending' AND follows IS NOT NULL
              RETURNING *`,
   // The followers still waiting for a leader that just ended (woken by migration 0011's trigger
   // in the statement that ended it): their messages are sent at once.
@@ -64,6 +83,14 @@ export const LEASE_SQL = {
                       WHERE id = ? AND status = 'error' AND ${endedByRequest()}
                         AND runpod_job_id = ?
                       RETURNING *`,
+  // A run whose /run answer came after its job was cancelled or superseded (claimed, not yet
+  // recorded): it becomes the job's run, with a cancel retry due, so that a /cancel that fails is
+  // tried again by the reconciler (and its GPU time reaches its record).
+  adoptUnwantedRun: `UPDATE export_jobs
+                     SET runpod_job_id = ?, ${due.cancelRetryAt(NOW_PLUS)}, ${BOOKKEEPING}
+                     WHERE id = ? AND status = 'error' AND ${endedByRequest()} AND attempt = ?
+                       AND runpod_job_id IS NULL
+                     RETURNING *`,
   cancelConfirmed: `UPDATE export_jobs SET ${due.nothingDue}, ${BOOKKEEPING}
                     WHERE id = ? AND status = 'error' AND ${due.hasCancelRetry}
                     RETURNING *`,
@@ -104,10 +131,9 @@ export async function heldJobs(db: D1Database, after: number, limit: number): Pr
   return results;
 }
 
-/** Followers released as ordinary jobs: `follows` cleared. */
-export function unfollow(db: D1Database, ids: readonly string[]): Promise<JobRow[]> {
-  if (ids.length === 0) return Promise.resolve([]);
-  return allRows(db, LEASE_SQL.unfollow, JSON.stringify(ids));
+/** A released follower: it follows another identical job on its way, or none. */
+export function refollow(db: D1Database, id: string): Promise<JobRow | null> {
+  return firstRow(db, LEASE_SQL.refollow, id);
 }
 
 /** The pending followers of these (ended) leaders. */
@@ -139,6 +165,17 @@ export function markCancelUnconfirmed(
   retryInS: number,
 ): Promise<JobRow | null> {
   return firstRow(db, LEASE_SQL.cancelUnconfirmed, seconds(retryInS), id, runpodJobId);
+}
+
+/** A run that came after its job was cancelled or superseded: recorded, its cancel retry due. */
+export function adoptUnwantedRun(
+  db: D1Database,
+  id: string,
+  attempt: number,
+  runpodJobId: string,
+  retryInS: number,
+): Promise<JobRow | null> {
+  return firstRow(db, LEASE_SQL.adoptUnwantedRun, runpodJobId, seconds(retryInS), id, attempt);
 }
 
 /** RunPod's /cancel went through (or RunPod forgot the run): nothing left to retry. */

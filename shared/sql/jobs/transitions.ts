@@ -10,6 +10,7 @@
 
 import { NOW, NOW_PLUS, seconds } from "../time.ts";
 import * as due from "./due.ts";
+import { LEADER_ON_ITS_WAY } from "./leases.ts";
 import {
   allRows,
   CANCELLED,
@@ -132,7 +133,7 @@ export const TRANSITION_SQL = {
           RETURNING *`,
   // Supersede, in the new job's insert transaction (insert.ts): the project's older pending and
   // processing jobs under the same key end 'superseded by <new id>' — except those identical to
-  // the new job when it may follow (it follows their leader instead). Only jobs inserted
+  // the new job when it follows (their leader, or a complete identical job). Only jobs inserted
   // before the new one (rowid), and only if the new one was inserted (an Idempotency-Key
   // conflict inserted nothing: no rowid, no match). A job with a run keeps a cancel retry due
   // until RunPod confirms its /cancel (as a user's cancel).
@@ -145,7 +146,8 @@ export const TRANSITION_SQL = {
                              AND status IN ('pending', 'processing'))
                 AND +status IN ('pending', 'processing')
                 AND rowid < (SELECT rowid FROM export_jobs WHERE id = ?)
-                AND NOT COALESCE(? AND params_hash = ? AND input_etag = ?, 0)
+                AND NOT COALESCE(params_hash = ? AND input_etag = ?
+                                 AND (SELECT follows FROM export_jobs WHERE id = ?) IS NOT NULL, 0)
               RETURNING *`,
   // After a supersede whose answer was lost: the jobs it ended.
   supersededBy: `SELECT * FROM export_jobs
@@ -175,14 +177,16 @@ export const TRANSITION_SQL = {
                     AND +status = 'error'
                   RETURNING *`,
 
-  // The reconciler's expiry: pending jobs wanted for too long, oldest first. A follower is never
-  // expired: it waits for its leader, which expires (or ends) on its own and then releases it.
+  // The reconciler's expiry: pending jobs wanted for too long, oldest first. A follower is not
+  // expired while its leader is on its way (the leader expires or ends on its own, and then
+  // releases it, its wait counted anew); one whose wake-up was lost is.
   expirePending: `UPDATE export_jobs
                   SET status = 'error', error = ?, ${due.nothingDue}, finished_at = ${NOW},
                       version = version + 1, last_event = 'expired'
                   WHERE id IN (SELECT id FROM export_jobs
                                WHERE status = 'pending' AND created_at < ?
-                                 AND pending_since < ? AND follows IS NULL
+                                 AND pending_since < ?
+                                 AND (follows IS NULL OR NOT ${LEADER_ON_ITS_WAY})
                                ORDER BY created_at LIMIT ?)
                     AND +status = 'pending'
                   RETURNING *`,
