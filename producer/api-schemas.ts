@@ -160,8 +160,9 @@ export const JobSchema = component(
           .string()
           .nullable()
           .describe(
-            "single flight: the identical job this one waited for (or waits for); its output is " +
-              "copied when it completes, and this job runs on its own when it does not",
+            "the identical job whose output this one takes: a complete one (copied at once), or " +
+              "one still on its way, which it waits for (single flight); if that one ends " +
+              "without an output, this job follows another identical job or runs on its own",
           ),
         reused_from: z
           .string()
