@@ -9,7 +9,9 @@
 //   2. two users with 40 jobs each at once: the share of GPU starts of one of them while both
 //      wait (target 0.5 ± 0.1), and GPU idle time while jobs wait (target < 5 % of the drain);
 //   3. D1 bytes per job, measured on the local database file, and days until 10 GB at 10,000
-//      and 100,000 exports a day.
+//      and 100,000 exports a day;
+//   4. lanes: one user's 100 batch exports, then that user's interactive preview: the preview's
+//      wait, against the same with every job standard (target ≤ 2 run lengths with lanes).
 // Prints a table and writes bench/fairness.json.
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
@@ -92,6 +94,7 @@ async function createJobs(
   s: LocalStack,
   userId: number,
   count: number,
+  priority = "standard",
 ): Promise<Map<string, number>> {
   const created = new Map<string, number>();
   let next = 0;
@@ -113,6 +116,7 @@ async function createJobs(
             input_video_key: "uploads/demo/sample.mp4",
             // Distinct params: identical exports would be reused instead of run.
             params: { highlight_regions: [{ start_time: 1, end_time: 2 }], n: crypto.randomUUID() },
+            priority,
           }),
         });
         if (res.status === 202) {
@@ -168,6 +172,26 @@ async function lateUser(maxInFlight: number, name: string) {
       ),
     );
     return { waitMs, runs: runs.length, backlog: backlog.size, peakQueuedAtRunPod: peakQueued };
+  } finally {
+    await stop();
+  }
+}
+
+/**
+ * One user's 100-job batch, then 2 s later that same user's preview: its wait from POST to its run
+ * starting at RunPod. With lanes the batch is `batch` and the preview `interactive`; without,
+ * both are `standard` (one lane: fairness between users cannot help, it is the same user).
+ */
+async function previewBehindBatch(lanes: boolean, name: string) {
+  const s = await start(CAP, name);
+  try {
+    await createJobs(s, 5, 100, lanes ? "batch" : "standard");
+    await sleep(2000);
+    const single = await createJobs(s, 5, 1, lanes ? "interactive" : "standard");
+    const [singleId, postedAt] = [...single.entries()][0] as [string, number];
+    const runs = await drain(s, 101, 240_000);
+    const run = runs.find((r) => r.input.export_job_id === singleId);
+    return { waitMs: run?.startedAt ? ms(run.startedAt) - postedAt : Number.NaN };
   } finally {
     await stop();
   }
@@ -258,6 +282,8 @@ try {
   const uncapped = await lateUser(1000, "late-uncapped");
   const sharedCapped = await twoUsers(CAP, "two-capped");
   const sharedUncapped = await twoUsers(1000, "two-uncapped");
+  const withLanes = await previewBehindBatch(true, "preview-lanes");
+  const withoutLanes = await previewBehindBatch(false, "preview-one-lane");
   // D1 bytes per job: the database after 80 finished jobs with their timelines, minus its size
   // right after the migrations.
   const perJob = sharedCapped.dbBytesPerJob;
@@ -291,6 +317,16 @@ try {
     },
     gpu_idle_while_waiting_uncapped: { value: Number(sharedUncapped.idleShare.toFixed(3)) },
     drain_ms: { capped: sharedCapped.drainMs, uncapped: sharedUncapped.drainMs },
+    preview_behind_own_batch_lanes_ms: {
+      value: Math.round(withLanes.waitMs),
+      target: `≤ ${2 * RUN_MS} (about one run)`,
+      pass: withLanes.waitMs <= 2 * RUN_MS,
+      note: "one user's 100 batch exports, then that user's interactive one",
+    },
+    preview_behind_own_batch_one_lane_ms: {
+      value: Math.round(withoutLanes.waitMs),
+      note: "the same, every job standard: the preview waits for the user's own backlog",
+    },
     d1_bytes_per_job: {
       value: Math.round(perJob),
       note: "local D1 (checkpointed) after 80 finished jobs with their timelines",

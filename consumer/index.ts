@@ -19,12 +19,17 @@ export { LiveChannel, LiveHub } from "../shared/live-hub.ts";
  * the jobs it could not settle (D1 failed mid-way): the dispatcher sends those to the queue.
  */
 export class Refill extends WorkerEntrypoint<ConsumerEnv> implements RefillApi {
-  async submit(endpointId: string, admitted: { id: string; delayMs: number }[]): Promise<string[]> {
+  async submit(
+    endpointId: string,
+    admitted: { id: string; delayMs: number }[],
+    warm = false,
+  ): Promise<string[]> {
     const retry: string[] = [];
     await submitAdmitted(
       consumerDeps({ ...this.env, RUNPOD_ENDPOINT_ID: endpointId }, this.ctx),
       new Map(admitted.map((job) => [job.id, job.delayMs])),
       { done: () => {}, retry: (id) => retry.push(id) },
+      warm,
     );
     return retry;
   }

@@ -129,12 +129,13 @@ export async function processJobBatch(
   // Only duplicates (no job still pending): nothing to ask the dispatcher.
   const admission: Admission =
     pending.length === 0
-      ? { admitted: [], mode: "running", reason: null }
+      ? { admitted: [], mode: "running", reason: null, warm: false }
       : await deps.dispatcher.dispatch(
           pending.map((job) => ({
             id: job.id,
             key: fairKeyOf(job),
             createdAt: job.created_at,
+            lane: job.priority,
           })),
           gateConfig,
         );
@@ -156,10 +157,15 @@ export async function processJobBatch(
     });
   }
   if (delayOf.size === 0) return poison;
-  await submitAdmitted(deps, delayOf, {
-    done: (id) => byJob.get(id)?.[0]?.ack(),
-    retry: (id, delaySeconds) => byJob.get(id)?.[0]?.retry({ delaySeconds }),
-  });
+  await submitAdmitted(
+    deps,
+    delayOf,
+    {
+      done: (id) => byJob.get(id)?.[0]?.ack(),
+      retry: (id, delaySeconds) => byJob.get(id)?.[0]?.retry({ delaySeconds }),
+    },
+    admission.warm,
+  );
   return poison;
 }
 
@@ -272,6 +278,9 @@ export async function submitAdmitted(
   deps: ConsumerDeps,
   delayOf: ReadonlyMap<string, number>,
   settlement: Settlement,
+  /** The endpoint has workers ready or running (the dispatcher's last /health): batch runs go
+   * with `lowPriority`. */
+  warm = false,
 ): Promise<void> {
   const gateConfig = deps.settings.gate;
 
@@ -332,7 +341,7 @@ export async function submitAdmitted(
         settle(job, () => releaseJob(deps, job, gateConfig.breakerCooldownS));
         return;
       }
-      const submitted = await submitRun(deps, job);
+      const submitted = await submitRun(deps, job, warm);
       const verdict = "runId" in submitted ? null : verdictOf(submitted.error, deps.settings);
       const outcome = verdict ? outcomeOf(verdict) : { kind: "ok" as const };
       outcomes.push(outcome);
@@ -363,9 +372,10 @@ export async function submitAdmitted(
 async function submitRun(
   deps: ConsumerDeps,
   job: JobRow,
+  warm: boolean,
 ): Promise<{ runId: string } | { error: unknown }> {
   try {
-    const request = await buildRunRequest(job, deps.settings);
+    const request = await buildRunRequest(job, deps.settings, { warm });
     return { runId: (await deps.runpod.submitRun(request)).id };
   } catch (error) {
     return { error };

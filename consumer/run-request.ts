@@ -8,6 +8,7 @@ import type { JobRow } from "../shared/sql/jobs/row.ts";
 export async function buildRunRequest(
   job: JobRow,
   settings: ConsumerSettings,
+  options: { warm?: boolean } = {},
 ): Promise<RunRequest> {
   const attempt = job.attempt;
   const urls = await attemptUrls(settings.publicUrl, settings.webhookSecret, job.id, attempt);
@@ -22,6 +23,12 @@ export async function buildRunRequest(
       progress_url: urls.progress,
     },
     webhook: urls.webhook,
-    policy: { executionTimeout: settings.executionTimeoutMs, ttl: settings.ttlMs },
+    policy: {
+      executionTimeout: settings.executionTimeoutMs,
+      ttl: settings.ttlMs,
+      // A batch run never makes RunPod add workers — unless the endpoint has none ready or
+      // running: then it goes without the flag, so a batch-only backlog still starts.
+      ...(job.priority === "batch" && options.warm ? { lowPriority: true } : {}),
+    },
   };
 }

@@ -145,6 +145,12 @@ export const JobSchema = component(
           .int()
           .min(0)
           .describe("time the job's runs waited at RunPod for a worker (RunPod's delayTime)"),
+        priority: z
+          .enum(["interactive", "standard", "batch"])
+          .describe(
+            "its lane: slots go to the lanes with jobs waiting by weighted round robin " +
+              "(PRIORITY_WEIGHTS, 8,4,1); batch runs never make RunPod add workers",
+          ),
         input_etag: z
           .string()
           .nullable()
@@ -271,7 +277,14 @@ const dispatch = exactly<DispatchStatus>()(
       waiting_keys: z
         .number()
         .int()
-        .describe("fairness keys (users, else projects) with jobs waiting"),
+        .describe("fairness keys (users, else projects) with jobs waiting, per lane"),
+      waiting_by_lane: z
+        .object({
+          interactive: z.number().int(),
+          standard: z.number().int(),
+          batch: z.number().int(),
+        })
+        .describe("jobs waiting in each lane"),
     })
     .describe("The dispatch gate of this RunPod endpoint; null when it could not be reached."),
 );

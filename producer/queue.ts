@@ -32,7 +32,12 @@ export async function withQueue(
     const dispatcher = dispatcherOf(env);
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      const queued = pending.map((job) => ({ id: job.id, key: fairKeyOf(job), type: job.type }));
+      const queued = pending.map((job) => ({
+        id: job.id,
+        key: fairKeyOf(job),
+        type: job.type,
+        lane: job.priority,
+      }));
       const answer = await Promise.race([
         options.created
           ? dispatcher.offerNew(

@@ -142,13 +142,23 @@ export function formatDeadLetterDetail({ dead_letter: d, job }: DeadLetterDetail
  * paused) in parentheses after the state; the cap and why; the fleet when known; `unknown (…)`
  * when the producer could not reach it.
  */
+/** `; 2 interactive, 7 batch`: the lanes with jobs waiting, when any but standard has some. */
+function lanesOf(dispatch: DispatchStatus): string {
+  const lanes = dispatch.waiting_by_lane;
+  if (!lanes || lanes.interactive + lanes.batch === 0) return "";
+  const parts = (["interactive", "standard", "batch"] as const)
+    .filter((lane) => lanes[lane] > 0)
+    .map((lane) => `${lanes[lane]} ${lane}`);
+  return `; ${parts.join(", ")}`;
+}
+
 export function formatDispatch(dispatch: DispatchStatus | null): string {
   if (dispatch === null) return "unknown (the producer could not reach the dispatch gate)";
   const reason = dispatch.reason ? ` (${dispatch.reason})` : "";
   const runs = plural(dispatch.runs_last_10s, "run");
   const slots =
     `${dispatch.in_flight}/${dispatch.max_in_flight} in flight (${dispatch.mode}: ${dispatch.cap_reason}), ` +
-    `${dispatch.waiting} waiting (${plural(dispatch.waiting_keys, "key")})`;
+    `${dispatch.waiting} waiting (${plural(dispatch.waiting_keys, "key")}${lanesOf(dispatch)})`;
   const fleet = dispatch.fleet
     ? `; fleet ${dispatch.fleet.ready} ready, ${dispatch.fleet.running} running, ` +
       `${dispatch.fleet.initializing} starting, ${dispatch.fleet.throttled} throttled, ` +

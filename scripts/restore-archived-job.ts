@@ -103,6 +103,8 @@ export function restoreStatements(archive: unknown): string[] {
     ["supersede_key", L(job.supersede_key ?? null)],
     ["follows", L(job.follows ?? null)],
     ["reused_from", L(job.reused_from ?? null)],
+    // Lanes (migration 0012); archives from before are standard.
+    ["priority", L(job.priority ?? "standard")],
     ["pending_since", L(job.created_at)],
     ["finished_at", NOW],
   ];

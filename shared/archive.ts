@@ -234,6 +234,8 @@ export async function readArchivedJob(
     reuse: archive.job.reuse ?? true,
     follows: archive.job.follows ?? null,
     reused_from: archive.job.reused_from ?? null,
+    // …and before lanes (migration 0012): standard.
+    priority: archive.job.priority ?? "standard",
   };
   return { job: { ...job, archived: true }, events: archive.events };
 }

@@ -43,12 +43,22 @@ import {
   restoreGate,
   type SubmitOutcome,
 } from "./dispatch-gate.ts";
-import { FairQueue, type OfferedJob } from "./fair-queue.ts";
+import {
+  FairQueue,
+  LANES,
+  type LaneCounts,
+  laneKey,
+  type OfferedJob,
+  splitLaneKey,
+} from "./fair-queue.ts";
 import { log } from "./log.ts";
 import {
   etaSeconds,
+  type KeyCounts,
   type KeySnapshot,
   keySnapshot,
+  type Lane,
+  laneShare,
   positionOf,
   type QueueInfo,
 } from "./queue-estimate.ts";
@@ -62,14 +72,19 @@ export interface RefillApi {
    * Claims and submits the admitted jobs to the endpoint; answers those to send through the
    * queue instead.
    */
-  submit(endpointId: string, admitted: { id: string; delayMs: number }[]): Promise<string[]>;
+  submit(
+    endpointId: string,
+    admitted: { id: string; delayMs: number }[],
+    warm?: boolean,
+  ): Promise<string[]>;
 }
 
-/** A job to place in the queue: its id, fairness key and type. */
+/** A job to place in the queue: its id, fairness key, type and lane (its priority). */
 export interface QueuedJob {
   id: string;
   key: string;
   type: string;
+  lane?: Lane | undefined;
 }
 
 /** The waiting keys' counts behind positions are read again after this long, at most. */
@@ -102,6 +117,8 @@ export interface DispatchStatus {
   fleet: FleetStatus | null;
   waiting: number;
   waiting_keys: number;
+  /** Jobs waiting per lane. */
+  waiting_by_lane: LaneCounts;
 }
 
 /** What a consumer may do with the jobs it offered. */
@@ -110,6 +127,11 @@ export interface Admission {
   admitted: { id: string; delayMs: number }[];
   mode: GateMode;
   reason: string | null;
+  /**
+   * The endpoint has workers ready or running (its last /health): batch runs go with RunPod's
+   * `lowPriority` then, and without it to an endpoint scaled to zero, so they still start.
+   */
+  warm: boolean;
 }
 
 const GATE = "gate";
@@ -152,7 +174,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   /** The last /health asked (ms), answered or not: polls are at most FLEET_POLL_S apart. */
   #polledAt = 0;
   /** The waiting keys' counts for queue positions, and when they were read (in memory). */
-  #positions: { at: number; keys: KeySnapshot } | undefined;
+  #positions: { at: number; lanes: Map<Lane, KeySnapshot>; waiting: number } | undefined;
   #queue: FairQueue;
   /** When permits were granted in the last 10 s (for /stats only; not kept across restarts). */
   #recent: number[] = [];
@@ -185,12 +207,15 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     await this.ctx.storage.put(CAPACITY, state);
   }
 
-  /** The cap on runs in flight now, and why; notes when runs began to queue for growth. */
+  /**
+   * The cap on runs in flight now, and why; notes when runs began to queue for growth. Batch jobs
+   * never grow it: only the other lanes' backlog asks RunPod for more workers.
+   */
   async #cap(config: DispatchConfig): Promise<{ cap: number; reason: string }> {
     const capacity = await this.#loadCapacity();
     const now = Date.now();
-    const { waiting } = this.#queue.counts();
-    const cap = capOf(capacity, config, waiting, now);
+    const lanes = this.#queue.laneCounts();
+    const cap = capOf(capacity, config, lanes.interactive + lanes.standard, now);
     await this.#saveCapacity(noteAsking(capacity, cap.growth, now));
     return cap;
   }
@@ -251,7 +276,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     const now = Date.now();
     const { state, grant } = acquire(await this.#loadGate(), config, now, wanted, MAX_WAIT_MS);
     await this.#saveGate(state);
-    const ids = this.#queue.admit(grant.delaysMs.length, now);
+    const ids = this.#queue.admit(grant.delaysMs.length, now, config.laneWeights);
     for (const delay of grant.delaysMs) this.#recent.push(now + delay);
     if (ids.length < wanted) {
       // Jobs wait for the gate (paused, probing, or the pace): come back when it may let them
@@ -275,7 +300,8 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     if (!refill) return this.#enqueue(ids, delays);
     const admitted = ids.map((id, i) => ({ id, delayMs: delays[i] ?? 0 }));
     const started = Date.now();
-    const work = refill.submit(this.#endpointId(), admitted).then(
+    const warm = await this.#warm();
+    const work = refill.submit(this.#endpointId(), admitted, warm).then(
       async (left) => {
         const waited = Math.max(0, ...admitted.map((job) => job.delayMs));
         await this.#saveCapacity(
@@ -297,6 +323,12 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
       },
     );
     this.ctx.waitUntil(work);
+  }
+
+  /** Whether the endpoint has workers ready or running, as its last /health said. */
+  async #warm(): Promise<boolean> {
+    const fleet = (await this.#loadCapacity()).fleet;
+    return fleet !== null && fleet.ready + fleet.running > 0;
   }
 
   /** The consumer's refill entrypoint, when the Worker hosting this object exports one. */
@@ -349,7 +381,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
       elsewhere.map((job) => job.delay),
     );
     const gate = await this.#loadGate();
-    return { admitted, mode: gate.mode, reason: gate.reason };
+    return { admitted, mode: gate.mode, reason: gate.reason, warm: await this.#warm() };
   }
 
   async report(outcomes: SubmitOutcome[], config: GateConfig): Promise<void> {
@@ -462,11 +494,22 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     if (
       !snapshot ||
       now - snapshot.at >= QUEUE_SNAPSHOT_MS ||
-      Math.abs(waiting - snapshot.keys.waiting) > Math.max(5, snapshot.keys.waiting / 10)
+      Math.abs(waiting - snapshot.waiting) > Math.max(5, snapshot.waiting / 10)
     ) {
-      this.#positions = { at: now, keys: keySnapshot(this.#queue.waitingKeys()) };
+      const byLane = new Map<Lane, Map<string, KeyCounts>>(LANES.map((lane) => [lane, new Map()]));
+      for (const [name, counts] of this.#queue.waitingKeys()) {
+        byLane.get(splitLaneKey(name).lane)?.set(name, counts);
+      }
+      this.#positions = {
+        at: now,
+        waiting,
+        lanes: new Map(LANES.map((lane) => [lane, keySnapshot(byLane.get(lane) ?? new Map())])),
+      };
     }
-    const { keys, at } = this.#positions ?? { at: now, keys: keySnapshot(new Map()) };
+    const positions = this.#positions;
+    const at = positions?.at ?? now;
+    const empty = keySnapshot(new Map());
+    const laneWaiting = this.#queue.laneCounts();
     const capacity = await this.#loadCapacity();
     const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
     const cap = config ? (await this.#cap(config)).cap : 1;
@@ -481,17 +524,25 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     const places = this.#queue.places(jobs.map((job) => job.id));
     return jobs.map((job) => {
       const place = places.get(job.id);
+      let lane: Lane = job.lane ?? "standard";
       let position = 0;
       if (place?.kind === "waiting") {
+        lane = place.lane;
+        const keys = positions?.lanes.get(lane) ?? empty;
         position = positionOf(keys, place.key, place.counts, place.rank);
       } else if (!place) {
-        const own = this.#queue.keyCounts(job.key);
-        position = positionOf(keys, job.key, own, own?.waiting ?? 0);
+        const key = laneKey(lane, job.key);
+        const own = this.#queue.keyCounts(key);
+        position = positionOf(positions?.lanes.get(lane) ?? empty, key, own, own?.waiting ?? 0);
+      }
+      // The other lanes' jobs that start before it: their weighted share of the slots until it.
+      if (place?.kind !== "in_flight") {
+        position = laneShare(position, lane, laneWaiting, config?.laneWeights);
       }
       const queue: QueueInfo = {
         position,
         eta_s: etaSeconds(position, inputs),
-        lane: "standard",
+        lane,
         at: new Date(at).toISOString(),
       };
       return { id: job.id, queue };
@@ -506,7 +557,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   async offerNew(
     jobs: (QueuedJob & { createdAt: string })[],
   ): Promise<{ id: string; queue: QueueInfo }[]> {
-    this.#queue.offer(jobs.map(({ id, key, createdAt }) => ({ id, key, createdAt })));
+    this.#queue.offer(jobs.map(({ id, key, createdAt, lane }) => ({ id, key, createdAt, lane })));
     return this.estimate(jobs);
   }
 
@@ -544,6 +595,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
         at: new Date(fleet.at).toISOString(),
       },
       ...this.#queue.counts(),
+      waiting_by_lane: this.#queue.laneCounts(),
     };
   }
 }

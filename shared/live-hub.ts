@@ -552,7 +552,9 @@ export class LiveHub extends LiveRoom {
       this.env.DISPATCHER.idFromName(this.env.RUNPOD_ENDPOINT_ID ?? ""),
     );
     const jobs = await dispatcher.estimate(
-      pending.map((row) => ({ id: row.id, key: fairKeyOf(row), type: row.type })),
+      pending
+        .filter((row) => row.follows === null)
+        .map((row) => ({ id: row.id, key: fairKeyOf(row), type: row.type, lane: row.priority })),
     );
     const text = JSON.stringify({ type: "queue", jobs } satisfies LiveMessage);
     this.sendToScope(text, projectId);

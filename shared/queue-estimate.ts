@@ -14,7 +14,7 @@
 // start at the rate the fleet finishes runs (S workers taking work, a run of L ms): the n-th start
 // from now comes after about (n − ½)·L/S, plus the refill latency.
 
-/** A job's lane (priorities come with lanes; every job is `standard` until then). */
+/** A job's lane: its priority. */
 export type Lane = "interactive" | "standard" | "batch";
 
 /** A pending job's place in the queue, as the API answers it (`at`: ISO 8601, when computed). */
@@ -108,6 +108,29 @@ export function positionOf(
   const mine = snapshot.byKey.get(key);
   const others = servedBefore(snapshot, t) - (mine ? servedOf(mine, t) : 0);
   return Math.max(0, others) + rank;
+}
+
+/**
+ * A position within its lane (`inLane` jobs of the lane start before it), made a position among
+ * all lanes: slots go to the lanes with jobs waiting by weighted round robin, so while lane L
+ * serves its next `inLane` jobs, every other lane with jobs waiting starts about
+ * inLane × its weight / L's weight of them (at most what it has waiting).
+ */
+export function laneShare(
+  inLane: number,
+  lane: Lane,
+  waiting: Readonly<Record<Lane, number>>,
+  weights: readonly [number, number, number] = [8, 4, 1],
+): number {
+  const order: Lane[] = ["interactive", "standard", "batch"];
+  const own = Math.max(1, weights[order.indexOf(lane)] ?? 1);
+  let others = 0;
+  order.forEach((other, i) => {
+    if (other === lane) return;
+    const share = Math.floor((inLane * Math.max(1, weights[i] ?? 1)) / own);
+    others += Math.min(waiting[other] ?? 0, share);
+  });
+  return inLane + others;
 }
 
 export interface EtaInputs {

@@ -27,7 +27,7 @@ export interface RunRequest {
     progress_url: string;
   };
   webhook: string;
-  policy: { executionTimeout: number; ttl: number };
+  policy: { executionTimeout: number; ttl: number; lowPriority?: boolean };
 }
 
 export type RunpodErrorKind =

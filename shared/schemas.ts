@@ -70,6 +70,7 @@ const userId = z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional
  * identical export's output nor follow an identical job on its way (default true).
  */
 const gpuSaving = {
+  priority: z.enum(["interactive", "standard", "batch"]).optional(),
   supersede_key: z
     .string()
     .min(1, "must be 1 to 200 characters")

@@ -1,5 +1,6 @@
 import type { GateConfig } from "./dispatch-gate.ts";
 import type { CommonEnv, ConsumerEnv, ProducerEnv } from "./env.ts";
+import { DEFAULT_LANE_WEIGHTS, type LaneWeights } from "./fair-queue.ts";
 
 /** How the endpoint's autoscaler adds workers (RUNPOD_SCALER). */
 export type Scaler = { kind: "queue_delay" } | { kind: "request_count"; runsPerWorker: number };
@@ -14,8 +15,24 @@ export interface CapacityConfig {
   scaler: Scaler;
 }
 
-/** What the dispatcher is configured with: its gate and its cap. */
-export type DispatchConfig = GateConfig & CapacityConfig;
+/** What the dispatcher is configured with: its gate, its cap and its lanes' weights. */
+export type DispatchConfig = GateConfig & CapacityConfig & { laneWeights: LaneWeights };
+
+/**
+ * PRIORITY_WEIGHTS: the weights of the interactive, standard and batch lanes, three positive
+ * integers (default 8,4,1).
+ */
+export function laneWeightsVar(value: string | undefined): LaneWeights {
+  const text = value?.trim() ?? "";
+  if (text === "") return DEFAULT_LANE_WEIGHTS;
+  const parts = text.split(",").map((part) => Number(part.trim()));
+  if (parts.length !== 3 || parts.some((n) => !Number.isInteger(n) || n < 1 || n > 1000)) {
+    throw new Error(
+      `setting PRIORITY_WEIGHTS must be three positive integers (interactive,standard,batch), got ${JSON.stringify(value)}`,
+    );
+  }
+  return [parts[0] as number, parts[1] as number, parts[2] as number];
+}
 
 /** RUNPOD_MAX_IN_FLIGHT: `auto` (also when missing or empty) or a positive integer. */
 export function maxInFlightVar(value: string | undefined): number | "auto" {
@@ -152,6 +169,7 @@ export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
           : Math.max(1, Math.floor(numberVar(env.RUNPOD_MAX_WORKERS, 1, "RUNPOD_MAX_WORKERS"))),
       fleetPollS: Math.max(1, numberVar(env.FLEET_POLL_S, 5, "FLEET_POLL_S")),
       scaler: scalerVar(env.RUNPOD_SCALER),
+      laneWeights: laneWeightsVar(env.PRIORITY_WEIGHTS),
     },
     pendingMaxAgeS: numberVar(env.PENDING_MAX_AGE_S, 86_400, "PENDING_MAX_AGE_S"),
     archiveAfterS: numberVar(env.ARCHIVE_AFTER_S, 2_592_000, "ARCHIVE_AFTER_S"),

@@ -92,10 +92,11 @@ describe("formatDispatch", () => {
         },
         waiting: 9,
         waiting_keys: 2,
+        waiting_by_lane: { interactive: 2, standard: 0, batch: 7 },
       }),
     ).toBe(
       "running since 2026-11-24T10:00:00.000Z, 1 run in the last 10 s; " +
-        "3/5 in flight (auto: steady: 3 workers + 2 headroom), 9 waiting (2 keys); " +
+        "3/5 in flight (auto: steady: 3 workers + 2 headroom), 9 waiting (2 keys; 2 interactive, 7 batch); " +
         "fleet 0 ready, 3 running, 0 starting, 0 throttled, 0 queued at RunPod",
     );
     expect(
@@ -111,6 +112,7 @@ describe("formatDispatch", () => {
         fleet: null,
         waiting: 1,
         waiting_keys: 1,
+        waiting_by_lane: { interactive: 0, standard: 1, batch: 0 },
       }),
     ).toBe(
       "paused (5 failed submissions in a row: RunPod /run answered HTTP 503) " +

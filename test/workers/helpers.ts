@@ -323,6 +323,7 @@ export function dispatchConfig(overrides: Partial<DispatchConfig> = {}): Dispatc
     maxWorkers: null,
     fleetPollS: 5,
     scaler: { kind: "queue_delay" },
+    laneWeights: [8, 4, 1],
     ...overrides,
   };
 }

@@ -646,5 +646,6 @@ function fakeJob(): Job {
     reuse: true,
     follows: null,
     reused_from: null,
+    priority: "standard",
   };
 }

@@ -3,6 +3,7 @@
 
 import { retryTransientOutcome } from "../../d1-retry.ts";
 import { log } from "../../log.ts";
+import type { Lane } from "../../queue-estimate.ts";
 import type { JobType } from "../../schemas.ts";
 import { NOW, seconds } from "../time.ts";
 import * as due from "./due.ts";
@@ -12,7 +13,7 @@ import { TRANSITION_SQL } from "./transitions.ts";
 const IDENTITY = (field: string) => `json_extract(j.identity, '$.${field}')`;
 
 export const INSERT_SQL = {
-  // `j.identity`: one JSON parameter {input_etag, params_hash, reuse, supersede_key} (D1 binds
+  // `j.identity`: one JSON parameter {input_etag, params_hash, reuse, supersede_key, priority} (D1 binds
   // few parameters per statement). A job that may reuse follows the newest identical complete job
   // of its project (its consumer batch copies that output), else an identical job still on its
   // way (pending or processing, itself no follower: single flight), if there is one. Either way
@@ -20,7 +21,8 @@ export const INSERT_SQL = {
   // (`WHERE true`: SQLite's INSERT … SELECT needs a WHERE before ON CONFLICT.)
   insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
                                     idempotency_key, request_hash, input_etag, params_hash, reuse,
-                                    supersede_key, follows, created_at, due_at, pending_since)
+                                    supersede_key, follows, priority, created_at, due_at,
+                                    pending_since)
            SELECT j.id, j.project_id, j.user_id, j.type, j.input_video_key, j.params,
                   j.idempotency_key, j.request_hash, ${IDENTITY("input_etag")},
                   ${IDENTITY("params_hash")}, ${IDENTITY("reuse")}, ${IDENTITY("supersede_key")},
@@ -35,6 +37,7 @@ export const INSERT_SQL = {
                        AND e.status IN ('pending', 'processing') AND e.follows IS NULL
                      LIMIT 1))
                   END,
+                  ${IDENTITY("priority")},
                   ${NOW}, ${due.firstTry}, ${NOW}
            FROM (SELECT ? AS id, ? AS project_id, ? AS user_id, ? AS type, ? AS input_video_key,
                         ? AS params, ? AS idempotency_key, ? AS request_hash, ? AS identity) AS j
@@ -60,6 +63,8 @@ export interface NewJob {
   /** False: `"reuse": false` (default true). */
   reuse?: boolean | undefined;
   supersede_key?: string | undefined;
+  /** Its lane: `standard` when not said. */
+  priority?: Lane | undefined;
 }
 
 /** What an insert did: the new job (null for an Idempotency-Key already used), and the jobs it superseded. */
@@ -84,6 +89,7 @@ export function insertBinds(job: NewJob): unknown[] {
       params_hash: job.params_hash ?? null,
       reuse: job.reuse === false ? 0 : 1,
       supersede_key: job.supersede_key ?? null,
+      priority: job.priority ?? "standard",
     }),
   ];
 }

@@ -15,7 +15,7 @@
 
 import { retryTransient, retryTransientOutcome } from "../../d1-retry.ts";
 import { log } from "../../log.ts";
-import type { QueueInfo } from "../../queue-estimate.ts";
+import type { Lane, QueueInfo } from "../../queue-estimate.ts";
 import type { JobType } from "../../schemas.ts";
 
 export type JobStatus = "pending" | "processing" | "complete" | "error";
@@ -75,6 +75,8 @@ export interface JobRow {
   followers: number;
   /** The complete job whose output was copied to this job's key. */
   reused_from: string | null;
+  /** The job's lane (migration 0012). */
+  priority: Lane;
 }
 
 /**
