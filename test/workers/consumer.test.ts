@@ -383,10 +383,13 @@ describe("consumer: submit", () => {
     const result = await delivery;
     expect(result.explicitAcks).toEqual([msg.id]);
 
+    // The run is recorded on the cancelled job (its GPU time counted, its cancel retried until
+    // RunPod confirms it), which stays cancelled.
     expect(await readJob(job.id)).toMatchObject({
       status: "error",
       error: "cancelled",
-      runpod_job_id: null,
+      runpod_job_id: run.id,
+      due_at: null,
     });
     expect(await cancelCalls(endpoint, run.id)).toHaveLength(1);
     expect((await emulatorJobs(endpoint)).find((j) => j.id === run.id)?.status).toBe("CANCELLED");

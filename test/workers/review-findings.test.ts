@@ -97,13 +97,19 @@ describe("5. unwanted runs are cancelled", () => {
     expect((await postJson(`/exports/${job.id}/cancel`, {})).status).toBe(200);
     await delivered;
     const [run] = runCalls(await emulatorRequests(endpoint));
-    const runId = (await readJob(job.id))?.runpod_job_id;
-    expect(runId).toBeNull(); // never recorded on the cancelled job
     const accepted = (await emulatorRequests(endpoint)).filter((r) => r.path.includes("/cancel/"));
     expect(run?.responseStatus).toBe(200);
     expect(accepted).toHaveLength(1);
     const cancelledRun = accepted[0]?.path.split("/").at(-1) as string;
     expect(await runState(cancelledRun)).toBe("CANCELLED");
+    // Recorded on the cancelled job (its GPU time counted, its cancel retried until confirmed),
+    // which stays cancelled; the confirmed cancel leaves nothing due.
+    expect(await readJob(job.id)).toMatchObject({
+      status: "error",
+      error: "cancelled",
+      runpod_job_id: cancelledRun,
+      due_at: null,
+    });
   });
 
   it("a user's cancel whose RunPod /cancel failed is tried again by the reconciler", async () => {
