@@ -464,7 +464,12 @@ async function wave(
       b,
       batches.map((batch) => ({
         sql: JOB_SQL.claim,
-        binds: [`+${settings.claimTimeoutS} seconds`, crypto.randomUUID(), ids(batch)],
+        binds: [
+          `+${settings.claimTimeoutS} seconds`,
+          crypto.randomUUID(),
+          "ceilings-endpoint",
+          ids(batch),
+        ],
       })),
     ),
     size,
@@ -548,7 +553,7 @@ async function holdsAndKeys(worker: BenchWorker, perGroup: number): Promise<void
         b,
         batches.map((batch) => ({
           sql: JOB_SQL.hold,
-          binds: [JSON.stringify(batch.map((job) => job.id))],
+          binds: ["ceilings-endpoint", JSON.stringify(batch.map((job) => job.id))],
         })),
         true,
       ),

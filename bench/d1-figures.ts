@@ -243,7 +243,7 @@ function lifeSteps(id: string, failOnce: boolean): Step[] {
     {
       step: "consumer: claim",
       statement: "claim",
-      binds: ["+120 seconds", crypto.randomUUID(), JSON.stringify([id])],
+      binds: ["+120 seconds", crypto.randomUUID(), "bench-endpoint", JSON.stringify([id])],
     },
     {
       step: "consumer: record run",
@@ -545,7 +545,7 @@ function sampleBinds(): Record<string, unknown[]> {
     "jobs.listByProjectsAndActiveStatus": [projects, "pending", ...cursor, 21],
     "jobs.listAll": [...cursor, 51],
     "jobs.listAllByStatus": ["error", ...cursor, 51],
-    "jobs.claim": [delay, "token", JSON.stringify([complete, errorJob])],
+    "jobs.claim": [delay, "token", "bench-endpoint", JSON.stringify([complete, errorJob])],
     "jobs.claimedBy": [JSON.stringify([complete, errorJob]), "token"],
     "jobs.recordRun": ["r", delay, processing[0], 99],
     "jobs.release": [delay, processing[0], 99],

@@ -21,6 +21,7 @@ import {
   freeDurably,
   holdJobs,
   type JobDeps,
+  type RunpodDeps,
   recordRun,
   refollowJobs,
   releaseJob,
@@ -31,7 +32,7 @@ import { livePublisher } from "../shared/live-publisher.ts";
 import { log } from "../shared/log.ts";
 import { createRunpodClient, type RunpodClient, RunpodError } from "../shared/runpod-client.ts";
 import { jobMessage } from "../shared/schemas.ts";
-import { type ConsumerSettings, consumerSettings } from "../shared/settings.ts";
+import { allEndpoints, type ConsumerSettings, consumerSettings } from "../shared/settings.ts";
 import { type BatchJob, batchJobs } from "../shared/sql/jobs/reads.ts";
 import type { JobRow } from "../shared/sql/jobs/row.ts";
 import { buildRunRequest } from "./run-request.ts";
@@ -47,12 +48,25 @@ export interface DispatcherApi {
   known(jobIds: string[]): Promise<string[]>;
   auditCursor(): Promise<number>;
   setAuditCursor(seq: number): Promise<void>;
+  route(): Promise<RouteState>;
 }
 
-export interface ConsumerDeps extends JobDeps {
-  runpod: RunpodClient;
+export interface ConsumerDeps extends JobDeps, RunpodDeps {
   settings: ConsumerSettings;
+  /** The endpoint these deps submit to (RUNPOD_ENDPOINT_ID unless a route chose another). */
+  endpointId: string;
+  /** That endpoint's dispatcher. */
   dispatcher: DispatcherApi;
+  /** Any endpoint's dispatcher (null: RUNPOD_ENDPOINT_ID's). */
+  dispatcherOf(endpointId: string | null): DispatcherApi;
+  /** Every endpoint RUNPOD_ENDPOINTS names, RUNPOD_ENDPOINT_ID first. */
+  endpoints: string[];
+}
+
+/** The same deps, submitting to `endpointId`. */
+export function forEndpoint(deps: ConsumerDeps, endpointId: string): ConsumerDeps {
+  if (endpointId === deps.endpointId) return deps;
+  return { ...deps, endpointId, dispatcher: deps.dispatcherOf(endpointId) };
 }
 
 /** A consumer that cannot run: the batch is retried later, no job is touched. */
@@ -72,16 +86,31 @@ export function consumerDeps(env: ConsumerEnv, ctx?: ExecutionContext): Consumer
       `consumer is not configured: ${missing.map(([name]) => name).join(", ")}`,
     );
   }
-  const dispatcher = env.DISPATCHER.get(env.DISPATCHER.idFromName(settings.runpod.endpointId));
+  const defaultId = settings.runpod.endpointId;
+  const dispatcherOf = (endpointId: string | null) =>
+    env.DISPATCHER.get(env.DISPATCHER.idFromName(endpointId ?? defaultId));
+  const clients = new Map<string, RunpodClient>();
+  const runpodOf = (endpointId: string | null) => {
+    const id = endpointId ?? defaultId;
+    let client = clients.get(id);
+    if (!client) {
+      client = createRunpodClient({ ...settings.runpod, endpointId: id });
+      clients.set(id, client);
+    }
+    return client;
+  };
   return {
     db: env.DB,
     queue: env.EXPORT_QUEUE,
     retry: settings.retry,
     pollAfterS: settings.pollAfterS,
-    runpod: createRunpodClient(settings.runpod),
+    runpodOf,
     settings,
-    dispatcher,
-    slots: dispatcher,
+    endpointId: defaultId,
+    dispatcher: dispatcherOf(defaultId),
+    dispatcherOf,
+    endpoints: allEndpoints(settings.routes, defaultId),
+    slots: dispatcherOf,
     videos: env.VIDEOS,
     live: livePublisher(env),
     defer: ctx ? (work) => ctx.waitUntil(work) : undefined,
@@ -126,47 +155,157 @@ export async function processJobBatch(
     deps,
     jobs.filter((job) => job.status === "complete" || job.status === "error"),
   );
-  // Only duplicates (no job still pending): nothing to ask the dispatcher.
-  const admission: Admission =
-    pending.length === 0
-      ? { admitted: [], mode: "running", reason: null, warm: false }
-      : await deps.dispatcher.dispatch(
-          pending.map((job) => ({
-            id: job.id,
-            key: fairKeyOf(job),
-            createdAt: job.created_at,
-            lane: job.priority,
-          })),
-          gateConfig,
-        );
-  const delayOf = new Map(admission.admitted.map((entry) => [entry.id, entry.delayMs]));
+  // Each pending job goes to the dispatcher of its endpoint (RUNPOD_ENDPOINTS: the first of its
+  // type's list that is not down); it admits those whose turn it is (free slots, lanes, fairness,
+  // the gate) and keeps the others waiting, sending them when their turn comes.
+  const routed = await routeJobs(deps, pending);
+  const admissions: { endpointId: string; admission: Admission }[] = [];
+  for (const [endpointId, group] of routed) {
+    const admission = await deps.dispatcherOf(endpointId).dispatch(
+      group.map((job) => ({
+        id: job.id,
+        key: fairKeyOf(job),
+        createdAt: job.created_at,
+        lane: job.priority,
+      })),
+      gateConfig,
+    );
+    // A dispatcher that answers paused is down: this isolate's next routes know it at once.
+    if (admission.mode !== "running") forgetRoute(endpointId);
+    admissions.push({ endpointId, admission });
+  }
+  const delayOf = new Map(
+    admissions.flatMap(({ admission }) =>
+      admission.admitted.map((entry) => [entry.id, entry.delayMs] as const),
+    ),
+  );
   // Every message but the one of each admitted job is done with: a duplicate (not pending, or a
-  // second message for the same job), or a job now waiting in the dispatcher.
+  // second message for the same job), or a job now waiting in a dispatcher.
   for (const [id, list] of byJob) {
     const [first, ...rest] = list;
     for (const message of rest) message.ack();
     if (!delayOf.has(id)) first?.ack();
   }
-  if (delayOf.size < pending.length) {
-    const waiting = pending.filter((job) => !delayOf.has(job.id)).map((job) => job.id);
-    log("info", "jobs wait for dispatch", { waiting: waiting.length, mode: admission.mode });
-    // The dispatcher holds them now; a hold that fails leaves them to the reconciler's
-    // lost-message lease, which re-enqueues them and their next batch holds them again.
-    await holdJobs(deps, waiting).catch((error: unknown) => {
+  const refused = admissions.flatMap(({ admission }) => admission.refused ?? []);
+  if (refused.length > 0) {
+    // Refused by an endpoint that went down meanwhile: their next batch routes them on.
+    log("info", "jobs refused by a down endpoint; routed again", { jobs: refused.length });
+    await requeue(deps.queue, refused, 0);
+  }
+  const refusedIds = new Set(refused);
+  for (const { endpointId, admission } of admissions) {
+    const group = routed.get(endpointId) ?? [];
+    const waiting = group
+      .filter((job) => !delayOf.has(job.id) && !refusedIds.has(job.id))
+      .map((job) => job.id);
+    if (waiting.length === 0) continue;
+    log("info", "jobs wait for dispatch", {
+      waiting: waiting.length,
+      mode: admission.mode,
+      endpoint: endpointId,
+    });
+    // Its dispatcher holds them now (D1 names it); a hold that fails leaves them to the
+    // reconciler's lost-message lease, which re-enqueues them and their next batch holds them.
+    await holdJobs(deps, waiting, endpointId).catch((error: unknown) => {
       log("warn", "holding waiting jobs failed", { jobs: waiting, error: String(error) });
     });
   }
-  if (delayOf.size === 0) return poison;
-  await submitAdmitted(
-    deps,
-    delayOf,
-    {
-      done: (id) => byJob.get(id)?.[0]?.ack(),
-      retry: (id, delaySeconds) => byJob.get(id)?.[0]?.retry({ delaySeconds }),
-    },
-    admission.warm,
-  );
+  const settlement: Settlement = {
+    done: (id) => byJob.get(id)?.[0]?.ack(),
+    retry: (id, delaySeconds) => byJob.get(id)?.[0]?.retry({ delaySeconds }),
+  };
+  for (const { endpointId, admission } of admissions) {
+    const mine = new Map(admission.admitted.map((entry) => [entry.id, entry.delayMs]));
+    if (mine.size === 0) continue;
+    await submitAdmitted(forEndpoint(deps, endpointId), mine, settlement, admission.warm);
+  }
   return poison;
+}
+
+/** What a dispatcher tells a router: down (its gate is not running), and probes it could use. */
+export interface RouteState {
+  down: boolean;
+  /** While down: jobs it would send as the breaker's probes now (its own waiting ones aside). */
+  probes: number;
+}
+
+/** An endpoint found up is not asked again for this long per Worker isolate. */
+export const ROUTE_STATE_MS = 2_000;
+const routeStates = new Map<string, { at: number; state: RouteState }>();
+
+/** An endpoint's route state is read again next time (its gate changed, or may have). */
+function forgetRoute(endpointId: string): void {
+  routeStates.delete(endpointId);
+}
+
+async function routeState(deps: ConsumerDeps, endpointId: string): Promise<RouteState> {
+  const cached = routeStates.get(endpointId);
+  if (cached && Date.now() - cached.at < ROUTE_STATE_MS) return cached.state;
+  const state = await deps
+    .dispatcherOf(endpointId)
+    .route()
+    .catch((error: unknown): RouteState => {
+      log("warn", "dispatcher did not say whether it is down", {
+        endpoint: endpointId,
+        error: String(error),
+      });
+      return { down: false, probes: 0 };
+    });
+  // Only "up" is kept: while an endpoint is down every batch asks it (its pause may be over).
+  if (!state.down) routeStates.set(endpointId, { at: Date.now(), state });
+  return state;
+}
+
+/**
+ * Failover: each job to the first endpoint of its type's list (RUNPOD_ENDPOINTS) whose dispatcher
+ * is not down — the one already holding it first, so that a job never waits in two — and a few
+ * jobs to a down endpoint whose pause is over, as its breaker's probes (the way it comes back).
+ * With every endpoint of its list down, a job waits at the first. With one endpoint for every
+ * type (no RUNPOD_ENDPOINTS), no dispatcher is asked anything more.
+ */
+async function routeJobs(
+  deps: ConsumerDeps,
+  jobs: readonly BatchJob[],
+): Promise<Map<string, BatchJob[]>> {
+  const routed = new Map<string, BatchJob[]>();
+  const add = (endpointId: string, job: BatchJob) => {
+    const list = routed.get(endpointId) ?? [];
+    list.push(job);
+    routed.set(endpointId, list);
+  };
+  if (deps.endpoints.length <= 1) {
+    for (const job of jobs) add(deps.endpointId, job);
+    return routed;
+  }
+  const states = new Map<string, RouteState>();
+  const stateOf = async (endpointId: string) => {
+    let state = states.get(endpointId);
+    if (!state) {
+      state = { ...(await routeState(deps, endpointId)) };
+      states.set(endpointId, state);
+    }
+    return state;
+  };
+  for (const job of jobs) {
+    const list = deps.settings.routes[job.type];
+    const holder = job.runpod_endpoint_id;
+    const order = holder !== null && list.includes(holder) ? [holder, ...list] : list;
+    let chosen: string | null = null;
+    for (const endpointId of order) {
+      const state = await stateOf(endpointId);
+      if (!state.down) {
+        chosen = endpointId;
+        break;
+      }
+      if (state.probes > 0) {
+        state.probes -= 1;
+        chosen = endpointId;
+        break;
+      }
+    }
+    add(chosen ?? (list[0] as string), job);
+  }
+  return routed;
 }
 
 /** A leader on its way: its followers wait for it. */
@@ -284,7 +423,12 @@ export async function submitAdmitted(
 ): Promise<void> {
   const gateConfig = deps.settings.gate;
 
-  const claimed = await claimJobs(deps, [...delayOf.keys()], deps.settings.claimTimeoutS);
+  const claimed = await claimJobs(
+    deps,
+    [...delayOf.keys()],
+    deps.settings.claimTimeoutS,
+    deps.endpointId,
+  );
   const claimedIds = new Set(claimed.map((job) => job.id));
   for (const id of delayOf.keys()) {
     // Admitted, but no longer pending (a duplicate of a job now running, or cancelled): nothing
@@ -366,6 +510,8 @@ export async function submitAdmitted(
   await deps.dispatcher.report(outcomes, gateConfig).catch((error: unknown) => {
     log("warn", "dispatch gate report failed", { error: String(error) });
   });
+  // What the batch met may have turned the gate: routes ask it again.
+  if (outcomes.some((outcome) => outcome.kind !== "ok")) forgetRoute(deps.endpointId);
 }
 
 /** Sends one claimed job to RunPod's `/run`: its run id, or what went wrong. No D1 work. */
@@ -376,7 +522,7 @@ async function submitRun(
 ): Promise<{ runId: string } | { error: unknown }> {
   try {
     const request = await buildRunRequest(job, deps.settings, { warm });
-    return { runId: (await deps.runpod.submitRun(request)).id };
+    return { runId: (await deps.runpodOf(deps.endpointId).submitRun(request)).id };
   } catch (error) {
     return { error };
   }

@@ -158,13 +158,18 @@ export async function reconcile(
   //     done. A read, no lease: two passes at once at worst send a job's message twice, which
   //     its claim absorbs.
   const heldPages = options.heldPages ?? HELD_PAGES_PER_PASS;
-  const mark = await deps.dispatcher.auditCursor().catch((error: unknown) => {
-    // Not known where to resume: this pass audits nothing (a sweep from the start would lower
-    // the mark), the next one tries again.
-    report.failedSteps.push("held");
-    log("error", "reconciler step failed", { step: "held", error: String(error) });
-    return null;
-  });
+  //     With several endpoints (RUNPOD_ENDPOINTS), each held job is checked with the dispatcher
+  //     D1 names as its holder, and the pass resumes at the lowest of their marks (a dispatcher
+  //     that was reset sweeps everything again).
+  const mark = await Promise.all(deps.endpoints.map((e) => deps.dispatcherOf(e).auditCursor()))
+    .then((marks) => Math.min(...marks))
+    .catch((error: unknown) => {
+      // Not known where to resume: this pass audits nothing (a sweep from the start would lower
+      // the mark), the next one tries again.
+      report.failedSteps.push("held");
+      log("error", "reconciler step failed", { step: "held", error: String(error) });
+      return null;
+    });
   if (mark !== null) {
     let afterSeq = mark;
     let readSeq = mark;
@@ -184,12 +189,17 @@ export async function reconcile(
         // A follower is held by its leader, not the dispatcher: while the leader is on its way
         // it waits, never re-enqueued as lost; once the leader ended (or is gone), it is sent
         // to a batch, which reuses the leader's output or releases it as an ordinary job.
-        const byDispatcher = page.filter((job) => job.leader === null);
-        const known = new Set(
-          byDispatcher.length > 0
-            ? await deps.dispatcher.known(byDispatcher.map((job) => job.id))
-            : [],
-        );
+        const byDispatcher = new Map<string | null, string[]>();
+        for (const job of page) {
+          if (job.leader !== null) continue;
+          const list = byDispatcher.get(job.endpoint) ?? [];
+          list.push(job.id);
+          byDispatcher.set(job.endpoint, list);
+        }
+        const known = new Set<string>();
+        for (const [endpoint, ids] of byDispatcher) {
+          for (const id of await deps.dispatcherOf(endpoint).known(ids)) known.add(id);
+        }
         const unknown = page
           .filter((job) =>
             job.leader === null
@@ -202,8 +212,10 @@ export async function reconcile(
         afterSeq = page.at(-1)?.seq ?? afterSeq;
       },
     );
-    // Saved also when nothing was read: the mark's time says this dispatcher is kept up.
-    await deps.dispatcher.setAuditCursor(afterSeq).catch((error: unknown) => {
+    // Saved also when nothing was read: the mark's time says each dispatcher is kept up.
+    await Promise.all(
+      deps.endpoints.map((e) => deps.dispatcherOf(e).setAuditCursor(afterSeq)),
+    ).catch((error: unknown) => {
       log("warn", "saving the held-jobs audit mark failed", { error: String(error) });
     });
   }
@@ -211,15 +223,23 @@ export async function reconcile(
   // 3. Processing jobs past their claim deadline or poll time. A claim deadline stretches with
   //    the time runs queue at RunPod now (the dispatcher's fleet model): a submission whose /run
   //    answer was lost may be a run still waiting for a worker, not a lost one.
-  let claimStretchMs: number | null = null;
-  const stretch = async () => {
-    claimStretchMs ??= await deps.dispatcher.claimStretchMs().catch((error: unknown) => {
-      log("warn", "claim stretch unknown: the dispatcher did not answer", {
-        error: String(error),
-      });
-      return 0;
-    });
-    return claimStretchMs;
+  const claimStretchMs = new Map<string | null, number>();
+  const stretch = async (endpoint: string | null) => {
+    let ms = claimStretchMs.get(endpoint);
+    if (ms === undefined) {
+      ms = await deps
+        .dispatcherOf(endpoint)
+        .claimStretchMs()
+        .catch((error: unknown) => {
+          log("warn", "claim stretch unknown: the dispatcher did not answer", {
+            endpoint,
+            error: String(error),
+          });
+          return 0;
+        });
+      claimStretchMs.set(endpoint, ms);
+    }
+    return ms;
   };
   await step(
     "poll",
@@ -258,7 +278,9 @@ export async function reconcile(
         rows,
         settings.submitConcurrency,
         async (row) => {
-          if (row.runpod_job_id) await cancelRunOf(deps, row.id, row.runpod_job_id);
+          if (row.runpod_job_id) {
+            await cancelRunOf(deps, row.id, row.runpod_job_id, row.runpod_endpoint_id);
+          }
           count("cancel_retried");
         },
         (row, error) =>
@@ -266,18 +288,21 @@ export async function reconcile(
       ),
   );
 
-  // 5. The dispatcher's runs in flight against D1: a slot whose notification was lost is freed.
-  try {
-    const slots = await deps.dispatcher.inFlight();
-    const processing = await processingAmong(deps.db, slots);
-    const healed = await deps.dispatcher.heal(processing, settings.gate, options.healGraceMs);
-    report.slotsHealed = healed.length;
-    // A healed job that is still pending lost its message after admission: sent again now (one
-    // that finished meanwhile is not offered again: its batch finds it not pending).
-    await requeue(deps.queue, healed, 0);
-  } catch (error) {
-    report.failedSteps.push("slots");
-    log("error", "reconciler step failed", { step: "slots", error: String(error) });
+  // 5. Each dispatcher's runs in flight against D1: a slot whose notification was lost is freed.
+  for (const endpoint of deps.endpoints) {
+    try {
+      const dispatcher = deps.dispatcherOf(endpoint);
+      const slots = await dispatcher.inFlight();
+      const processing = await processingAmong(deps.db, slots);
+      const healed = await dispatcher.heal(processing, settings.gate, options.healGraceMs);
+      report.slotsHealed += healed.length;
+      // A healed job that is still pending lost its message after admission: sent again now
+      // (one that finished meanwhile is not offered again: its batch finds it not pending).
+      await requeue(deps.queue, healed, 0);
+    } catch (error) {
+      if (!report.failedSteps.includes("slots")) report.failedSteps.push("slots");
+      log("error", "reconciler step failed", { step: "slots", endpoint, error: String(error) });
+    }
   }
 
   // 6. Retention: jobs finished more than ARCHIVE_AFTER_S ago, to R2 and out of D1 (batches go
@@ -308,19 +333,20 @@ export async function reconcile(
 async function reconcileJob(
   deps: ConsumerDeps,
   job: JobRow,
-  claimStretchMs: () => Promise<number>,
+  claimStretchMs: (endpoint: string | null) => Promise<number>,
 ): Promise<RunOutcome | "claim_expired" | "claim_stretched"> {
   if (!job.runpod_job_id) {
-    // Claimed but no run recorded within CLAIM_TIMEOUT_S, stretched by RunPod's queue delay now:
-    // a lost run, like a /status 404. Within the stretch, the lease (POLL_AFTER_S) brings it back.
-    const stretchMs = await claimStretchMs();
+    // Claimed but no run recorded within CLAIM_TIMEOUT_S, stretched by RunPod's queue delay now
+    // at its endpoint: a lost run, like a /status 404. Within the stretch, the lease
+    // (POLL_AFTER_S) brings it back.
+    const stretchMs = await claimStretchMs(job.runpod_endpoint_id);
     const deadline = claimedAt(job) + deps.settings.claimTimeoutS * 1000 + stretchMs;
     if (stretchMs > 0 && Date.now() < deadline) return "claim_stretched";
     await applyLostRun(deps, job, deps.settings.claimTimeoutS);
     return "claim_expired";
   }
   try {
-    const status = await deps.runpod.getStatus(job.runpod_job_id);
+    const status = await deps.runpodOf(job.runpod_endpoint_id).getStatus(job.runpod_job_id);
     return await applyRunStatus(deps, job, job.attempt, status);
   } catch (error) {
     if (!(error instanceof RunpodError && error.kind === "not_found")) throw error;

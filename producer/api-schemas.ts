@@ -102,6 +102,13 @@ export const JobSchema = component(
           .describe("the last failure, 'cancelled', or 'superseded by <newer job id>'"),
         retry_count: z.number().int().min(0).describe("failed attempts so far"),
         runpod_job_id: z.string().nullable(),
+        runpod_endpoint_id: z
+          .string()
+          .nullable()
+          .describe(
+            "the RunPod endpoint of the current attempt, or of the dispatcher holding the job " +
+              "while it waits (RUNPOD_ENDPOINTS); null: RUNPOD_ENDPOINT_ID",
+          ),
         created_at: z.string().describe(stamp("created")),
         started_at: z.string().nullable().describe(stamp("last claimed")),
         completed_at: z.string().nullable().describe(stamp("completed")),
@@ -289,7 +296,15 @@ const dispatch = exactly<DispatchStatus>()(
     .describe("The dispatch gate of this RunPod endpoint; null when it could not be reached."),
 );
 
-export const StatsSchema = component("Stats", stats.extend({ dispatch: dispatch.nullable() }));
+export const StatsSchema = component(
+  "Stats",
+  stats.extend({
+    dispatch: dispatch.nullable().describe("RUNPOD_ENDPOINT_ID's dispatcher"),
+    dispatch_by_endpoint: z
+      .record(z.string(), dispatch.nullable())
+      .describe("every endpoint RUNPOD_ENDPOINTS names (RUNPOD_ENDPOINT_ID's too), by id"),
+  }),
+);
 
 const webhookOutcome = exactly<RunOutcome | "unknown_job">()(
   z.enum(["completed", "retrying", "failed", "cancelled", "progress", "unchanged", "unknown_job"]),

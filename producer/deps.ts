@@ -1,7 +1,7 @@
 // What the producer's handlers hand the state machine (shared/job-state.ts).
-import type { JobDeps } from "../shared/job-state.ts";
+import type { JobDeps, RunpodDeps } from "../shared/job-state.ts";
 import { livePublisher } from "../shared/live-publisher.ts";
-import { createRunpodClient, type RunpodClient } from "../shared/runpod-client.ts";
+import { createRunpodClient } from "../shared/runpod-client.ts";
 import { pollAfterSeconds, retrySettings, runpodSettings } from "../shared/settings.ts";
 import type { AppContext } from "./http.ts";
 
@@ -18,7 +18,8 @@ function waitUntilOf(c: AppContext): JobDeps["defer"] {
 export function jobDeps(c: AppContext): JobDeps {
   const endpoint = runpodSettings(c.env).endpointId;
   return {
-    slots: c.env.DISPATCHER.get(c.env.DISPATCHER.idFromName(endpoint)),
+    slots: (endpointId) =>
+      c.env.DISPATCHER.get(c.env.DISPATCHER.idFromName(endpointId ?? endpoint)),
     db: c.env.DB,
     queue: c.env.EXPORT_QUEUE,
     retry: retrySettings(c.env),
@@ -29,6 +30,12 @@ export function jobDeps(c: AppContext): JobDeps {
   };
 }
 
-export function jobDepsWithRunpod(c: AppContext): JobDeps & { runpod: RunpodClient } {
-  return { ...jobDeps(c), runpod: createRunpodClient(runpodSettings(c.env)) };
+/** …and RunPod's client for any endpoint (null: RUNPOD_ENDPOINT_ID). */
+export function jobDepsWithRunpod(c: AppContext): JobDeps & RunpodDeps {
+  const settings = runpodSettings(c.env);
+  return {
+    ...jobDeps(c),
+    runpodOf: (endpointId) =>
+      createRunpodClient({ ...settings, endpointId: endpointId ?? settings.endpointId }),
+  };
 }

@@ -7,6 +7,7 @@ import type { ProducerEnv } from "../shared/env.ts";
 import { fairKeyOf } from "../shared/fair-queue.ts";
 import { log } from "../shared/log.ts";
 import type { QueueInfo } from "../shared/queue-estimate.ts";
+import { endpointRoutes } from "../shared/settings.ts";
 import type { Job } from "../shared/sql/jobs/row.ts";
 
 /** How long an answer waits for the dispatcher's estimate. */
@@ -29,21 +30,10 @@ export async function withQueue(
   );
   const estimates = new Map<string, QueueInfo>();
   if (pending.length > 0) {
-    const dispatcher = dispatcherOf(env);
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      const queued = pending.map((job) => ({
-        id: job.id,
-        key: fairKeyOf(job),
-        type: job.type,
-        lane: job.priority,
-      }));
-      const answer = await Promise.race([
-        options.created
-          ? dispatcher.offerNew(
-              queued.map((job, i) => ({ ...job, createdAt: pending[i]?.created_at ?? "" })),
-            )
-          : dispatcher.estimate(queued),
+      await Promise.race([
+        options.created ? offerNew(env, pending, estimates) : estimate(env, pending, estimates),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
             () => reject(new Error(`no estimate within ${ESTIMATE_TIMEOUT_MS} ms`)),
@@ -51,7 +41,6 @@ export async function withQueue(
           );
         }),
       ]);
-      for (const { id, queue } of answer) estimates.set(id, queue);
     } catch (error) {
       log("warn", "queue estimate unavailable", { jobs: pending.length, error: String(error) });
     } finally {
@@ -61,20 +50,76 @@ export async function withQueue(
   return jobs.map((job) => ({ ...job, queue: estimates.get(job.id) ?? null }));
 }
 
-function dispatcherOf(env: ProducerEnv) {
-  return env.DISPATCHER.get(env.DISPATCHER.idFromName(env.RUNPOD_ENDPOINT_ID ?? ""));
+const queued = (job: Job) => ({
+  id: job.id,
+  key: fairKeyOf(job),
+  type: job.type,
+  lane: job.priority,
+});
+
+/** Jobs grouped by the endpoint `endpointOf` names (jobs it names none for are left out). */
+function byEndpoint(jobs: readonly Job[], endpointOf: (job: Job) => string | undefined) {
+  const groups = new Map<string, Job[]>();
+  for (const job of jobs) {
+    const endpoint = endpointOf(job);
+    if (endpoint === undefined) continue;
+    const list = groups.get(endpoint) ?? [];
+    list.push(job);
+    groups.set(endpoint, list);
+  }
+  return groups;
 }
 
 /**
- * Whether the dispatcher holds the job (waiting or in flight). A job it holds is on its way: the
- * dispatcher sends its message when its turn comes. False also when the dispatcher does not answer.
+ * Just created: held by the first endpoint of its type's list (RUNPOD_ENDPOINTS) that takes it; a
+ * down one refuses while another can take over (failover), and the next is asked.
  */
-export async function dispatcherHolds(env: ProducerEnv, jobId: string): Promise<boolean> {
+async function offerNew(env: ProducerEnv, jobs: readonly Job[], out: Map<string, QueueInfo>) {
+  const routes = endpointRoutes(env);
+  let left = [...jobs];
+  for (let i = 0; left.length > 0 && i < 8; i++) {
+    const refused: Job[] = [];
+    for (const [endpoint, group] of byEndpoint(left, (job) => routes[job.type][i])) {
+      const answer = await dispatcherOf(env, endpoint).offerNew(
+        group.map((job) => ({ ...queued(job), createdAt: job.created_at })),
+      );
+      if (answer === null) refused.push(...group);
+      else for (const { id, queue } of answer) out.set(id, queue);
+    }
+    left = refused;
+  }
+}
+
+/** Where pending jobs stand, each at the dispatcher holding it (else its type's first). */
+async function estimate(env: ProducerEnv, jobs: readonly Job[], out: Map<string, QueueInfo>) {
+  const routes = endpointRoutes(env);
+  const groups = byEndpoint(jobs, (job) => job.runpod_endpoint_id ?? routes[job.type][0]);
+  for (const [endpoint, group] of groups) {
+    for (const { id, queue } of await dispatcherOf(env, endpoint).estimate(group.map(queued))) {
+      out.set(id, queue);
+    }
+  }
+}
+
+function dispatcherOf(env: ProducerEnv, endpointId: string | null = null) {
+  return env.DISPATCHER.get(env.DISPATCHER.idFromName(endpointId ?? env.RUNPOD_ENDPOINT_ID ?? ""));
+}
+
+/**
+ * Whether the dispatcher holding the job (D1 names it; else its type's first) holds it, waiting
+ * or in flight. A job it holds is on its way: the dispatcher sends its message when its turn
+ * comes. False also when the dispatcher does not answer.
+ */
+export async function dispatcherHolds(
+  env: ProducerEnv,
+  job: Pick<Job, "id" | "type" | "runpod_endpoint_id">,
+): Promise<boolean> {
   try {
-    return (await dispatcherOf(env).known([jobId])).includes(jobId);
+    const endpoint = job.runpod_endpoint_id ?? endpointRoutes(env)[job.type][0] ?? null;
+    return (await dispatcherOf(env, endpoint).known([job.id])).includes(job.id);
   } catch (error) {
     log("warn", "dispatcher did not say whether it holds a job", {
-      job_id: jobId,
+      job_id: job.id,
       error: String(error),
     });
     return false;

@@ -19,7 +19,11 @@ export interface DeadLetterDetail {
 }
 
 /** GET /stats: the counts, and the dispatch gate (null when the producer could not reach it). */
-export type StatsAnswer = Stats & { dispatch: DispatchStatus | null };
+export type StatsAnswer = Stats & {
+  dispatch: DispatchStatus | null;
+  /** Every endpoint RUNPOD_ENDPOINTS names; absent from older producers. */
+  dispatch_by_endpoint?: Record<string, DispatchStatus | null>;
+};
 
 export type { DispatchStatus, Stats };
 
@@ -209,5 +213,11 @@ export function formatStats(stats: StatsAnswer): string {
     ...(stats.dispatch === undefined
       ? []
       : [["dispatch", formatDispatch(stats.dispatch)] as [string, string]]),
+    // With several endpoints (RUNPOD_ENDPOINTS), each one's dispatcher.
+    ...(Object.keys(stats.dispatch_by_endpoint ?? {}).length > 1
+      ? Object.entries(stats.dispatch_by_endpoint ?? {}).map(
+          ([id, dispatch]) => [`endpoint ${id}`, formatDispatch(dispatch)] as [string, string],
+        )
+      : []),
   ]);
 }

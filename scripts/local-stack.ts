@@ -12,6 +12,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import path from "node:path";
+import { endpointRoutesVar, laneWeightsVar } from "../shared/settings.ts";
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
 const wranglerJs = path.join(root, "node_modules/wrangler/bin/wrangler.js");
@@ -62,6 +63,9 @@ export const SETTING_NAMES = [
   "BREAKER_FAILURE_RATE",
   "BREAKER_PROBES",
   "ARCHIVE_AFTER_S",
+  "PRIORITY_WEIGHTS",
+  "RUNPOD_ENDPOINTS",
+  "GPU_PRICE_PER_S",
 ] as const;
 
 export interface StackOptions {
@@ -324,6 +328,9 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
     RUNPOD_BASE_URL: `http://127.0.0.1:${emulatorPort}/v2`,
     ...given,
   };
+  // Settings whose mistake would only show in the Workers' logs are refused here, naming them.
+  endpointRoutesVar(settings.RUNPOD_ENDPOINTS, settings.RUNPOD_ENDPOINT_ID ?? "");
+  laneWeightsVar(settings.PRIORITY_WEIGHTS);
   const childEnv: NodeJS.ProcessEnv = {
     ...process.env,
     WRANGLER_SEND_METRICS: "false",

@@ -105,6 +105,8 @@ export function restoreStatements(archive: unknown): string[] {
     ["reused_from", L(job.reused_from ?? null)],
     // Lanes (migration 0012); archives from before are standard.
     ["priority", L(job.priority ?? "standard")],
+    // Endpoints (migration 0013); archives from before: NULL, RUNPOD_ENDPOINT_ID.
+    ["runpod_endpoint_id", L(job.runpod_endpoint_id ?? null)],
     ["pending_since", L(job.created_at)],
     ["finished_at", NOW],
   ];

@@ -236,6 +236,8 @@ export async function readArchivedJob(
     reused_from: archive.job.reused_from ?? null,
     // …and before lanes (migration 0012): standard.
     priority: archive.job.priority ?? "standard",
+    // …and before endpoints (migration 0013): RUNPOD_ENDPOINT_ID.
+    runpod_endpoint_id: archive.job.runpod_endpoint_id ?? null,
   };
   return { job: { ...job, archived: true }, events: archive.events };
 }

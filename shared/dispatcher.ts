@@ -39,6 +39,7 @@ import {
   type GateConfig,
   type GateMode,
   type GateState,
+  isDown,
   report,
   restoreGate,
   type SubmitOutcome,
@@ -132,6 +133,8 @@ export interface Admission {
    * `lowPriority` then, and without it to an endpoint scaled to zero, so they still start.
    */
   warm: boolean;
+  /** Jobs not taken: the endpoint is down and another takes over (failover). */
+  refused?: string[];
 }
 
 const GATE = "gate";
@@ -167,6 +170,9 @@ export interface DispatcherEnv {
   RUNPOD_ENDPOINT_ID?: string;
   RUNPOD_TIMEOUT_MS?: string;
 }
+
+/** Waiting jobs handed back per step when the endpoint goes down (the alarm takes the rest). */
+export const EVACUATE_PAGE = 500;
 
 export class Dispatcher extends DurableObject<DispatcherEnv> {
   #gate: GateState | undefined;
@@ -358,7 +364,25 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
    * claimed; the others wait here, their messages can be acknowledged, and the dispatcher sends
    * them again when their turn comes.
    */
-  async dispatch(offered: OfferedJob[], config: DispatchConfig): Promise<Admission> {
+  async dispatch(input: OfferedJob[], config: DispatchConfig): Promise<Admission> {
+    // Down, with another endpoint to take over: only the jobs it would send as probes are taken;
+    // the others are refused, and their consumer sends them on to the next endpoint.
+    let offered = input;
+    const refused: string[] = [];
+    if (isDown(await this.#loadGate()) && (await this.#hasFallback())) {
+      const { probes } = await this.route();
+      const known = new Set(this.#queue.known(input.map((job) => job.id)));
+      let room = probes;
+      offered = input.filter((job) => {
+        if (known.has(job.id)) return true;
+        if (room > 0) {
+          room -= 1;
+          return true;
+        }
+        refused.push(job.id);
+        return false;
+      });
+    }
     this.#queue.offer(offered);
     const { ids, delays } = await this.#admit(config);
     const wanted = new Set(offered.map((job) => job.id));
@@ -381,7 +405,64 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
       elsewhere.map((job) => job.delay),
     );
     const gate = await this.#loadGate();
-    return { admitted, mode: gate.mode, reason: gate.reason, warm: await this.#warm() };
+    return { admitted, mode: gate.mode, reason: gate.reason, warm: await this.#warm(), refused };
+  }
+
+  /**
+   * Whether the endpoint is down (its gate paused or probing) and, while it is, how many jobs it
+   * would send now as the breaker's probes beyond those it holds (its pause is over): the
+   * consumers' failover (consumer/process-jobs.ts routeJobs) sends it that many, so it can come
+   * back, and the others to the next endpoint.
+   */
+  async route(): Promise<{ down: boolean; probes: number }> {
+    const gate = await this.#loadGate();
+    if (!isDown(gate)) return { down: false, probes: 0 };
+    const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
+    const probes = Math.max(1, config?.breakerProbes ?? 1);
+    const now = Date.now();
+    const open =
+      gate.mode === "paused" ? (now >= gate.pausedUntil ? probes : 0) : probes - gate.probes;
+    return { down: true, probes: Math.max(0, open - this.#queue.counts().waiting) };
+  }
+
+  /**
+   * Whether another endpoint takes over any type of this one's (RUNPOD_ENDPOINTS lists one after
+   * it): only then are its waiting jobs handed back when it goes down.
+   */
+  async #hasFallback(): Promise<boolean> {
+    const routes = (await this.ctx.storage.get<DispatchConfig>(CONFIG))?.routes;
+    if (!routes) return false;
+    const self = this.#endpointId();
+    return Object.values(routes).some((list) => {
+      const at = list.indexOf(self);
+      return at >= 0 && at < list.length - 1;
+    });
+  }
+
+  /**
+   * The endpoint is down: its waiting jobs go back to the queue, a page at a time (the alarm
+   * takes the rest), and their batches route them to the next endpoint of their type. Taken out
+   * of the backlog before their messages go, so none is admitted here and there; a message that
+   * is lost leaves the job held in D1 for this dispatcher, which the reconciler's audit finds
+   * unknown and re-enqueues.
+   */
+  async #evacuate(): Promise<void> {
+    if (!isDown(await this.#loadGate()) || !(await this.#hasFallback())) return;
+    const ids = this.#queue.waitingIds(EVACUATE_PAGE);
+    if (ids.length === 0) return;
+    const { unwaited } = this.#queue.free(ids);
+    log("warn", "endpoint down: its waiting jobs go to the next endpoint", {
+      endpoint: this.#endpointId(),
+      jobs: unwaited.length,
+    });
+    await this.#enqueue(
+      unwaited,
+      unwaited.map(() => 0),
+    );
+    if (this.#queue.counts().waiting > 0) {
+      const current = await this.ctx.storage.getAlarm();
+      if (current === null || current > Date.now()) await this.ctx.storage.setAlarm(Date.now());
+    }
   }
 
   async report(outcomes: SubmitOutcome[], config: GateConfig): Promise<void> {
@@ -396,6 +477,8 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     const before = await this.#loadGate();
     const after = report(before, config, Date.now(), outcomes);
     await this.#saveGate(after);
+    // Down now: failover takes what waits here to the next endpoint.
+    if (!isDown(before) && isDown(after)) await this.#evacuate();
     if (before.mode !== "running" && after.mode === "running" && stored) {
       // The probes succeeded: admit what waited during the pause.
       const { ids, delays } = await this.#admit(stored);
@@ -472,6 +555,7 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
    * `auto`, come back for the next /health while jobs wait or run.
    */
   override async alarm(): Promise<void> {
+    await this.#evacuate();
     const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
     if (!config) return;
     await this.#pollFleet(config);
@@ -556,7 +640,10 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
    */
   async offerNew(
     jobs: (QueuedJob & { createdAt: string })[],
-  ): Promise<{ id: string; queue: QueueInfo }[]> {
+  ): Promise<{ id: string; queue: QueueInfo }[] | null> {
+    // Down, with another endpoint to take over: not held here (null); the producer offers the
+    // jobs to the next endpoint of their type, or their batch routes them.
+    if (isDown(await this.#loadGate()) && (await this.#hasFallback())) return null;
     this.#queue.offer(jobs.map(({ id, key, createdAt, lane }) => ({ id, key, createdAt, lane })));
     return this.estimate(jobs);
   }

@@ -398,6 +398,13 @@ export class FairQueue {
     ).map((row) => row.job_id);
   }
 
+  /** Up to `limit` waiting job ids, oldest first within their keys (failover hands them back). */
+  waitingIds(limit: number): string[] {
+    return this.#exec<{ job_id: string }>("SELECT job_id FROM waiting LIMIT ?", limit).map(
+      (row) => row.job_id,
+    );
+  }
+
   /** Every in-flight job id (the reconciler compares them with D1; at most the cap). */
   inFlightIds(): string[] {
     return this.#exec<{ job_id: string }>("SELECT job_id FROM in_flight").map((row) => row.job_id);

@@ -62,13 +62,22 @@ export interface JobDeps {
   pollAfterS: number;
   videos: R2Bucket;
   live: LivePublisher;
-  /** The dispatcher's runs in flight (shared/dispatcher.ts): a job's slot frees when its run ends. */
-  slots: Slots;
+  /**
+   * The dispatchers' runs in flight (shared/dispatcher.ts), one per RunPod endpoint (null:
+   * RUNPOD_ENDPOINT_ID's): a job's slot frees, at the dispatcher of its endpoint
+   * (`runpod_endpoint_id`), when its run ends.
+   */
+  slots: (endpointId: string | null) => Slots;
   /**
    * Lets publication finish after the answer (an HTTP handler's `waitUntil`), so a request does
    * not wait for live clients; without it, publication is awaited.
    */
   defer?: (work: Promise<unknown>) => void;
+}
+
+/** RunPod's client for an endpoint (null: RUNPOD_ENDPOINT_ID). */
+export interface RunpodDeps {
+  runpodOf(endpointId: string | null): RunpodClient;
 }
 
 export interface Slots {
@@ -125,25 +134,35 @@ async function wakeFollowers(deps: JobDeps, rows: readonly JobRow[]): Promise<vo
  */
 export async function freeDurably(
   deps: Pick<JobDeps, "slots" | "queue">,
-  jobs: readonly Pick<JobRow, "id" | "status">[],
+  jobs: readonly Pick<JobRow, "id" | "status" | "runpod_endpoint_id">[],
   runs: RunFigures[] = [],
 ): Promise<void> {
   if (jobs.length === 0) return;
-  const ids = jobs.map((job) => job.id);
-  try {
-    await deps.slots.free(ids, runs);
-  } catch (error) {
-    log("warn", "freeing dispatch slots failed; tried again through the queue", {
-      jobs: ids,
-      error: String(error),
-    });
-    await requeue(
-      deps.queue,
-      jobs
-        .filter((job) => job.status === "complete" || job.status === "error")
-        .map((job) => job.id),
-      FREE_RETRY_S,
-    );
+  // Each at the dispatcher of its endpoint (one, nearly always).
+  const byEndpoint = new Map<string | null, Pick<JobRow, "id" | "status">[]>();
+  for (const job of jobs) {
+    const list = byEndpoint.get(job.runpod_endpoint_id) ?? [];
+    list.push(job);
+    byEndpoint.set(job.runpod_endpoint_id, list);
+  }
+  for (const [endpoint, group] of byEndpoint) {
+    const ids = group.map((job) => job.id);
+    try {
+      await deps.slots(endpoint).free(ids, runs);
+    } catch (error) {
+      log("warn", "freeing dispatch slots failed; tried again through the queue", {
+        jobs: ids,
+        endpoint,
+        error: String(error),
+      });
+      await requeue(
+        deps.queue,
+        group
+          .filter((job) => job.status === "complete" || job.status === "error")
+          .map((job) => job.id),
+        FREE_RETRY_S,
+      );
+    }
   }
 }
 
@@ -185,7 +204,7 @@ async function published<T extends JobRow | null>(deps: JobDeps, row: T): Promis
  * left each a cancel retry, so a /cancel that fails or never runs is the reconciler's).
  */
 export async function createJob(
-  deps: JobDeps & { runpod?: RunpodClient },
+  deps: JobDeps & Partial<RunpodDeps>,
   job: NewJob,
 ): Promise<JobRow | null> {
   const { row, superseded } = await insertJob(deps.db, job, CANCEL_RETRY_S);
@@ -196,11 +215,20 @@ export async function createJob(
       superseded: superseded.map((old) => old.id),
     });
     await freeSlots(deps, superseded);
-    const { runpod } = deps;
-    if (runpod) {
+    const { runpodOf } = deps;
+    if (runpodOf) {
       const cancelling = Promise.all(
         superseded.flatMap((old) =>
-          old.runpod_job_id ? [cancelRunOf({ ...deps, runpod }, old.id, old.runpod_job_id)] : [],
+          old.runpod_job_id
+            ? [
+                cancelRunOf(
+                  { ...deps, runpodOf },
+                  old.id,
+                  old.runpod_job_id,
+                  old.runpod_endpoint_id,
+                ),
+              ]
+            : [],
         ),
       );
       if (deps.defer) deps.defer(cancelling);
@@ -303,13 +331,17 @@ export async function requeue(
   }
 }
 
-/** claimJobs: pending → processing, a fresh attempt for each job that was still pending. */
+/**
+ * claimJobs: pending → processing, a fresh attempt for each job that was still pending, to be
+ * submitted to `endpointId` (null: RUNPOD_ENDPOINT_ID).
+ */
 export async function claimJobs(
   deps: JobDeps,
   ids: readonly string[],
   claimTimeoutS: number,
+  endpointId: string | null = null,
 ): Promise<JobRow[]> {
-  const claimed = await transitions.claimJobs(deps.db, ids, claimTimeoutS);
+  const claimed = await transitions.claimJobs(deps.db, ids, claimTimeoutS, endpointId);
   await publishJobs(deps, claimed);
   return claimed;
 }
@@ -320,7 +352,7 @@ export async function claimJobs(
  * unless a fast webhook already made it the job's run.
  */
 export async function recordRun(
-  deps: JobDeps & { runpod: RunpodClient },
+  deps: JobDeps & RunpodDeps,
   job: JobRow,
   runpodJobId: string,
 ): Promise<JobRow | null> {
@@ -343,19 +375,22 @@ export async function recordRun(
   );
   if (adopted) {
     await publishJobs(deps, [adopted]);
-    await cancelRunOf(deps, job.id, runpodJobId);
+    await cancelRunOf(deps, job.id, runpodJobId, job.runpod_endpoint_id);
     return null;
   }
   const now = await getJob(deps.db, job.id);
   if (now?.runpod_job_id !== runpodJobId) {
-    await deps.runpod.cancelRun(runpodJobId).catch((error: unknown) => {
-      log("warn", "cancel of an unwanted run failed", {
-        job_id: job.id,
-        attempt: job.attempt,
-        runpod_job_id: runpodJobId,
-        error: String(error),
+    await deps
+      .runpodOf(job.runpod_endpoint_id)
+      .cancelRun(runpodJobId)
+      .catch((error: unknown) => {
+        log("warn", "cancel of an unwanted run failed", {
+          job_id: job.id,
+          attempt: job.attempt,
+          runpod_job_id: runpodJobId,
+          error: String(error),
+        });
       });
-    });
     log("info", "unwanted run cancelled", {
       job_id: job.id,
       attempt: job.attempt,
@@ -749,24 +784,27 @@ export const CANCEL_RETRY_S = 60;
  * A /cancel that fails is remembered and tried again by the reconciler. Null: the job had
  * finished (or does not exist).
  */
-export async function cancelJob(
-  deps: JobDeps & { runpod: RunpodClient },
-  id: string,
-): Promise<JobRow | null> {
+export async function cancelJob(deps: JobDeps & RunpodDeps, id: string): Promise<JobRow | null> {
   const cancelled = await published(deps, await transitions.cancelJob(deps.db, id));
   await freeSlots(deps, [cancelled]);
-  if (cancelled?.runpod_job_id) await cancelRunOf(deps, cancelled.id, cancelled.runpod_job_id);
+  if (cancelled?.runpod_job_id) {
+    await cancelRunOf(deps, cancelled.id, cancelled.runpod_job_id, cancelled.runpod_endpoint_id);
+  }
   return cancelled;
 }
 
-/** RunPod's /cancel for a cancelled job's run; a 404 (RunPod forgot it) is as good as done. */
+/**
+ * RunPod's /cancel for a cancelled job's run, at the endpoint it was submitted to; a 404 (RunPod
+ * forgot it) is as good as done.
+ */
 export async function cancelRunOf(
-  deps: JobDeps & { runpod: RunpodClient },
+  deps: JobDeps & RunpodDeps,
   jobId: string,
   runpodJobId: string,
+  endpointId: string | null,
 ): Promise<boolean> {
   try {
-    await deps.runpod.cancelRun(runpodJobId);
+    await deps.runpodOf(endpointId).cancelRun(runpodJobId);
   } catch (error) {
     if (!(error instanceof Error && "kind" in error && error.kind === "not_found")) {
       log("warn", "RunPod cancel failed; the reconciler tries again", {
@@ -825,8 +863,12 @@ export async function replayDeadLetter(
  * reconciler does not take them for lost messages (and does not re-enqueue them every grace
  * period); it audits them against the dispatcher instead (consumer/reconciler.ts, the held-jobs audit).
  */
-export function holdJobs(deps: JobDeps, ids: readonly string[]): Promise<JobRow[]> {
-  return allPublished(deps, leases.holdJobs(deps.db, ids));
+export function holdJobs(
+  deps: JobDeps,
+  ids: readonly string[],
+  endpointId: string | null = null,
+): Promise<JobRow[]> {
+  return allPublished(deps, leases.holdJobs(deps.db, ids, endpointId));
 }
 
 /** Publishes every row a statement changed, and hands them back. */

@@ -43,6 +43,7 @@ import {
 } from "./live-keys.ts";
 import type { LiveScope } from "./live-ticket.ts";
 import { log } from "./log.ts";
+import type { QueueInfo } from "./queue-estimate.ts";
 import { listJobs } from "./sql/jobs/listings.ts";
 import { type Job, type JobRow, toJob } from "./sql/jobs/row.ts";
 
@@ -548,14 +549,27 @@ export class LiveHub extends LiveRoom {
       })
     ).slice(0, QUEUE_MESSAGE_JOBS);
     if (pending.length === 0) return;
-    const dispatcher = this.env.DISPATCHER.get(
-      this.env.DISPATCHER.idFromName(this.env.RUNPOD_ENDPOINT_ID ?? ""),
-    );
-    const jobs = await dispatcher.estimate(
-      pending
-        .filter((row) => row.follows === null)
-        .map((row) => ({ id: row.id, key: fairKeyOf(row), type: row.type, lane: row.priority })),
-    );
+    // Each job at the dispatcher holding it (D1 names it; null: RUNPOD_ENDPOINT_ID's).
+    const byEndpoint = new Map<string, typeof pending>();
+    for (const row of pending) {
+      if (row.follows !== null) continue;
+      const endpoint = row.runpod_endpoint_id ?? this.env.RUNPOD_ENDPOINT_ID ?? "";
+      byEndpoint.set(endpoint, [...(byEndpoint.get(endpoint) ?? []), row]);
+    }
+    const jobs: { id: string; queue: QueueInfo }[] = [];
+    for (const [endpoint, rows] of byEndpoint) {
+      const dispatcher = this.env.DISPATCHER.get(this.env.DISPATCHER.idFromName(endpoint));
+      jobs.push(
+        ...(await dispatcher.estimate(
+          rows.map((row) => ({
+            id: row.id,
+            key: fairKeyOf(row),
+            type: row.type,
+            lane: row.priority,
+          })),
+        )),
+      );
+    }
     const text = JSON.stringify({ type: "queue", jobs } satisfies LiveMessage);
     this.sendToScope(text, projectId);
     await this.ctx.storage.put(QUEUE_SENT, Date.now());

@@ -16,7 +16,12 @@ export interface CapacityConfig {
 }
 
 /** What the dispatcher is configured with: its gate, its cap and its lanes' weights. */
-export type DispatchConfig = GateConfig & CapacityConfig & { laneWeights: LaneWeights };
+export type DispatchConfig = GateConfig &
+  CapacityConfig & {
+    laneWeights: LaneWeights;
+    /** RUNPOD_ENDPOINTS: whether another endpoint takes over this one's types when it is down. */
+    routes?: EndpointRoutes;
+  };
 
 /**
  * PRIORITY_WEIGHTS: the weights of the interactive, standard and batch lanes, three positive
@@ -103,6 +108,79 @@ export function runpodSettings(env: RunpodEnv): RunpodSettings {
   };
 }
 
+/** The export types a route can name. */
+const ROUTED_TYPES = ["framing", "overlay", "annotate"] as const;
+type RoutedType = (typeof ROUTED_TYPES)[number];
+
+/** Per export type, its RunPod endpoints in order: the first that is not down takes its jobs. */
+export type EndpointRoutes = Readonly<Record<RoutedType, readonly string[]>>;
+
+/** An endpoint id as RunPod gives them: letters, digits, `-`, `_` (1–100). */
+const ENDPOINT_ID = /^[A-Za-z0-9_-]{1,100}$/;
+
+/**
+ * RUNPOD_ENDPOINTS: a JSON object of export types (`framing`, `overlay`, `annotate`, and `*` for
+ * the others) to non-empty ordered lists of endpoint ids. Missing or empty: every type on
+ * RUNPOD_ENDPOINT_ID alone. A malformed value throws, naming the setting.
+ */
+export function endpointRoutesVar(value: string | undefined, defaultId: string): EndpointRoutes {
+  const text = value?.trim() ?? "";
+  const fail = (why: string): never => {
+    throw new Error(`setting RUNPOD_ENDPOINTS ${why}, got ${JSON.stringify(value)}`);
+  };
+  if (text === "") {
+    return { framing: [defaultId], overlay: [defaultId], annotate: [defaultId] };
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return fail("must be JSON");
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    return fail('must be a JSON object like {"framing": ["ep-1", "ep-2"], "*": ["ep-3"]}');
+  }
+  const lists = parsed as Record<string, unknown>;
+  for (const [type, list] of Object.entries(lists)) {
+    if (type !== "*" && !(ROUTED_TYPES as readonly string[]).includes(type)) {
+      fail(`names an unknown type ${JSON.stringify(type)} (framing, overlay, annotate or *)`);
+    }
+    if (!Array.isArray(list) || list.length === 0) {
+      fail(`must give ${JSON.stringify(type)} a non-empty list of endpoint ids`);
+    }
+    for (const id of list as unknown[]) {
+      if (typeof id !== "string" || !ENDPOINT_ID.test(id)) {
+        fail(`has ${JSON.stringify(id)} in ${JSON.stringify(type)}: not an endpoint id`);
+      }
+    }
+    if (new Set(list as string[]).size !== (list as string[]).length) {
+      fail(`lists an endpoint twice for ${JSON.stringify(type)}`);
+    }
+  }
+  const fallback = (lists["*"] as string[] | undefined) ?? null;
+  const routes: Partial<Record<RoutedType, readonly string[]>> = {};
+  for (const type of ROUTED_TYPES) {
+    const list = (lists[type] as string[] | undefined) ?? fallback;
+    if (list === null) fail(`has no list for ${type} and no "*"`);
+    routes[type] = list as string[];
+  }
+  return routes as EndpointRoutes;
+}
+
+/** RUNPOD_ENDPOINTS as the Worker runs with it (throws on a malformed value). */
+export function endpointRoutes(
+  env: Pick<CommonEnv, "RUNPOD_ENDPOINTS" | "RUNPOD_ENDPOINT_ID">,
+): EndpointRoutes {
+  return endpointRoutesVar(env.RUNPOD_ENDPOINTS, env.RUNPOD_ENDPOINT_ID ?? "");
+}
+
+/** Every endpoint a route names, RUNPOD_ENDPOINT_ID first. */
+export function allEndpoints(routes: EndpointRoutes, defaultId: string): string[] {
+  return [...new Set([defaultId, ...ROUTED_TYPES.flatMap((type) => routes[type])])].filter(
+    (id) => id !== "",
+  );
+}
+
 export function retrySettings(env: CommonEnv): RetrySettings {
   return {
     baseDelayS: numberVar(env.RETRY_BASE_DELAY_S, 30, "RETRY_BASE_DELAY_S"),
@@ -122,6 +200,8 @@ export interface ConsumerSettings {
   executionTimeoutMs: number;
   ttlMs: number;
   gate: DispatchConfig;
+  /** RUNPOD_ENDPOINTS: per type, its endpoints in order. */
+  routes: EndpointRoutes;
   pendingMaxAgeS: number;
   /** Retention (shared/archive.ts): 0 keeps every job in D1. */
   archiveAfterS: number;
@@ -170,7 +250,9 @@ export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
       fleetPollS: Math.max(1, numberVar(env.FLEET_POLL_S, 5, "FLEET_POLL_S")),
       scaler: scalerVar(env.RUNPOD_SCALER),
       laneWeights: laneWeightsVar(env.PRIORITY_WEIGHTS),
+      routes: endpointRoutes(env),
     },
+    routes: endpointRoutes(env),
     pendingMaxAgeS: numberVar(env.PENDING_MAX_AGE_S, 86_400, "PENDING_MAX_AGE_S"),
     archiveAfterS: numberVar(env.ARCHIVE_AFTER_S, 2_592_000, "ARCHIVE_AFTER_S"),
   };

@@ -162,6 +162,15 @@ function renderStats(stats) {
           `${stats.dispatch.fleet.in_queue} queued`
         : "—",
     ],
+    // With several endpoints (RUNPOD_ENDPOINTS): one row per endpoint, the default's first.
+    ...Object.entries(stats.dispatch_by_endpoint ?? {})
+      .filter(() => Object.keys(stats.dispatch_by_endpoint ?? {}).length > 1)
+      .map(([id, d]) => [
+        `Endpoint ${id}`,
+        d
+          ? `${d.state}${d.reason ? ` (${d.reason})` : ""}; ${d.in_flight} / ${d.max_in_flight} in flight, ${d.waiting} waiting`
+          : "could not be reached",
+      ]),
     ["Archived", stats.archived ?? "—"],
     ["Pending", stats.jobs.pending],
     ["Processing", stats.jobs.processing],

@@ -73,7 +73,7 @@ async function answerRepeat(
     existing.status === "pending" &&
     existing.attempt === 0 &&
     existing.due_at !== null &&
-    !(await dispatcherHolds(c.env, existing.id));
+    !(await dispatcherHolds(c.env, existing));
   const job = unsent ? await enqueueNew(c, existing) : await jobWithQueue(c.env, toJob(existing));
   return c.json({ job }, 200);
 }

@@ -1,7 +1,7 @@
 import { createRoute, type RouteHandler } from "@hono/zod-openapi";
 import type { DispatchStatus } from "../../shared/dispatcher.ts";
 import { log } from "../../shared/log.ts";
-import { runpodSettings } from "../../shared/settings.ts";
+import { allEndpoints, endpointRoutes, runpodSettings } from "../../shared/settings.ts";
 import { readStats } from "../../shared/sql/stats.ts";
 import { auth, errorReplies, reply } from "../api.ts";
 import { StatsSchema } from "../api-schemas.ts";
@@ -20,17 +20,23 @@ export const statsRoute = createRoute({
 
 /**
  * `GET /stats`: jobs by status (from the trigger-kept counts), oldest pending age, processing
- * without a run, dead letters, and the dispatch gate of this RunPod endpoint.
+ * without a run, dead letters, and the dispatch gate of RUNPOD_ENDPOINT_ID (`dispatch`) and of
+ * every endpoint RUNPOD_ENDPOINTS names (`dispatch_by_endpoint`).
  */
 export const stats: RouteHandler<typeof statsRoute, AppEnv> = async (c) => {
   const endpoint = runpodSettings(c.env).endpointId;
-  const gate = c.env.DISPATCHER.get(c.env.DISPATCHER.idFromName(endpoint));
-  const [counts, dispatch] = await Promise.all([
-    readStats(c.env.DB),
-    gate.status().catch((error: unknown): DispatchStatus | null => {
-      log("warn", "dispatch gate status unavailable", { error: String(error) });
-      return null;
-    }),
-  ]);
-  return c.json({ ...counts, dispatch }, 200);
+  const endpoints = allEndpoints(endpointRoutes(c.env), endpoint);
+  const status = (id: string) =>
+    c.env.DISPATCHER.get(c.env.DISPATCHER.idFromName(id))
+      .status()
+      .catch((error: unknown): DispatchStatus | null => {
+        log("warn", "dispatch gate status unavailable", { endpoint: id, error: String(error) });
+        return null;
+      });
+  const [counts, ...gates] = await Promise.all([readStats(c.env.DB), ...endpoints.map(status)]);
+  const byEndpoint = Object.fromEntries(endpoints.map((id, i) => [id, gates[i] ?? null]));
+  return c.json(
+    { ...counts, dispatch: byEndpoint[endpoint] ?? null, dispatch_by_endpoint: byEndpoint },
+    200,
+  );
 };

@@ -343,7 +343,7 @@ describe("jobs waiting for a dispatch slot", () => {
       .bind(JSON.stringify(ids))
       .run();
     const first = await reconcile(consumerDeps(testEnv), { batch: 1, heldPages: 10 });
-    expect(first.unheld).toBe(10);
+    expect(first.heldAudited).toBe(10);
     // The twelve are the newest held rows, after at least ten others or some of themselves: a
     // sweep that started over each pass would never reach the last of them.
     for (let pass = 0; pass < 50; pass++) {

@@ -295,8 +295,14 @@ describe("consumer: submit", () => {
     expect(heldResult.explicitAcks).toEqual([held.id]);
     expect(heldResult.retryMessages).toEqual([]);
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(1);
-    // Not claimed: the row is only marked held by the dispatcher (due_at cleared).
-    expect(await readJob(other.id)).toEqual({ ...other, due_at: null, version: other.version + 1 });
+    // Not claimed: the row is only marked held by the dispatcher (due_at cleared, the
+    // dispatcher named).
+    expect(await readJob(other.id)).toEqual({
+      ...other,
+      due_at: null,
+      version: other.version + 1,
+      runpod_endpoint_id: endpoint,
+    });
     // It waits in the dispatcher, which sends it again when the pause is over.
     expect(sendsFor(goodKey, other.id)).toEqual([]);
     const gate = env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint));
@@ -329,7 +335,12 @@ describe("consumer: submit", () => {
     expect(runCalls(await emulatorRequests(endpoint))).toHaveLength(2);
     // Not claimed: no attempt spent; the row is only marked held by the dispatcher (due_at
     // cleared, so the reconciler does not re-enqueue it), where it waits.
-    expect(await readJob(held.id)).toEqual({ ...held, due_at: null, version: held.version + 1 });
+    expect(await readJob(held.id)).toEqual({
+      ...held,
+      due_at: null,
+      version: held.version + 1,
+      runpod_endpoint_id: endpoint,
+    });
     expect(sendsFor(testEnv, held.id)).toEqual([]);
     const gate = env.DISPATCHER.get(env.DISPATCHER.idFromName(endpoint));
     expect(await gate.status()).toMatchObject({ state: "paused", waiting: 1, in_flight: 0 });

@@ -89,7 +89,7 @@ describe("progress writes", () => {
       pollAfterS: 300,
       videos: env.VIDEOS,
       live,
-      slots: env.DISPATCHER.get(env.DISPATCHER.idFromName("progress-writes")),
+      slots: () => env.DISPATCHER.get(env.DISPATCHER.idFromName("progress-writes")),
     };
     for (const p of [10, 20, 30, 40]) await recordProgress(deps, job.id, job.attempt, p);
     expect(jobs.map((j) => [j.progress, j.version])).toEqual([[30, job.version + 1]]);

@@ -86,7 +86,7 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
       "idx_export_jobs_project_status_created (project_id=? AND status=? AND (created_at,id)<(?,?))",
     ],
   },
-  "jobs.claim": { binds: [delay, "token", ids], uses: [`${PK} (id=?)`] },
+  "jobs.claim": { binds: [delay, "token", "endpoint", ids], uses: [`${PK} (id=?)`] },
   "jobs.claimedBy": { binds: [ids, "token"], uses: [`${PK} (id=?)`] },
   "jobs.recordRun": { binds: ["r", delay, "i", 1], uses: [`${PK} (id=?)`] },
   "jobs.release": { binds: [delay, "i", 1], uses: [`${PK} (id=?)`] },
@@ -116,7 +116,7 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     binds: ["-900 seconds", 100],
     uses: [`${PK} (id=?)`, "idx_export_jobs_status_due (status=? AND due_at<?)"],
   },
-  "jobs.hold": { binds: [ids], uses: [`${PK} (id=?)`] },
+  "jobs.hold": { binds: ["endpoint", ids], uses: [`${PK} (id=?)`] },
   "jobs.held": {
     binds: [0, 100],
     uses: ["idx_export_jobs_status_due (status=? AND due_at=? AND rowid>?)", `${PK} (id=?)`],

@@ -647,5 +647,6 @@ function fakeJob(): Job {
     follows: null,
     reused_from: null,
     priority: "standard",
+    runpod_endpoint_id: null,
   };
 }

@@ -376,7 +376,7 @@ describe("rows written by the timeline", () => {
             }),
           ),
       ],
-      ["claim", () => run(JOB_SQL.claim, seconds(120), "token", JSON.stringify([id]))],
+      ["claim", () => run(JOB_SQL.claim, seconds(120), "token", "endpoint", JSON.stringify([id]))],
       ["recordRun", () => run(JOB_SQL.recordRun, runId, seconds(300), id, 1)],
       ["progress 50", () => run(JOB_SQL.progress, 50, seconds(300), 50, id, 1, 50)],
       ["completeRecordedRun", () => run(JOB_SQL.completeRecordedRun, 1000, 10, key, id, 1, runId)],

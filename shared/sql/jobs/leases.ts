@@ -40,7 +40,7 @@ export const LEASE_SQL = {
   // Jobs the dispatcher keeps waiting for a slot: due_at NULL on a pending row means "the
   // dispatcher holds it", so the lost-message lease above never takes it (once per wait). Only a
   // job that is due: one re-pended or released meanwhile (its due_at ahead) waits out its delay.
-  hold: `UPDATE export_jobs SET ${due.held}, ${BOOKKEEPING}
+  hold: `UPDATE export_jobs SET ${due.held}, runpod_endpoint_id = ?, ${BOOKKEEPING}
          WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
            AND ${due.retryDueBy(NOW)}
            AND (follows IS NULL OR ${LEADER_ON_ITS_WAY})
@@ -48,7 +48,7 @@ export const LEASE_SQL = {
   // The reconciler's audit of held jobs against the dispatcher, keyset-paged on rowid (the
   // order of the (status, due_at) index within due_at IS NULL): a read, no lease. A follower is
   // held by its leader, not the dispatcher: its leader's status comes along (a primary-key read).
-  held: `SELECT rowid AS seq, id,
+  held: `SELECT rowid AS seq, id, runpod_endpoint_id AS endpoint,
                 (SELECT l.status FROM export_jobs l WHERE l.id = export_jobs.follows) AS leader
          FROM export_jobs
          WHERE status = 'pending' AND ${due.isHeld} AND rowid > ?
@@ -110,16 +110,25 @@ export function leaseLostPendingJobs(
   return allRows(db, LEASE_SQL.leaseLostPending, seconds(-graceS), limit);
 }
 
-/** Pending jobs the dispatcher keeps waiting: their due_at cleared (see LEASE_SQL.hold). */
-export function holdJobs(db: D1Database, ids: readonly string[]): Promise<JobRow[]> {
+/**
+ * Pending jobs the dispatcher of `endpointId` keeps waiting (null: RUNPOD_ENDPOINT_ID's): their
+ * due_at cleared, the dispatcher named (see LEASE_SQL.hold).
+ */
+export function holdJobs(
+  db: D1Database,
+  ids: readonly string[],
+  endpointId: string | null = null,
+): Promise<JobRow[]> {
   if (ids.length === 0) return Promise.resolve([]);
-  return allRows(db, LEASE_SQL.hold, JSON.stringify(ids));
+  return allRows(db, LEASE_SQL.hold, endpointId, JSON.stringify(ids));
 }
 
 /** A held job as the audit reads it: `leader`, a follower's leader's status (null: none, or gone). */
 export interface HeldJob {
   seq: number;
   id: string;
+  /** The endpoint whose dispatcher holds it (null: RUNPOD_ENDPOINT_ID's). */
+  endpoint: string | null;
   leader: JobRow["status"] | null;
 }
 

@@ -17,6 +17,7 @@ export const READ_SQL = {
   // output key (`source`, a JSON pair: one range of idx_export_jobs_identical); for a follower,
   // its leader's status (a primary-key read).
   batchJobs: `SELECT j.id, j.project_id, j.user_id, j.created_at, j.status, j.follows, j.priority,
+                     j.type, j.runpod_endpoint_id,
                      CASE WHEN j.status = 'pending' AND j.reuse = 1 THEN
                        (SELECT json_array(s.id, s.output_video_key) FROM export_jobs s
                         WHERE s.project_id = j.project_id AND s.params_hash = j.params_hash
@@ -52,7 +53,15 @@ export async function processingAmong(db: D1Database, ids: readonly string[]): P
 
 export type BatchJob = Pick<
   JobRow,
-  "id" | "project_id" | "user_id" | "created_at" | "status" | "follows" | "priority"
+  | "id"
+  | "project_id"
+  | "user_id"
+  | "created_at"
+  | "status"
+  | "follows"
+  | "priority"
+  | "type"
+  | "runpod_endpoint_id"
 > & {
   /** JSON `[id, output_video_key]` of an identical complete job, for a pending job that may reuse. */
   source: string | null;

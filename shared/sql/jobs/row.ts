@@ -77,6 +77,11 @@ export interface JobRow {
   reused_from: string | null;
   /** The job's lane (migration 0012). */
   priority: Lane;
+  /**
+   * The RunPod endpoint of the current attempt (set by the claim) or, while the job waits, of the
+   * dispatcher holding it (migration 0013); null: RUNPOD_ENDPOINT_ID.
+   */
+  runpod_endpoint_id: string | null;
 }
 
 /**

@@ -62,7 +62,7 @@ export const TRANSITION_SQL = {
   claim: `UPDATE export_jobs
           SET status = 'processing', attempt = attempt + 1, started_at = ${NOW}, progress = 0,
               ${due.claimDeadline(NOW_PLUS)}, version = version + 1, last_event = 'claimed',
-              claim_token = ?
+              claim_token = ?, runpod_endpoint_id = ?
           WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'pending'
           RETURNING *`,
   // After a claim whose answer was lost: the jobs that claim made, still waiting for their run.
@@ -192,11 +192,15 @@ export const TRANSITION_SQL = {
                   RETURNING *`,
 } as const;
 
-/** claim: pending → processing with the next attempt, for every id of a batch in one statement. */
+/**
+ * claim: pending → processing with the next attempt, for every id of a batch in one statement,
+ * to be submitted to `endpointId` (the attempt's endpoint).
+ */
 export function claimJobs(
   db: D1Database,
   ids: readonly string[],
   claimTimeoutS: number,
+  endpointId: string | null = null,
 ): Promise<JobRow[]> {
   if (ids.length === 0) return Promise.resolve([]);
   // The claim's own mark: after an answer D1 lost, the jobs it claimed are read back by it, so a
@@ -209,6 +213,7 @@ export function claimJobs(
     TRANSITION_SQL.claim,
     seconds(claimTimeoutS),
     token,
+    endpointId,
     list,
   );
 }
