@@ -534,7 +534,7 @@ function sampleBinds(): Record<string, unknown[]> {
       params_hash: "bench-params",
     }),
     "jobs.batchJobs": [JSON.stringify(pending)],
-    "jobs.processingAmong": [JSON.stringify(processing)],
+    "jobs.processingAmong": [JSON.stringify(processing), "bench-endpoint", "bench-endpoint"],
     "jobs.listByUser": [HEAVY_PROJECT, ...cursor, 21],
     "jobs.listActiveByUser": [HEAVY_PROJECT, ...cursor, 21],
     "jobs.byIdempotencyKey": [HEAVY_PROJECT, "idem-20"],

@@ -162,11 +162,13 @@ export async function processJobBatch(
   const admissions: { endpointId: string; admission: Admission }[] = [];
   for (const [endpointId, group] of routed) {
     const admission = await deps.dispatcherOf(endpointId).dispatch(
-      group.map((job) => ({
+      group.map(({ job, stay }) => ({
         id: job.id,
         key: fairKeyOf(job),
         createdAt: job.created_at,
         lane: job.priority,
+        type: job.type,
+        stay,
       })),
       gateConfig,
     );
@@ -194,7 +196,7 @@ export async function processJobBatch(
   }
   const refusedIds = new Set(refused);
   for (const { endpointId, admission } of admissions) {
-    const group = routed.get(endpointId) ?? [];
+    const group = (routed.get(endpointId) ?? []).map(({ job }) => job);
     const waiting = group
       .filter((job) => !delayOf.has(job.id) && !refusedIds.has(job.id))
       .map((job) => job.id);
@@ -258,19 +260,20 @@ async function routeState(deps: ConsumerDeps, endpointId: string): Promise<Route
 
 /**
  * Failover: each job to the first endpoint of its type's list (RUNPOD_ENDPOINTS) whose dispatcher
- * is not down — the one already holding it first, so that a job never waits in two — and a few
- * jobs to a down endpoint whose pause is over, as its breaker's probes (the way it comes back).
- * With every endpoint of its list down, a job waits at the first. With one endpoint for every
- * type (no RUNPOD_ENDPOINTS), no dispatcher is asked anything more.
+ * is not down — the one already holding it first (D1 names it: a job never claimed, or held
+ * while it waits), so that a job never waits in two — and a few jobs to a down endpoint whose
+ * pause is over, as its breaker's probes (the way it comes back). With every endpoint of its list
+ * down, a job waits at the first, told to stay (never refused). With one endpoint for every type
+ * (no RUNPOD_ENDPOINTS), no dispatcher is asked anything more.
  */
 async function routeJobs(
   deps: ConsumerDeps,
   jobs: readonly BatchJob[],
-): Promise<Map<string, BatchJob[]>> {
-  const routed = new Map<string, BatchJob[]>();
-  const add = (endpointId: string, job: BatchJob) => {
+): Promise<Map<string, { job: BatchJob; stay: boolean }[]>> {
+  const routed = new Map<string, { job: BatchJob; stay: boolean }[]>();
+  const add = (endpointId: string, job: BatchJob, stay = false) => {
     const list = routed.get(endpointId) ?? [];
-    list.push(job);
+    list.push({ job, stay });
     routed.set(endpointId, list);
   };
   if (deps.endpoints.length <= 1) {
@@ -286,10 +289,37 @@ async function routeJobs(
     }
     return state;
   };
+  // Its holder: the endpoint D1 names, unless that is only its last attempt's (re-pended).
+  const holderOf = (job: BatchJob) =>
+    job.runpod_endpoint_id !== null &&
+    (job.attempt === 0 || job.due_at === null) &&
+    deps.settings.routes[job.type].includes(job.runpod_endpoint_id)
+      ? job.runpod_endpoint_id
+      : null;
+  // A down holder keeps the jobs that still wait there (its probes); those it handed back are
+  // routed on. One question per down holder.
+  const downHolders = new Map<string, string[]>();
+  for (const job of jobs) {
+    const holder = holderOf(job);
+    if (holder === null || !(await stateOf(holder)).down) continue;
+    downHolders.set(holder, [...(downHolders.get(holder) ?? []), job.id]);
+  }
+  const heldThere = new Set<string>();
+  for (const [holder, ids] of downHolders) {
+    const known = await deps
+      .dispatcherOf(holder)
+      .known(ids)
+      .catch(() => []);
+    for (const id of known) heldThere.add(id);
+  }
   for (const job of jobs) {
     const list = deps.settings.routes[job.type];
-    const holder = job.runpod_endpoint_id;
-    const order = holder !== null && list.includes(holder) ? [holder, ...list] : list;
+    const holder = holderOf(job);
+    if (holder !== null && heldThere.has(job.id)) {
+      add(holder, job);
+      continue;
+    }
+    const order = holder !== null ? [holder, ...list] : list;
     let chosen: string | null = null;
     for (const endpointId of order) {
       const state = await stateOf(endpointId);
@@ -303,7 +333,8 @@ async function routeJobs(
         break;
       }
     }
-    add(chosen ?? (list[0] as string), job);
+    if (chosen === null) add(list[0] as string, job, true);
+    else add(chosen, job);
   }
   return routed;
 }

@@ -293,7 +293,12 @@ export async function reconcile(
     try {
       const dispatcher = deps.dispatcherOf(endpoint);
       const slots = await dispatcher.inFlight();
-      const processing = await processingAmong(deps.db, slots);
+      const processing = await processingAmong(
+        deps.db,
+        slots,
+        endpoint,
+        deps.settings.runpod.endpointId,
+      );
       const healed = await dispatcher.heal(processing, settings.gate, options.healGraceMs);
       report.slotsHealed += healed.length;
       // A healed job that is still pending lost its message after admission: sent again now

@@ -22,7 +22,7 @@ export const ESTIMATE_TIMEOUT_MS = 1_000;
 export async function withQueue(
   env: ProducerEnv,
   jobs: Job[],
-  options: { created?: boolean } = {},
+  options: { created?: boolean; accepted?: Map<string, string> } = {},
 ): Promise<Job[]> {
   // A follower has no place of its own: it waits for its leader (`follows`), not for a slot.
   const pending = jobs.filter(
@@ -33,7 +33,9 @@ export async function withQueue(
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       await Promise.race([
-        options.created ? offerNew(env, pending, estimates) : estimate(env, pending, estimates),
+        options.created
+          ? offerNew(env, pending, estimates, options.accepted)
+          : estimate(env, pending, estimates),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
             () => reject(new Error(`no estimate within ${ESTIMATE_TIMEOUT_MS} ms`)),
@@ -74,7 +76,12 @@ function byEndpoint(jobs: readonly Job[], endpointOf: (job: Job) => string | und
  * Just created: held by the first endpoint of its type's list (RUNPOD_ENDPOINTS) that takes it; a
  * down one refuses while another can take over (failover), and the next is asked.
  */
-async function offerNew(env: ProducerEnv, jobs: readonly Job[], out: Map<string, QueueInfo>) {
+async function offerNew(
+  env: ProducerEnv,
+  jobs: readonly Job[],
+  out: Map<string, QueueInfo>,
+  accepted?: Map<string, string>,
+) {
   const routes = endpointRoutes(env);
   let left = [...jobs];
   for (let i = 0; left.length > 0 && i < 8; i++) {
@@ -84,7 +91,10 @@ async function offerNew(env: ProducerEnv, jobs: readonly Job[], out: Map<string,
         group.map((job) => ({ ...queued(job), createdAt: job.created_at })),
       );
       if (answer === null) refused.push(...group);
-      else for (const { id, queue } of answer) out.set(id, queue);
+      else {
+        for (const { id, queue } of answer) out.set(id, queue);
+        for (const job of group) accepted?.set(job.id, endpoint);
+      }
     }
     left = refused;
   }
@@ -130,7 +140,7 @@ export async function dispatcherHolds(
 export async function jobWithQueue(
   env: ProducerEnv,
   job: Job,
-  options: { created?: boolean } = {},
+  options: { created?: boolean; accepted?: Map<string, string> } = {},
 ): Promise<Job> {
   const [answered] = await withQueue(env, [job], options);
   return answered ?? job;

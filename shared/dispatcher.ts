@@ -331,10 +331,16 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     this.ctx.waitUntil(work);
   }
 
-  /** Whether the endpoint has workers ready or running, as its last /health said. */
+  /**
+   * Whether the endpoint has workers ready or running, as a recent /health said: a reading older
+   * than three polls (the dispatcher was idle) says nothing, so batch runs go without
+   * `lowPriority` rather than to a fleet that may have scaled to zero.
+   */
   async #warm(): Promise<boolean> {
     const fleet = (await this.#loadCapacity()).fleet;
-    return fleet !== null && fleet.ready + fleet.running > 0;
+    const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
+    const fresh = fleet !== null && Date.now() - fleet.at <= 3 * (config?.fleetPollS ?? 5) * 1000;
+    return fresh && fleet !== null && fleet.ready + fleet.running > 0;
   }
 
   /** The consumer's refill entrypoint, when the Worker hosting this object exports one. */
@@ -367,21 +373,28 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   async dispatch(input: OfferedJob[], config: DispatchConfig): Promise<Admission> {
     // Down, with another endpoint to take over: only the jobs it would send as probes are taken;
     // the others are refused, and their consumer sends them on to the next endpoint.
+    // A job told to stay (every endpoint of its type is down), or of a type no other endpoint
+    // takes, is taken all the same: it waits here.
+    await this.ctx.storage.put(CONFIG, config);
     let offered = input;
     const refused: string[] = [];
     if (isDown(await this.#loadGate()) && (await this.#hasFallback())) {
       const { probes } = await this.route();
       const known = new Set(this.#queue.known(input.map((job) => job.id)));
       let room = probes;
-      offered = input.filter((job) => {
-        if (known.has(job.id)) return true;
+      offered = [];
+      for (const job of input) {
+        if (known.has(job.id) || job.stay || !(await this.#hasFallback(job.type))) {
+          offered.push(job);
+          continue;
+        }
         if (room > 0) {
           room -= 1;
-          return true;
+          offered.push(job);
+          continue;
         }
         refused.push(job.id);
-        return false;
-      });
+      }
     }
     this.#queue.offer(offered);
     const { ids, delays } = await this.#admit(config);
@@ -420,20 +433,33 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
     const config = await this.ctx.storage.get<DispatchConfig>(CONFIG);
     const probes = Math.max(1, config?.breakerProbes ?? 1);
     const now = Date.now();
+    // As the gate grants them (dispatch-gate.ts acquire): after a pause, all of them; while
+    // probing, those not granted yet — and, once the probes granted went unreported past
+    // PROBE_TIMEOUT_MS (a consumer that died, a claim that lost its job), those again.
     const open =
-      gate.mode === "paused" ? (now >= gate.pausedUntil ? probes : 0) : probes - gate.probes;
+      gate.mode === "paused"
+        ? now >= gate.pausedUntil
+          ? probes
+          : 0
+        : gate.probes >= probes && now >= gate.probeUntil
+          ? probes - gate.probed.length
+          : probes - gate.probes;
     return { down: true, probes: Math.max(0, open - this.#queue.counts().waiting) };
   }
 
   /**
-   * Whether another endpoint takes over any type of this one's (RUNPOD_ENDPOINTS lists one after
-   * it): only then are its waiting jobs handed back when it goes down.
+   * Whether another endpoint takes over this one's jobs of `type` (any type when not said):
+   * RUNPOD_ENDPOINTS lists one after it. Only then are jobs refused or handed back while down.
    */
-  async #hasFallback(): Promise<boolean> {
+  async #hasFallback(type?: string): Promise<boolean> {
     const routes = (await this.ctx.storage.get<DispatchConfig>(CONFIG))?.routes;
     if (!routes) return false;
     const self = this.#endpointId();
-    return Object.values(routes).some((list) => {
+    const lists: readonly (readonly string[])[] =
+      type === undefined
+        ? Object.values(routes)
+        : [(routes as Record<string, readonly string[]>)[type] ?? []];
+    return lists.some((list) => {
       const at = list.indexOf(self);
       return at >= 0 && at < list.length - 1;
     });
@@ -441,15 +467,17 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
 
   /**
    * The endpoint is down: its waiting jobs go back to the queue, a page at a time (the alarm
-   * takes the rest), and their batches route them to the next endpoint of their type. Taken out
-   * of the backlog before their messages go, so none is admitted here and there; a message that
-   * is lost leaves the job held in D1 for this dispatcher, which the reconciler's audit finds
-   * unknown and re-enqueues.
+   * takes the rest), and their batches route them to the next endpoint of their type (a job of a
+   * type no other endpoint takes comes back, told to stay). Taken out of the backlog before their
+   * messages go, so none is admitted here and there; a message that is lost leaves the job held
+   * in D1 for this dispatcher: the audit mark is dropped, so the reconciler's next audit sweeps
+   * every held job, finds it unknown here and re-enqueues it.
    */
   async #evacuate(): Promise<void> {
     if (!isDown(await this.#loadGate()) || !(await this.#hasFallback())) return;
     const ids = this.#queue.waitingIds(EVACUATE_PAGE);
     if (ids.length === 0) return;
+    await this.ctx.storage.delete(AUDIT_CURSOR);
     const { unwaited } = this.#queue.free(ids);
     log("warn", "endpoint down: its waiting jobs go to the next endpoint", {
       endpoint: this.#endpointId(),
@@ -641,9 +669,13 @@ export class Dispatcher extends DurableObject<DispatcherEnv> {
   async offerNew(
     jobs: (QueuedJob & { createdAt: string })[],
   ): Promise<{ id: string; queue: QueueInfo }[] | null> {
-    // Down, with another endpoint to take over: not held here (null); the producer offers the
-    // jobs to the next endpoint of their type, or their batch routes them.
-    if (isDown(await this.#loadGate()) && (await this.#hasFallback())) return null;
+    // Down, with another endpoint to take over their types, and no probe wanted (its pause is
+    // not over): not held here (null); the producer offers the jobs to the next endpoint.
+    if (isDown(await this.#loadGate()) && (await this.route()).probes < jobs.length) {
+      let all = jobs.length > 0;
+      for (const job of jobs) all &&= await this.#hasFallback(job.type);
+      if (all) return null;
+    }
     this.#queue.offer(jobs.map(({ id, key, createdAt, lane }) => ({ id, key, createdAt, lane })));
     return this.estimate(jobs);
   }

@@ -81,6 +81,10 @@ export interface OfferedJob {
   createdAt: string;
   /** Its priority: `standard` when not said. */
   lane?: Lane | undefined;
+  /** Its export type (a down endpoint refuses only the types another endpoint takes). */
+  type?: string | undefined;
+  /** Every endpoint of its type is down: it waits here, never refused (failover). */
+  stay?: boolean | undefined;
 }
 
 export interface FairQueueCounts {
@@ -319,7 +323,7 @@ export class FairQueue {
       const took = taken.get(lane) ?? 0;
       if (took === 0 && credit === before?.credit) continue;
       this.#exec(
-        "UPDATE lanes SET waiting = waiting - ?, credit = ? WHERE lane = ?",
+        "UPDATE lanes SET waiting = MAX(0, waiting - ?), credit = ? WHERE lane = ?",
         took,
         // A lane left with nothing waiting forgets its credit: idle time banks none.
         (waiting.get(lane) ?? 0) > 0 ? credit : 0,

@@ -871,6 +871,15 @@ export function holdJobs(
   return allPublished(deps, leases.holdJobs(deps.db, ids, endpointId));
 }
 
+/** A new job that another endpoint than its type's first holds (failover at creation). */
+export async function recordHolder(
+  deps: JobDeps,
+  id: string,
+  endpointId: string,
+): Promise<JobRow | null> {
+  return published(deps, await leases.recordHolder(deps.db, id, endpointId));
+}
+
 /** Publishes every row a statement changed, and hands them back. */
 async function allPublished(deps: JobDeps, changing: Promise<JobRow[]>): Promise<JobRow[]> {
   const rows = await changing;

@@ -112,9 +112,9 @@ export function positionOf(
 
 /**
  * A position within its lane (`inLane` jobs of the lane start before it), made a position among
- * all lanes: slots go to the lanes with jobs waiting by weighted round robin, so while lane L
- * serves its next `inLane` jobs, every other lane with jobs waiting starts about
- * inLane × its weight / L's weight of them (at most what it has waiting).
+ * all lanes: slots go to the lanes with jobs waiting by weighted round robin, so until lane L has
+ * served its next `inLane` jobs and this one, every other lane with jobs waiting starts about
+ * (inLane + 1) × its weight / L's weight of them (at most what it has waiting).
  */
 export function laneShare(
   inLane: number,
@@ -127,7 +127,7 @@ export function laneShare(
   let others = 0;
   order.forEach((other, i) => {
     if (other === lane) return;
-    const share = Math.floor((inLane * Math.max(1, weights[i] ?? 1)) / own);
+    const share = Math.floor(((inLane + 1) * Math.max(1, weights[i] ?? 1)) / own);
     others += Math.min(waiting[other] ?? 0, share);
   });
   return inLane + others;

@@ -1,13 +1,14 @@
 import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
 import { paramsHash, sha256OfJson } from "../../shared/identity.ts";
-import { createJob } from "../../shared/job-state.ts";
+import { createJob, recordHolder } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import type { CreateExportRequest as Request } from "../../shared/schemas.ts";
+import { endpointRoutes } from "../../shared/settings.ts";
 import { findJobByIdempotencyKey } from "../../shared/sql/jobs/reads.ts";
 import { type JobRow, toJob } from "../../shared/sql/jobs/row.ts";
 import { auth, errorReplies, header, JSON_BODY_ERRORS, jsonBody, reply } from "../api.ts";
 import { CreateExportRequest, JobEnvelope } from "../api-schemas.ts";
-import { jobDepsWithRunpod } from "../deps.ts";
+import { jobDeps, jobDepsWithRunpod } from "../deps.ts";
 import { type AppContext, type AppEnv, apiError } from "../http.ts";
 import { dispatcherHolds, jobWithQueue } from "../queue.ts";
 
@@ -85,7 +86,18 @@ async function answerRepeat(
  * rather than failing a request whose retry would create a second job.
  */
 async function enqueueNew(c: AppContext, row: JobRow) {
-  const job = await jobWithQueue(c.env, toJob(row), { created: true });
+  const accepted = new Map<string, string>();
+  let job = await jobWithQueue(c.env, toJob(row), { created: true, accepted });
+  // Its type's first endpoint was down and another holds it (failover): D1 names the holder, so
+  // that its batch never offers it to a second dispatcher.
+  const holder = accepted.get(row.id);
+  if (holder !== undefined && holder !== row.runpod_endpoint_id) {
+    const moved = await recordHolder(jobDeps(c), row.id, holder).catch((error: unknown) => {
+      log("warn", "recording a new job's holder failed", { job_id: row.id, error: String(error) });
+      return null;
+    });
+    if (moved) job = { ...toJob(moved), queue: job.queue ?? null };
+  }
   try {
     await c.env.EXPORT_QUEUE.send({ job_id: row.id });
   } catch (error) {
@@ -128,6 +140,9 @@ export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = asyn
     idempotency: key !== undefined && hash !== null ? { key, requestHash: hash } : undefined,
     input_etag: input.etag,
     params_hash: await paramsHash(request),
+    // Held by its type's first endpoint (RUNPOD_ENDPOINTS; a malformed value fails here, before
+    // anything is written).
+    endpoint_id: endpointRoutes(c.env)[request.type][0] ?? null,
   });
   if (!row) {
     // Another request with the same key won the race to insert; answer as its repeat.

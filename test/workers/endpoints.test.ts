@@ -269,5 +269,13 @@ describe("a dispatcher whose endpoint goes down", () => {
     const refused = await d.dispatch([late], config);
     expect(refused.refused).toEqual([late.id]);
     expect(await d.offerNew([{ ...late, type: "overlay" }])).toBeNull();
+    // Told to stay (every endpoint of its type is down), it waits here: never refused, no loop.
+    const staying = { ...late, id: crypto.randomUUID(), stay: true };
+    expect((await d.dispatch([staying], config)).refused).toEqual([]);
+    expect(await d.known([staying.id])).toEqual([staying.id]);
+    // A type no other endpoint takes is never refused either.
+    const own = dispatchConfig({ ...config, routes: { ...routes, annotate: [primary] } });
+    const annotate = { ...late, id: crypto.randomUUID(), type: "annotate" };
+    expect((await d.dispatch([annotate], own)).refused).toEqual([]);
   });
 });

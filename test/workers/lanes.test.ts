@@ -74,6 +74,11 @@ describe("lanes in the dispatcher", () => {
       { id: preview?.id as string, key: "user:7", type: "overlay", lane: "interactive" },
     ]);
     expect(estimate?.queue).toMatchObject({ position: 0, lane: "interactive" });
+    // The batch lane's next job starts after the interactive one: its position counts it.
+    const [head] = await d.estimate([
+      { id: batch[4]?.id as string, key: "user:7", type: "overlay", lane: "batch" },
+    ]);
+    expect(head?.queue).toMatchObject({ position: 1, lane: "batch" });
 
     const starts = await turnOver(
       d,
@@ -251,6 +256,17 @@ describe("lanes at RunPod", () => {
 });
 
 describe("POST /exports priority", () => {
+  it("an interactive export never follows an identical pending batch one (it would wait in the batch lane)", async () => {
+    const endpoint = uniqueEndpoint("lanes-follow");
+    const projectId = freshProjectId();
+    const batch = await postExport(endpoint, projectId, "batch", 1);
+    const preview = await postExport(endpoint, projectId, "interactive", 1);
+    expect(preview.follows).toBeNull();
+    // The other way round, a batch export follows a pending interactive one.
+    const again = await postExport(endpoint, projectId, "batch", 1);
+    expect([batch.id, preview.id]).toContain(again.follows);
+  });
+
   it("is stored and returned (standard by default); a bad one is 400 with its path and writes nothing", async () => {
     const endpoint = uniqueEndpoint("lanes-api");
     const projectId = freshProjectId();

@@ -44,7 +44,8 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     binds: [ids],
     uses: [`${PK} (id=?)`, IDENTICAL_COMPLETE],
   },
-  "jobs.processingAmong": { binds: [ids], uses: [`${PK} (id=?)`] },
+  "jobs.processingAmong": { binds: [ids, "d", "e"], uses: [`${PK} (id=?)`] },
+  "jobs.recordHolder": { binds: ["e", "i", "e"], uses: [`${PK} (id=?)`] },
   "jobs.listByUser": {
     binds: [7, ...cursor, 21],
     uses: ["idx_export_jobs_user_created (user_id=? AND (created_at,id)<(?,?))"],

@@ -11,6 +11,9 @@ import { allRows, firstRow, type JobRow } from "./row.ts";
 import { TRANSITION_SQL } from "./transitions.ts";
 
 const IDENTITY = (field: string) => `json_extract(j.identity, '$.${field}')`;
+/** A lane's rank (0 first): a job never waits for a pending leader in a lower lane. */
+const LANE_RANK = (lane: string) =>
+  `(CASE ${lane} WHEN 'interactive' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END)`;
 
 export const INSERT_SQL = {
   // `j.identity`: one JSON parameter {input_etag, params_hash, reuse, supersede_key, priority} (D1 binds
@@ -21,8 +24,8 @@ export const INSERT_SQL = {
   // (`WHERE true`: SQLite's INSERT … SELECT needs a WHERE before ON CONFLICT.)
   insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
                                     idempotency_key, request_hash, input_etag, params_hash, reuse,
-                                    supersede_key, follows, priority, created_at, due_at,
-                                    pending_since)
+                                    supersede_key, follows, priority, runpod_endpoint_id,
+                                    created_at, due_at, pending_since)
            SELECT j.id, j.project_id, j.user_id, j.type, j.input_video_key, j.params,
                   j.idempotency_key, j.request_hash, ${IDENTITY("input_etag")},
                   ${IDENTITY("params_hash")}, ${IDENTITY("reuse")}, ${IDENTITY("supersede_key")},
@@ -35,9 +38,11 @@ export const INSERT_SQL = {
                      WHERE e.project_id = j.project_id AND e.params_hash = ${IDENTITY("params_hash")}
                        AND e.input_etag = ${IDENTITY("input_etag")}
                        AND e.status IN ('pending', 'processing') AND e.follows IS NULL
+                       AND (e.status = 'processing'
+                            OR ${LANE_RANK("e.priority")} <= ${LANE_RANK(IDENTITY("priority"))})
                      LIMIT 1))
                   END,
-                  ${IDENTITY("priority")},
+                  ${IDENTITY("priority")}, ${IDENTITY("endpoint")},
                   ${NOW}, ${due.firstTry}, ${NOW}
            FROM (SELECT ? AS id, ? AS project_id, ? AS user_id, ? AS type, ? AS input_video_key,
                         ? AS params, ? AS idempotency_key, ? AS request_hash, ? AS identity) AS j
@@ -65,6 +70,8 @@ export interface NewJob {
   supersede_key?: string | undefined;
   /** Its lane: `standard` when not said. */
   priority?: Lane | undefined;
+  /** The endpoint whose dispatcher is to hold it (its type's first); null: RUNPOD_ENDPOINT_ID. */
+  endpoint_id?: string | null | undefined;
 }
 
 /** What an insert did: the new job (null for an Idempotency-Key already used), and the jobs it superseded. */
@@ -90,6 +97,7 @@ export function insertBinds(job: NewJob): unknown[] {
       reuse: job.reuse === false ? 0 : 1,
       supersede_key: job.supersede_key ?? null,
       priority: job.priority ?? "standard",
+      endpoint: job.endpoint_id ?? null,
     }),
   ];
 }

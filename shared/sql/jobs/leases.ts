@@ -83,6 +83,11 @@ export const LEASE_SQL = {
                       WHERE id = ? AND status = 'error' AND ${endedByRequest()}
                         AND runpod_job_id = ?
                       RETURNING *`,
+  // A new job held by another endpoint than its type's first (that one was down): D1 names it.
+  recordHolder: `UPDATE export_jobs SET runpod_endpoint_id = ?, ${BOOKKEEPING}
+                 WHERE id = ? AND status = 'pending' AND attempt = 0
+                   AND runpod_endpoint_id IS NOT ?
+                 RETURNING *`,
   // A run whose /run answer came after its job was cancelled or superseded (claimed, not yet
   // recorded): it becomes the job's run, with a cancel retry due, so that a /cancel that fails is
   // tried again by the reconciler (and its GPU time reaches its record).
@@ -174,6 +179,15 @@ export function markCancelUnconfirmed(
   retryInS: number,
 ): Promise<JobRow | null> {
   return firstRow(db, LEASE_SQL.cancelUnconfirmed, seconds(retryInS), id, runpodJobId);
+}
+
+/** A new job's holder, when not its type's first endpoint (failover at creation). */
+export function recordHolder(
+  db: D1Database,
+  id: string,
+  endpointId: string,
+): Promise<JobRow | null> {
+  return firstRow(db, LEASE_SQL.recordHolder, endpointId, id, endpointId);
 }
 
 /** A run that came after its job was cancelled or superseded: recorded, its cancel retry due. */

@@ -10,14 +10,15 @@ export const READ_SQL = {
   byId: "SELECT * FROM export_jobs WHERE id = ?",
   // The dispatcher's slots checked against D1: which of these jobs are still processing.
   processingAmong: `SELECT id FROM export_jobs
-                    WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'processing'`,
+                    WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'processing'
+                      AND COALESCE(runpod_endpoint_id, ?) = ?`,
   // A consumer batch's jobs: what the dispatcher needs of those still waiting (their fairness key
   // and age), and the status of the others (a finished job's message may carry a slot to free).
   // For a pending job that may reuse, the newest identical complete job of its project and its
   // output key (`source`, a JSON pair: one range of idx_export_jobs_identical); for a follower,
   // its leader's status (a primary-key read).
   batchJobs: `SELECT j.id, j.project_id, j.user_id, j.created_at, j.status, j.follows, j.priority,
-                     j.type, j.runpod_endpoint_id,
+                     j.type, j.runpod_endpoint_id, j.attempt, j.due_at,
                      CASE WHEN j.status = 'pending' AND j.reuse = 1 THEN
                        (SELECT json_array(s.id, s.output_video_key) FROM export_jobs s
                         WHERE s.project_id = j.project_id AND s.params_hash = j.params_hash
@@ -43,10 +44,22 @@ export function findJobByIdempotencyKey(
   return firstRow(db, READ_SQL.byIdempotencyKey, projectId, key);
 }
 
-export async function processingAmong(db: D1Database, ids: readonly string[]): Promise<string[]> {
+/**
+ * Which of these jobs are processing on `endpointId` (a row naming no endpoint is
+ * `defaultEndpointId`'s): a dispatcher's slots checked against D1.
+ */
+export async function processingAmong(
+  db: D1Database,
+  ids: readonly string[],
+  endpointId: string,
+  defaultEndpointId: string,
+): Promise<string[]> {
   if (ids.length === 0) return [];
   const { results } = await retryTransient(() =>
-    db.prepare(READ_SQL.processingAmong).bind(JSON.stringify(ids)).all<{ id: string }>(),
+    db
+      .prepare(READ_SQL.processingAmong)
+      .bind(JSON.stringify(ids), defaultEndpointId, endpointId)
+      .all<{ id: string }>(),
   );
   return results.map((row) => row.id);
 }
@@ -62,6 +75,8 @@ export type BatchJob = Pick<
   | "priority"
   | "type"
   | "runpod_endpoint_id"
+  | "attempt"
+  | "due_at"
 > & {
   /** JSON `[id, output_video_key]` of an identical complete job, for a pending job that may reuse. */
   source: string | null;
