@@ -180,6 +180,10 @@ describe("an idempotent repeat", () => {
     expect(first.status).toBe(202);
     const { job } = (await first.json()) as { job: { id: string } };
     expect(await sentMessagesFor(job.id)).toEqual([]);
+    // …and the dispatcher holding it lost it (a reset: D1 names one that does not know it).
+    await env.DB.prepare("UPDATE export_jobs SET runpod_endpoint_id = ? WHERE id = ?")
+      .bind(uniqueEndpoint("reset"), job.id)
+      .run();
 
     const again = await postJson("/exports", overlayRequest(projectId, key), { headers });
     expect(again.status).toBe(200);
