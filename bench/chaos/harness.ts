@@ -82,12 +82,19 @@ async function waitForPorts(ports: ChaosPorts, log: (line: string) => void): Pro
 
 const secret = (name: string) => `chaos-${name}-${randomBytes(12).toString("hex")}`;
 
-/** The request body of job `index`: one of three types, spread over projects and users. */
+/** Lanes of the mix: mostly standard, some interactive, some batch. */
+const PRIORITIES = ["standard", "standard", "interactive", "batch", "standard", "batch"] as const;
+
+/**
+ * The request body of job `index`: one of three types, spread over projects, users and the three
+ * lanes.
+ */
 function bodyOf(index: number, projectId: number, users: number): Record<string, unknown> {
   const base = {
     project_id: projectId,
     user_id: 1 + ((projectId - 1) % users),
     input_video_key: "uploads/demo/sample.mp4",
+    priority: PRIORITIES[index % PRIORITIES.length],
   };
   switch (index % 3) {
     case 0:

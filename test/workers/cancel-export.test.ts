@@ -1,4 +1,3 @@
-import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import {
   configureEndpoint,
@@ -8,6 +7,7 @@ import {
   postJson,
   processingJob,
   readJob,
+  submitEmulatorRun,
   uniqueEndpoint,
 } from "./helpers.ts";
 
@@ -27,15 +27,7 @@ describe("POST /exports/{id}/cancel", () => {
   it("cancels a running job and its RunPod run", async () => {
     const endpoint = uniqueEndpoint("cancel");
     await configureEndpoint(endpoint, { runMs: 60_000 });
-    const run = await fetch(`${env.RUNPOD_BASE_URL}/${endpoint}/run`, {
-      method: "POST",
-      headers: {
-        authorization: `Bearer ${env.RUNPOD_API_KEY}`,
-        "content-type": "application/json",
-      },
-      body: JSON.stringify({ input: {} }),
-    });
-    const { id: runId } = (await run.json()) as { id: string };
+    const runId = await submitEmulatorRun(endpoint);
     const job = await processingJob({ runId });
 
     const res = await cancel(job.id, { RUNPOD_ENDPOINT_ID: endpoint });

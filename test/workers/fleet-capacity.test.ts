@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
 import {
+  autoscalingEndpoint,
   configureEndpoint,
   dispatchConfig,
   emulatorOrigin,
@@ -64,21 +65,7 @@ async function health(endpoint: string) {
 }
 
 /** An endpoint that scales from 0 to `max` workers on a short queue delay; runs never end. */
-async function autoscaling(name: string, max: number): Promise<string> {
-  const endpoint = uniqueEndpoint(name);
-  await configureEndpoint(endpoint, {
-    workersMax: max,
-    workersMin: 0,
-    scalerType: "QUEUE_DELAY",
-    scalerValue: 0.1,
-    scalerIntervalMs: 100,
-    coldStartMs: 100,
-    idleTimeoutMs: 60_000,
-    queueMs: 0,
-    runMs: 600_000,
-  });
-  return endpoint;
-}
+const autoscaling = (name: string, max: number) => autoscalingEndpoint(name, { max });
 
 describe("RUNPOD_MAX_IN_FLIGHT=auto with an autoscaling fleet", () => {
   it("grows the cap while a backlog waits, until the fleet is at its maximum; then only the headroom queues at RunPod", async () => {

@@ -29,6 +29,7 @@ import {
   runCalls,
   sentMessagesFor,
   spyQueue,
+  submitEmulatorRun,
   uniqueEndpoint,
   waitFor,
 } from "./helpers.ts";
@@ -277,15 +278,7 @@ describe("supersede keys", () => {
     expect(claimed).toBeDefined();
     await create(s, { supersede_key: "reel-14" }, { edit: 2 });
     // RunPod's answer to the claimed job's /run comes now, while /cancel fails.
-    const run = await fetch(`${env.RUNPOD_BASE_URL}/${s.endpoint}/run`, {
-      method: "POST",
-      headers: {
-        authorization: `Bearer ${env.RUNPOD_API_KEY}`,
-        "content-type": "application/json",
-      },
-      body: JSON.stringify({ input: {} }),
-    });
-    const { id: runId } = (await run.json()) as { id: string };
+    const runId = await submitEmulatorRun(s.endpoint);
     await configureEndpoint(s.endpoint, { runMs: 60_000, outage: true, outageStatus: 503 });
     expect(await state.recordRun(deps, claimed as JobRow, runId)).toBeNull();
     const ended = await readJob(first.id);

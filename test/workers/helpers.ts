@@ -237,6 +237,43 @@ export async function configureEndpoint(endpoint: string, config: Record<string,
   if (!res.ok) throw new Error(`emulator config: ${res.status} ${await res.text()}`);
 }
 
+/** A run submitted straight to the emulator's `/run` (as if an earlier attempt had): its id. */
+export async function submitEmulatorRun(
+  endpoint: string,
+  input: Record<string, unknown> = {},
+): Promise<string> {
+  const res = await fetch(`${env.RUNPOD_BASE_URL}/${endpoint}/run`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${env.RUNPOD_API_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({ input }),
+  });
+  if (!res.ok) throw new Error(`emulator /run: ${res.status} ${await res.text()}`);
+  return ((await res.json()) as { id: string }).id;
+}
+
+/**
+ * A fresh endpoint with an autoscaling fleet (`min` to `max` workers, a 0.1 s queue delay before
+ * the autoscaler adds one, 0.1 s cold starts) whose runs last `runMs`.
+ */
+export async function autoscalingEndpoint(
+  name: string,
+  options: { min?: number; max: number; runMs?: number },
+): Promise<string> {
+  const endpoint = uniqueEndpoint(name);
+  await configureEndpoint(endpoint, {
+    workersMax: options.max,
+    workersMin: options.min ?? 0,
+    scalerType: "QUEUE_DELAY",
+    scalerValue: 0.1,
+    scalerIntervalMs: 100,
+    coldStartMs: 100,
+    idleTimeoutMs: 60_000,
+    queueMs: 0,
+    runMs: options.runMs ?? 600_000,
+  });
+  return endpoint;
+}
+
 export interface EmulatorRequest {
   method: string;
   path: string;

@@ -9,7 +9,7 @@ import { pickLane } from "../../shared/fair-queue.ts";
 import type { Lane } from "../../shared/queue-estimate.ts";
 import type { Job } from "../../shared/sql/jobs/row.ts";
 import {
-  configureEndpoint,
+  autoscalingEndpoint,
   deliver,
   dispatchConfig,
   emulatorRequests,
@@ -147,21 +147,8 @@ describe("lanes in the dispatcher", () => {
 });
 
 /** An autoscaling endpoint (0 to `max` workers, `min` always on); runs last a minute. */
-async function fleetEndpoint(name: string, min: number, max: number): Promise<string> {
-  const endpoint = uniqueEndpoint(name);
-  await configureEndpoint(endpoint, {
-    workersMax: max,
-    workersMin: min,
-    scalerType: "QUEUE_DELAY",
-    scalerValue: 0.1,
-    scalerIntervalMs: 100,
-    coldStartMs: 100,
-    idleTimeoutMs: 60_000,
-    queueMs: 0,
-    runMs: 60_000,
-  });
-  return endpoint;
-}
+const fleetEndpoint = (name: string, min: number, max: number) =>
+  autoscalingEndpoint(name, { min, max, runMs: 60_000 });
 
 async function postExport(
   endpoint: string,
