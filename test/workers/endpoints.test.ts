@@ -9,6 +9,7 @@ import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
 import { endpointRoutesVar } from "../../shared/settings.ts";
 import type { Job, JobRow } from "../../shared/sql/jobs/row.ts";
+import * as repo from "../../shared/sql/jobs/transitions.ts";
 import {
   callbackPath,
   configureEndpoint,
@@ -277,5 +278,25 @@ describe("a dispatcher whose endpoint goes down", () => {
     const own = dispatchConfig({ ...config, routes: { ...routes, annotate: [primary] } });
     const annotate = { ...late, id: crypto.randomUUID(), type: "annotate" };
     expect((await d.dispatch([annotate], own)).refused).toEqual([]);
+  });
+});
+
+describe("the reconciler's heal across endpoints", () => {
+  it("frees a dispatcher's slot held by a job now processing on another endpoint", async () => {
+    const a = uniqueEndpoint("heal-a");
+    const b = uniqueEndpoint("heal-b");
+    const vars = settingsFor(a, { "*": [a, b] });
+    const job = await postExport(vars, "overlay");
+    const dA = env.DISPATCHER.get(env.DISPATCHER.idFromName(a));
+    // A admitted it (its slot), then the job was claimed for B (a message routed elsewhere).
+    const admitted = await dA.dispatch(
+      [{ id: job.id, key: "project:1", createdAt: job.created_at, type: "overlay" }],
+      dispatchConfig({ routes: endpointRoutesVar(vars.RUNPOD_ENDPOINTS, a) }),
+    );
+    expect(admitted.admitted.map((x) => x.id)).toContain(job.id);
+    await repo.claimJobs(env.DB, [job.id], 120, b);
+    expect(await readJob(job.id)).toMatchObject({ status: "processing", runpod_endpoint_id: b });
+    await reconcile(consumerDeps({ ...env, ...vars }), { budgetMs: 5_000, healGraceMs: 0 });
+    expect(await dA.inFlight()).not.toContain(job.id);
   });
 });

@@ -240,6 +240,31 @@ describe("lanes at RunPod", () => {
     }, "growth for the standard backlog");
     expect(growing.waiting_by_lane.standard).toBeGreaterThan(0);
   });
+
+  it("a fleet reading from before an idle spell says nothing: batch runs go without lowPriority", async () => {
+    const endpoint = await fleetEndpoint("lanes-stale", 2, 4);
+    const d = dispatcherFor(endpoint);
+    const config = dispatchConfig({
+      maxInFlight: 10,
+      fleetPollS: 0.2,
+      runsPer10s: 10_000,
+      breakerThreshold: 1000,
+    });
+    const [first] = jobsOf("user:s", "standard", 1);
+    await d.dispatch(first ? [first] : [], config);
+    await waitFor(async () => ((await d.status()).fleet?.ready ?? 0) >= 1 || undefined, "a read");
+    const fresh = await d.dispatch(jobsOf("user:s", "batch", 1), config);
+    expect(fresh.warm).toBe(true);
+    // Idle: nothing waits or runs, so the fleet is not read again; its last reading goes stale.
+    await d.free([first?.id as string, ...fresh.admitted.map((job) => job.id)]);
+    const readAt = (await d.status()).fleet?.at as string;
+    await waitFor(
+      async () => (Date.now() - Date.parse(readAt) > 3 * 200 + 100 ? true : undefined),
+      "the reading to be three polls old",
+    );
+    const stale = await d.dispatch(jobsOf("user:s", "batch", 1), config);
+    expect(stale.warm).toBe(false);
+  });
 });
 
 describe("POST /exports priority", () => {
