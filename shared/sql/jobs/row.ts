@@ -133,7 +133,6 @@ export const CANCELLED = "cancelled";
 
 /** The `error` of a job a newer one superseded: `superseded by <new id>`. */
 export const SUPERSEDED_BY = "superseded by ";
-export const supersededBy = (newId: string) => `${SUPERSEDED_BY}${newId}`;
 
 /**
  * WHERE: the job was ended by a request (a user's cancel, or a newer job's supersede): never
