@@ -11,6 +11,7 @@
 
 import { ARCHIVE_BATCH, archiveFinished } from "../shared/archive.ts";
 import { forEachBounded } from "../shared/concurrency.ts";
+import { groupBy } from "../shared/group-by.ts";
 import {
   applyLostRun,
   applyRunStatus,
@@ -189,15 +190,12 @@ export async function reconcile(
         // A follower is held by its leader, not the dispatcher: while the leader is on its way
         // it waits, never re-enqueued as lost; once the leader ended (or is gone), it is sent
         // to a batch, which reuses the leader's output or releases it as an ordinary job.
-        const byDispatcher = new Map<string | null, string[]>();
-        for (const job of page) {
-          if (job.leader !== null) continue;
-          const list = byDispatcher.get(job.endpoint) ?? [];
-          list.push(job.id);
-          byDispatcher.set(job.endpoint, list);
-        }
+        const byDispatcher = groupBy(page, (job) =>
+          job.leader === null ? job.endpoint : undefined,
+        );
         const known = new Set<string>();
-        for (const [endpoint, ids] of byDispatcher) {
+        for (const [endpoint, jobs] of byDispatcher) {
+          const ids = jobs.map((job) => job.id);
           for (const id of await deps.dispatcherOf(endpoint).known(ids)) known.add(id);
         }
         const unknown = page

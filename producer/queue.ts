@@ -5,6 +5,7 @@
 // job is answered all the same.
 import type { ProducerEnv } from "../shared/env.ts";
 import { fairKeyOf } from "../shared/fair-queue.ts";
+import { groupBy } from "../shared/group-by.ts";
 import { log } from "../shared/log.ts";
 import type { QueueInfo } from "../shared/queue-estimate.ts";
 import { endpointRoutes } from "../shared/settings.ts";
@@ -59,19 +60,6 @@ const queued = (job: Job) => ({
   lane: job.priority,
 });
 
-/** Jobs grouped by the endpoint `endpointOf` names (jobs it names none for are left out). */
-function byEndpoint(jobs: readonly Job[], endpointOf: (job: Job) => string | undefined) {
-  const groups = new Map<string, Job[]>();
-  for (const job of jobs) {
-    const endpoint = endpointOf(job);
-    if (endpoint === undefined) continue;
-    const list = groups.get(endpoint) ?? [];
-    list.push(job);
-    groups.set(endpoint, list);
-  }
-  return groups;
-}
-
 /**
  * Just created: held by the first endpoint of its type's list (RUNPOD_ENDPOINTS) that takes it; a
  * down one refuses while another can take over (failover), and the next is asked.
@@ -86,7 +74,7 @@ async function offerNew(
   let left = [...jobs];
   for (let i = 0; left.length > 0 && i < 8; i++) {
     const refused: Job[] = [];
-    for (const [endpoint, group] of byEndpoint(left, (job) => routes[job.type][i])) {
+    for (const [endpoint, group] of groupBy(left, (job) => routes[job.type][i])) {
       const answer = await dispatcherOf(env, endpoint).offerNew(
         group.map((job) => ({ ...queued(job), createdAt: job.created_at })),
       );
@@ -103,7 +91,7 @@ async function offerNew(
 /** Where pending jobs stand, each at the dispatcher holding it (else its type's first). */
 async function estimate(env: ProducerEnv, jobs: readonly Job[], out: Map<string, QueueInfo>) {
   const routes = endpointRoutes(env);
-  const groups = byEndpoint(jobs, (job) => job.runpod_endpoint_id ?? routes[job.type][0]);
+  const groups = groupBy(jobs, (job) => job.runpod_endpoint_id ?? routes[job.type][0]);
   for (const [endpoint, group] of groups) {
     for (const { id, queue } of await dispatcherOf(env, endpoint).estimate(group.map(queued))) {
       out.set(id, queue);

@@ -33,6 +33,7 @@
 
 import type { RunFigures } from "./capacity.ts";
 import type { JobMessage } from "./env.ts";
+import { groupBy } from "./group-by.ts";
 import { LivePublicationError, type LivePublisher } from "./live-publisher.ts";
 import { log } from "./log.ts";
 import { copyObject } from "./r2-copy.ts";
@@ -139,13 +140,7 @@ export async function freeDurably(
 ): Promise<void> {
   if (jobs.length === 0) return;
   // Each at the dispatcher of its endpoint (one, nearly always).
-  const byEndpoint = new Map<string | null, Pick<JobRow, "id" | "status">[]>();
-  for (const job of jobs) {
-    const list = byEndpoint.get(job.runpod_endpoint_id) ?? [];
-    list.push(job);
-    byEndpoint.set(job.runpod_endpoint_id, list);
-  }
-  for (const [endpoint, group] of byEndpoint) {
+  for (const [endpoint, group] of groupBy(jobs, (job) => job.runpod_endpoint_id)) {
     const ids = group.map((job) => job.id);
     try {
       await deps.slots(endpoint).free(ids, runs);

@@ -25,6 +25,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { Dispatcher } from "./dispatcher.ts";
 import { fairKeyOf } from "./fair-queue.ts";
+import { groupBy } from "./group-by.ts";
 import {
   type HubRole,
   hubOfScope,
@@ -550,12 +551,11 @@ export class LiveHub extends LiveRoom {
     ).slice(0, QUEUE_MESSAGE_JOBS);
     if (pending.length === 0) return;
     // Each job at the dispatcher holding it (D1 names it; null: RUNPOD_ENDPOINT_ID's).
-    const byEndpoint = new Map<string, typeof pending>();
-    for (const row of pending) {
-      if (row.follows !== null) continue;
-      const endpoint = row.runpod_endpoint_id ?? this.env.RUNPOD_ENDPOINT_ID ?? "";
-      byEndpoint.set(endpoint, [...(byEndpoint.get(endpoint) ?? []), row]);
-    }
+    const byEndpoint = groupBy(pending, (row) =>
+      row.follows !== null
+        ? undefined
+        : (row.runpod_endpoint_id ?? this.env.RUNPOD_ENDPOINT_ID ?? ""),
+    );
     const jobs: { id: string; queue: QueueInfo }[] = [];
     for (const [endpoint, rows] of byEndpoint) {
       const dispatcher = this.env.DISPATCHER.get(this.env.DISPATCHER.idFromName(endpoint));
