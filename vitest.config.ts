@@ -63,6 +63,12 @@ export default defineConfig({
               d1Databases: { DB: "reel-ballers-test" },
               r2Buckets: { VIDEOS: "reel-ballers-videos-test" },
               queueProducers: { EXPORT_QUEUE: { queueName: "export-jobs" } },
+              // The Rate Limiting binding, simulated by Miniflare: generous for the suite, and a
+              // strict one that the quota tests hand the producer in its place.
+              ratelimits: {
+                CREATE_LIMITER: { namespace_id: "1001", simple: { limit: 100_000, period: 60 } },
+                TEST_STRICT_LIMITER: { namespace_id: "1002", simple: { limit: 3, period: 60 } },
+              },
               durableObjects: {
                 DISPATCHER: { className: "Dispatcher", useSQLite: true },
                 LIVE_HUB: { className: "LiveHub", useSQLite: true },

@@ -6,6 +6,7 @@
 // ways, so a column added to the code breaks the build, not the document.
 
 import { z } from "@hono/zod-openapi";
+import { clientTokenRequest } from "../shared/client-token.ts";
 import type { DispatchStatus } from "../shared/dispatcher.ts";
 import type { RunOutcome } from "../shared/job-state.ts";
 import type { LiveMessage } from "../shared/live-keys.ts";
@@ -399,6 +400,32 @@ export const LiveTicket = component(
   z.object({
     ticket: z.string().describe("pass as `ticket` to GET /live"),
     expires_at: z.string().describe("ISO 8601: GET /live refuses the ticket from then on"),
+  }),
+);
+export const ClientTokenRequest = component(
+  "ClientTokenRequest",
+  clientTokenRequest,
+  "`ttl_s` defaults to CLIENT_TOKEN_MAX_TTL_S (3600) and may not exceed it.",
+);
+export const ClientToken = component(
+  "ClientToken",
+  z.object({
+    token: z
+      .string()
+      .describe("send as `Authorization: Bearer …` from the browser; it names its projects"),
+    expires_at: z.string().describe("ISO 8601: refused (401) from then on"),
+  }),
+);
+export const DownloadUrl = component(
+  "DownloadUrl",
+  z.object({
+    url: z
+      .string()
+      .describe(
+        "GET it without a bearer (Range and If-None-Match as for /exports/{id}/output); " +
+          "401 bad_signature once it expired",
+      ),
+    expires_at: z.string().describe("ISO 8601: when the URL stops working"),
   }),
 );
 export const WebhookAck = component(

@@ -8,13 +8,29 @@
 import { type OpenAPIHono, type RouteConfig, type RouteHandler, z } from "@hono/zod-openapi";
 import type { MiddlewareHandler } from "hono";
 import { ErrorSchema } from "./api-schemas.ts";
-import { type AppEnv, apiOrAdminAuth, bearerAuth, MAX_BODY_BYTES, readJsonBody } from "./http.ts";
+import {
+  type AppContext,
+  type AppEnv,
+  apiError,
+  bearerAuth,
+  downloadAuth,
+  MAX_BODY_BYTES,
+  readJsonBody,
+  tokenAuth,
+} from "./http.ts";
 
-/** apiOrAdminToken: either bearer token; liveTicket: `?ticket=` from POST /live-tickets. */
+/**
+ * Who may call a route. apiToken / adminToken: that bearer token only; frontend: API_TOKEN or a
+ * scoped client token (POST /client-tokens) of the job's project; anyToken: those or ADMIN_TOKEN
+ * (what the operators' dashboard shares with the frontend); download: `frontend`, or the signed
+ * URL of POST /exports/{id}/download-url; signedUrl: RunPod's callbacks; liveTicket: `?ticket=`.
+ */
 export type Auth =
   | "apiToken"
   | "adminToken"
-  | "apiOrAdminToken"
+  | "frontend"
+  | "anyToken"
+  | "download"
   | "signedUrl"
   | "liveTicket"
   | "none";
@@ -22,7 +38,9 @@ export type Auth =
 const SECURITY: Record<Auth, Record<string, string[]>[]> = {
   apiToken: [{ apiToken: [] }],
   adminToken: [{ adminToken: [] }],
-  apiOrAdminToken: [{ apiToken: [] }, { adminToken: [] }],
+  frontend: [{ apiToken: [] }, { clientToken: [] }],
+  anyToken: [{ apiToken: [] }, { clientToken: [] }, { adminToken: [] }],
+  download: [{ apiToken: [] }, { clientToken: [] }, { downloadUrl: [] }],
   signedUrl: [],
   liveTicket: [],
   none: [],
@@ -31,8 +49,28 @@ const SECURITY: Record<Auth, Record<string, string[]>[]> = {
 const AUTH_MIDDLEWARE: Partial<Record<Auth, () => MiddlewareHandler<AppEnv>>> = {
   apiToken: () => bearerAuth("API_TOKEN"),
   adminToken: () => bearerAuth("ADMIN_TOKEN"),
-  apiOrAdminToken: apiOrAdminAuth,
+  frontend: () => tokenAuth(["API_TOKEN"], { clients: true }),
+  anyToken: () => tokenAuth(["ADMIN_TOKEN", "API_TOKEN"], { clients: true }),
+  download: downloadAuth,
 };
+
+/**
+ * The projects the caller may see: null for the API and admin tokens (every project), the scoped
+ * token's otherwise. Id routes pass it to the statement that reads the job (404 outside it).
+ */
+export function projectsOf(c: AppContext): number[] | null {
+  return c.get("client")?.projectIds ?? null;
+}
+
+/** 403 project_not_allowed: a scoped token asked for a project it does not name. */
+export function projectNotAllowed(c: AppContext, projectIds: readonly number[]) {
+  return apiError(
+    c,
+    403,
+    "project_not_allowed",
+    `this token is not for project ${projectIds.join(", ")}`,
+  );
+}
 
 /**
  * A route's `security` and the middleware that checks it, first of all: the bearer tokens' own, or
@@ -56,8 +94,17 @@ export function auth(
 export const ERRORS = {
   invalid_json: "the body is not valid JSON",
   invalid_request: "the body, query or a header is not valid; `issues` says where",
-  unauthorized: "the bearer token is missing or wrong",
-  bad_signature: "`attempt`/`sig` are missing or do not match the id",
+  unauthorized: "the bearer token is missing, wrong or expired, or not one this route takes",
+  project_not_allowed: "the scoped client token is not for this project",
+  input_key_outside_project:
+    "input_video_key lies outside the project's prefix (INPUT_KEY_PREFIX, e.g. uploads/{project_id}/)",
+  quota_exceeded:
+    "the fairness key (user_id, else project) has MAX_ACTIVE_PER_USER jobs pending or processing " +
+    "(Retry-After)",
+  rate_limited: "too many creates for this fairness key in the last minute (Retry-After)",
+  bad_signature:
+    "the URL's signature (`attempt`/`sig` of RunPod's callbacks, `expires`/`kid`/`sig` of a " +
+    "download URL) is missing, does not match the id, or has expired",
   not_found: "no such resource",
   already_finished: "the job is already complete or error",
   already_replayed: "the dead letter was replayed already",
@@ -84,7 +131,20 @@ export const ERRORS = {
     "the progress report is of an attempt that is not the job's current one: stop that run",
 } as const;
 export type ErrorCode = keyof typeof ERRORS;
-export type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 415 | 416 | 422 | 426 | 500 | 503;
+export type ErrorStatus =
+  | 400
+  | 401
+  | 403
+  | 404
+  | 409
+  | 413
+  | 415
+  | 416
+  | 422
+  | 426
+  | 429
+  | 500
+  | 503;
 
 /** The error answers a JSON body implies (readJsonBody). */
 export const BODY_ERRORS = {
@@ -127,7 +187,7 @@ export function errorReplies<const O extends Partial<Record<ErrorStatus, readonl
   };
   const bearer = AUTH_MIDDLEWARE[kind] !== undefined;
   if (bearer) add(401, "unauthorized");
-  if (kind === "signedUrl") add(401, "bad_signature");
+  if (kind === "signedUrl" || kind === "download") add(401, "bad_signature");
   if (kind === "liveTicket") add(401, "bad_ticket");
   for (const [status, list] of Object.entries(own) as [string, readonly ErrorCode[]][]) {
     add(Number(status) as ErrorStatus, ...list);

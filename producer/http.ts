@@ -5,18 +5,22 @@ import type { Hook } from "@hono/zod-openapi";
 import type { Context, Env, MiddlewareHandler } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { z } from "zod";
+import { type ClientScope, readClientToken } from "../shared/client-token.ts";
+import { verifyDownload } from "../shared/download-url.ts";
 import type { ProducerEnv } from "../shared/env.ts";
 import type { LiveTicket } from "../shared/live-ticket.ts";
 
 export type TokenName = "API_TOKEN" | "ADMIN_TOKEN";
 /**
- * What auth learned of the request: `token`, the bearer token it presented (bearerAuth); `attempt`,
- * the attempt its signed URL names (RunPod's callbacks); `ticket`, its live ticket (GET /live).
+ * What auth learned of the request: `token`, the bearer token it presented (tokenAuth), and for a
+ * scoped client token, `client`, its scope; `attempt`, the attempt its signed URL names (RunPod's
+ * callbacks); `ticket`, its live ticket (GET /live).
  */
 export type AppEnv = {
   Bindings: ProducerEnv;
   Variables: {
-    token: TokenName;
+    token: TokenName | "CLIENT_TOKEN" | "DOWNLOAD_URL";
+    client?: ClientScope;
     attempt: number;
     ticket: LiveTicket;
     /** A reading request's D1 binding itself (producer/d1-session.ts): its primary. */
@@ -86,14 +90,14 @@ export function bearerAuth(name: TokenName): MiddlewareHandler<AppEnv> {
 }
 
 /**
- * Either token, for the routes the operators' dashboard (which holds only ADMIN_TOKEN) shares with
- * the frontend: `GET /exports/{id}/events` and `POST /live-tickets`. `c.get("token")` says which.
+ * The bearer tokens of `names`, and with `clients` a scoped client token too (shared/client-token.ts:
+ * `c.get("client")` is then its scope). `c.get("token")` says which was presented. Fails closed
+ * (500 not_configured) when none of `names` is set on the Worker.
  */
-export function apiOrAdminAuth(): MiddlewareHandler<AppEnv> {
-  return tokenAuth(["ADMIN_TOKEN", "API_TOKEN"]);
-}
-
-function tokenAuth(names: TokenName[]): MiddlewareHandler<AppEnv> {
+export function tokenAuth(
+  names: TokenName[],
+  options: { clients?: true } = {},
+): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const configured = names.filter((name) => c.env[name]);
     if (configured.length === 0) {
@@ -104,11 +108,37 @@ function tokenAuth(names: TokenName[]): MiddlewareHandler<AppEnv> {
     const matched = given
       ? configured.find((name) => sameToken(given, c.env[name] as string))
       : undefined;
-    if (!matched) {
+    if (matched) {
+      c.set("token", matched);
+      return next();
+    }
+    const client =
+      given && options.clients ? await readClientToken(c.env, given, Date.now()) : null;
+    if (!client) {
       c.header("WWW-Authenticate", 'Bearer realm="reel-exports"');
       return apiError(c, 401, "unauthorized", "a valid bearer token is required");
     }
-    c.set("token", matched);
+    c.set("token", "CLIENT_TOKEN");
+    c.set("client", client);
+    await next();
+  };
+}
+
+/**
+ * `GET /exports/{id}/output`: a signed download URL (`expires`, `kid`, `sig` of
+ * shared/download-url.ts: 401 bad_signature when it is forged, of another job or expired), else a
+ * bearer token as `frontend` takes them.
+ */
+export function downloadAuth(): MiddlewareHandler<AppEnv> {
+  const bearer = tokenAuth(["API_TOKEN"], { clients: true });
+  return async (c, next) => {
+    const sig = c.req.query("sig");
+    if (sig === undefined) return bearer(c, next);
+    const query = { expires: c.req.query("expires"), kid: c.req.query("kid"), sig };
+    if (!(await verifyDownload(c.env, c.req.param("id") ?? "", query, Date.now()))) {
+      return apiError(c, 401, "bad_signature", "the download URL is forged or expired");
+    }
+    c.set("token", "DOWNLOAD_URL");
     await next();
   };
 }

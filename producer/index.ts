@@ -9,6 +9,7 @@ import { BOOKMARK_HEADER, d1Session } from "./d1-session.ts";
 import { type AppEnv, apiError, defaultHook } from "./http.ts";
 import { listJobsForOperators, listJobsForOperatorsRoute } from "./routes/admin-jobs.ts";
 import { cancelExport, cancelExportRoute } from "./routes/cancel-export.ts";
+import { createClientToken, createClientTokenRoute } from "./routes/client-tokens.ts";
 import { createExport, createExportRoute } from "./routes/create-export.ts";
 import {
   deleteDeadLetter,
@@ -20,6 +21,7 @@ import {
   replayDeadLetter,
   replayDeadLetterRoute,
 } from "./routes/dead-letters.ts";
+import { createDownloadUrl, createDownloadUrlRoute } from "./routes/download-url.ts";
 import { getExportOutput, getExportOutputRoute } from "./routes/export-output.ts";
 import { getExport, getExportRoute } from "./routes/get-export.ts";
 import { health, healthRoute } from "./routes/health.ts";
@@ -64,6 +66,8 @@ mount(app, getExportRoute, getExport);
 mount(app, cancelExportRoute, cancelExport);
 mount(app, getExportEventsRoute, getExportEvents);
 mount(app, getExportOutputRoute, getExportOutput);
+mount(app, createDownloadUrlRoute, createDownloadUrl);
+mount(app, createClientTokenRoute, createClientToken);
 
 mount(app, createLiveTicketRoute, createLiveTicket);
 mount(app, openLiveRoute, openLive);

@@ -18,7 +18,11 @@ export interface OpenApiDocument {
   tags: { name: string; description: string }[];
   paths: Record<string, Record<string, Operation>>;
   components: {
-    securitySchemes: Record<string, { type: "http"; scheme: "bearer"; description: string }>;
+    securitySchemes: Record<
+      string,
+      | { type: "http"; scheme: "bearer"; description: string }
+      | { type: "apiKey"; in: "query"; name: string; description: string }
+    >;
     schemas: Record<string, JsonSchema>;
   };
 }
@@ -86,11 +90,15 @@ function build(app: OpenAPIHono<AppEnv>): OpenApiDocument {
       title: "reel-exports producer",
       version: "0.1.0",
       description:
-        "Export jobs for the frontend (bearer API_TOKEN), RunPod's callbacks (signed URLs) and " +
-        "the operators' routes (bearer ADMIN_TOKEN). Every error is the `Error` envelope.",
+        "Export jobs for the frontend (bearer API_TOKEN, or a scoped client token in a browser), " +
+        "RunPod's callbacks (signed URLs) and the operators' routes (bearer ADMIN_TOKEN). Every " +
+        "error is the `Error` envelope.",
     },
     tags: [
-      { name: "exports", description: "The frontend's export jobs (API_TOKEN)" },
+      {
+        name: "exports",
+        description: "The frontend's export jobs (API_TOKEN, or a scoped client token)",
+      },
       {
         name: "runpod",
         description:
@@ -119,6 +127,21 @@ function build(app: OpenAPIHono<AppEnv>): OpenApiDocument {
         type: "http",
         scheme: "bearer",
         description: "The operators' token: the Worker's ADMIN_TOKEN secret",
+      },
+      clientToken: {
+        type: "http",
+        scheme: "bearer",
+        description:
+          "A scoped client token of POST /client-tokens, for a browser: the frontend's routes " +
+          "for the projects it names, until it expires",
+      },
+      downloadUrl: {
+        type: "apiKey",
+        in: "query",
+        name: "sig",
+        description:
+          "The signature of a download URL (POST /exports/{id}/download-url): `expires`, `kid` " +
+          "and `sig` in the query, no bearer",
       },
     },
     schemas: { ...document.components?.schemas, ...componentSchemas() },

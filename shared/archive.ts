@@ -21,7 +21,7 @@ import { MAX_SUBMIT_CONCURRENCY } from "./settings.ts";
 import { DEAD_LETTER_SQL } from "./sql/dead-letters.ts";
 import { EVENT_SQL, type EventRow, type JobEvent, toEvent } from "./sql/events.ts";
 import { ARCHIVE_SQL, ARCHIVE_START, archivableJobs } from "./sql/jobs/archive.ts";
-import { getJob } from "./sql/jobs/reads.ts";
+import { getJob, type Projects } from "./sql/jobs/reads.ts";
 import { type Job, type JobRow, toJob } from "./sql/jobs/row.ts";
 import { STATS_SQL } from "./sql/stats.ts";
 
@@ -244,30 +244,38 @@ export async function readArchivedJob(
 
 /**
  * What D1 holds of a job (`inD1`), else what `pick` takes from its archive in R2; null when
- * neither has it. The fallback of every route that reads one job: get, events, output, cancel.
+ * neither has it, or when the archived job is not of one of `projects` (a scoped client token's).
+ * The fallback of every route that reads one job: get, events, output, cancel.
  */
 export async function orArchived<T>(
   videos: R2Bucket,
   jobId: string,
   inD1: T | null,
   pick: (archived: ArchivedJob) => T,
+  projects: Projects = null,
 ): Promise<T | null> {
   if (inD1 !== null) return inD1;
   const archived = await readArchivedJob(videos, jobId);
-  return archived ? pick(archived) : null;
+  if (!archived) return null;
+  if (projects !== null && !projects.includes(archived.job.project_id)) return null;
+  return pick(archived);
 }
 
 /**
  * The job as GET /exports/{id} answers it: from D1, else from its archive (`archived: true`).
  * `primary`: when `db` may be a replica, the primary is asked before the archive (a job created
- * a moment ago may not have reached the replica yet).
+ * a moment ago may not have reached the replica yet). `projects`: a scoped client token's, checked
+ * by the statement that reads the job (null: every project).
  */
 export async function findJob(
   db: D1Database,
   videos: R2Bucket,
   jobId: string,
   primary?: D1Database,
+  projects: Projects = null,
 ): Promise<Job | null> {
-  const row = (await getJob(db, jobId)) ?? (primary ? await getJob(primary, jobId) : null);
-  return orArchived(videos, jobId, row && toJob(row), (archived) => archived.job);
+  const row =
+    (await getJob(db, jobId, projects)) ??
+    (primary ? await getJob(primary, jobId, projects) : null);
+  return orArchived(videos, jobId, row && toJob(row), (archived) => archived.job, projects);
 }

@@ -56,6 +56,8 @@ type ConsumerBindings = FromWrangler<Cloudflare.ConsumerEnv, Narrowed>;
 interface RunpodSecrets {
   RUNPOD_API_KEY?: string;
   WEBHOOK_SECRET?: string;
+  /** The secret before a rotation: still accepted when verifying (shared/keys.ts). */
+  WEBHOOK_SECRET_PREVIOUS?: string;
 }
 
 export interface ProducerEnv extends ProducerBindings, RunpodSecrets {

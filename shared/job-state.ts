@@ -779,8 +779,12 @@ export const CANCEL_RETRY_S = 60;
  * A /cancel that fails is remembered and tried again by the reconciler. Null: the job had
  * finished (or does not exist).
  */
-export async function cancelJob(deps: JobDeps & RunpodDeps, id: string): Promise<JobRow | null> {
-  const cancelled = await published(deps, await transitions.cancelJob(deps.db, id));
+export async function cancelJob(
+  deps: JobDeps & RunpodDeps,
+  id: string,
+  projects: readonly number[] | null = null,
+): Promise<JobRow | null> {
+  const cancelled = await published(deps, await transitions.cancelJob(deps.db, id, projects));
   await freeSlots(deps, [cancelled]);
   if (cancelled?.runpod_job_id) {
     await cancelRunOf(deps, cancelled.id, cancelled.runpod_job_id, cancelled.runpod_endpoint_id);

@@ -1,11 +1,10 @@
 // Live-status tickets: `POST /live-tickets` mints one, `GET /live?ticket=…` spends it. A ticket is
-// `<payload>.<sig>`: the payload is base64url JSON {v, id, p: project ids | "all", exp: ms since
-// the epoch}, sig the lowercase hex HMAC-SHA256 of "live:<payload>" keyed with WEBHOOK_SECRET
-// (shared/signing.ts; the "live:" prefix keeps tickets and the signed RunPod URLs apart), checked
-// in constant time. No state: a ticket is good until `exp` (LIVE_TICKET_TTL_S after minting).
+// shared/keys.ts's `<kid>.<payload>.<sig>` under the `live-ticket` key derived from WEBHOOK_SECRET:
+// the payload is base64url JSON {v, id, p: project ids | "all", exp: ms since the epoch}, checked
+// in constant time, by the current secret's key or the previous one's. No state: a ticket is good
+// until `exp` (LIVE_TICKET_TTL_S after minting).
 import { z } from "zod";
-import { signText, verifyText } from "../shared/signing.ts";
-import { decodeBase64Url, encodeBase64Url } from "./base64url.ts";
+import { mintSigned, readSigned, type Secrets, type SigningKey } from "./keys.ts";
 
 export const MAX_TICKET_PROJECTS = 100;
 
@@ -39,37 +38,26 @@ const payloadSchema = z.strictObject({
 /** Longer than any ticket this Worker mints (100 project ids of 16 digits are about 2.3 KB). */
 const MAX_TICKET_CHARS = 4096;
 
-const signedText = (payload: string) => `live:${payload}`;
-
-/** A signed ticket for `scope`, good until `expiresAt` (ms). */
-export async function mintTicket(
-  secret: string,
+/** A signed ticket for `scope`, good until `expiresAt` (ms), under the live-ticket `key`. */
+export function mintTicket(
+  key: SigningKey,
   scope: LiveScope,
   expiresAt: number,
   id: string = crypto.randomUUID(),
 ): Promise<string> {
   const p = scope.all ? "all" : [...new Set(scope.projectIds)];
-  const payload = encodeBase64Url(JSON.stringify({ v: 1, id, p, exp: Math.floor(expiresAt) }));
-  return `${payload}.${await signText(secret, signedText(payload))}`;
+  return mintSigned(key, { v: 1, id, p, exp: Math.floor(expiresAt) });
 }
 
 /** The ticket `text` names, or null when it is malformed, forged or expired at `now` (ms). */
 export async function readTicket(
-  secret: string,
+  env: Secrets,
   text: string,
   now: number,
 ): Promise<LiveTicket | null> {
-  if (text.length > MAX_TICKET_CHARS) return null;
-  const match = /^([A-Za-z0-9_-]+)\.([0-9a-f]{64})$/.exec(text);
-  const [, payload = "", sig = ""] = match ?? [];
-  if (!match || !(await verifyText(secret, signedText(payload), sig))) return null;
-  let data: unknown;
-  try {
-    data = JSON.parse(decodeBase64Url(payload));
-  } catch {
-    return null;
-  }
-  const parsed = payloadSchema.safeParse(data);
+  const parsed = payloadSchema.safeParse(
+    await readSigned(env, "live-ticket", text, MAX_TICKET_CHARS),
+  );
   if (!parsed.success || parsed.data.exp <= now) return null;
   const { id, p, exp } = parsed.data;
   return { id, scope: p === "all" ? { all: true } : { all: false, projectIds: p }, expiresAt: exp };

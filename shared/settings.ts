@@ -258,6 +258,37 @@ export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
   };
 }
 
+/** Tenancy: scoped tokens' and download URLs' lifetimes, the active-jobs quota, input keys. */
+export interface TenancySettings {
+  /** CLIENT_TOKEN_MAX_TTL_S: the longest `ttl_s` of POST /client-tokens (and its default). */
+  clientTokenMaxTtlS: number;
+  /** DOWNLOAD_URL_TTL_S: how long a signed download URL stays good. */
+  downloadUrlTtlS: number;
+  /** MAX_ACTIVE_PER_USER: pending + processing jobs a fairness key may have; 0: no limit. */
+  maxActivePerUser: number;
+  /** INPUT_KEY_PREFIX: a template such as `uploads/{project_id}/`; null: any key. */
+  inputKeyPrefix: string | null;
+}
+
+export function tenancySettings(env: ProducerEnv): TenancySettings {
+  const maxActive = numberVar(env.MAX_ACTIVE_PER_USER, 0, "MAX_ACTIVE_PER_USER");
+  if (!Number.isInteger(maxActive)) {
+    throw new Error(`setting MAX_ACTIVE_PER_USER must be a whole number, got ${maxActive}`);
+  }
+  const prefix = env.INPUT_KEY_PREFIX?.trim() ?? "";
+  return {
+    clientTokenMaxTtlS: numberVar(env.CLIENT_TOKEN_MAX_TTL_S, 3600, "CLIENT_TOKEN_MAX_TTL_S"),
+    downloadUrlTtlS: numberVar(env.DOWNLOAD_URL_TTL_S, 900, "DOWNLOAD_URL_TTL_S"),
+    maxActivePerUser: maxActive,
+    inputKeyPrefix: prefix === "" ? null : prefix,
+  };
+}
+
+/** The prefix INPUT_KEY_PREFIX gives `projectId`'s input keys (`{project_id}` replaced). */
+export function inputPrefixOf(template: string, projectId: number): string {
+  return template.replaceAll("{project_id}", String(projectId));
+}
+
 /** The producer's copy of the consumer's poll interval: progress reports push the next poll. */
 export function pollAfterSeconds(env: ProducerEnv): number {
   return numberVar(env.POLL_AFTER_S, 300, "POLL_AFTER_S");

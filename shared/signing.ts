@@ -1,7 +1,8 @@
 // RunPod signs nothing, so the webhook and progress URLs carry their own proof:
 // sig = lowercase hex HMAC-SHA256(WEBHOOK_SECRET, "<kind>:<job id>:<attempt>"), kind "webhook" or
 // "progress". Distinct messages: the GPU handler, which sees progress_url, cannot sign a webhook.
-// Live-status tickets (shared/live-ticket.ts) sign "live:<payload>" with the same key.
+// Everything else the producer signs (client tokens, download URLs, live tickets) uses keys
+// derived from the secret (shared/keys.ts). Verification accepts WEBHOOK_SECRET_PREVIOUS too.
 
 const encoder = new TextEncoder();
 
@@ -37,12 +38,20 @@ export async function signText(secret: string, text: string): Promise<string> {
   );
 }
 
-/** Constant-time check of a `signText` signature (crypto.subtle.verify compares in constant time). */
-export async function verifyText(secret: string, text: string, sig: string): Promise<boolean> {
+/**
+ * Constant-time check of a lowercase hex HMAC-SHA256 of `text` under `key` (crypto.subtle.verify
+ * compares in constant time).
+ */
+export async function verifyHex(key: CryptoKey, text: string, sig: string): Promise<boolean> {
   if (!/^[0-9a-f]{64}$/.test(sig)) return false;
   const bytes = new Uint8Array(32);
   for (let i = 0; i < 32; i++) bytes[i] = Number.parseInt(sig.slice(i * 2, i * 2 + 2), 16);
-  return crypto.subtle.verify("HMAC", await hmacKey(secret, "verify"), bytes, encoder.encode(text));
+  return crypto.subtle.verify("HMAC", key, bytes, encoder.encode(text));
+}
+
+/** Constant-time check of a `signText` signature. */
+export async function verifyText(secret: string, text: string, sig: string): Promise<boolean> {
+  return verifyHex(await hmacKey(secret, "verify"), text, sig);
 }
 
 export type SignedUrlKind = "webhook" | "progress";
@@ -59,14 +68,21 @@ export function signAttempt(
   return signText(secret, message(kind, jobId, attempt));
 }
 
-export function verifyAttempt(
-  secret: string,
+/**
+ * Whether `sig` signs this kind, job and attempt under one of `secrets` (WEBHOOK_SECRET, then
+ * WEBHOOK_SECRET_PREVIOUS while it is set: a run submitted before a rotation keeps calling back).
+ */
+export async function verifyAttempt(
+  secrets: readonly (string | undefined)[],
   kind: SignedUrlKind,
   jobId: string,
   attempt: number,
   sig: string,
 ): Promise<boolean> {
-  return verifyText(secret, message(kind, jobId, attempt), sig);
+  for (const secret of secrets) {
+    if (secret && (await verifyText(secret, message(kind, jobId, attempt), sig))) return true;
+  }
+  return false;
 }
 
 /** The signed webhook and progress URLs of one attempt of a job. */

@@ -2,7 +2,7 @@ import { createRoute, type RouteHandler } from "@hono/zod-openapi";
 import { findJob } from "../../shared/archive.ts";
 import { cancelJob } from "../../shared/job-state.ts";
 import { toJob } from "../../shared/sql/jobs/row.ts";
-import { auth, errorReplies, jobIdParams, reply } from "../api.ts";
+import { auth, errorReplies, jobIdParams, projectsOf, reply } from "../api.ts";
 import { JobEnvelope } from "../api-schemas.ts";
 import { jobDepsWithRunpod } from "../deps.ts";
 import { type AppEnv, apiError } from "../http.ts";
@@ -13,11 +13,11 @@ export const cancelExportRoute = createRoute({
   operationId: "cancelExport",
   summary: "Cancel a pending or processing job (error 'cancelled'; RunPod's run is cancelled)",
   tags: ["exports"],
-  ...auth("apiToken"),
+  ...auth("frontend"),
   request: { params: jobIdParams },
   responses: {
     200: reply("the cancelled job", JobEnvelope),
-    ...errorReplies("apiToken", { 404: ["not_found"], 409: ["already_finished"] }),
+    ...errorReplies("frontend", { 404: ["not_found"], 409: ["already_finished"] }),
   },
 });
 
@@ -29,9 +29,10 @@ export const cancelExportRoute = createRoute({
  */
 export const cancelExport: RouteHandler<typeof cancelExportRoute, AppEnv> = async (c) => {
   const { id } = c.req.valid("param");
-  const cancelled = await cancelJob(jobDepsWithRunpod(c), id);
+  const projects = projectsOf(c);
+  const cancelled = await cancelJob(jobDepsWithRunpod(c), id, projects);
   if (!cancelled) {
-    const job = await findJob(c.env.DB, c.env.VIDEOS, id);
+    const job = await findJob(c.env.DB, c.env.VIDEOS, id, undefined, projects);
     if (!job) return apiError(c, 404, "not_found", "no such export job");
     return apiError(c, 409, "already_finished", `the job is already ${job.status}`);
   }

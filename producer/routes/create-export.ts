@@ -1,12 +1,21 @@
 import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
+import { fairKeyOf } from "../../shared/fair-queue.ts";
 import { paramsHash, sha256OfJson } from "../../shared/identity.ts";
 import { createJob, recordHolder } from "../../shared/job-state.ts";
 import { log } from "../../shared/log.ts";
 import type { CreateExportRequest as Request } from "../../shared/schemas.ts";
-import { endpointRoutes } from "../../shared/settings.ts";
+import { endpointRoutes, inputPrefixOf, tenancySettings } from "../../shared/settings.ts";
 import { findJobByIdempotencyKey } from "../../shared/sql/jobs/reads.ts";
 import { type JobRow, toJob } from "../../shared/sql/jobs/row.ts";
-import { auth, errorReplies, header, JSON_BODY_ERRORS, jsonBody, reply } from "../api.ts";
+import {
+  auth,
+  errorReplies,
+  header,
+  JSON_BODY_ERRORS,
+  jsonBody,
+  projectNotAllowed,
+  reply,
+} from "../api.ts";
 import { CreateExportRequest, JobEnvelope } from "../api-schemas.ts";
 import { jobDeps, jobDepsWithRunpod } from "../deps.ts";
 import { type AppContext, type AppEnv, apiError } from "../http.ts";
@@ -20,7 +29,7 @@ export const createExportRoute = createRoute({
   operationId: "createExport",
   summary: "Create an export job",
   tags: ["exports"],
-  ...auth("apiToken"),
+  ...auth("frontend"),
   request: {
     headers: z.object({
       "Idempotency-Key": z
@@ -39,12 +48,35 @@ export const createExportRoute = createRoute({
   responses: {
     202: reply("accepted: the job is pending", JobEnvelope, location),
     200: reply("an Idempotency-Key repeat: the first job", JobEnvelope, location),
-    ...errorReplies("apiToken", {
+    ...errorReplies("frontend", {
       ...JSON_BODY_ERRORS,
+      400: [...JSON_BODY_ERRORS[400], "input_key_outside_project"],
+      403: ["project_not_allowed"],
       422: ["input_not_found", "idempotency_key_reused"],
+      429: ["quota_exceeded", "rate_limited"],
     }),
   },
 });
+
+/** CREATE_LIMITER's period (wrangler.toml `simple.period`): Retry-After's upper bound. */
+const LIMITER_PERIOD_S = 60;
+/** Retry-After of quota_exceeded: a hint; a slot frees when one of the key's jobs ends. */
+const QUOTA_RETRY_AFTER_S = 30;
+
+/**
+ * CREATE_LIMITER (the Workers Rate Limiting binding) for one create of `fairKey`. A Worker without
+ * the binding, or a limiter that fails, does not refuse: the quota and fair dispatch still hold.
+ */
+async function underRateLimit(c: AppContext, fairKey: string): Promise<boolean> {
+  const limiter = c.env.CREATE_LIMITER;
+  if (!limiter) return true;
+  try {
+    return (await limiter.limit({ key: fairKey })).success;
+  } catch (error) {
+    log("warn", "CREATE_LIMITER failed; the create goes ahead", { error: String(error) });
+    return true;
+  }
+}
 
 /** SHA-256 of the canonical request body: equal bodies hash equally. */
 const requestHash = (request: Request): Promise<string> => sha256OfJson(request);
@@ -116,12 +148,42 @@ async function enqueueNew(c: AppContext, row: JobRow) {
  */
 export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = async (c) => {
   const key = c.req.valid("header")["Idempotency-Key"];
-  const request = c.req.valid("json");
+  const body = c.req.valid("json");
+  // A scoped token creates in its projects only, and as its user when it names one.
+  const client = c.get("client");
+  if (client && !client.projectIds.includes(body.project_id)) {
+    return projectNotAllowed(c, [body.project_id]);
+  }
+  const request: Request = client?.userId != null ? { ...body, user_id: client.userId } : body;
+  const tenancy = tenancySettings(c.env);
+  if (tenancy.inputKeyPrefix !== null) {
+    const prefix = inputPrefixOf(tenancy.inputKeyPrefix, request.project_id);
+    if (!request.input_video_key.startsWith(prefix)) {
+      return apiError(
+        c,
+        400,
+        "input_key_outside_project",
+        `input_video_key must start with ${JSON.stringify(prefix)}`,
+        [{ path: ["input_video_key"], message: `must start with ${prefix}` }],
+      );
+    }
+  }
 
   const hash = key === undefined ? null : await requestHash(request);
   if (key !== undefined && hash !== null) {
     const existing = await findJobByIdempotencyKey(c.env.DB, request.project_id, key);
     if (existing) return answerRepeat(c, existing, hash);
+  }
+
+  const fairKey = fairKeyOf({ user_id: request.user_id ?? null, project_id: request.project_id });
+  if (!(await underRateLimit(c, fairKey))) {
+    c.header("Retry-After", String(LIMITER_PERIOD_S));
+    return apiError(
+      c,
+      429,
+      "rate_limited",
+      `too many exports created for ${fairKey} in the last minute; retry later`,
+    );
   }
 
   const input = await c.env.VIDEOS.head(request.input_video_key);
@@ -143,13 +205,22 @@ export const createExport: RouteHandler<typeof createExportRoute, AppEnv> = asyn
     // Held by its type's first endpoint (RUNPOD_ENDPOINTS; a malformed value fails here, before
     // anything is written).
     endpoint_id: endpointRoutes(c.env)[request.type][0] ?? null,
+    max_active: tenancy.maxActivePerUser,
   });
   if (!row) {
-    // Another request with the same key won the race to insert; answer as its repeat.
+    // Another request with the same key won the race to insert: answer as its repeat. Else the
+    // insert found the fairness key at its quota and wrote nothing.
     const winner =
       key === undefined ? null : await findJobByIdempotencyKey(c.env.DB, request.project_id, key);
-    if (!winner || hash === null) throw new Error("insert returned no row");
-    return answerRepeat(c, winner, hash, { raced: true });
+    if (winner && hash !== null) return answerRepeat(c, winner, hash, { raced: true });
+    c.header("Retry-After", String(QUOTA_RETRY_AFTER_S));
+    return apiError(
+      c,
+      429,
+      "quota_exceeded",
+      `${fairKey} has ${tenancy.maxActivePerUser} exports pending or processing ` +
+        "(MAX_ACTIVE_PER_USER); retry when one has finished",
+    );
   }
   const job = await enqueueNew(c, row);
   c.header("Location", `/exports/${row.id}`);

@@ -2,10 +2,24 @@
 // (206, 416) and conditional requests (ETag / If-None-Match → 304), so players can seek and
 // browsers can cache. An archived job's output key comes from its archive (shared/archive.ts): the
 // object is served for as long as it exists.
-import { createRoute, type RouteHandler } from "@hono/zod-openapi";
+import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
 import { findJob } from "../../shared/archive.ts";
-import { auth, errorReplies, jobIdParams } from "../api.ts";
+import { auth, errorReplies, jobIdParams, projectsOf, queryParam } from "../api.ts";
 import { type AppEnv, apiError } from "../http.ts";
+
+/** A signed download URL's query (checked by the route's auth, before anything else). */
+const downloadQuery = z.object({
+  expires: queryParam(
+    z
+      .string()
+      .optional()
+      .openapi({ description: "signed URL: its expiry, seconds since the epoch" }),
+  ),
+  kid: queryParam(z.string().optional().openapi({ description: "signed URL: its key id" })),
+  sig: queryParam(
+    z.string().optional().openapi({ description: "signed URL: its signature (no bearer needed)" }),
+  ),
+});
 
 export const getExportOutputRoute = createRoute({
   method: "get",
@@ -13,15 +27,16 @@ export const getExportOutputRoute = createRoute({
   operationId: "getExportOutput",
   summary:
     "Download a complete job's output from R2 (Range → 206, If-None-Match → 304; " +
-    "Content-Type, Content-Length, ETag, Accept-Ranges: bytes)",
+    "Content-Type, Content-Length, ETag, Accept-Ranges: bytes), with a bearer token or as the " +
+    "signed URL of POST /exports/{id}/download-url (`expires`, `kid`, `sig`; no bearer)",
   tags: ["exports"],
-  ...auth("apiToken"),
-  request: { params: jobIdParams },
+  ...auth("download"),
+  request: { params: jobIdParams, query: downloadQuery },
   responses: {
     200: { description: "the file (video/mp4 unless R2 says otherwise)" },
     206: { description: "the requested byte range, with Content-Range" },
     304: { description: "the client's copy (If-None-Match) is current" },
-    ...errorReplies("apiToken", {
+    ...errorReplies("download", {
       404: ["not_found", "output_missing"],
       409: ["not_complete"],
       416: ["range_not_satisfiable"],
@@ -58,7 +73,9 @@ function etagMatches(header: string | undefined, etag: string): boolean {
 }
 
 export const getExportOutput: RouteHandler<typeof getExportOutputRoute, AppEnv> = async (c) => {
-  const job = await findJob(c.env.DB, c.env.VIDEOS, c.req.valid("param").id, c.var.primaryDb);
+  const { id } = c.req.valid("param");
+  // A signed URL names its job; a bearer sees its projects' jobs.
+  const job = await findJob(c.env.DB, c.env.VIDEOS, id, c.var.primaryDb, projectsOf(c));
   if (!job) return apiError(c, 404, "not_found", "no such export job");
   if (job.status !== "complete" || !job.output_video_key) {
     return apiError(c, 409, "not_complete", `the job is ${job.status}; there is no output yet`);

@@ -1,7 +1,7 @@
 import { createRoute, type RouteHandler } from "@hono/zod-openapi";
 import { orArchived } from "../../shared/archive.ts";
 import { listJobEvents } from "../../shared/sql/events.ts";
-import { auth, errorReplies, jobIdParams, reply } from "../api.ts";
+import { auth, errorReplies, jobIdParams, projectsOf, reply } from "../api.ts";
 import { EventList } from "../api-schemas.ts";
 import { type AppEnv, apiError } from "../http.ts";
 
@@ -10,13 +10,14 @@ export const getExportEventsRoute = createRoute({
   method: "get",
   path: "/exports/{id}/events",
   operationId: "getExportEvents",
-  summary: "A job's timeline, oldest first (API_TOKEN, or ADMIN_TOKEN for the dashboard)",
+  summary:
+    "A job's timeline, oldest first (API_TOKEN or a scoped token, or ADMIN_TOKEN for the dashboard)",
   tags: ["exports"],
-  ...auth("apiOrAdminToken"),
+  ...auth("anyToken"),
   request: { params: jobIdParams },
   responses: {
     200: reply("the events", EventList),
-    ...errorReplies("apiOrAdminToken", { 404: ["not_found"] }),
+    ...errorReplies("anyToken", { 404: ["not_found"] }),
   },
 });
 
@@ -25,9 +26,11 @@ export const getExportEvents: RouteHandler<typeof getExportEventsRoute, AppEnv> 
   const { id } = c.req.valid("param");
   // A replica that has not the job yet: the primary before the archive (producer/d1-session.ts).
   const primary = c.var.primaryDb;
+  const projects = projectsOf(c);
   const inD1 =
-    (await listJobEvents(c.env.DB, id)) ?? (primary ? await listJobEvents(primary, id) : null);
-  const events = await orArchived(c.env.VIDEOS, id, inD1, (archived) => archived.events);
+    (await listJobEvents(c.env.DB, id, projects)) ??
+    (primary ? await listJobEvents(primary, id, projects) : null);
+  const events = await orArchived(c.env.VIDEOS, id, inD1, (archived) => archived.events, projects);
   if (!events) return apiError(c, 404, "not_found", "no such export job");
   return c.json({ events }, 200);
 };

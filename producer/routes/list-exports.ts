@@ -1,7 +1,15 @@
 import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
-import { auth, errorReplies, pageQuery, queryParam, reply } from "../api.ts";
+import {
+  auth,
+  errorReplies,
+  pageQuery,
+  projectNotAllowed,
+  projectsOf,
+  queryParam,
+  reply,
+} from "../api.ts";
 import { JobPage } from "../api-schemas.ts";
-import { type AppEnv, badCursor } from "../http.ts";
+import { type AppEnv, apiError, badCursor } from "../http.ts";
 import { jobPage } from "../job-page.ts";
 import { withQueue } from "../queue.ts";
 
@@ -54,13 +62,13 @@ export const listExportsRoute = createRoute({
   operationId: "listExports",
   summary:
     "List the jobs of one or more projects (`project_id`), or of one user (`user_id`), newest " +
-    "first; exactly one of the two is given",
+    "first; exactly one of the two is given (a scoped token: its own projects, by project_id)",
   tags: ["exports"],
-  ...auth("apiToken"),
+  ...auth("frontend"),
   request: { query: listQuery },
   responses: {
     200: reply("one page", JobPage),
-    ...errorReplies("apiToken", { 400: ["invalid_request"] }),
+    ...errorReplies("frontend", { 400: ["invalid_request"], 403: ["project_not_allowed"] }),
   },
 });
 
@@ -70,6 +78,20 @@ export const listExportsRoute = createRoute({
  */
 export const listExports: RouteHandler<typeof listExportsRoute, AppEnv> = async (c) => {
   const query = c.req.valid("query");
+  // A scoped token lists its own projects, by project_id (a user's jobs may be in others).
+  const allowed = projectsOf(c);
+  if (allowed !== null) {
+    const outside = query.project_id.filter((id) => !allowed.includes(id));
+    if (query.user_id !== undefined) {
+      return apiError(
+        c,
+        403,
+        "project_not_allowed",
+        "a scoped token lists its projects by project_id, not by user_id",
+      );
+    }
+    if (outside.length > 0) return projectNotAllowed(c, outside);
+  }
   const page = await jobPage(
     c.env.DB,
     {

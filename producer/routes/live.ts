@@ -4,11 +4,21 @@
 
 import { createRoute, type RouteHandler, z } from "@hono/zod-openapi";
 import type { MiddlewareHandler } from "hono";
+import { signingKey } from "../../shared/keys.ts";
 import { LIVE_SOCKET_HEADER, liveRoomFor } from "../../shared/live-keys.ts";
 import { type LiveScope, mintTicket, readTicket } from "../../shared/live-ticket.ts";
 import { log } from "../../shared/log.ts";
 import { liveTicketTtlSeconds } from "../../shared/settings.ts";
-import { auth, errorReplies, JSON_BODY_ERRORS, jsonBody, queryParam, reply } from "../api.ts";
+import {
+  auth,
+  errorReplies,
+  JSON_BODY_ERRORS,
+  jsonBody,
+  projectNotAllowed,
+  projectsOf,
+  queryParam,
+  reply,
+} from "../api.ts";
 import { LiveTicket, LiveTicketRequest } from "../api-schemas.ts";
 import { type AppContext, type AppEnv, apiError } from "../http.ts";
 
@@ -20,15 +30,16 @@ export const createLiveTicketRoute = createRoute({
   path: "/live-tickets",
   operationId: "createLiveTicket",
   summary:
-    "Mint a live-status ticket for GET /live: `project_ids` with either token, " +
-    "`all_projects` (operators) with the ADMIN_TOKEN only; good for LIVE_TICKET_TTL_S (60 s)",
+    "Mint a live-status ticket for GET /live: `project_ids` with any token (a scoped token: " +
+    "its own projects), `all_projects` (operators) with the ADMIN_TOKEN only; good for " +
+    "LIVE_TICKET_TTL_S (60 s)",
   tags: ["live"],
   // The dashboard, which holds only ADMIN_TOKEN, mints operators' tickets.
-  ...auth("apiOrAdminToken"),
+  ...auth("anyToken"),
   request: { body: jsonBody(LiveTicketRequest) },
   responses: {
     201: reply("the signed ticket", LiveTicket),
-    ...errorReplies("apiOrAdminToken", JSON_BODY_ERRORS),
+    ...errorReplies("anyToken", { ...JSON_BODY_ERRORS, 403: ["project_not_allowed"] }),
   },
 });
 
@@ -39,20 +50,24 @@ export const createLiveTicket: RouteHandler<typeof createLiveTicketRoute, AppEnv
     c.header("WWW-Authenticate", 'Bearer realm="reel-exports"');
     return apiError(c, 401, "unauthorized", "a ticket for all projects needs the ADMIN_TOKEN");
   }
-  const secret = c.env.WEBHOOK_SECRET;
-  if (!secret) return notConfigured(c);
+  const allowed = projectsOf(c);
+  if (allowed !== null && "project_ids" in request) {
+    const outside = request.project_ids.filter((id) => !allowed.includes(id));
+    if (outside.length > 0) return projectNotAllowed(c, outside);
+  }
+  const key = signingKey(c.env, "live-ticket");
+  if (!key) return notConfigured(c);
   const scope: LiveScope =
     "all_projects" in request ? { all: true } : { all: false, projectIds: request.project_ids };
   const expiresAt = Date.now() + liveTicketTtlSeconds(c.env) * 1000;
-  const ticket = await mintTicket(secret, scope, expiresAt);
+  const ticket = await mintTicket(await key, scope, expiresAt);
   return c.json({ ticket, expires_at: new Date(expiresAt).toISOString() }, 201);
 };
 
 /** The ticket of `?ticket=`, verified: 401 bad_ticket when it is missing, forged or expired. */
 const ticketAuth: MiddlewareHandler<AppEnv> = async (c, next) => {
-  const secret = c.env.WEBHOOK_SECRET;
-  if (!secret) return notConfigured(c);
-  const ticket = await readTicket(secret, c.req.query("ticket") ?? "", Date.now());
+  if (!c.env.WEBHOOK_SECRET) return notConfigured(c);
+  const ticket = await readTicket(c.env, c.req.query("ticket") ?? "", Date.now());
   if (!ticket) {
     return apiError(c, 401, "bad_ticket", "the ticket is missing, not valid or expired");
   }

@@ -55,12 +55,11 @@ function signedBy(kind: SignedUrlKind): MiddlewareHandler<AppEnv> {
       attempt: c.req.query("attempt"),
       sig: c.req.query("sig"),
     });
-    const secret = c.env.WEBHOOK_SECRET;
+    const secrets = [c.env.WEBHOOK_SECRET, c.env.WEBHOOK_SECRET_PREVIOUS];
     const id = c.req.param("id") ?? "";
     if (
       !query.success ||
-      !secret ||
-      !(await verifyAttempt(secret, kind, id, query.data.attempt, query.data.sig))
+      !(await verifyAttempt(secrets, kind, id, query.data.attempt, query.data.sig))
     ) {
       return apiError(c, 401, "bad_signature", "the URL's signature does not match");
     }

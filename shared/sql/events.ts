@@ -76,13 +76,22 @@ export async function listEvents(db: D1Database, jobId: string): Promise<JobEven
 }
 
 /**
- * A job's events, or null when the job is not in D1 (never was, or archived). One transaction, so
+ * A job's events, or null when the job is not in D1 (never was, or archived) or, with `projects`,
+ * is not of one of them (the statement that reads the job checks it). One transaction, so
  * a job archived meanwhile is either read whole or not at all, never as a row without its events.
  */
-export async function listJobEvents(db: D1Database, jobId: string): Promise<JobEvent[] | null> {
-  const [job, events] = await retryTransient(() =>
-    db.batch([db.prepare(READ_SQL.byId).bind(jobId), db.prepare(EVENT_SQL.byJob).bind(jobId)]),
+export async function listJobEvents(
+  db: D1Database,
+  jobId: string,
+  projects: readonly number[] | null = null,
+): Promise<JobEvent[] | null> {
+  const job =
+    projects === null
+      ? db.prepare(READ_SQL.byId).bind(jobId)
+      : db.prepare(READ_SQL.byIdInProjects).bind(jobId, JSON.stringify(projects));
+  const [found, events] = await retryTransient(() =>
+    db.batch([job, db.prepare(EVENT_SQL.byJob).bind(jobId)]),
   );
-  if (((job?.results ?? []) as JobRow[]).length === 0) return null;
+  if (((found?.results ?? []) as JobRow[]).length === 0) return null;
   return ((events?.results ?? []) as EventRow[]).map(toEvent);
 }

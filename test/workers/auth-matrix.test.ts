@@ -8,6 +8,9 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { MAX_BODY_BYTES } from "../../producer/http.ts";
 import app from "../../producer/index.ts";
+import { decodeBase64Url, encodeBase64Url } from "../../shared/base64url.ts";
+import { mintClientToken } from "../../shared/client-token.ts";
+import { type SigningKey, signingKey } from "../../shared/keys.ts";
 import type { LiveMessage } from "../../shared/live-publisher.ts";
 import { signAttempt } from "../../shared/signing.ts";
 import type { Job, JobRow } from "../../shared/sql/jobs/row.ts";
@@ -34,11 +37,13 @@ const SECRET = env.WEBHOOK_SECRET as string;
 /** Who may call a route. */
 type Auth =
   | "none"
-  /** bearer API_TOKEN only */
+  /** bearer API_TOKEN only (POST /client-tokens) */
   | "api"
+  /** bearer API_TOKEN, or a scoped client token of the job's project */
+  | "frontend"
   /** bearer ADMIN_TOKEN only */
   | "admin"
-  /** either bearer token (README: the dashboard shares these with the frontend) */
+  /** any bearer token: API_TOKEN, a scoped token, ADMIN_TOKEN (the dashboard shares these) */
   | "either"
   /** the HMAC in the URL */
   | "signed"
@@ -48,6 +53,8 @@ type Auth =
 interface Call {
   path: string;
   init?: FetchInit;
+  /** The project the call is about: a scoped token of it is let in, one of another is not. */
+  projectId?: number;
   /** After the call: the state it must not have changed when it was refused. */
   unchanged?: () => Promise<void>;
 }
@@ -56,6 +63,11 @@ interface RouteCase {
   auth: Auth;
   /** The answer of an authorised call. */
   ok: number;
+  /**
+   * The answer to a scoped token of another project (frontend and either routes): 404 where the
+   * call names a job (its existence is not revealed), 403 where it names projects.
+   */
+  outside?: 403 | 404;
   /** Reads a JSON body (so the 256 KiB limit applies). */
   body?: boolean;
   /** A fresh, otherwise valid call (its credentials are the matrix's to set). */
@@ -121,13 +133,19 @@ const json = (body: unknown): FetchInit => ({
   body: JSON.stringify(body),
 });
 
+/** A call about `job`, at the path `pathOf` its id. */
+function ofJob(job: JobRow, pathOf: (id: string) => string): Call {
+  return { path: pathOf(job.id), projectId: job.project_id };
+}
+
 /** One entry per served (method, path); the test below fails for a route missing here. */
 const MATRIX: Record<string, RouteCase> = {
   "GET /health": { auth: "none", ok: 200, call: async () => ({ path: "/health" }) },
   "GET /openapi.json": { auth: "none", ok: 200, call: async () => ({ path: "/openapi.json" }) },
   "POST /exports": {
-    auth: "api",
+    auth: "frontend",
     ok: 202,
+    outside: 403,
     body: true,
     call: async () => {
       const projectId = freshProjectId();
@@ -135,28 +153,36 @@ const MATRIX: Record<string, RouteCase> = {
       const before = await countAllJobs();
       return {
         path: "/exports",
+        projectId,
         init: json(body),
         unchanged: async () => expect(await countAllJobs()).toBe(before),
       };
     },
   },
   "GET /exports": {
-    auth: "api",
+    auth: "frontend",
     ok: 200,
-    call: async () => ({ path: `/exports?project_id=${(await pendingJob()).project_id}` }),
+    outside: 403,
+    call: async () => {
+      const job = await pendingJob();
+      return { path: `/exports?project_id=${job.project_id}`, projectId: job.project_id };
+    },
   },
   "GET /exports/:id": {
-    auth: "api",
+    auth: "frontend",
     ok: 200,
-    call: async () => ({ path: `/exports/${(await pendingJob()).id}` }),
+    outside: 404,
+    call: async () => ofJob(await pendingJob(), (id) => `/exports/${id}`),
   },
   "POST /exports/:id/cancel": {
-    auth: "api",
+    auth: "frontend",
     ok: 200,
+    outside: 404,
     call: async () => {
       const job = await pendingJob();
       return {
         path: `/exports/${job.id}/cancel`,
+        projectId: job.project_id,
         init: { method: "POST" },
         unchanged: unchangedJob(job),
       };
@@ -165,18 +191,39 @@ const MATRIX: Record<string, RouteCase> = {
   "GET /exports/:id/events": {
     auth: "either",
     ok: 200,
-    call: async () => ({ path: `/exports/${(await pendingJob()).id}/events` }),
+    outside: 404,
+    call: async () => ofJob(await pendingJob(), (id) => `/exports/${id}/events`),
   },
   "GET /exports/:id/output": {
-    auth: "api",
+    auth: "frontend",
     ok: 200,
-    call: async () => ({ path: `/exports/${(await completeJobWithOutput()).id}/output` }),
+    outside: 404,
+    call: async () => ofJob(await completeJobWithOutput(), (id) => `/exports/${id}/output`),
+  },
+  "POST /exports/:id/download-url": {
+    auth: "frontend",
+    ok: 200,
+    outside: 404,
+    call: async () => ({
+      ...ofJob(await completeJobWithOutput(), (id) => `/exports/${id}/download-url`),
+      init: { method: "POST" },
+    }),
+  },
+  "POST /client-tokens": {
+    auth: "api",
+    ok: 201,
+    body: true,
+    call: async () => ({ path: "/client-tokens", init: json({ project_ids: [freshProjectId()] }) }),
   },
   "POST /live-tickets": {
     auth: "either",
     ok: 201,
+    outside: 403,
     body: true,
-    call: async () => ({ path: "/live-tickets", init: json({ project_ids: [freshProjectId()] }) }),
+    call: async () => {
+      const projectId = freshProjectId();
+      return { path: "/live-tickets", projectId, init: json({ project_ids: [projectId] }) };
+    },
   },
   "GET /live": {
     auth: "ticket",
@@ -325,6 +372,16 @@ async function expectError(res: Response, status: number, code: string): Promise
   expect(typeof body.error.message).toBe("string");
 }
 
+const BEARER_AUTHS: Auth[] = ["api", "frontend", "admin", "either"];
+const AUTH_NAMES: Record<Auth, string> = {
+  none: "none",
+  api: "API_TOKEN",
+  frontend: "API_TOKEN or a scoped token",
+  admin: "ADMIN_TOKEN",
+  either: "API_TOKEN, a scoped token or ADMIN_TOKEN",
+  signed: "signed URL",
+  ticket: "live ticket",
+};
 const tokenFor = (auth: Auth): string => (auth === "admin" ? ADMIN_TOKEN : API_TOKEN);
 const otherToken = (auth: Auth): string => (auth === "admin" ? API_TOKEN : ADMIN_TOKEN);
 
@@ -335,13 +392,13 @@ describe("the auth matrix", () => {
 
   for (const route of servedRoutes()) {
     const entry = MATRIX[route];
-    if (!entry || (entry.auth !== "api" && entry.auth !== "admin" && entry.auth !== "either")) {
+    if (!entry || !BEARER_AUTHS.includes(entry.auth)) {
       continue;
     }
     const { auth, ok } = entry;
     const valid = tokenFor(auth);
 
-    it(`${route} (${auth === "either" ? "API_TOKEN or ADMIN_TOKEN" : auth === "api" ? "API_TOKEN" : "ADMIN_TOKEN"}): 401 without it, ${ok} with it`, async () => {
+    it(`${route} (${AUTH_NAMES[auth]}): 401 without it, ${ok} with it`, async () => {
       // No token, and every wrong credential: 401 unauthorized with a Bearer challenge, and the
       // request changed nothing.
       const refusals: { token?: string | null; authorization?: string }[] = [
@@ -421,6 +478,104 @@ describe("the auth matrix", () => {
       }
     }
   });
+});
+
+// =============================================================================================
+
+/** The credentials of the tenancy matrix, for a call about `projectId` (a fresh one if none). */
+type ScopedCredential = "api" | "scoped" | "scopedOther" | "expired" | "tampered" | "admin";
+const SCOPED_CREDENTIALS: ScopedCredential[] = [
+  "api",
+  "scoped",
+  "scopedOther",
+  "expired",
+  "tampered",
+  "admin",
+];
+
+async function clientToken(projectIds: number[], extra: Record<string, unknown> = {}) {
+  const res = await postJson("/client-tokens", { project_ids: projectIds, ...extra });
+  expect(res.status).toBe(201);
+  return ((await res.json()) as { token: string }).token;
+}
+
+async function credentialFor(which: ScopedCredential, projectId: number): Promise<string> {
+  switch (which) {
+    case "api":
+      return API_TOKEN;
+    case "admin":
+      return ADMIN_TOKEN;
+    case "scoped":
+      return clientToken([projectId]);
+    case "scopedOther":
+      return clientToken([freshProjectId()]);
+    case "expired": {
+      // Properly signed, but its expiry has passed.
+      const key = (await signingKey(env, "client-token")) as SigningKey;
+      return mintClientToken(key, {
+        projectIds: [projectId],
+        userId: null,
+        expiresAt: Date.now() - 1,
+      });
+    }
+    case "tampered": {
+      // Another project's token, its payload rewritten to name this project.
+      const [kid, payload, sig] = (await clientToken([freshProjectId()])).split(".") as [
+        string,
+        string,
+        string,
+      ];
+      const claims = JSON.parse(decodeBase64Url(payload)) as Record<string, unknown>;
+      return `${kid}.${encodeBase64Url(JSON.stringify({ ...claims, p: [projectId] }))}.${sig}`;
+    }
+  }
+}
+
+/** What `which` gets from a route: its answer, 401, or the answer to another project. */
+function expectedStatus(entry: RouteCase, which: ScopedCredential): number {
+  const outside = entry.outside ?? 401;
+  switch (entry.auth) {
+    case "api":
+      return which === "api" ? entry.ok : 401;
+    case "admin":
+      return which === "admin" ? entry.ok : 401;
+    case "frontend":
+      return which === "api" || which === "scoped"
+        ? entry.ok
+        : which === "scopedOther"
+          ? outside
+          : 401;
+    case "either":
+      return which === "api" || which === "scoped" || which === "admin"
+        ? entry.ok
+        : which === "scopedOther"
+          ? outside
+          : 401;
+    default:
+      throw new Error(`${entry.auth} takes no bearer token`);
+  }
+}
+
+describe("scoped client tokens: every bearer route × {API token, scoped token of the project, of another project, expired, tampered, admin token}", () => {
+  for (const route of servedRoutes()) {
+    const entry = MATRIX[route];
+    if (!entry || !BEARER_AUTHS.includes(entry.auth)) continue;
+    it(`${route}`, async () => {
+      for (const which of SCOPED_CREDENTIALS) {
+        const call = await entry.call();
+        const token = await credentialFor(which, call.projectId ?? freshProjectId());
+        const res = await send(call, { token });
+        const status = expectedStatus(entry, which);
+        expect({ route, which, status: res.status }).toEqual({ route, which, status });
+        if (status === entry.ok) continue;
+        const body = (await res.json()) as { error: { code: string } };
+        expect(body.error.code).toBe(
+          status === 401 ? "unauthorized" : status === 403 ? "project_not_allowed" : "not_found",
+        );
+        await call.unchanged?.();
+      }
+    });
+  }
 });
 
 // =============================================================================================
@@ -582,13 +737,13 @@ describe("live tickets", () => {
     );
     await new Promise((resolve) => setTimeout(resolve, 120));
     const good = await mint({ project_ids: [projectId] });
-    const [payload, sig] = good.split(".") as [string, string];
+    const [kid, payload, sig] = good.split(".") as [string, string, string];
     const refused: Record<string, Promise<Response>> = {
       expired: openLive(shortLived),
       anotherSecret: openLive(otherSecret),
       payloadOnly: openLive(payload),
       sigOnly: openLive(sig),
-      swapped: openLive(`${sig}.${payload}`),
+      swapped: openLive(`${kid}.${sig}.${payload}`),
       empty: openLive(""),
       noParam: producerFetch("/live", { token: null, headers: { Upgrade: "websocket" } }),
       apiToken: producerFetch("/live", { token: API_TOKEN, headers: { Upgrade: "websocket" } }),
@@ -627,7 +782,7 @@ describe("CORS", () => {
       const token =
         entry.auth === "admin"
           ? ADMIN_TOKEN
-          : entry.auth === "api" || entry.auth === "either"
+          : entry.auth === "api" || entry.auth === "frontend" || entry.auth === "either"
             ? API_TOKEN
             : null;
       for (const credentials of [token, "nope"]) {
@@ -721,7 +876,7 @@ describe("CORS", () => {
       const token =
         entry.auth === "admin"
           ? ADMIN_TOKEN
-          : entry.auth === "api" || entry.auth === "either"
+          : entry.auth === "api" || entry.auth === "frontend" || entry.auth === "either"
             ? API_TOKEN
             : null;
       for (const [origin, withVars] of [
@@ -785,6 +940,7 @@ describe("the 256 KiB body limit", () => {
     expect(routes.sort()).toEqual(
       [
         "POST /admin/jobs/retry",
+        "POST /client-tokens",
         "POST /exports",
         "POST /live-tickets",
         "POST /runpod/progress/:id",

@@ -18,6 +18,7 @@ import { MAX_BODY_BYTES } from "../../producer/http.ts";
 import { listQuery } from "../../producer/routes/list-exports.ts";
 import { retryRequest } from "../../producer/routes/retry-jobs.ts";
 import { encodeBase64Url } from "../../shared/base64url.ts";
+import { mintSigned, type SigningKey, signingKey, signWith } from "../../shared/keys.ts";
 import type { LiveMessage } from "../../shared/live-publisher.ts";
 import { liveTicketRequest } from "../../shared/live-ticket.ts";
 import {
@@ -27,7 +28,7 @@ import {
   progressReport,
   runpodStatusObject,
 } from "../../shared/schemas.ts";
-import { type SignedUrlKind, signAttempt, signText } from "../../shared/signing.ts";
+import { type SignedUrlKind, signAttempt } from "../../shared/signing.ts";
 import type { Job, JobRow } from "../../shared/sql/jobs/row.ts";
 import * as repo from "../../shared/sql/jobs/transitions.ts";
 import {
@@ -1094,7 +1095,17 @@ describe("fuzz POST /admin/jobs/retry", () => {
 // =============================================================================================
 // POST /live-tickets and GET /live
 
-const TICKET = /^[A-Za-z0-9_-]+\.[0-9a-f]{64}$/;
+const TICKET = /^[0-9a-f]{8}\.[A-Za-z0-9_-]+\.[0-9a-f]{64}$/;
+
+let liveKey: SigningKey;
+let otherLiveKey: SigningKey;
+beforeAll(async () => {
+  liveKey = (await signingKey(env, "live-ticket")) as SigningKey;
+  otherLiveKey = (await signingKey(
+    { WEBHOOK_SECRET: "not-the-secret" },
+    "live-ticket",
+  )) as SigningKey;
+});
 
 describe("fuzz live tickets", () => {
   it("POST /live-tickets: 201 for 1-100 project ids (or all with the ADMIN_TOKEN), else a 4xx", async () => {
@@ -1248,12 +1259,13 @@ describe("fuzz live tickets", () => {
     await fc.assert(
       fc.asyncProperty(input, async ({ ticket: { text, valid }, signing, suffix }) => {
         count("GET /live");
+        const key = signing === "wrong_secret" ? otherLiveKey : liveKey;
+        const head = `${key.kid}.${text}`;
         let sig = "";
-        if (signing === "right") sig = await signText(SECRET, `live:${text}`);
-        else if (signing === "upper") sig = (await signText(SECRET, `live:${text}`)).toUpperCase();
-        else if (signing === "wrong_secret") sig = await signText("not-the-secret", `live:${text}`);
+        if (signing === "right" || signing === "wrong_secret") sig = await signWith(key, head);
+        else if (signing === "upper") sig = (await signWith(key, head)).toUpperCase();
         else if (signing === "random") sig = "0123456789abcdef".repeat(4);
-        const full = signing === "none" ? text : `${text}.${sig}${suffix}`;
+        const full = signing === "none" ? head : `${head}.${sig}${suffix}`;
         const res = await producerFetch(`/live?ticket=${percentEncode(full)}`, { token: null });
         expectNot5xx(res, full);
         tally("GET /live", res.status);
@@ -1267,6 +1279,162 @@ describe("fuzz live tickets", () => {
       { numRuns: 400 },
     );
     await expectOnlyCreatedJobsChanged();
+  });
+});
+
+// =============================================================================================
+// Scoped client tokens (as bearers) and signed download URLs
+
+let clientKey: SigningKey;
+let otherClientKey: SigningKey;
+beforeAll(async () => {
+  clientKey = (await signingKey(env, "client-token")) as SigningKey;
+  otherClientKey = (await signingKey(
+    { WEBHOOK_SECRET: "not-the-secret" },
+    "client-token",
+  )) as SigningKey;
+});
+
+/** Ways to spoil a credential: each leaves it unusable. */
+const spoil = fc.oneof(
+  fc.nat().map((cut) => (text: string) => text.slice(0, cut % Math.max(1, text.length))),
+  fc.constantFrom(
+    (text: string) => `${text}x`,
+    (text: string) => `${text}.`,
+    (text: string) => `x${text}`,
+    (text: string) => text.toUpperCase(),
+    (text: string) => text.replace(/[0-9a-f](?=[^.]*$)/, (c) => (c === "0" ? "1" : "0")),
+    (text: string) => text.split(".").reverse().join("."),
+    (text: string) => text.repeat(3),
+    (text: string) => `${text}${"a".repeat(70_000)}`,
+  ),
+);
+
+describe("fuzz client tokens and download URLs", () => {
+  it("a bearer that is not a valid, unexpired client token of the project is 401, never 5xx", async () => {
+    const projectId = BASE + 7;
+    const good = { v: 1, p: [projectId], u: null, exp: Date.now() + 600_000 };
+    const payload = fc.oneof(
+      { weight: 2, arbitrary: fc.constant({ value: good as unknown, valid: true }) },
+      {
+        weight: 3,
+        arbitrary: fc
+          .constantFrom<Record<string, unknown>>(
+            { v: 2 },
+            { p: [] },
+            { p: [0] },
+            { p: [1.5] },
+            { p: "all" },
+            { p: Array.from({ length: 101 }, (_, i) => i + 1) },
+            { u: 0 },
+            { u: "7" },
+            { exp: Date.now() - 1 },
+            { exp: 0 },
+            { extra: true },
+          )
+          .map((change) => ({ value: { ...good, ...change } as unknown, valid: false })),
+      },
+      { weight: 1, arbitrary: anyValue.map((value) => ({ value, valid: false })) },
+    );
+    const input = fc.record({
+      payload,
+      signing: fc.constantFrom("right", "right", "wrong_secret", "wrong_kid", "none"),
+      spoiled: fc.option(spoil, { freq: 2 }),
+      raw: fc.option(fc.oneof(hostileString, fc.string({ maxLength: 300 })), { freq: 6 }),
+    });
+    let accepted = 0;
+    await fc.assert(
+      fc.asyncProperty(input, async ({ payload: { value, valid }, signing, spoiled, raw }) => {
+        count("client token");
+        const key = signing === "wrong_secret" ? otherClientKey : clientKey;
+        const minted = await mintSigned(key, value);
+        let token = minted;
+        if (signing === "wrong_kid") token = `${"0".repeat(8)}${token.slice(8)}`;
+        if (signing === "none") token = token.slice(0, token.lastIndexOf("."));
+        if (spoiled) token = spoiled(token);
+        // Printable ASCII: what a header value can carry at all.
+        if (raw !== null) token = raw.replace(/[^\x21-\x7e]/g, "");
+        const ok = token === minted && valid && signing === "right";
+        const res = await producerFetch(`/exports?project_id=${projectId}`, {
+          headers: { authorization: `Bearer ${token}` },
+          token: null,
+        });
+        expectNot5xx(res, token.slice(0, 200));
+        tally("client token", res.status);
+        if (ok) {
+          accepted += 1;
+          expect(res.status).toBe(200);
+        } else {
+          expect(await expectErrorEnvelope(res, 401)).toBe("unauthorized");
+        }
+      }),
+      { numRuns: 300 },
+    );
+    expect(accepted).toBeGreaterThan(0);
+  });
+
+  it("a download URL whose expires, kid or sig is not the one minted for this job is 401, never 5xx", async () => {
+    const job = fixtures.complete;
+    const minted = await producerFetch(`/exports/${job.id}/download-url`, { method: "POST" });
+    expect(minted.status).toBe(200);
+    const { url } = (await minted.json()) as { url: string };
+    const right = new URL(url).searchParams;
+    const field = (name: "expires" | "kid" | "sig") =>
+      fc.oneof(
+        { weight: 4, arbitrary: fc.constant<string | null>(right.get(name)) },
+        { weight: 1, arbitrary: fc.constant<string | null>(null) },
+        {
+          weight: 1,
+          arbitrary: spoil.map((spoiled) => spoiled(right.get(name) ?? "")),
+        },
+        { weight: 1, arbitrary: fc.oneof(hostileString, fc.string({ maxLength: 80 })) },
+        {
+          weight: 1,
+          arbitrary: fc.constantFrom(
+            "0",
+            "-1",
+            "1e3",
+            String(Math.floor(Date.now() / 1000) - 1),
+            "99999999999999999999",
+          ),
+        },
+      );
+    const input = fc.record({
+      expires: field("expires"),
+      kid: field("kid"),
+      sig: field("sig"),
+      otherJob: fc.boolean(),
+    });
+    let accepted = 0;
+    await fc.assert(
+      fc.asyncProperty(input, async ({ expires, kid, sig, otherJob }) => {
+        count("download URL");
+        const query = new URLSearchParams();
+        if (expires !== null) query.set("expires", expires);
+        if (kid !== null) query.set("kid", kid);
+        // No `sig` at all is a bearer request (401 without one): the same answer.
+        if (sig !== null) query.set("sig", sig);
+        const id = otherJob ? fixtures.cancelled.id : job.id;
+        const res = await producerFetch(`/exports/${id}/output?${query}`, { token: null });
+        expectNot5xx(res, { expires, kid, sig });
+        tally("download URL", res.status);
+        const ok =
+          !otherJob &&
+          expires === right.get("expires") &&
+          kid === right.get("kid") &&
+          sig === right.get("sig");
+        if (ok) {
+          accepted += 1;
+          // Signed and good: the route's own answer (the fixture's output is not in R2).
+          expect(await expectErrorEnvelope(res, 404)).toBe("output_missing");
+        } else {
+          expect(res.status).toBe(401);
+          expect(["bad_signature", "unauthorized"]).toContain(await expectErrorEnvelope(res, 401));
+        }
+      }),
+      { numRuns: 300 },
+    );
+    expect(accepted).toBeGreaterThan(0);
   });
 });
 

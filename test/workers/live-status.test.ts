@@ -8,9 +8,15 @@ import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
 import { decodeBase64Url, encodeBase64Url } from "../../shared/base64url.ts";
 import * as state from "../../shared/job-state.ts";
+import { type SigningKey, signingKey } from "../../shared/keys.ts";
 import type { LivePublisher } from "../../shared/live-publisher.ts";
 import { projectHubName } from "../../shared/live-publisher.ts";
 import { mintTicket } from "../../shared/live-ticket.ts";
+
+/** The live-ticket key a Worker with this WEBHOOK_SECRET signs with. */
+const liveKey = (secret: string): Promise<SigningKey> =>
+  signingKey({ WEBHOOK_SECRET: secret }, "live-ticket") as Promise<SigningKey>;
+
 import { type Job, type JobRow, toJob } from "../../shared/sql/jobs/row.ts";
 import {
   ADMIN_TOKEN,
@@ -87,7 +93,8 @@ function subscriptionsOf(projectId: number): Promise<string[]> {
 }
 
 function ticketClaims(ticket: string): { id: string; p: number[] | "all"; exp: number } {
-  const payload = ticket.split(".")[0] as string;
+  // `<kid>.<payload>.<sig>` (shared/keys.ts)
+  const payload = ticket.split(".")[1] as string;
   return JSON.parse(decodeBase64Url(payload));
 }
 
@@ -100,7 +107,7 @@ describe("POST /live-tickets", () => {
   it("mints a ticket for 1 to 100 projects (API_TOKEN) that expires after LIVE_TICKET_TTL_S", async () => {
     const before = Date.now();
     const minted = await mint({ project_ids: [freshProjectId(), freshProjectId()] });
-    expect(minted.ticket).toMatch(/^[A-Za-z0-9_-]+\.[0-9a-f]{64}$/);
+    expect(minted.ticket).toMatch(/^[0-9a-f]{8}\.[A-Za-z0-9_-]+\.[0-9a-f]{64}$/);
     const expires = Date.parse(minted.expires_at);
     expect(expires).toBeGreaterThanOrEqual(before + 60_000);
     expect(expires).toBeLessThanOrEqual(Date.now() + 60_000);
@@ -162,30 +169,33 @@ describe("GET /live", () => {
   it("answers 401 bad_ticket for a missing, malformed, forged or expired ticket", async () => {
     const projectId = freshProjectId();
     const { ticket } = await mintProjects(projectId);
-    const [payload, sig] = ticket.split(".") as [string, string];
+    const [kid, payload, sig] = ticket.split(".") as [string, string, string];
     const claims = ticketClaims(ticket);
     const secret = env.WEBHOOK_SECRET as string;
     const forged = {
       // another project under the original signature
-      otherProjects: `${base64UrlJson({ ...claims, p: [projectId + 1] })}.${sig}`,
-      operatorsScope: `${base64UrlJson({ ...claims, p: "all" })}.${sig}`,
-      longerLife: `${base64UrlJson({ ...claims, exp: Date.now() + 86_400_000 })}.${sig}`,
+      otherProjects: `${kid}.${base64UrlJson({ ...claims, p: [projectId + 1] })}.${sig}`,
+      operatorsScope: `${kid}.${base64UrlJson({ ...claims, p: "all" })}.${sig}`,
+      longerLife: `${kid}.${base64UrlJson({ ...claims, exp: Date.now() + 86_400_000 })}.${sig}`,
       otherSecret: await mintTicket(
-        "not-the-secret",
+        await liveKey("not-the-secret"),
         { all: false, projectIds: [projectId] },
         Date.now() + 60_000,
       ),
-      flippedSig: `${payload}.${sig.slice(0, -1)}${sig.endsWith("0") ? "1" : "0"}`,
+      flippedSig: `${kid}.${payload}.${sig.slice(0, -1)}${sig.endsWith("0") ? "1" : "0"}`,
+      // the signature of the previous format (no key id), or under another key id
+      withoutKeyId: `${payload}.${sig}`,
+      otherKeyId: `${kid === "00000000" ? "00000001" : "00000000"}.${payload}.${sig}`,
       // properly signed, but its expiry has passed
       expired: await mintTicket(
-        secret,
+        await liveKey(secret),
         { all: false, projectIds: [projectId] },
         Date.now() - 1_000,
       ),
-      expiredOperators: await mintTicket(secret, { all: true }, Date.now() - 1),
+      expiredOperators: await mintTicket(await liveKey(secret), { all: true }, Date.now() - 1),
       missing: "",
       malformed: "not.a.ticket",
-      unsignedPayload: payload,
+      unsignedPayload: `${kid}.${payload}`,
     };
     for (const [name, value] of Object.entries(forged)) {
       const res = await openLive(value);

@@ -133,7 +133,8 @@ describe("logs", () => {
       res.webSocket?.accept();
       if (res.webSocket) sockets.push(res.webSocket);
     }
-    const forgedTicket = `${tickets[0]?.split(".")[0]}.${"0".repeat(64)}`;
+    const [kid, payload] = tickets[0]?.split(".") ?? [];
+    const forgedTicket = `${kid}.${payload}.${"0".repeat(64)}`;
     expect((await producerFetch(`/live?ticket=${forgedTicket}`, { token: null })).status).toBe(401);
 
     // 3. The consumer submits it to RunPod (the emulator).
@@ -232,7 +233,7 @@ describe("logs", () => {
       ...Object.entries(secrets),
       ...tickets.flatMap((ticket, i): [string, string][] => [
         [`ticket ${i}`, ticket],
-        [`ticket ${i}'s signature`, ticket.split(".")[1] as string],
+        [`ticket ${i}'s signature`, ticket.split(".")[2] as string],
       ]),
       ...sigs.map((sig, i): [string, string] => [`sig ${i}`, sig]),
     ];

@@ -21,7 +21,9 @@ export const INSERT_SQL = {
   // of its project (its consumer batch copies that output), else an identical job still on its
   // way (pending or processing, itself no follower: single flight), if there is one. Either way
   // it is never offered to the dispatcher, so no slot can send it to RunPod first.
-  // (`WHERE true`: SQLite's INSERT … SELECT needs a WHERE before ON CONFLICT.)
+  // The quota: with `max_active` > 0 (MAX_ACTIVE_PER_USER), nothing is inserted while the job's
+  // fairness key has that many active jobs (its `active_jobs` row, kept by migration 0014's
+  // triggers: one primary-key read, in the insert's own transaction).
   insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
                                     idempotency_key, request_hash, input_etag, params_hash, reuse,
                                     supersede_key, follows, priority, runpod_endpoint_id,
@@ -46,7 +48,12 @@ export const INSERT_SQL = {
                   ${NOW}, ${due.firstTry}, ${NOW}
            FROM (SELECT ? AS id, ? AS project_id, ? AS user_id, ? AS type, ? AS input_video_key,
                         ? AS params, ? AS idempotency_key, ? AS request_hash, ? AS identity) AS j
-           WHERE true
+           WHERE ${IDENTITY("max_active")} = 0
+              OR COALESCE((SELECT a.n FROM active_jobs a
+                           WHERE a.fair_key = CASE WHEN j.user_id IS NULL
+                                                   THEN 'project:' || j.project_id
+                                                   ELSE 'user:' || j.user_id END), 0)
+                 < ${IDENTITY("max_active")}
            ON CONFLICT DO NOTHING
            RETURNING *`,
 } as const;
@@ -72,9 +79,14 @@ export interface NewJob {
   priority?: Lane | undefined;
   /** The endpoint whose dispatcher is to hold it (its type's first); null: RUNPOD_ENDPOINT_ID. */
   endpoint_id?: string | null | undefined;
+  /** MAX_ACTIVE_PER_USER: not inserted while its fairness key has this many active jobs; 0: no limit. */
+  max_active?: number | undefined;
 }
 
-/** What an insert did: the new job (null for an Idempotency-Key already used), and the jobs it superseded. */
+/**
+ * What an insert did: the new job (null for an Idempotency-Key already used, or a fairness key at
+ * its quota), and the jobs it superseded.
+ */
 export interface Inserted {
   row: JobRow | null;
   superseded: JobRow[];
@@ -98,6 +110,7 @@ export function insertBinds(job: NewJob): unknown[] {
       supersede_key: job.supersede_key ?? null,
       priority: job.priority ?? "standard",
       endpoint: job.endpoint_id ?? null,
+      max_active: job.max_active ?? 0,
     }),
   ];
 }

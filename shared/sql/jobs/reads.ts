@@ -8,6 +8,10 @@ import { firstRow, type JobRow } from "./row.ts";
 export const READ_SQL = {
   byIdempotencyKey: "SELECT * FROM export_jobs WHERE project_id = ? AND idempotency_key = ?",
   byId: "SELECT * FROM export_jobs WHERE id = ?",
+  // A scoped client token's read: the job only if it is of one of the token's projects (a JSON
+  // array), in the statement that reads it.
+  byIdInProjects: `SELECT * FROM export_jobs
+                   WHERE id = ? AND project_id IN (SELECT value FROM json_each(?))`,
   // The dispatcher's slots checked against D1: which of these jobs are still processing.
   processingAmong: `SELECT id FROM export_jobs
                     WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'processing'
@@ -32,8 +36,18 @@ export const READ_SQL = {
               WHERE j.id IN (SELECT value FROM json_each(?))`,
 } as const;
 
-export function getJob(db: D1Database, id: string): Promise<JobRow | null> {
-  return firstRow(db, READ_SQL.byId, id);
+/** The projects a caller may read: null, every project (API and admin tokens). */
+export type Projects = readonly number[] | null;
+
+/** The job `id`, or null when there is none (or it is not of one of `projects`). */
+export function getJob(
+  db: D1Database,
+  id: string,
+  projects: Projects = null,
+): Promise<JobRow | null> {
+  return projects === null
+    ? firstRow(db, READ_SQL.byId, id)
+    : firstRow(db, READ_SQL.byIdInProjects, id, JSON.stringify(projects));
 }
 
 export function findJobByIdempotencyKey(

@@ -124,6 +124,13 @@ export const TRANSITION_SQL = {
                version = version + 1, last_event = 'cancelled'
            WHERE id = ? AND status IN ('pending', 'processing')
            RETURNING *`,
+  // …by a scoped client token: only a job of one of its projects (a JSON array).
+  cancelInProjects: `UPDATE export_jobs
+                     SET status = 'error', error = '${CANCELLED}', ${due.nothingDue},
+                         finished_at = ${NOW}, version = version + 1, last_event = 'cancelled'
+                     WHERE id = ? AND status IN ('pending', 'processing')
+                       AND project_id IN (SELECT value FROM json_each(?))
+                     RETURNING *`,
   // Reuse: a pending job completes with a copy of an identical complete job's output, no run.
   reuse: `UPDATE export_jobs
           SET status = 'complete', progress = 100, output_video_key = ?, reused_from = ?,
@@ -437,9 +444,24 @@ export function endRunCancelled(
   );
 }
 
-/** cancelJob: a user's cancel of a job that has not finished. */
-export function cancelJob(db: D1Database, id: string): Promise<JobRow | null> {
-  return guardedRow(db, shows.cancelled(id), TRANSITION_SQL.cancel, id);
+/**
+ * cancelJob: a user's cancel of a job that has not finished; with `projects` (a scoped client
+ * token's), only a job of one of them.
+ */
+export function cancelJob(
+  db: D1Database,
+  id: string,
+  projects: readonly number[] | null = null,
+): Promise<JobRow | null> {
+  return projects === null
+    ? guardedRow(db, shows.cancelled(id), TRANSITION_SQL.cancel, id)
+    : guardedRow(
+        db,
+        shows.cancelled(id),
+        TRANSITION_SQL.cancelInProjects,
+        id,
+        JSON.stringify(projects),
+      );
 }
 
 /** reuse: a pending job completes with the copy of `sourceId`'s output at its own key. */
