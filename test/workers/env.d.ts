@@ -11,6 +11,8 @@ declare global {
     // The narrowed type comes first, so its get() is the one calls resolve to.
     interface Env extends bindings.ProducerEnv, bindings.ConsumerEnv {
       TEST_MIGRATIONS: D1Migration[];
+      /** A Rate Limiting binding of 3 per 60 s (vitest.config.ts), for the quota tests. */
+      TEST_STRICT_LIMITER: RateLimit;
       RUNPOD_BASE_URL: string;
       VIDEOS: bindings.CommonEnv["VIDEOS"];
       EXPORT_QUEUE: bindings.CommonEnv["EXPORT_QUEUE"];

@@ -23,7 +23,7 @@ export type FetchInit = RequestInit & {
   /** Settings that differ from the test defaults for this one request. */
   vars?: Record<string, string>;
   /** Bindings that replace the test bindings for this one request (wrappers of the real ones). */
-  bindings?: Partial<ConsumerEnv>;
+  bindings?: Partial<Cloudflare.Env>;
 };
 
 export function producerFetch(path: string, init: FetchInit = {}): Promise<Response> {

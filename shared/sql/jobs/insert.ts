@@ -23,7 +23,8 @@ export const INSERT_SQL = {
   // it is never offered to the dispatcher, so no slot can send it to RunPod first.
   // The quota: with `max_active` > 0 (MAX_ACTIVE_PER_USER), nothing is inserted while the job's
   // fairness key has that many active jobs (its `active_jobs` row, kept by migration 0014's
-  // triggers: one primary-key read, in the insert's own transaction).
+  // triggers: one primary-key read, in the insert's own transaction). The CASTs: D1 binds a
+  // number as REAL, and 'user:' || 7.0 is not the key the triggers write from the INTEGER column.
   insert: `INSERT INTO export_jobs (id, project_id, user_id, type, input_video_key, params,
                                     idempotency_key, request_hash, input_etag, params_hash, reuse,
                                     supersede_key, follows, priority, runpod_endpoint_id,
@@ -51,8 +52,8 @@ export const INSERT_SQL = {
            WHERE ${IDENTITY("max_active")} = 0
               OR COALESCE((SELECT a.n FROM active_jobs a
                            WHERE a.fair_key = CASE WHEN j.user_id IS NULL
-                                                   THEN 'project:' || j.project_id
-                                                   ELSE 'user:' || j.user_id END), 0)
+                                                   THEN 'project:' || CAST(j.project_id AS INTEGER)
+                                                   ELSE 'user:' || CAST(j.user_id AS INTEGER) END), 0)
                  < ${IDENTITY("max_active")}
            ON CONFLICT DO NOTHING
            RETURNING *`,
