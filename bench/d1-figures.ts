@@ -165,7 +165,8 @@ type Row = Record<string, unknown> | undefined;
 /**
  * The least rows a statement's change can write with this schema: the job's row if it changed,
  * one entry per index whose key (or membership, for a partial index) changed, one per job_counts
- * row the counting triggers must move (1 on insert, 2 per status change) and one per timeline
+ * row the counting triggers must move (1 on insert, 2 per status change, and the key's active
+ * count when the job becomes or stops being active) and one per timeline
  * event. Reads: the job's row (by primary key) for every statement that looks at it, plus the
  * job_counts rows the triggers update.
  */
@@ -192,12 +193,16 @@ function minimumOf(
       }
     }
   }
+  const isActive = (row: Row) => row?.status === "pending" || row?.status === "processing";
+  // …plus the fairness key's active_jobs row (migration 0014) when the job becomes or stops
+  // being active.
+  const activeMoved = after !== undefined && isActive(before) !== isActive(after) ? 1 : 0;
   const counts =
-    before === undefined && after !== undefined
+    (before === undefined && after !== undefined
       ? 1
       : before !== undefined && after !== undefined && before.status !== after.status
         ? 2
-        : 0;
+        : 0) + activeMoved;
   // GPU accounting (migration 0010): the day's usage row per key (project, and user when the job
   // has one) on insert, on an ending and when GPU time is added; the run's record when a run is
   // recorded and when it ends.

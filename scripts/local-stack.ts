@@ -66,6 +66,11 @@ export const SETTING_NAMES = [
   "PRIORITY_WEIGHTS",
   "RUNPOD_ENDPOINTS",
   "GPU_PRICE_PER_S",
+  "WEBHOOK_SECRET_PREVIOUS",
+  "CLIENT_TOKEN_MAX_TTL_S",
+  "DOWNLOAD_URL_TTL_S",
+  "MAX_ACTIVE_PER_USER",
+  "INPUT_KEY_PREFIX",
 ] as const;
 
 export interface StackOptions {
@@ -326,6 +331,8 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
     ...LOCAL_DEFAULTS,
     PUBLIC_URL: `http://127.0.0.1:${producerPort}`,
     RUNPOD_BASE_URL: `http://127.0.0.1:${emulatorPort}/v2`,
+    // The frontend example's page calls the API from its own origin (a client token).
+    ...(examplePort !== null ? { CORS_ORIGIN: `http://127.0.0.1:${examplePort}` } : {}),
     ...given,
   };
   // Settings whose mistake would only show in the Workers' logs are refused here, naming them.

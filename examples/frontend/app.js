@@ -1,11 +1,15 @@
 // The browser's side of an export: create → live progress → download.
 //
-//   1. POST /api/exports       our backend creates the job (it holds API_TOKEN; this page never does)
-//   2. POST /api/live-ticket   our backend mints a ticket (good for about a minute) for the project
-//   3. new WebSocket(live_url) straight to the producer's GET /live?ticket=…: first a snapshot of the
-//                              project's jobs, then one message per change of any of them
-//   4. complete                GET /api/exports/:id/events (the timeline) and a Download link to
-//                              /api/exports/:id/output, both through our backend
+//   0. POST /api/session       our backend (the only holder of API_TOKEN) mints a client token for
+//                              the signed-in user's project; everything else goes to the producer's
+//                              API directly with that token as the bearer:
+//   1. POST /exports           create the job (the token decides whose it is; another project: 403)
+//   2. POST /live-tickets      a ticket (good for about a minute) for the project
+//   3. new WebSocket(/live?ticket=…) first a snapshot of the project's jobs, then one message per
+//                              change of any of them
+//   4. complete                GET /exports/:id/events (the timeline), and POST
+//                              /exports/:id/download-url: a signed URL the Download link points at,
+//                              so the file comes from the edge, not through our backend
 //
 // Messages can arrive in any order (the snapshot may even be newer than a message after it), so the
 // page keeps, per job, the one with the highest `version`: every change raises it. Nothing polls.
@@ -24,6 +28,31 @@ let job = null;
 /** The open socket, or null. */
 let socket = null;
 let failures = 0;
+/** Our backend's answer: {token, expires_at, api_url, project_id, input_video_key}. */
+let session = null;
+
+/** A session whose token is good for at least another minute (a fresh one otherwise). */
+async function currentSession() {
+  if (!session || Date.parse(session.expires_at) - Date.now() < 60_000) {
+    session = await answer(await fetch("/api/session", { method: "POST" }));
+  }
+  return session;
+}
+
+/** A call to the producer's API with the client token. */
+async function api(path, { method = "GET", body, headers = {} } = {}) {
+  const { api_url, token } = await currentSession();
+  const res = await fetch(`${api_url}${path}`, {
+    method,
+    headers: {
+      Authorization: `Bearer ${token}`,
+      ...(body === undefined ? {} : { "Content-Type": "application/json" }),
+      ...headers,
+    },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return answer(res);
+}
 
 $("#export").addEventListener("click", startExport);
 
@@ -33,13 +62,19 @@ async function startExport() {
   clearView();
   let created;
   try {
-    // 1. Create. What to render comes from the editor; whose project it is, the backend decides.
+    // 1. Create. What to render comes from the editor; whose project it is, the token decides.
     //    One Idempotency-Key per click: if this request is retried, no second job is made.
-    ({ job: created } = await postJson(
-      "/api/exports",
-      { type: "overlay", params: { highlight_regions: [{ start_time: 1, end_time: 3 }] } },
-      { "Idempotency-Key": crypto.randomUUID() },
-    ));
+    const { project_id, input_video_key } = await currentSession();
+    ({ job: created } = await api("/exports", {
+      method: "POST",
+      body: {
+        project_id,
+        input_video_key,
+        type: "overlay",
+        params: { highlight_regions: [{ start_time: 1, end_time: 3 }] },
+      },
+      headers: { "Idempotency-Key": crypto.randomUUID() },
+    }));
   } catch (error) {
     showError(error.message);
     $("#export").disabled = false;
@@ -52,9 +87,16 @@ async function startExport() {
 }
 
 async function connectLive() {
-  const { live_url } = await postJson("/api/live-ticket", {});
+  const { project_id, api_url } = await currentSession();
+  const { ticket } = await api("/live-tickets", {
+    method: "POST",
+    body: { project_ids: [project_id] },
+  });
   if (job && FINISHED.has(job.status)) return; // finished while we asked (then we know already)
-  const ws = new WebSocket(live_url);
+  const live = new URL("/live", api_url);
+  live.protocol = live.protocol === "https:" ? "wss:" : "ws:";
+  live.searchParams.set("ticket", ticket);
+  const ws = new WebSocket(live.href);
   socket = ws;
   setLiveState("connecting");
   let ping = null;
@@ -88,11 +130,18 @@ async function connectLive() {
     }
   });
   // An error event is always followed by close.
-  ws.addEventListener("close", () => {
+  ws.addEventListener("close", (event) => {
     clearInterval(ping);
     if (socket !== ws) return; // we closed it ourselves
     socket = null;
-    if (!FINISHED.has(job.status)) reconnectSoon();
+    if (FINISHED.has(job.status)) return;
+    // 4001: the session reached LIVE_SESSION_MAX_S, nothing failed: reconnect now.
+    if (event.code === 4001) {
+      failures = 0;
+      connectLive().catch(reconnectSoon);
+    } else {
+      reconnectSoon();
+    }
   });
 }
 
@@ -144,16 +193,21 @@ async function finish() {
   ws?.close(1000, "job finished");
   setLiveState("closed (job finished)");
   $("#export").disabled = false;
+  const id = job.id;
   if (job.status === "complete") {
+    // A signed URL (DOWNLOAD_URL_TTL_S, 15 min): the bytes come straight from the producer, the
+    // answer says "attachment", so the link saves the file even across origins.
+    const { url } = await api(`/exports/${encodeURIComponent(id)}/download-url`, {
+      method: "POST",
+    });
+    if (job.id !== id) return; // another export started meanwhile
     const link = $("#download");
-    link.href = `/api/exports/${encodeURIComponent(job.id)}/output`;
-    link.download = `export-${job.id.slice(0, 8)}.mp4`; // same origin: the browser saves it
+    link.href = url;
     link.hidden = false;
   } else {
     showError(job.error ?? "the export failed");
   }
-  const id = job.id;
-  const { events } = await getJson(`/api/exports/${encodeURIComponent(id)}/events`);
+  const { events } = await api(`/exports/${encodeURIComponent(id)}/events`);
   if (job.id !== id) return; // another export started meanwhile
   $("#timeline").replaceChildren(...events.map(timelineItem));
   $("#timeline-box").hidden = false;
@@ -171,19 +225,6 @@ function timelineItem(event) {
 }
 
 // ---- small helpers ----
-
-async function postJson(url, body, headers = {}) {
-  const res = await fetch(url, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", ...headers },
-    body: JSON.stringify(body),
-  });
-  return answer(res);
-}
-
-async function getJson(url) {
-  return answer(await fetch(url));
-}
 
 /** The JSON of a successful answer; otherwise an Error with the API's message. */
 async function answer(res) {

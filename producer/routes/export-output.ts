@@ -90,6 +90,12 @@ export const getExportOutput: RouteHandler<typeof getExportOutputRoute, AppEnv> 
     "Content-Type": head.httpMetadata?.contentType ?? "video/mp4",
     "Cache-Control": "private, max-age=3600",
   });
+  // A signed download URL is for saving the file: a link to it downloads even across origins
+  // (a <video> plays it all the same).
+  if (c.get("token") === "DOWNLOAD_URL") {
+    const name = key.slice(key.lastIndexOf("/") + 1).replace(/[^\w.-]/g, "_") || "export.mp4";
+    headers.set("Content-Disposition", `attachment; filename="${name}"`);
+  }
   if (etagMatches(c.req.header("if-none-match"), head.httpEtag)) {
     return new Response(null, { status: 304, headers });
   }

@@ -1,16 +1,17 @@
 // The frontend example (examples/frontend/) in a real browser (Chromium driven by playwright-core;
 // see support/chromium.ts), served by the same local stack as `npm start`. The story: a user clicks
-// Export; the page creates the job and gets a live ticket through its own backend (which alone
-// holds API_TOKEN), opens the WebSocket to the producer, and its progress bar moves with the live
-// messages only (the emulator reports 20, 40, 60, 80 over a four-second run) until complete; then
-// the timeline shows and Download saves the sample's bytes, through the backend. The page never
-// polls: its only HTTP requests are the create, the ticket, the timeline and the download.
+// Export; the page gets a client token scoped to the user's project from its own backend (which
+// alone holds API_TOKEN), then calls the producer's API itself: the create, a live ticket, the
+// WebSocket, whose messages alone move the progress bar (the emulator reports 20, 40, 60, 80 over
+// a four-second run) until complete; then the timeline and a signed download URL, and Download
+// saves the sample's bytes straight from the producer. The page never polls, and the backend
+// relays no call and no byte.
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { LiveTicketAnswer } from "../../examples/frontend/server.ts";
+import type { SessionAnswer } from "../../examples/frontend/server.ts";
 import { type LocalStack, startLocalStack } from "../../scripts/local-stack.ts";
 import { type ChromiumLaunch, findChromium } from "./support/chromium.ts";
 
@@ -96,16 +97,19 @@ describe("the frontend example", () => {
         if (typeof frame.payload === "string") socket.frames.push(frame.payload);
       });
     });
-    const ticketAnswer = page.waitForResponse((res) => res.url().endsWith("/api/live-ticket"));
+    const sessionAnswer = page.waitForResponse((res) => res.url().endsWith("/api/session"));
+    const ticketAnswer = page.waitForResponse((res) => res.url().endsWith("/live-tickets"));
 
     await page.goto(`${exampleUrl}/`);
     await page.getByRole("heading", { name: "Export a video" }).waitFor();
 
     // Export, then watch the bar: the test samples the DOM, the page only listens.
-    const created = page.waitForResponse((res) => res.url().endsWith("/api/exports"));
+    const created = page.waitForResponse(
+      (res) => res.url().endsWith("/exports") && res.request().method() === "POST",
+    );
     await page.getByRole("button", { name: "Export" }).click();
     // While it waits for its run, the page says when it should start (the create answer's
-    // queue estimate, proxied by the backend as the producer gave it).
+    // queue estimate, as the producer answered the page).
     const { job: answered } = (await (await created).json()) as { job: Job & { queue: unknown } };
     expect(answered).toMatchObject({
       status: "pending",
@@ -138,25 +142,28 @@ describe("the frontend example", () => {
     const jobId = (await page.locator("#job-id").textContent()) ?? "";
     expect(jobId).toMatch(/^[0-9a-f-]{36}$/);
 
-    // The timeline is shown, and the Download link points at the backend.
+    // The timeline is shown, and the Download link is a signed URL of the producer's.
     await page.locator("#timeline-box").waitFor({ state: "visible" });
     const timeline = await page.locator("#timeline li").allTextContents();
     expect(timeline.some((line) => line.includes("created"))).toBe(true);
     expect(timeline.some((line) => line.includes("completed"))).toBe(true);
     const download = page.getByRole("link", { name: "Download" });
     await download.waitFor({ state: "visible" });
-    expect(await download.getAttribute("href")).toBe(`/api/exports/${jobId}/output`);
+    const href = new URL((await download.getAttribute("href")) ?? "");
+    expect(`${href.origin}${href.pathname}`).toBe(`${stack.producerUrl}/exports/${jobId}/output`);
+    expect([...href.searchParams.keys()].sort()).toEqual(["expires", "kid", "sig"]);
     await page.screenshot({
       path: path.join(os.tmpdir(), "reel-exports-example-frontend.png"),
       fullPage: true,
     });
 
-    // One WebSocket, straight to the producer with the backend's ticket, carrying `job` frames.
-    const ticket = (await (await ticketAnswer).json()) as LiveTicketAnswer;
-    expect(ticket.live_url).toBe(
-      `ws://127.0.0.1:${PRODUCER_PORT}/live?ticket=${encodeURIComponent(ticket.ticket)}`,
-    );
-    expect(sockets.map((s) => s.url)).toEqual([ticket.live_url]);
+    // The backend's one answer: a client token for the demo project, and where the API is.
+    const session = (await (await sessionAnswer).json()) as SessionAnswer;
+    expect(session).toMatchObject({ api_url: stack.producerUrl, project_id: 42 });
+    // One WebSocket, straight to the producer with the page's ticket, carrying `job` frames.
+    const { ticket } = (await (await ticketAnswer).json()) as { ticket: string };
+    const liveUrl = `ws://127.0.0.1:${PRODUCER_PORT}/live?ticket=${encodeURIComponent(ticket)}`;
+    expect(sockets.map((s) => s.url)).toEqual([liveUrl]);
     const messages = (sockets[0]?.frames ?? [])
       .filter((text) => text !== "pong")
       .map((text) => JSON.parse(text) as { type: string; job?: Job; jobs?: Job[] });
@@ -166,34 +173,40 @@ describe("the frontend example", () => {
     expect(ours.map((job) => job.progress)).toEqual(expect.arrayContaining([40, 60, 100]));
     expect(ours.at(-1)).toMatchObject({ status: "complete", progress: 100 });
 
-    // No polling: besides the page itself (the document, app.js, style.css), exactly the create,
-    // the ticket and the timeline, all to the backend; nothing went to the producer over HTTP.
+    // No polling: besides the page itself (the document, app.js, style.css), exactly the session
+    // from the backend, then the create, the ticket, the timeline and the download URL from the
+    // producer (CORS preflights aside).
     const api = () =>
       requests
+        .filter(({ method }) => method !== "OPTIONS")
         .filter(({ url }) => url.origin !== exampleUrl || url.pathname.startsWith("/api/"))
         .map(({ method, url }) => `${method} ${url.origin}${url.pathname}`);
-    expect(api()).toEqual([
-      `POST ${exampleUrl}/api/exports`,
-      `POST ${exampleUrl}/api/live-ticket`,
-      `GET ${exampleUrl}/api/exports/${jobId}/events`,
-    ]);
+    const producer = stack.producerUrl;
+    const expected = [
+      `POST ${exampleUrl}/api/session`,
+      `POST ${producer}/exports`,
+      `POST ${producer}/live-tickets`,
+      `POST ${producer}/exports/${jobId}/download-url`,
+      `GET ${producer}/exports/${jobId}/events`,
+    ];
+    expect(api().sort()).toEqual([...expected].sort());
 
     // Download: the browser saves the export, whose bytes are the sample's (the emulator's
-    // "render" copies its input), fetched through the backend.
+    // "render" copies its input), straight from the producer's signed URL.
     const [saved] = await Promise.all([page.waitForEvent("download"), download.click()]);
     const file = await saved.path();
     expect(readFileSync(file)).toEqual(readFileSync(stack.sampleFile));
-    expect(saved.suggestedFilename()).toBe(`export-${jobId.slice(0, 8)}.mp4`);
-    expect(saved.url()).toBe(`${exampleUrl}/api/exports/${jobId}/output`);
+    expect(saved.suggestedFilename()).toBe(`${jobId}.mp4`);
+    expect(saved.url()).toBe(href.href);
     // (Chromium hands a download's request to its download manager: Playwright may not report it
     // as a page request.) Nothing else was asked for.
-    expect(api().filter((line) => line !== `GET ${saved.url()}`)).toEqual([
-      `POST ${exampleUrl}/api/exports`,
-      `POST ${exampleUrl}/api/live-ticket`,
-      `GET ${exampleUrl}/api/exports/${jobId}/events`,
-    ]);
+    expect(
+      api()
+        .filter((line) => line !== `GET ${producer}${href.pathname}`)
+        .sort(),
+    ).toEqual([...expected].sort());
 
-    // The backend chose the project, the user and the input; the page could not.
+    // The token chose the project and the user; the page could not.
     const res = await fetch(`${stack.producerUrl}/exports/${jobId}`, {
       headers: { authorization: `Bearer ${stack.settings.API_TOKEN}` },
     });
@@ -205,10 +218,9 @@ describe("the frontend example", () => {
       status: "complete",
     });
 
-    // The backend forwards Range (a player seeking) and answers 404 for a job it does not know.
-    const part = await fetch(`${exampleUrl}/api/exports/${jobId}/output`, {
-      headers: { range: "bytes=4-7" },
-    });
+    // The signed URL serves Range (a player seeking) without a bearer; the backend relays
+    // nothing (no such route).
+    const part = await fetch(href, { headers: { range: "bytes=4-7" } });
     expect(part.status).toBe(206);
     expect(part.headers.get("content-range")).toBe(
       `bytes 4-7/${readFileSync(stack.sampleFile).length}`,
@@ -216,7 +228,18 @@ describe("the frontend example", () => {
     expect(Buffer.from(await part.arrayBuffer())).toEqual(
       readFileSync(stack.sampleFile).subarray(4, 8),
     );
-    const unknown = await fetch(`${exampleUrl}/api/exports/${crypto.randomUUID()}/events`);
-    expect(unknown.status).toBe(404);
+    expect((await fetch(`${exampleUrl}/api/exports/${jobId}/output`)).status).toBe(404);
+    // The page's token opens its project only: another project's create is 403.
+    const other = await fetch(`${producer}/exports`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${session.token}`, "content-type": "application/json" },
+      body: JSON.stringify({
+        project_id: 43,
+        type: "overlay",
+        input_video_key: session.input_video_key,
+        params: { highlight_regions: [{ start_time: 1, end_time: 3 }] },
+      }),
+    });
+    expect(other.status).toBe(403);
   }, 120_000);
 });

@@ -47,7 +47,22 @@ describe("GET /openapi.json", () => {
       type: "http",
       scheme: "bearer",
     });
-    expect(doc.paths["/exports"]?.post?.security).toEqual([{ apiToken: [] }]);
+    expect(doc.components.securitySchemes.clientToken).toMatchObject({
+      type: "http",
+      scheme: "bearer",
+    });
+    expect(doc.components.securitySchemes.downloadUrl).toMatchObject({
+      type: "apiKey",
+      in: "query",
+      name: "sig",
+    });
+    expect(doc.paths["/exports"]?.post?.security).toEqual([{ apiToken: [] }, { clientToken: [] }]);
+    expect(doc.paths["/client-tokens"]?.post?.security).toEqual([{ apiToken: [] }]);
+    expect(doc.paths["/exports/{id}/output"]?.get?.security).toEqual([
+      { apiToken: [] },
+      { clientToken: [] },
+      { downloadUrl: [] },
+    ]);
     expect(doc.paths["/stats"]?.get?.security).toEqual([{ adminToken: [] }]);
     const webhook = doc.paths["/runpod/webhook/{id}"]?.post;
     expect(webhook?.security).toEqual([]);
@@ -62,11 +77,15 @@ describe("GET /openapi.json", () => {
     const doc = await fetchDocument();
     const create = doc.paths["/exports"]?.post;
     expect(Object.keys(create?.responses ?? {}).sort()).toEqual(
-      ["200", "202", "400", "401", "413", "415", "422", "500"].sort(),
+      ["200", "202", "400", "401", "403", "413", "415", "422", "429", "500"].sort(),
     );
     expect(create?.responses["202"]?.headers).toHaveProperty("Location");
     expect(create?.responses["422"]?.description).toContain("input_not_found");
     expect(create?.responses["422"]?.description).toContain("idempotency_key_reused");
+    expect(create?.responses["403"]?.description).toContain("project_not_allowed");
+    expect(create?.responses["429"]?.description).toContain("quota_exceeded");
+    expect(create?.responses["429"]?.description).toContain("rate_limited");
+    expect(create?.responses["400"]?.description).toContain("input_key_outside_project");
     expect(create?.responses["400"]?.content?.["application/json"].schema).toEqual({
       $ref: "#/components/schemas/Error",
     });

@@ -56,6 +56,7 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   },
   "jobs.byIdempotencyKey": { binds: [1, "key"], uses: ["idx_export_jobs_idempotency"] },
   "jobs.byId": { binds: ["i"], uses: [PK] },
+  "jobs.byIdInProjects": { binds: ["i", "[1,2]"], uses: [PK] },
   "jobs.listByProjects": {
     binds: [projects, ...cursor, 21],
     uses: ["idx_export_jobs_project_created (project_id=? AND (created_at,id)<(?,?))"],
@@ -102,6 +103,7 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   "jobs.cancelledRecordedRun": { binds: [1000, 10, "i", 1, "r"], uses: [`${PK} (id=?)`] },
   "jobs.cancelledUnrecordedRun": { binds: [1000, 10, "r", "i", 1], uses: [`${PK} (id=?)`] },
   "jobs.cancel": { binds: ["i"], uses: [`${PK} (id=?)`] },
+  "jobs.cancelInProjects": { binds: ["i", "[1,2]"], uses: [`${PK} (id=?)`] },
   "jobs.cancelUnconfirmed": { binds: [delay, "i", "r"], uses: [`${PK} (id=?)`] },
   "jobs.cancelConfirmed": { binds: ["i"], uses: [`${PK} (id=?)`] },
   "jobs.progress": { binds: [50, delay, 50, "i", 1, 50], uses: [`${PK} (id=?)`] },
