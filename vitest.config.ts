@@ -26,6 +26,7 @@ export const TEST_VARS = {
   BREAKER_COOLDOWN_S: "30",
   PENDING_MAX_AGE_S: "86400",
   LIVE_TICKET_TTL_S: "60",
+  LIVE_SESSION_MAX_S: "3600",
   RUNPOD_MAX_IN_FLIGHT: "20",
   ARCHIVE_AFTER_S: "2592000",
 };
@@ -43,63 +44,93 @@ export default {
   },
 };`;
 
+/**
+ * The live-session tests' own project: the Durable Objects read LIVE_SESSION_MAX_S from the
+ * bindings (their env), which a test cannot change, so these files get a short one.
+ */
+const LIVE_SESSION_TESTS = ["test/workers/live-session.test.ts"];
+
+/**
+ * A project of tests inside workerd with the real bindings: TEST_VARS, with `vars` over them
+ * (for every binding: the Workers' handlers and the Durable Objects alike).
+ */
+function workersProject(
+  name: string,
+  files: { include: string[]; exclude?: string[] },
+  vars: Record<string, string> = {},
+) {
+  return {
+    extends: false,
+    resolve: {
+      // See shared/shims/module.ts: runpod-sdk's createRequire, as wrangler.toml's [alias].
+      alias: { module: path.join(root, "shared/shims/module.ts") },
+    },
+    plugins: [
+      cloudflareTest(async ({ inject }) => ({
+        main: path.join(root, "test/workers/main.ts"),
+        miniflare: {
+          compatibilityDate: "2026-11-01",
+          compatibilityFlags: ["nodejs_compat"],
+          d1Databases: { DB: "reel-ballers-test" },
+          r2Buckets: { VIDEOS: "reel-ballers-videos-test" },
+          queueProducers: { EXPORT_QUEUE: { queueName: "export-jobs" } },
+          // The Rate Limiting binding, simulated by Miniflare: generous for the suite, and a
+          // strict one that the quota tests hand the producer in its place.
+          ratelimits: {
+            CREATE_LIMITER: { namespace_id: "1001", simple: { limit: 100_000, period: 60 } },
+            TEST_STRICT_LIMITER: { namespace_id: "1002", simple: { limit: 3, period: 60 } },
+          },
+          durableObjects: {
+            DISPATCHER: { className: "Dispatcher", useSQLite: true },
+            LIVE_HUB: { className: "LiveHub", useSQLite: true },
+            LIVE_CHANNEL: { className: "LiveChannel", useSQLite: true },
+          },
+          bindings: {
+            ...TEST_VARS,
+            ...vars,
+            RUNPOD_BASE_URL: `${inject<string>("runpodEmulatorUrl")}/v2`,
+            TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
+          },
+          workers: [
+            {
+              name: "queue-spy",
+              modules: true,
+              script: queueSpy,
+              compatibilityDate: "2026-11-01",
+              d1Databases: { DB: "reel-ballers-test" },
+              queueConsumers: { "export-jobs": { maxBatchTimeout: 0.05 } },
+            },
+          ],
+        },
+      })),
+    ],
+    test: {
+      name,
+      testTimeout: 30_000,
+      ...files,
+      globalSetup: ["test/workers/global-setup.ts"],
+      setupFiles: ["test/workers/apply-migrations.ts"],
+    },
+  };
+}
+
 export default defineConfig({
   test: {
     // Worker logs are printed for failing tests only.
     silent: "passed-only",
     projects: [
-      {
-        extends: false,
-        resolve: {
-          // See shared/shims/module.ts: runpod-sdk's createRequire, as wrangler.toml's [alias].
-          alias: { module: path.join(root, "shared/shims/module.ts") },
+      workersProject("workers", {
+        include: ["test/workers/**/*.test.ts"],
+        exclude: LIVE_SESSION_TESTS,
+      }),
+      // Sockets closed 2 s after they open.
+      workersProject(
+        "workers-live-session",
+        { include: LIVE_SESSION_TESTS },
+        {
+          LIVE_SESSION_MAX_S: "2",
         },
-        plugins: [
-          cloudflareTest(async ({ inject }) => ({
-            main: path.join(root, "test/workers/main.ts"),
-            miniflare: {
-              compatibilityDate: "2026-11-01",
-              compatibilityFlags: ["nodejs_compat"],
-              d1Databases: { DB: "reel-ballers-test" },
-              r2Buckets: { VIDEOS: "reel-ballers-videos-test" },
-              queueProducers: { EXPORT_QUEUE: { queueName: "export-jobs" } },
-              // The Rate Limiting binding, simulated by Miniflare: generous for the suite, and a
-              // strict one that the quota tests hand the producer in its place.
-              ratelimits: {
-                CREATE_LIMITER: { namespace_id: "1001", simple: { limit: 100_000, period: 60 } },
-                TEST_STRICT_LIMITER: { namespace_id: "1002", simple: { limit: 3, period: 60 } },
-              },
-              durableObjects: {
-                DISPATCHER: { className: "Dispatcher", useSQLite: true },
-                LIVE_HUB: { className: "LiveHub", useSQLite: true },
-                LIVE_CHANNEL: { className: "LiveChannel", useSQLite: true },
-              },
-              bindings: {
-                ...TEST_VARS,
-                RUNPOD_BASE_URL: `${inject<string>("runpodEmulatorUrl")}/v2`,
-                TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
-              },
-              workers: [
-                {
-                  name: "queue-spy",
-                  modules: true,
-                  script: queueSpy,
-                  compatibilityDate: "2026-11-01",
-                  d1Databases: { DB: "reel-ballers-test" },
-                  queueConsumers: { "export-jobs": { maxBatchTimeout: 0.05 } },
-                },
-              ],
-            },
-          })),
-        ],
-        test: {
-          name: "workers",
-          testTimeout: 30_000,
-          include: ["test/workers/**/*.test.ts"],
-          globalSetup: ["test/workers/global-setup.ts"],
-          setupFiles: ["test/workers/apply-migrations.ts"],
-        },
-      },
+      ),
       {
         extends: false,
         test: {

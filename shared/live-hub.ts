@@ -22,6 +22,14 @@
 // shards, each awaited down the chain) *before* it reads the snapshot from D1, so no change falls
 // between the two; changes that arrive while it reads wait and follow the snapshot. Clients keep
 // the highest `version` per job.
+//
+// Sessions end: each socket's attachment holds when it closes, LIVE_SESSION_MAX_S (the env of the
+// object, the consumer's) after it opened. The object's one alarm is set for the earliest of its
+// sockets' ends and its own work (a hub's next `queue` message); when it fires, it closes the
+// sockets whose time has come with LIVE_SESSION_ENDED (4001), runs their `closed` bookkeeping,
+// does its own work if due, and sets the alarm again. The client reconnects with a fresh ticket
+// (a ticket is checked only when a socket opens: so a user who lost access loses it within
+// LIVE_SESSION_MAX_S).
 import { DurableObject } from "cloudflare:workers";
 import type { Dispatcher } from "./dispatcher.ts";
 import { fairKeyOf } from "./fair-queue.ts";
@@ -30,6 +38,7 @@ import {
   type HubRole,
   hubOfScope,
   hubRole,
+  LIVE_SESSION_ENDED,
   LIVE_SHARDS,
   LIVE_SOCKET_HEADER,
   type LiveMessage,
@@ -45,6 +54,7 @@ import {
 import type { LiveScope } from "./live-ticket.ts";
 import { log } from "./log.ts";
 import type { QueueInfo } from "./queue-estimate.ts";
+import { liveSessionMaxSeconds } from "./settings.ts";
 import { listJobs } from "./sql/jobs/listings.ts";
 import { type Job, type JobRow, toJob } from "./sql/jobs/row.ts";
 
@@ -56,6 +66,8 @@ export interface LiveEnv {
   /** The dispatcher that estimates queue positions (one per RunPod endpoint). */
   DISPATCHER: DurableObjectNamespace<Dispatcher>;
   RUNPOD_ENDPOINT_ID?: string;
+  /** Seconds a socket stays open (shared/settings.ts's liveSessionMaxSeconds). */
+  LIVE_SESSION_MAX_S?: string;
 }
 
 /** Finished jobs in a snapshot, newest first. */
@@ -103,6 +115,17 @@ export async function snapshotJobs(db: D1Database, scope: LiveScope): Promise<Jo
 const inScope = (scope: LiveScope, projectId: number) =>
   scope.all || scope.projectIds.includes(projectId);
 
+/** What a socket carries as its attachment (it survives hibernation). */
+interface HeldSocket extends SocketInfo {
+  /** When its session ends (ms): LIVE_SESSION_MAX_S after it opened. */
+  closesAt: number;
+  /** Set when the object closed it at `closesAt` (and ran its bookkeeping). */
+  ended?: true;
+}
+
+/** The reason sent with LIVE_SESSION_ENDED. */
+const SESSION_ENDED_REASON = "session ended: reconnect with a fresh ticket";
+
 function parseSocketInfo(header: string | null): SocketInfo | null {
   try {
     const info = JSON.parse(header ?? "null") as SocketInfo | null;
@@ -114,7 +137,8 @@ function parseSocketInfo(header: string | null): SocketInfo | null {
 
 /**
  * What every live object shares: it accepts hibernatable sockets, sends each its snapshot, answers
- * "ping" with "pong" without waking, and sends changes to the sockets whose scope they are in.
+ * "ping" with "pong" without waking, sends changes to the sockets whose scope they are in, and
+ * closes each socket when its session ends (the alarm).
  */
 abstract class LiveRoom extends DurableObject<LiveEnv> {
   /** Sockets whose snapshot is being read, with the changes that came meanwhile (in memory: a
@@ -133,17 +157,27 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
   /** After a socket's snapshot was sent. */
   protected async connected(): Promise<void> {}
 
-  /** After a socket closed or failed. */
+  /** After a socket closed or failed, or its session ended. */
   protected async closed(_ws: WebSocket, _info: SocketInfo): Promise<void> {}
+
+  /** When the object's own work needs the alarm (ms), besides the sockets' ends; null: never. */
+  protected async ownAlarm(): Promise<number | null> {
+    return null;
+  }
+
+  /** The object's own work when the alarm fires (it may not be due: it checks). */
+  protected async ownAlarmWork(): Promise<void> {}
 
   override async fetch(request: Request): Promise<Response> {
     const info = parseSocketInfo(request.headers.get(LIVE_SOCKET_HEADER));
     if (!info || request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return new Response("a WebSocket upgrade from GET /live is expected", { status: 400 });
     }
+    // A malformed LIVE_SESSION_MAX_S throws here, before any socket is accepted.
+    const closesAt = Date.now() + liveSessionMaxSeconds(this.env) * 1000;
     const [client, server] = Object.values(new WebSocketPair()) as [WebSocket, WebSocket];
     this.ctx.acceptWebSocket(server);
-    server.serializeAttachment(info);
+    server.serializeAttachment({ ...info, closesAt } satisfies HeldSocket);
     const waiting: string[] = [];
     this.#waiting.set(server, waiting);
     try {
@@ -151,9 +185,12 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
       const jobs = await snapshotJobs(this.env.DB, info.scope);
       server.send(JSON.stringify({ type: "snapshot", jobs } satisfies LiveMessage));
       for (const text of waiting) server.send(text);
+      this.#waiting.delete(server);
       await this.connected().catch((error: unknown) => {
         log("warn", "live queue messages not planned", { error: String(error) });
       });
+      // Its end counts from now on (the alarm leaves a socket alone while its snapshot is read).
+      await this.planAlarm();
     } catch (error) {
       // The client sees a failed upgrade (500) and reconnects with a fresh ticket.
       server.close(1011, "snapshot failed");
@@ -186,8 +223,9 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
     let listeners = 0;
     for (const ws of this.ctx.getWebSockets()) {
       if (ws.readyState !== WebSocket.OPEN) continue;
-      const info = ws.deserializeAttachment() as SocketInfo | null;
-      if (!info) continue;
+      const info = ws.deserializeAttachment() as HeldSocket | null;
+      // A socket whose session ended is closing: it gets nothing more.
+      if (!info || info.ended) continue;
       if (projectId === null ? !info.scope.all : !inScope(info.scope, projectId)) continue;
       listeners += 1;
       const waiting = this.#waiting.get(ws);
@@ -202,6 +240,61 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
       }
     }
     return listeners;
+  }
+
+  /** The open sockets (but `except`), without those whose session ended and are closing. */
+  protected openSockets(except?: WebSocket): WebSocket[] {
+    return this.ctx.getWebSockets().filter((ws) => {
+      if (ws === except || ws.readyState !== WebSocket.OPEN) return false;
+      return (ws.deserializeAttachment() as HeldSocket | null)?.ended !== true;
+    });
+  }
+
+  /**
+   * Sets the one alarm for the earliest of the open sockets' ends (those whose snapshot is sent)
+   * and the object's own work; deletes it when neither needs it.
+   */
+  protected async planAlarm(): Promise<void> {
+    let next = await this.ownAlarm();
+    for (const ws of this.openSockets()) {
+      if (this.#waiting.has(ws)) continue;
+      const held = ws.deserializeAttachment() as HeldSocket | null;
+      if (!held) continue;
+      next = next === null ? held.closesAt : Math.min(next, held.closesAt);
+    }
+    // Set even when it is already set for `next`: an alarm handler that sets none is the last.
+    if (next === null) await this.ctx.storage.deleteAlarm();
+    else await this.ctx.storage.setAlarm(next);
+  }
+
+  /**
+   * Closes the sockets whose session ended (their `closed` bookkeeping too), does the object's
+   * own work if it is due, and sets the alarm for what comes next.
+   */
+  override async alarm(): Promise<void> {
+    await this.#endSessions();
+    await this.ownAlarmWork();
+    await this.planAlarm();
+  }
+
+  /** Closes with LIVE_SESSION_ENDED each open socket past its end, and runs its bookkeeping. */
+  async #endSessions(): Promise<void> {
+    const now = Date.now();
+    for (const ws of this.openSockets()) {
+      if (this.#waiting.has(ws)) continue;
+      const held = ws.deserializeAttachment() as HeldSocket | null;
+      if (!held || held.closesAt > now) continue;
+      // Marked first: webSocketClose, when the client answers the close, has nothing left to do.
+      ws.serializeAttachment({ ...held, ended: true } satisfies HeldSocket);
+      try {
+        ws.close(LIVE_SESSION_ENDED, SESSION_ENDED_REASON);
+      } catch (error) {
+        log("info", "live socket already closed", { error: String(error) });
+      }
+      await this.closed(ws, held).catch((error: unknown) => {
+        log("warn", "live session end: bookkeeping failed", { error: String(error) });
+      });
+    }
   }
 
   /** Clients send only "ping", which the auto-response answers without waking the object. */
@@ -223,14 +316,17 @@ abstract class LiveRoom extends DurableObject<LiveEnv> {
   }
 
   async #forget(ws: WebSocket): Promise<void> {
-    const info = ws.deserializeAttachment() as SocketInfo | null;
-    if (info) await this.closed(ws, info);
+    const info = ws.deserializeAttachment() as HeldSocket | null;
+    // A socket whose session ended had its bookkeeping when the alarm closed it.
+    if (info && !info.ended) await this.closed(ws, info);
   }
 }
 
 const SUBSCRIPTION = "sub:";
 /** When the hub last sent a `queue` message (ms). */
 const QUEUE_SENT = "queue-sent";
+/** When the hub's next `queue` message is due (ms); none while none is planned. */
+const QUEUE_DUE = "queue-due";
 /** The token under which a project or operators' hub last subscribed itself to its shard(s). */
 const UPSTREAM = "upstream";
 /** The hub's own name (see LiveHub.#name). */
@@ -506,9 +602,7 @@ export class LiveHub extends LiveRoom {
   async #unlistenIfIdle(self: string, closing?: WebSocket): Promise<void> {
     const shards = this.#upstream(self);
     if (shards.length === 0) return;
-    const open = this.ctx
-      .getWebSockets()
-      .some((ws) => ws !== closing && ws.readyState === WebSocket.OPEN);
+    const open = this.openSockets(closing).length > 0;
     if (open || (await this.#subscribers()).size > 0) return;
     const token = await this.ctx.storage.get<string>(UPSTREAM);
     if (token === undefined) return;
@@ -521,26 +615,52 @@ export class LiveHub extends LiveRoom {
     }
   }
 
-  /** Plans the next `queue` message: now, or QUEUE_MESSAGE_INTERVAL_MS after the last one. */
+  /**
+   * Plans the next `queue` message, unless one is planned: now, or QUEUE_MESSAGE_INTERVAL_MS after
+   * the last one (the alarm, shared with the sockets' ends, fires for the earliest).
+   */
   async #queueSoon(): Promise<void> {
-    if ((await this.ctx.storage.getAlarm()) !== null) return;
+    if ((await this.ctx.storage.get<number>(QUEUE_DUE)) !== undefined) return;
     const last = (await this.ctx.storage.get<number>(QUEUE_SENT)) ?? 0;
-    await this.ctx.storage.setAlarm(Math.max(Date.now(), last + QUEUE_MESSAGE_INTERVAL_MS));
+    await this.ctx.storage.put(QUEUE_DUE, Math.max(Date.now(), last + QUEUE_MESSAGE_INTERVAL_MS));
+    await this.planAlarm();
+  }
+
+  protected override async ownAlarm(): Promise<number | null> {
+    return (await this.ctx.storage.get<number>(QUEUE_DUE)) ?? null;
+  }
+
+  /**
+   * The alarm's `queue` message, when it is due. The next one is planned QUEUE_MESSAGE_INTERVAL_MS
+   * later when this one was sent (someone listens, jobs are pending) or failed; otherwise none
+   * until a pending job or a listener comes (#queueSoon).
+   */
+  protected override async ownAlarmWork(): Promise<void> {
+    const due = await this.ctx.storage.get<number>(QUEUE_DUE);
+    if (due === undefined || due > Date.now()) return;
+    await this.ctx.storage.delete(QUEUE_DUE);
+    let again: boolean;
+    try {
+      again = await this.#sendQueue();
+    } catch (error) {
+      log("warn", "live queue message failed", { error: String(error) });
+      again = true;
+    }
+    if (again) await this.ctx.storage.put(QUEUE_DUE, Date.now() + QUEUE_MESSAGE_INTERVAL_MS);
   }
 
   /**
    * The `queue` message: the queue positions of this project's newest pending jobs (up to QUEUE_MESSAGE_JOBS) (the
    * operators' hub: of any project), sent while someone listens and jobs are pending, at most
-   * every QUEUE_MESSAGE_INTERVAL_MS. One D1 read and one dispatcher call a message.
+   * every QUEUE_MESSAGE_INTERVAL_MS. One D1 read and one dispatcher call a message. Answers
+   * whether it sent one.
    */
-  override async alarm(): Promise<void> {
+  async #sendQueue(): Promise<boolean> {
     const role = await this.#role();
-    if (role.kind !== "project" && role.kind !== "operators") return;
+    if (role.kind !== "project" && role.kind !== "operators") return false;
     const projectId = role.kind === "project" ? role.projectId : null;
-    const listening =
-      this.ctx.getWebSockets().some((ws) => ws.readyState === WebSocket.OPEN) ||
-      (await this.#subscribers()).size > 0;
-    if (!listening) return;
+    const listening = this.openSockets().length > 0 || (await this.#subscribers()).size > 0;
+    if (!listening) return false;
     const pending = (
       await listJobs(this.env.DB, {
         projectIds: projectId === null ? null : [projectId],
@@ -549,7 +669,7 @@ export class LiveHub extends LiveRoom {
         after: null,
       })
     ).slice(0, QUEUE_MESSAGE_JOBS);
-    if (pending.length === 0) return;
+    if (pending.length === 0) return false;
     // Each job at the dispatcher holding it (D1 names it; null: RUNPOD_ENDPOINT_ID's).
     const byEndpoint = groupBy(pending, (row) =>
       row.follows !== null
@@ -579,7 +699,7 @@ export class LiveHub extends LiveRoom {
         this.#channel(name).deliverText(text, projectId),
       );
     }
-    await this.ctx.storage.setAlarm(Date.now() + QUEUE_MESSAGE_INTERVAL_MS);
+    return true;
   }
 
   /**
@@ -641,10 +761,7 @@ export class LiveChannel extends LiveRoom {
   protected override async closed(ws: WebSocket, info: SocketInfo): Promise<void> {
     const { channel, scope } = info;
     if (!channel || scope.all) return;
-    const others = this.ctx
-      .getWebSockets()
-      .filter((other) => other !== ws && other.readyState === WebSocket.OPEN);
-    if (others.length > 0) return;
+    if (this.openSockets(ws).length > 0) return;
     // Best effort: a hub that keeps a stale subscription drops it on its next forward (0).
     const results = await Promise.allSettled(
       scope.projectIds.map((id) =>

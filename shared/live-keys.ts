@@ -99,6 +99,12 @@ export interface SocketInfo {
   token: string;
 }
 
+/**
+ * The close code of a live socket whose session ended: the object that holds it closes it
+ * LIVE_SESSION_MAX_S after it opened. The client reconnects at once with a fresh ticket.
+ */
+export const LIVE_SESSION_ENDED = 4001;
+
 export const channelName = (ticketId: string) => `channel:${ticketId}`;
 
 /** The hub that holds the socket of a ticket for all projects or for one (liveRoomFor). */

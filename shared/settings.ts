@@ -298,3 +298,12 @@ export function pollAfterSeconds(env: ProducerEnv): number {
 export function liveTicketTtlSeconds(env: ProducerEnv): number {
   return numberVar(env.LIVE_TICKET_TTL_S, 60, "LIVE_TICKET_TTL_S");
 }
+
+/**
+ * Seconds a live socket stays open (fractions allowed): the live-status object that holds it
+ * closes it with 4001 this long after it opened, and the client reconnects with a fresh ticket.
+ * Read by the objects (shared/live-hub.ts), which the consumer Worker hosts.
+ */
+export function liveSessionMaxSeconds(env: Pick<CommonEnv, "LIVE_SESSION_MAX_S">): number {
+  return numberVar(env.LIVE_SESSION_MAX_S, 3600, "LIVE_SESSION_MAX_S");
+}

@@ -4,7 +4,8 @@
 // Jobs are live: the dashboard mints an operators' ticket (POST /live-tickets, all projects),
 // opens GET /live, and every job message moves its row; the highest `version` of each job wins,
 // whichever came first (the snapshot, a listing, a message). When the socket closes it reconnects
-// with a fresh ticket (and gets a fresh snapshot); meanwhile, and only then, it polls.
+// with a fresh ticket (and gets a fresh snapshot): at once when the server ended the session (4001,
+// LIVE_SESSION_MAX_S after it opened), otherwise after a growing wait; meanwhile it polls.
 const TOKEN_KEY = "reel-exports-admin-token";
 const REFRESH_MS = 2000;
 /** Jobs shown, newest first, of those matching the filter. */
@@ -13,6 +14,11 @@ const SHOWN_JOBS = 50;
 const KEPT_JOBS = 2000;
 /** Waits before reconnecting the live socket, growing with each failure. */
 const RECONNECT_MS = [500, 1000, 2000, 5000, 10000, 30000];
+/**
+ * The close code of a socket whose session ended (LIVE_SESSION_MAX_S after it opened): not a
+ * failure, the dashboard reconnects at once with a fresh ticket.
+ */
+const SESSION_ENDED = 4001;
 /** Keeps proxies from closing an idle socket; the server answers "pong" without waking. */
 const PING_MS = 30000;
 /** Stats and dead letters follow job changes, at most this often. */
@@ -418,8 +424,8 @@ async function connectLive() {
     if (live.socket === socket) onLiveMessage(event.data);
   });
   // An error is always followed by close.
-  socket.addEventListener("close", () => {
-    if (live.socket === socket) liveDown();
+  socket.addEventListener("close", (event) => {
+    if (live.socket === socket) liveDown(event.code === SESSION_ENDED && live.up);
   });
 }
 
@@ -460,17 +466,25 @@ function onLiveMessage(data) {
   }
 }
 
-/** The socket closed (or never opened): poll meanwhile, reconnect with a fresh ticket. */
-function liveDown() {
+/**
+ * The socket closed (or never opened): poll meanwhile, reconnect with a fresh ticket; at once
+ * when the server ended a session that was up (`sessionEnded`), otherwise after a wait that grows
+ * with each failure.
+ */
+function liveDown(sessionEnded = false) {
   live.socket = null;
   live.up = false;
   clearInterval(live.ping);
   if (!token()) return;
-  showLiveState("polling");
   schedule();
+  clearTimeout(live.reconnect);
+  if (sessionEnded) {
+    live.reconnect = setTimeout(connectLive, 0);
+    return;
+  }
+  showLiveState("polling");
   const delay = RECONNECT_MS[Math.min(live.failures, RECONNECT_MS.length - 1)];
   live.failures += 1;
-  clearTimeout(live.reconnect);
   live.reconnect = setTimeout(connectLive, delay);
 }
 

@@ -6,7 +6,8 @@
 // operators' CLI finds nothing it should retry by mistake. RunPod recovers (the stack restarts on
 // the same state with a healthy emulator); the operator signs in, sees dispatch running, retries
 // one job from its row and the other through the "Retry failed jobs" form, and watches both
-// progress to complete; the cancelled job stays as it is.
+// progress to complete; the cancelled job stays as it is. Meanwhile live sessions end every 4 s
+// (LIVE_SESSION_MAX_S): the dashboard reconnects at once each time, as after no failure.
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -187,13 +188,35 @@ describe("dashboard", () => {
   it("signs in, sees dispatch running, retries the failed jobs and shows them complete", async () => {
     expect(rowJob && bulkJob).toBeTruthy(); // the first test made them
     await stack?.stop(); // the failing deployment, if the first test stopped early
-    stack = await startLocalStack(stackOptions({}));
+    const options = stackOptions({});
+    stack = await startLocalStack({
+      ...options,
+      settings: { ...options.settings, LIVE_SESSION_MAX_S: "4" },
+    });
     browser = await chromium.launch({
       executablePath: chromiumLaunch.executablePath,
       headless: true,
       args: chromiumLaunch.args,
     });
     const page: Page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    // The page's live log, in order: each socket's close code and each state the badge shows.
+    await page.addInitScript(`
+      const log = (window.liveLog = []);
+      const Native = window.WebSocket;
+      window.WebSocket = class extends Native {
+        constructor(...args) {
+          super(...args);
+          this.addEventListener("close", (event) => log.push("close:" + event.code));
+        }
+      };
+      document.addEventListener("DOMContentLoaded", () => {
+        new MutationObserver(() => log.push("state:" + document.body.dataset.live)).observe(
+          document.body,
+          { attributes: true, attributeFilter: ["data-live"] },
+        );
+      });
+    `);
+    const liveLog = async () => (await page.evaluate("window.liveLog")) as string[];
     await page.goto(`${stack.producerUrl}/`);
 
     // A wrong token is refused; the right one opens the dashboard.
@@ -289,6 +312,18 @@ describe("dashboard", () => {
     }
     expect(await getJob(cancelledJob)).toMatchObject({ status: "error", error: "cancelled" });
     expect(await page.locator("#stats").textContent()).toContain("Complete");
+
+    // Sessions ended (4001) and the dashboard reconnected at once each time: no polling, no
+    // "reconnecting" (a failure), live again.
+    const ended = "close:4001";
+    const log = await until("a live session to end and the next to be live", async () => {
+      const entries = await liveLog();
+      return entries.includes(ended) && entries.at(-1) === "state:live" ? entries : undefined;
+    });
+    log.forEach((entry, i) => {
+      if (entry !== ended) return;
+      expect(log.slice(i, i + 3)).toEqual([ended, "state:connecting", "state:live"]);
+    });
     await page.screenshot({
       path: path.join(os.tmpdir(), "reel-exports-dashboard.png"),
       fullPage: true,

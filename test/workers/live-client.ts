@@ -27,10 +27,12 @@ export function openLive(ticket: string, init: FetchInit = {}): Promise<Response
   });
 }
 
-/** The test's end of a live socket: every message it received, in order. */
+/** The test's end of a live socket: every message it received, in order, and how it closed. */
 export class LiveClient {
   readonly messages: LiveMessage[] = [];
   pongs = 0;
+  /** The close frame's code and reason, once the socket closed. */
+  closedWith: { code: number; reason: string } | null = null;
 
   readonly ws: WebSocket;
 
@@ -40,6 +42,9 @@ export class LiveClient {
       const data = event.data as string;
       if (data === "pong") this.pongs += 1;
       else this.messages.push(JSON.parse(data) as LiveMessage);
+    });
+    ws.addEventListener("close", (event) => {
+      this.closedWith = { code: event.code, reason: event.reason };
     });
     ws.accept();
   }
@@ -76,6 +81,12 @@ export class LiveClient {
       () => this.changes(id).some((job) => job.version >= version),
       `version ${version} of ${id}`,
     );
+  }
+
+  /** Waits until the socket closed; answers the close frame's code and reason. */
+  async untilClosed(): Promise<{ code: number; reason: string }> {
+    await this.until(() => this.closedWith !== null, "the socket to close");
+    return this.closedWith as { code: number; reason: string };
   }
 
   close(): void {

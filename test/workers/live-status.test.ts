@@ -1,7 +1,7 @@
 // Live status inside workerd with the real bindings: POST /live-tickets, GET /live's WebSockets
 // held by the real LiveHub / LiveChannel Durable Objects (test/workers/main.ts exports them), the
 // state machine publishing through livePublisher(env), and D1 as the truth.
-import { evictDurableObject, runInDurableObject } from "cloudflare:test";
+import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
@@ -585,6 +585,52 @@ describe("queue messages", () => {
     expect(hubClient.changes(a.id).map((job) => job.version)).toEqual([1]);
     hubClient.close();
     channelClient.close();
+  });
+});
+
+describe("sessions", () => {
+  // The socket's end itself (4001 after LIVE_SESSION_MAX_S): live-session.test.ts.
+  it("a socket is not closed before LIVE_SESSION_MAX_S (3600 s): the hub's one alarm serves its queue messages and its sockets' ends", async () => {
+    const p = freshProjectId();
+    const before = Date.now();
+    const client = await connect((await mintProjects(p)).ticket);
+    const after = Date.now();
+    const alarmAndEnds = () =>
+      runInDurableObject(hubOf(p), async (_hub, ctx) => ({
+        alarm: await ctx.storage.getAlarm(),
+        ends: ctx
+          .getWebSockets()
+          .map((ws) => (ws.deserializeAttachment() as { closesAt: number }).closesAt),
+      }));
+    // Nothing pending: once the first queue check found nothing, the alarm waits for the end.
+    const end = await waitFor(async () => {
+      const { alarm, ends } = await alarmAndEnds();
+      return ends.length === 1 && alarm === ends[0] ? alarm : undefined;
+    }, "the alarm at the socket's end");
+    expect(end).toBeGreaterThanOrEqual(before + 3_600_000);
+    expect(end).toBeLessThanOrEqual(after + 3_600_000);
+
+    // A pending job: queue messages come, the next one planned before the end.
+    const job = await createJob(p);
+    const queueMessages = () => client.messages.filter((message) => message.type === "queue");
+    await client.until(() => queueMessages().length === 1, "the first queue message");
+    await waitFor(async () => {
+      const { alarm } = await alarmAndEnds();
+      return alarm !== null && alarm < end ? alarm : undefined;
+    }, "the alarm at the next queue message");
+
+    // The alarm run now, before the end: it closes nothing and keeps a queue message planned.
+    expect(await runDurableObjectAlarm(hubOf(p))).toBe(true);
+    expect(client.closedWith).toBeNull();
+    const { alarm: next } = await alarmAndEnds();
+    expect(next).not.toBeNull();
+    expect(next).toBeLessThan(end);
+    const cancel = await producerFetch(`/exports/${job.id}/cancel`, { method: "POST" });
+    expect(cancel.status).toBe(200);
+    await client.untilVersion(job.id, 2);
+    expect(client.closedWith).toBeNull();
+    expect(client.ws.readyState).toBe(WebSocket.OPEN);
+    client.close();
   });
 });
 
