@@ -227,11 +227,13 @@ function minimumOf(
       ? 1
       : 0;
   const runs = runRecorded + runEnded;
-  written += counts + events + usage + runs;
+  // …and the GPU seconds total (migration 0015) when GPU time is added.
+  const totals = gpuAdded ? 1 : 0;
+  written += counts + events + usage + runs + totals;
   const detail = changed
-    ? `row 1 + index ${touched.length}${touched.length ? ` (${touched.join(", ")})` : ""} + counts ${counts} + events ${events} + usage ${usage} + runs ${runs}`
+    ? `row 1 + index ${touched.length}${touched.length ? ` (${touched.join(", ")})` : ""} + counts ${counts} + events ${events} + usage ${usage} + runs ${runs} + totals ${totals}`
     : "no change";
-  return { read: (readsJob ? 1 : 0) + counts + usage + runs, written, detail };
+  return { read: (readsJob ? 1 : 0) + counts + usage + runs + totals, written, detail };
 }
 
 interface Step {

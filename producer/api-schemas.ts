@@ -13,6 +13,7 @@ import type { LiveMessage } from "../shared/live-keys.ts";
 import { liveTicketRequest } from "../shared/live-ticket.ts";
 import type { QueueInfo } from "../shared/queue-estimate.ts";
 import {
+  batchCreateRequest,
   createExportRequest,
   JOB_TYPES,
   progressReport,
@@ -362,6 +363,10 @@ const nextCursor = z
   .describe("pass as `cursor` for the next page; null on the last");
 
 export const JobEnvelope = component("JobEnvelope", z.object({ job: JobSchema }));
+export const JobList = component(
+  "JobList",
+  z.object({ jobs: z.array(JobSchema).describe("in the order of the request's items") }),
+);
 export const JobPage = component(
   "JobPage",
   z.object({ jobs: z.array(JobSchema), next_cursor: nextCursor }),
@@ -438,6 +443,13 @@ export const OpenApiDocumentSchema = component(
   z.looseObject({ openapi: z.literal("3.1.0") }).describe("This document."),
 );
 
+export const BatchCreateRequest = component(
+  "BatchCreateRequest",
+  batchCreateRequest,
+  "1 to 100 CreateExportRequest bodies, each with an optional `idempotency_key` (1–255 " +
+    "characters) that behaves as POST /exports' Idempotency-Key header. All or nothing: an " +
+    "invalid item refuses the batch, with its path (`exports.3.params…`) in `issues`.",
+);
 export const CreateExportRequest = component(
   "CreateExportRequest",
   createExportRequest,

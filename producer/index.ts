@@ -10,6 +10,7 @@ import { type AppEnv, apiError, defaultHook } from "./http.ts";
 import { listJobsForOperators, listJobsForOperatorsRoute } from "./routes/admin-jobs.ts";
 import { cancelExport, cancelExportRoute } from "./routes/cancel-export.ts";
 import { createClientToken, createClientTokenRoute } from "./routes/client-tokens.ts";
+import { createBatch, createBatchRoute } from "./routes/create-batch.ts";
 import { createExport, createExportRoute } from "./routes/create-export.ts";
 import {
   deleteDeadLetter,
@@ -28,6 +29,7 @@ import { health, healthRoute } from "./routes/health.ts";
 import { getExportEvents, getExportEventsRoute } from "./routes/job-events.ts";
 import { listExports, listExportsRoute } from "./routes/list-exports.ts";
 import { createLiveTicket, createLiveTicketRoute, openLive, openLiveRoute } from "./routes/live.ts";
+import { metrics, metricsRoute } from "./routes/metrics.ts";
 import { openapiRoute, serveOpenapi } from "./routes/openapi.ts";
 import { retryErrorJobs, retryErrorJobsRoute } from "./routes/retry-jobs.ts";
 import {
@@ -61,6 +63,7 @@ mount(app, healthRoute, health);
 mount(app, openapiRoute, serveOpenapi(app));
 
 mount(app, createExportRoute, createExport);
+mount(app, createBatchRoute, createBatch);
 mount(app, listExportsRoute, listExports);
 mount(app, getExportRoute, getExport);
 mount(app, cancelExportRoute, cancelExport);
@@ -80,6 +83,7 @@ mount(app, getDeadLetterRoute, getDeadLetter);
 mount(app, replayDeadLetterRoute, replayDeadLetter);
 mount(app, deleteDeadLetterRoute, deleteDeadLetter);
 mount(app, statsRoute, stats);
+mount(app, metricsRoute, metrics);
 mount(app, listJobsForOperatorsRoute, listJobsForOperators);
 mount(app, retryErrorJobsRoute, retryErrorJobs);
 mount(app, usageRoute, getUsage);

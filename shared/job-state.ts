@@ -42,7 +42,7 @@ import type { RunpodStatusObject } from "./schemas.ts";
 import { r2Key } from "./schemas.ts";
 import type { RetrySettings } from "./settings.ts";
 import * as deadLetters from "./sql/dead-letters.ts";
-import { insertJob, type NewJob } from "./sql/jobs/insert.ts";
+import { insertJob, insertJobs, type NewJob } from "./sql/jobs/insert.ts";
 import * as leases from "./sql/jobs/leases.ts";
 import { getJob } from "./sql/jobs/reads.ts";
 import { type JobRow, toJob } from "./sql/jobs/row.ts";
@@ -204,33 +204,51 @@ export async function createJob(
 ): Promise<JobRow | null> {
   const { row, superseded } = await insertJob(deps.db, job, CANCEL_RETRY_S);
   await publishJobs(deps, [row, ...superseded]);
-  if (superseded.length > 0) {
-    log("info", "jobs superseded", {
-      job_id: job.id,
-      superseded: superseded.map((old) => old.id),
-    });
-    await freeSlots(deps, superseded);
-    const { runpodOf } = deps;
-    if (runpodOf) {
-      const cancelling = Promise.all(
-        superseded.flatMap((old) =>
-          old.runpod_job_id
-            ? [
-                cancelRunOf(
-                  { ...deps, runpodOf },
-                  old.id,
-                  old.runpod_job_id,
-                  old.runpod_endpoint_id,
-                ),
-              ]
-            : [],
-        ),
-      );
-      if (deps.defer) deps.defer(cancelling);
-      else await cancelling;
-    }
-  }
+  await endSuperseded(deps, job.id, superseded);
   return row;
+}
+
+/**
+ * createJobs: POST /exports/batch's jobs in one transaction (createJob for each, the quota checked
+ * for all of them at once): each row in order, null where its Idempotency-Key was already used;
+ * "quota_exceeded" when the batch would pass MAX_ACTIVE_PER_USER for a key, and nothing written.
+ */
+export async function createJobs(
+  deps: JobDeps & Partial<RunpodDeps>,
+  jobs: readonly NewJob[],
+  maxActive: number,
+): Promise<(JobRow | null)[] | "quota_exceeded"> {
+  const inserted = await insertJobs(deps.db, jobs, CANCEL_RETRY_S, maxActive);
+  if (inserted === "quota_exceeded") return inserted;
+  await publishJobs(deps, [...inserted.rows, ...inserted.superseded]);
+  await endSuperseded(deps, `batch of ${jobs.length}`, inserted.superseded);
+  return inserted.rows;
+}
+
+/**
+ * What follows a supersede: the ended jobs' slots freed, their runs cancelled at RunPod (after
+ * the answer when `defer` allows; the statement left each a cancel retry, so a /cancel that
+ * fails or never runs is the reconciler's).
+ */
+async function endSuperseded(
+  deps: JobDeps & Partial<RunpodDeps>,
+  by: string,
+  superseded: JobRow[],
+): Promise<void> {
+  if (superseded.length === 0) return;
+  log("info", "jobs superseded", { job_id: by, superseded: superseded.map((old) => old.id) });
+  await freeSlots(deps, superseded);
+  const { runpodOf } = deps;
+  if (!runpodOf) return;
+  const cancelling = Promise.all(
+    superseded.flatMap((old) =>
+      old.runpod_job_id
+        ? [cancelRunOf({ ...deps, runpodOf }, old.id, old.runpod_job_id, old.runpod_endpoint_id)]
+        : [],
+    ),
+  );
+  if (deps.defer) deps.defer(cancelling);
+  else await cancelling;
 }
 
 /** The custom metadata key naming, on a reused job's output, the job it was copied from. */

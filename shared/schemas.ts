@@ -108,6 +108,27 @@ export const createExportRequest = z.discriminatedUnion("type", [
 ]);
 export type CreateExportRequest = z.infer<typeof createExportRequest>;
 
+/** At most this many exports in one `POST /exports/batch`. */
+export const MAX_BATCH_EXPORTS = 100;
+
+/** `POST /exports/batch` body: 1 to 100 `POST /exports` bodies, each with its Idempotency-Key. */
+export const batchCreateRequest = z.object({
+  exports: z
+    .array(
+      createExportRequest.and(
+        z.object({
+          idempotency_key: z
+            .string()
+            .min(1, "must be 1 to 255 characters")
+            .max(255, "must be 1 to 255 characters")
+            .optional(),
+        }),
+      ),
+    )
+    .min(1)
+    .max(MAX_BATCH_EXPORTS),
+});
+
 /** The queue message: the job id and nothing else; the row is the truth. */
 export const jobMessage = z.object({ job_id: z.uuid() });
 export type JobMessage = z.infer<typeof jobMessage>;

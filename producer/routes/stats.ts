@@ -5,7 +5,7 @@ import { allEndpoints, endpointRoutes, runpodSettings } from "../../shared/setti
 import { readStats } from "../../shared/sql/stats.ts";
 import { auth, errorReplies, reply } from "../api.ts";
 import { StatsSchema } from "../api-schemas.ts";
-import type { AppEnv } from "../http.ts";
+import type { AppContext, AppEnv } from "../http.ts";
 
 export const statsRoute = createRoute({
   method: "get",
@@ -24,8 +24,26 @@ export const statsRoute = createRoute({
  * every endpoint RUNPOD_ENDPOINTS names (`dispatch_by_endpoint`).
  */
 export const stats: RouteHandler<typeof statsRoute, AppEnv> = async (c) => {
-  const endpoint = runpodSettings(c.env).endpointId;
-  const endpoints = allEndpoints(endpointRoutes(c.env), endpoint);
+  const [counts, gates] = await Promise.all([readStats(c.env.DB), dispatchByEndpoint(c)]);
+  return c.json(
+    {
+      ...counts,
+      dispatch: gates.byEndpoint[gates.primary] ?? null,
+      dispatch_by_endpoint: gates.byEndpoint,
+    },
+    200,
+  );
+};
+
+/**
+ * The dispatch gate of every endpoint (RUNPOD_ENDPOINT_ID and those RUNPOD_ENDPOINTS names), asked
+ * of their dispatchers at once; null for one that cannot answer now.
+ */
+export async function dispatchByEndpoint(
+  c: AppContext,
+): Promise<{ primary: string; byEndpoint: Record<string, DispatchStatus | null> }> {
+  const primary = runpodSettings(c.env).endpointId;
+  const endpoints = allEndpoints(endpointRoutes(c.env), primary);
   const status = (id: string) =>
     c.env.DISPATCHER.get(c.env.DISPATCHER.idFromName(id))
       .status()
@@ -33,10 +51,9 @@ export const stats: RouteHandler<typeof statsRoute, AppEnv> = async (c) => {
         log("warn", "dispatch gate status unavailable", { endpoint: id, error: String(error) });
         return null;
       });
-  const [counts, ...gates] = await Promise.all([readStats(c.env.DB), ...endpoints.map(status)]);
-  const byEndpoint = Object.fromEntries(endpoints.map((id, i) => [id, gates[i] ?? null]));
-  return c.json(
-    { ...counts, dispatch: byEndpoint[endpoint] ?? null, dispatch_by_endpoint: byEndpoint },
-    200,
-  );
-};
+  const gates = await Promise.all(endpoints.map(status));
+  return {
+    primary,
+    byEndpoint: Object.fromEntries(endpoints.map((id, i) => [id, gates[i] ?? null])),
+  };
+}

@@ -31,20 +31,45 @@ export const STATS_SQL = {
   deadLetters: `SELECT COUNT(*) AS total, COALESCE(SUM(replayed_at IS NULL), 0) AS not_replayed
                 FROM dead_letters`,
   archived: "SELECT archived FROM archive_counts WHERE id = 1",
+  // GET /metrics' counters (migration 0015): a couple of rows.
+  totals: "SELECT name, value FROM metric_totals",
   // In the archive's transaction, before its deletes: raised by the rows they are about to delete.
   addArchived: `UPDATE archive_counts
                 SET archived = archived + (SELECT COUNT(*) FROM export_jobs WHERE ${ARCHIVED_PAIRS})
                 WHERE id = 1`,
 } as const;
 
+/** GET /metrics' running totals (migration 0015). */
+export interface MetricTotals {
+  /** GPU execution time of every run counted so far (ms). */
+  gpu_ms: number;
+  /** Outbound webhook deliveries that ended failed. */
+  notify_failures: number;
+}
+
 export async function readStats(db: D1Database): Promise<StatsWithArchive> {
-  const [byStatus, oldest, withoutRun, letters, archived] = await retryTransient(() =>
+  return (await readStatsAnd(db, false)).stats;
+}
+
+/** GET /stats' counts and GET /metrics' totals in one round trip (a few rows). */
+export async function readStatsAndTotals(
+  db: D1Database,
+): Promise<{ stats: StatsWithArchive; totals: MetricTotals }> {
+  return readStatsAnd(db, true);
+}
+
+async function readStatsAnd(
+  db: D1Database,
+  withTotals: boolean,
+): Promise<{ stats: StatsWithArchive; totals: MetricTotals }> {
+  const [byStatus, oldest, withoutRun, letters, archived, totalRows] = await retryTransient(() =>
     db.batch([
       db.prepare(STATS_SQL.counts),
       db.prepare(STATS_SQL.oldestPending),
       db.prepare(STATS_SQL.processingWithoutRun),
       db.prepare(STATS_SQL.deadLetters),
       db.prepare(STATS_SQL.archived),
+      ...(withTotals ? [db.prepare(STATS_SQL.totals)] : []),
     ]),
   );
   const jobs: Record<JobStatus, number> = { pending: 0, processing: 0, complete: 0, error: 0 };
@@ -53,12 +78,19 @@ export async function readStats(db: D1Database): Promise<StatsWithArchive> {
   }
   const first = (oldest?.results as { created_at: string; age_s: number }[] | undefined)?.[0];
   const counts = (letters?.results as { total: number; not_replayed: number }[] | undefined)?.[0];
+  const totals: MetricTotals = { gpu_ms: 0, notify_failures: 0 };
+  for (const row of (totalRows?.results ?? []) as { name: string; value: number }[]) {
+    if (row.name === "gpu_ms" || row.name === "notify_failures") totals[row.name] = row.value;
+  }
   return {
-    jobs,
-    oldest_pending_created_at: first?.created_at ?? null,
-    oldest_pending_age_s: first?.age_s ?? null,
-    processing_without_run: (withoutRun?.results as { n: number }[] | undefined)?.[0]?.n ?? 0,
-    dead_letters: { total: counts?.total ?? 0, not_replayed: counts?.not_replayed ?? 0 },
-    archived: (archived?.results as { archived: number }[] | undefined)?.[0]?.archived ?? 0,
+    stats: {
+      jobs,
+      oldest_pending_created_at: first?.created_at ?? null,
+      oldest_pending_age_s: first?.age_s ?? null,
+      processing_without_run: (withoutRun?.results as { n: number }[] | undefined)?.[0]?.n ?? 0,
+      dead_letters: { total: counts?.total ?? 0, not_replayed: counts?.not_replayed ?? 0 },
+      archived: (archived?.results as { archived: number }[] | undefined)?.[0]?.archived ?? 0,
+    },
+    totals,
   };
 }

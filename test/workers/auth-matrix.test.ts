@@ -159,6 +159,23 @@ const MATRIX: Record<string, RouteCase> = {
       };
     },
   },
+  "POST /exports/batch": {
+    auth: "frontend",
+    ok: 202,
+    outside: 403,
+    body: true,
+    call: async () => {
+      const projectId = freshProjectId();
+      const body = { exports: [overlayRequest(projectId, await inputKey(projectId))] };
+      const before = await countAllJobs();
+      return {
+        path: "/exports/batch",
+        projectId,
+        init: json(body),
+        unchanged: async () => expect(await countAllJobs()).toBe(before),
+      };
+    },
+  },
   "GET /exports": {
     auth: "frontend",
     ok: 200,
@@ -298,6 +315,7 @@ const MATRIX: Record<string, RouteCase> = {
     },
   },
   "GET /stats": { auth: "admin", ok: 200, call: async () => ({ path: "/stats" }) },
+  "GET /metrics": { auth: "admin", ok: 200, call: async () => ({ path: "/metrics" }) },
   "GET /usage": {
     auth: "admin",
     ok: 200,
@@ -942,6 +960,7 @@ describe("the 256 KiB body limit", () => {
         "POST /admin/jobs/retry",
         "POST /client-tokens",
         "POST /exports",
+        "POST /exports/batch",
         "POST /live-tickets",
         "POST /runpod/progress/:id",
         "POST /runpod/webhook/:id",

@@ -56,6 +56,13 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   },
   "jobs.byIdempotencyKey": { binds: [1, "key"], uses: ["idx_export_jobs_idempotency"] },
   "jobs.byId": { binds: ["i"], uses: [PK] },
+  "jobs.byIds": { binds: ['["a","b"]'], uses: [`${PK} (id=?)`] },
+  "jobs.byIdempotencyKeys": {
+    binds: ['[[1,"a"],[2,"b"]]'],
+    uses: ["idx_export_jobs_idempotency (project_id=? AND idempotency_key=?)"],
+  },
+  "jobs.quotaCheck": { binds: ["b", '{"user:1":2}', 3], uses: [] },
+  "jobs.quotaChecked": { binds: ["b"], uses: [] },
   "jobs.byIdInProjects": { binds: ["i", "[1,2]"], uses: [PK] },
   "jobs.listByProjects": {
     binds: [projects, ...cursor, 21],
@@ -188,6 +195,8 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   // dead_letters is operators' inbox, kept small by replay and delete: counted in full.
   "stats.deadLetters": { binds: [], uses: [] },
   "stats.archived": { binds: [], uses: [ARCHIVE_COUNT] },
+  // Two rows (migration 0015), read whole like job_counts.
+  "stats.totals": { binds: [], uses: [] },
   "stats.addArchived": { binds: [pairs], uses: [ARCHIVE_COUNT, `${PK} (id=?)`] },
   "runs.late": {
     binds: ["r", "j", 1, 7, null, "cancelled", 10, 900, 900],
@@ -231,9 +240,16 @@ describe("query plans (EXPLAIN QUERY PLAN on the real D1 binding)", () => {
       for (const step of plan) {
         // A scan of a table other than json_each's list, or of the small tables named below.
         const scan = /^SCAN (\w+)/.exec(step)?.[1];
-        // The insert reads its one row of parameters (`j`, a constant row), no table.
-        const parameters = name === "jobs.insert" && (scan === "CONSTANT" || scan === "j");
-        if (scan && !parameters && !["json_each", "job_counts", "dead_letters"].includes(scan)) {
+        // The insert reads its one row of parameters (`j`, a constant row), no table; so does
+        // a batch's quota check.
+        const parameters =
+          (name === "jobs.insert" && (scan === "CONSTANT" || scan === "j")) ||
+          (name === "jobs.quotaCheck" && scan === "CONSTANT");
+        if (
+          scan &&
+          !parameters &&
+          !["json_each", "job_counts", "metric_totals", "dead_letters"].includes(scan)
+        ) {
           throw new Error(`${name} scans ${scan}: ${plan.join(" | ")}`);
         }
         if (scan === "dead_letters" && name !== "stats.deadLetters") {

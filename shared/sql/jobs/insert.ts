@@ -2,6 +2,7 @@
 // under that key in the same transaction.
 
 import { retryTransientOutcome } from "../../d1-retry.ts";
+import { fairKeyOf } from "../../fair-queue.ts";
 import { log } from "../../log.ts";
 import type { Lane } from "../../queue-estimate.ts";
 import type { JobType } from "../../schemas.ts";
@@ -57,6 +58,19 @@ export const INSERT_SQL = {
                  < ${IDENTITY("max_active")}
            ON CONFLICT DO NOTHING
            RETURNING *`,
+  // A batch's quota, first in its transaction: `?` is a JSON object {fair key: its new jobs}; a
+  // key whose active jobs plus its new ones would pass the maximum makes `ok` 0, which the
+  // table's CHECK refuses, rolling the whole batch back (migration 0016). One primary-key read
+  // of active_jobs per key.
+  quotaCheck: `INSERT INTO quota_checks (batch, ok)
+               SELECT ?, NOT EXISTS (
+                 SELECT 1 FROM json_each(?)
+                 WHERE COALESCE((SELECT a.n FROM active_jobs a
+                                 WHERE a.fair_key = json_each.key), 0)
+                       + json_each.value > ?)`,
+  quotaChecked: "DELETE FROM quota_checks WHERE batch = ?",
+  // A batch tried again after an answer that was lost: what the first try inserted, if anything.
+  byIds: "SELECT * FROM export_jobs WHERE id IN (SELECT value FROM json_each(?))",
 } as const;
 
 export interface NewJob {
@@ -170,4 +184,102 @@ export async function insertJob(
         ? []
         : await allRows(db, TRANSITION_SQL.supersededBy, job.project_id, key, job.id),
   };
+}
+
+/** What a batch insert did: each job's row in order (null: its Idempotency-Key was taken). */
+export interface BatchInserted {
+  rows: (JobRow | null)[];
+  superseded: JobRow[];
+}
+
+/**
+ * POST /exports/batch: every job of `jobs` in one D1 transaction (one `batch`), each with its
+ * supersede statement when it has a key; with `maxActive` > 0, the quota is checked first for
+ * the whole batch (INSERT_SQL.quotaCheck): "quota_exceeded" when a fairness key would pass it,
+ * and then nothing is written. Safe to retry: a try after one whose answer was lost reads back
+ * what it committed (all of the batch or none of it) before anything else.
+ */
+export async function insertJobs(
+  db: D1Database,
+  jobs: readonly NewJob[],
+  cancelRetryS: number,
+  maxActive: number,
+): Promise<BatchInserted | "quota_exceeded"> {
+  const batchId = crypto.randomUUID();
+  const perKey: Record<string, number> = {};
+  for (const job of jobs) {
+    const key = fairKeyOf({ user_id: job.user_id ?? null, project_id: job.project_id });
+    perKey[key] = (perKey[key] ?? 0) + 1;
+  }
+  const statements: D1PreparedStatement[] = [];
+  /** Where each job's insert and supersede statements are in the batch. */
+  const at: { insert: number; supersede: number | null }[] = [];
+  if (maxActive > 0) {
+    statements.push(
+      db.prepare(INSERT_SQL.quotaCheck).bind(batchId, JSON.stringify(perKey), maxActive),
+    );
+  }
+  for (const job of jobs) {
+    const insert = statements.push(db.prepare(INSERT_SQL.insert).bind(...insertBinds(job))) - 1;
+    const key = job.supersede_key;
+    const supersede =
+      key === undefined
+        ? null
+        : statements.push(
+            db
+              .prepare(TRANSITION_SQL.supersede)
+              .bind(
+                job.id,
+                seconds(cancelRetryS),
+                job.project_id,
+                key,
+                job.id,
+                job.params_hash ?? null,
+                job.input_etag ?? null,
+                job.id,
+              ),
+          ) - 1;
+    at.push({ insert, supersede });
+  }
+  if (maxActive > 0) statements.push(db.prepare(INSERT_SQL.quotaChecked).bind(batchId));
+  const ids = JSON.stringify(jobs.map((job) => job.id));
+  let tries = 0;
+  try {
+    const { value } = await retryTransientOutcome(async () => {
+      tries += 1;
+      if (tries > 1) {
+        const committed = await allRows(db, INSERT_SQL.byIds, ids);
+        if (committed.length > 0) return { readBack: committed };
+      }
+      return { results: await db.batch<JobRow>(statements) };
+    });
+    if (value.readBack !== undefined) {
+      log("warn", "a batch insert whose answer was lost had committed", { jobs: jobs.length });
+      const byId = new Map(value.readBack.map((row) => [row.id, row]));
+      const superseded: JobRow[] = [];
+      for (const job of jobs) {
+        if (job.supersede_key === undefined || !byId.has(job.id)) continue;
+        superseded.push(
+          ...(await allRows(
+            db,
+            TRANSITION_SQL.supersededBy,
+            job.project_id,
+            job.supersede_key,
+            job.id,
+          )),
+        );
+      }
+      return { rows: jobs.map((job) => byId.get(job.id) ?? null), superseded };
+    }
+    const results = value.results ?? [];
+    return {
+      rows: at.map(({ insert }) => results[insert]?.results[0] ?? null),
+      superseded: at.flatMap(({ supersede }) =>
+        supersede === null ? [] : (results[supersede]?.results ?? []),
+      ),
+    };
+  } catch (error) {
+    if (/CHECK constraint failed/i.test(String(error))) return "quota_exceeded";
+    throw error;
+  }
 }

@@ -7,6 +7,12 @@ import { firstRow, type JobRow } from "./row.ts";
 
 export const READ_SQL = {
   byIdempotencyKey: "SELECT * FROM export_jobs WHERE project_id = ? AND idempotency_key = ?",
+  // A batch's keyed items at once: `?` is a JSON array of [project_id, key] pairs; one lookup of
+  // the unique (project_id, idempotency_key) index per pair.
+  byIdempotencyKeys: `SELECT j.* FROM json_each(?)
+                      CROSS JOIN export_jobs j INDEXED BY idx_export_jobs_idempotency
+                      ON j.project_id = json_extract(json_each.value, '$[0]')
+                        AND j.idempotency_key = json_extract(json_each.value, '$[1]')`,
   byId: "SELECT * FROM export_jobs WHERE id = ?",
   // A scoped client token's read: the job only if it is of one of the token's projects (a JSON
   // array), in the statement that reads it.
@@ -48,6 +54,18 @@ export function getJob(
   return projects === null
     ? firstRow(db, READ_SQL.byId, id)
     : firstRow(db, READ_SQL.byIdInProjects, id, JSON.stringify(projects));
+}
+
+/** The jobs of these (project, Idempotency-Key) pairs that exist. */
+export async function findJobsByIdempotencyKeys(
+  db: D1Database,
+  pairs: readonly (readonly [number, string])[],
+): Promise<JobRow[]> {
+  if (pairs.length === 0) return [];
+  const { results } = await retryTransient(() =>
+    db.prepare(READ_SQL.byIdempotencyKeys).bind(JSON.stringify(pairs)).all<JobRow>(),
+  );
+  return results;
 }
 
 export function findJobByIdempotencyKey(
