@@ -1,9 +1,16 @@
 // The test's end of GET /live: minting tickets and holding sockets as a browser does, for the
 // live-status tests (live-status.test.ts, live-fanout.test.ts). Not a test file itself.
 import { expect } from "vitest";
+import { decodeBase64Url } from "../../shared/base64url.ts";
 import type { LiveMessage } from "../../shared/live-keys.ts";
 import type { Job } from "../../shared/sql/jobs/row.ts";
 import { ADMIN_TOKEN, type FetchInit, postJson, producerFetch, waitFor } from "./helpers.ts";
+
+/** A ticket's claims: `<kid>.<payload>.<sig>` (shared/keys.ts), the payload base64url JSON. */
+export function ticketClaims(ticket: string): { id: string; p: number[] | "all"; exp: number } {
+  const payload = ticket.split(".")[1] as string;
+  return JSON.parse(decodeBase64Url(payload));
+}
 
 export interface MintedTicket {
   ticket: string;

@@ -6,7 +6,6 @@
 import { evictDurableObject, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { decodeBase64Url } from "../../shared/base64url.ts";
 import {
   LIVE_SESSION_ENDED,
   OPERATORS_HUB,
@@ -15,7 +14,7 @@ import {
   shardOfProject,
 } from "../../shared/live-keys.ts";
 import { freshProjectId, insertPendingJob, waitFor } from "./helpers.ts";
-import { connect, type LiveClient, mintAll, mintProjects } from "./live-client.ts";
+import { connect, type LiveClient, mintAll, mintProjects, ticketClaims } from "./live-client.ts";
 
 const ENDED = { code: LIVE_SESSION_ENDED, reason: "session ended: reconnect with a fresh ticket" };
 
@@ -37,7 +36,7 @@ function openSocketsOf(name: string): Promise<number> {
 }
 
 const channelOf = (ticket: string) => {
-  const claims = JSON.parse(decodeBase64Url(ticket.split(".")[0] as string)) as { id: string };
+  const claims = ticketClaims(ticket);
   return env.LIVE_CHANNEL.get(env.LIVE_CHANNEL.idFromName(`channel:${claims.id}`));
 };
 

@@ -6,7 +6,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { consumerDeps } from "../../consumer/process-jobs.ts";
 import { reconcile } from "../../consumer/reconciler.ts";
-import { decodeBase64Url, encodeBase64Url } from "../../shared/base64url.ts";
+import { encodeBase64Url } from "../../shared/base64url.ts";
 import * as state from "../../shared/job-state.ts";
 import { type SigningKey, signingKey } from "../../shared/keys.ts";
 import type { LivePublisher } from "../../shared/live-publisher.ts";
@@ -39,6 +39,7 @@ import {
   mintAll,
   mintProjects,
   openLive,
+  ticketClaims,
 } from "./live-client.ts";
 
 /** GET /exports/{id}'s job: what every live message must equal (its `queue` aside). */
@@ -90,12 +91,6 @@ function subscriptionsOf(projectId: number): Promise<string[]> {
   return runInDurableObject(hubOf(projectId), async (_hub, ctx) => [
     ...(await ctx.storage.list({ prefix: "sub:" })).keys(),
   ]);
-}
-
-function ticketClaims(ticket: string): { id: string; p: number[] | "all"; exp: number } {
-  // `<kid>.<payload>.<sig>` (shared/keys.ts)
-  const payload = ticket.split(".")[1] as string;
-  return JSON.parse(decodeBase64Url(payload));
 }
 
 const channelOf = (ticket: string) =>
