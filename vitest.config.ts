@@ -73,7 +73,10 @@ function workersProject(
           compatibilityFlags: ["nodejs_compat"],
           d1Databases: { DB: "reel-ballers-test" },
           r2Buckets: { VIDEOS: "reel-ballers-videos-test" },
-          queueProducers: { EXPORT_QUEUE: { queueName: "export-jobs" } },
+          queueProducers: {
+            EXPORT_QUEUE: { queueName: "export-jobs" },
+            NOTIFY_QUEUE: { queueName: "export-notifications" },
+          },
           // The Rate Limiting binding, simulated by Miniflare: generous for the suite, and a
           // strict one that the quota tests hand the producer in its place.
           ratelimits: {

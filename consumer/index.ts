@@ -5,6 +5,7 @@ import type { RefillApi } from "../shared/dispatcher.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
 import { log } from "../shared/log.ts";
 import { recordDeadLetterMessages } from "./dead-letters.ts";
+import { processNotifyBatch, sweepNotifications } from "./notifications.ts";
 import { consumerDeps, processJobBatch, submitAdmitted } from "./process-jobs.ts";
 import { reconcile } from "./reconciler.ts";
 
@@ -44,6 +45,9 @@ export function infrastructureRetryDelayS(attempts: number): number {
   return Math.min(7_200, 30 * 2 ** Math.max(0, attempts - 1));
 }
 
+/** The outbound webhooks' queue (wrangler.toml): its batches are tries of notifications. */
+const NOTIFY_QUEUE_NAME = "export-notifications";
+
 export default {
   async queue(
     batch: MessageBatch<unknown>,
@@ -51,6 +55,10 @@ export default {
     ctx?: ExecutionContext,
   ): Promise<void> {
     try {
+      if (batch.queue === NOTIFY_QUEUE_NAME) {
+        await processNotifyBatch(env, batch.messages);
+        return;
+      }
       if (batch.queue.endsWith("-dlq")) {
         await recordDeadLetterMessages(env.DB, batch.queue, "dead_lettered", batch.messages);
         return;
@@ -75,6 +83,6 @@ export default {
     env: ConsumerEnv,
     ctx?: ExecutionContext,
   ): Promise<void> {
-    await reconcile(consumerDeps(env, ctx));
+    await Promise.all([reconcile(consumerDeps(env, ctx)), sweepNotifications(env)]);
   },
 } satisfies ExportedHandler<ConsumerEnv>;

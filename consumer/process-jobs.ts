@@ -30,6 +30,7 @@ import {
 } from "../shared/job-state.ts";
 import { livePublisher } from "../shared/live-publisher.ts";
 import { log } from "../shared/log.ts";
+import { notifierOf } from "../shared/notify.ts";
 import { createRunpodClient, type RunpodClient, RunpodError } from "../shared/runpod-client.ts";
 import { jobMessage } from "../shared/schemas.ts";
 import { allEndpoints, type ConsumerSettings, consumerSettings } from "../shared/settings.ts";
@@ -114,6 +115,7 @@ export function consumerDeps(env: ConsumerEnv, ctx?: ExecutionContext): Consumer
     videos: env.VIDEOS,
     live: livePublisher(env),
     defer: ctx ? (work) => ctx.waitUntil(work) : undefined,
+    notify: notifierOf(env),
   };
 }
 

@@ -6,6 +6,7 @@ import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { clearInterval, clearTimeout, setInterval, setTimeout } from "node:timers";
+import { createWebhookReceivers, RECEIVER_PREFIX } from "./webhook-receiver.ts";
 
 // ---- types ----
 
@@ -532,6 +533,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
   let requests: RequestRecord[] = [];
   const pendingTimers = new Set<NodeJS.Timeout>();
   const shutdown = new AbortController();
+  const receivers = createWebhookReceivers(log);
   let url: string | null = null;
 
   const server = createServer((req, res) => {
@@ -1364,6 +1366,10 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
   }
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    // The webhook receivers answer on their own: a hang must see its client leave.
+    if (req.url?.startsWith(RECEIVER_PREFIX)) {
+      return receivers.handle(req, res, await readBody(req));
+    }
     send(res, await route(req));
   }
 
@@ -1423,6 +1429,7 @@ export function createRunpodEmulator(options: Partial<EmulatorOptions> = {}): Ru
     },
     close() {
       shutdown.abort();
+      receivers.close();
       for (const job of jobs.values()) clearTimers(job);
       for (const ep of endpoints.values()) teardown(ep);
       for (const timer of pendingTimers) clearTimeout(timer);

@@ -433,6 +433,29 @@ export const DownloadUrl = component(
     expires_at: z.string().describe("ISO 8601: when the URL stops working"),
   }),
 );
+const notification = z.object({
+  id: z.string().describe("the webhook-id: stable per event (the job and its ending version)"),
+  job_id: z.string(),
+  version: z.number().int().describe("the job's version that ended it"),
+  type: z.enum(["export.completed", "export.failed"]),
+  ended_at: z.string().describe(stamp("when the job ended")),
+  status: z.enum(["pending", "delivered", "failed"]),
+  attempts: z.number().int().describe("tries of the current series"),
+  next_attempt_at: z.string().nullable().describe("pending: when the next try is due"),
+  window_from: z.string().describe(stamp("the series' start: it gives up 24 h after")),
+  last_status: z.number().int().nullable().describe("the receiver's last HTTP status"),
+  last_error: z.string().nullable().describe("the last try's failure (status, timeout, …)"),
+  delivered_at: z.string().nullable(),
+});
+export const NotificationSchema = component("Notification", notification);
+export const NotificationPage = component(
+  "NotificationPage",
+  z.object({ notifications: z.array(NotificationSchema), next_cursor: z.string().nullable() }),
+);
+export const NotificationEnvelope = component(
+  "NotificationEnvelope",
+  z.object({ notification: NotificationSchema }),
+);
 export const WebhookAck = component(
   "WebhookAck",
   z.object({ applied: z.boolean(), outcome: webhookOutcome }),

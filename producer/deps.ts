@@ -1,6 +1,7 @@
 // What the producer's handlers hand the state machine (shared/job-state.ts).
 import type { JobDeps, RunpodDeps } from "../shared/job-state.ts";
 import { livePublisher } from "../shared/live-publisher.ts";
+import { notifierOf } from "../shared/notify.ts";
 import { createRunpodClient } from "../shared/runpod-client.ts";
 import { pollAfterSeconds, retrySettings, runpodSettings } from "../shared/settings.ts";
 import type { AppContext } from "./http.ts";
@@ -27,6 +28,7 @@ export function jobDeps(c: AppContext): JobDeps {
     videos: c.env.VIDEOS,
     live: livePublisher(c.env),
     defer: waitUntilOf(c),
+    notify: notifierOf(c.env),
   };
 }
 

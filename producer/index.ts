@@ -4,6 +4,7 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
 import { cors } from "hono/cors";
 import { log } from "../shared/log.ts";
+import { syncNotifySwitch } from "../shared/notify.ts";
 import { mount } from "./api.ts";
 import { BOOKMARK_HEADER, d1Session } from "./d1-session.ts";
 import { type AppEnv, apiError, defaultHook } from "./http.ts";
@@ -30,6 +31,12 @@ import { getExportEvents, getExportEventsRoute } from "./routes/job-events.ts";
 import { listExports, listExportsRoute } from "./routes/list-exports.ts";
 import { createLiveTicket, createLiveTicketRoute, openLive, openLiveRoute } from "./routes/live.ts";
 import { metrics, metricsRoute } from "./routes/metrics.ts";
+import {
+  listNotifications,
+  listNotificationsRoute,
+  redeliver,
+  redeliverNotificationRoute,
+} from "./routes/notifications.ts";
 import { openapiRoute, serveOpenapi } from "./routes/openapi.ts";
 import { retryErrorJobs, retryErrorJobsRoute } from "./routes/retry-jobs.ts";
 import {
@@ -56,6 +63,12 @@ app.use("*", async (c, next) => {
   if (c.res.headers.get("access-control-allow-origin")) {
     c.res.headers.set("Access-Control-Expose-Headers", `${BOOKMARK_HEADER}, Location`);
   }
+});
+// The outbox's switch follows NOTIFY_URL (once per isolate): ending statements write
+// notifications only while it is set (shared/notify.ts).
+app.use("*", async (c, next) => {
+  await syncNotifySwitch(c.env.DB, Boolean(c.env.NOTIFY_URL?.trim()));
+  return next();
 });
 app.use("*", d1Session);
 
@@ -84,6 +97,8 @@ mount(app, replayDeadLetterRoute, replayDeadLetter);
 mount(app, deleteDeadLetterRoute, deleteDeadLetter);
 mount(app, statsRoute, stats);
 mount(app, metricsRoute, metrics);
+mount(app, listNotificationsRoute, listNotifications);
+mount(app, redeliverNotificationRoute, redeliver);
 mount(app, listJobsForOperatorsRoute, listJobsForOperators);
 mount(app, retryErrorJobsRoute, retryErrorJobs);
 mount(app, usageRoute, getUsage);

@@ -12,7 +12,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import path from "node:path";
-import { endpointRoutesVar, laneWeightsVar } from "../shared/settings.ts";
+import { endpointRoutesVar, laneWeightsVar, notifySettings } from "../shared/settings.ts";
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
 const wranglerJs = path.join(root, "node_modules/wrangler/bin/wrangler.js");
@@ -29,6 +29,8 @@ export const LOCAL_DEFAULTS: Record<string, string> = {
   WEBHOOK_SECRET: "dev-webhook-secret",
   RUNPOD_API_KEY: "dev-runpod-key",
   RUNPOD_ENDPOINT_ID: "local-endpoint",
+  // Outbound webhooks' key (Standard Webhooks: whsec_ and base64), used once NOTIFY_URL is set.
+  NOTIFY_SECRET: "whsec_ZGV2LW5vdGlmeS1zZWNyZXQtZm9yLWxvY2FsLXVzZQ==",
 };
 
 /** Every setting of the contract that `npm start` passes through from the environment. */
@@ -72,6 +74,10 @@ export const SETTING_NAMES = [
   "DOWNLOAD_URL_TTL_S",
   "MAX_ACTIVE_PER_USER",
   "INPUT_KEY_PREFIX",
+  "NOTIFY_URL",
+  "NOTIFY_SECRET",
+  "NOTIFY_TIMEOUT_MS",
+  "NOTIFY_RETRY_S",
 ] as const;
 
 export interface StackOptions {
@@ -339,6 +345,7 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
   // Settings whose mistake would only show in the Workers' logs are refused here, naming them.
   endpointRoutesVar(settings.RUNPOD_ENDPOINTS, settings.RUNPOD_ENDPOINT_ID ?? "");
   laneWeightsVar(settings.PRIORITY_WEIGHTS);
+  notifySettings(settings);
   const childEnv: NodeJS.ProcessEnv = {
     ...process.env,
     WRANGLER_SEND_METRICS: "false",

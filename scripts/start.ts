@@ -47,14 +47,22 @@ process.stdout.on("error", () => {});
 process.stderr.on("error", () => {});
 
 let cron: NodeJS.Timeout | undefined;
-const settings = Object.fromEntries(SETTING_NAMES.map((name) => [name, process.env[name]]));
+const settings: Record<string, string | undefined> = Object.fromEntries(
+  SETTING_NAMES.map((name) => [name, process.env[name]]),
+);
+const emulatorPort = port("EMULATOR_PORT", 8790);
+// With the emulator, outbound webhooks go to its receiver unless NOTIFY_URL says otherwise:
+// GET <emulator>/__receiver/local/requests shows what the frontend's backend would receive.
+if (!settings.RUNPOD_BASE_URL && !settings.NOTIFY_URL) {
+  settings.NOTIFY_URL = `http://127.0.0.1:${emulatorPort}/__receiver/local`;
+}
 let stack: Awaited<ReturnType<typeof startLocalStack>>;
 try {
   stack = await startLocalStack({
     settings,
     producerPort: port("PRODUCER_PORT", 8787),
     consumerPort: port("CONSUMER_PORT", 8788),
-    emulatorPort: port("EMULATOR_PORT", 8790),
+    emulatorPort,
     inspectorPorts: [inspector, inspector + 1],
     exampleFrontendPort,
     persistTo: process.env.STATE_DIR || undefined,
@@ -73,6 +81,7 @@ reel-exports is running locally
   producer   ${stack.producerUrl}        (API_TOKEN=${stack.settings.API_TOKEN}, ADMIN_TOKEN=${stack.settings.ADMIN_TOKEN})
   consumer   ${stack.consumerUrl}        (reconciler every minute; GET /__scheduled runs it now)
   RunPod     ${stack.runpodBaseUrl}${stack.emulatorUrl ? "  (emulator)" : ""}
+  webhooks   ${stack.settings.NOTIFY_URL || "off (NOTIFY_URL)"}${stack.emulatorUrl && stack.settings.NOTIFY_URL?.startsWith(stack.emulatorUrl) ? "  (GET …/requests: what was delivered)" : ""}
   state      ${stack.persistTo}
   sample     uploads/demo/sample.mp4 in R2 bucket reel-ballers-videos${exampleLine}
 

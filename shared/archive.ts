@@ -23,6 +23,7 @@ import { EVENT_SQL, type EventRow, type JobEvent, toEvent } from "./sql/events.t
 import { ARCHIVE_SQL, ARCHIVE_START, archivableJobs } from "./sql/jobs/archive.ts";
 import { getJob, type Projects } from "./sql/jobs/reads.ts";
 import { type Job, type JobRow, toJob } from "./sql/jobs/row.ts";
+import { NOTIFY_SQL } from "./sql/notifications.ts";
 import { STATS_SQL } from "./sql/stats.ts";
 
 export const ARCHIVE_PREFIX = "archive/export_jobs/";
@@ -151,7 +152,8 @@ export async function archiveJobs(
   if (stored.length === 0) return { archived: 0, skipped: rows.length };
 
   // 3. Out of D1, only what was put and only as it was put: the count first (it counts the rows
-  //    about to go), the events, the dead letters, the rows (job_counts follows by trigger).
+  //    about to go), the events, the dead letters, the notifications, the rows (job_counts
+  //    follows by trigger).
   const pairs = pairsOf(stored);
   const deleted = await retryTransient(() =>
     db.batch([
@@ -160,6 +162,7 @@ export async function archiveJobs(
         db.prepare(EVENT_SQL.deleteArchived).bind(pairsOf(part.jobs), part.from, part.to),
       ),
       db.prepare(DEAD_LETTER_SQL.deleteArchived).bind(pairs),
+      db.prepare(NOTIFY_SQL.deleteArchived).bind(pairs),
       db.prepare(ARCHIVE_SQL.deleteArchived).bind(pairs),
     ]),
   );

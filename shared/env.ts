@@ -8,6 +8,7 @@
 import type { Dispatcher } from "./dispatcher.ts";
 import type { LiveChannel, LiveHub } from "./live-hub.ts";
 
+import type { NotifyMessage } from "./notify.ts";
 import type { JobMessage } from "./schemas.ts";
 
 export type { JobMessage };
@@ -15,6 +16,8 @@ export type { JobMessage };
 /** The bindings whose generated type is looser than what they hold. */
 interface Narrowed {
   EXPORT_QUEUE: Queue<JobMessage>;
+  /** Outbound webhooks to try now (shared/notify.ts). */
+  NOTIFY_QUEUE: Queue<NotifyMessage>;
   /** The dispatch gate, one object per RunPod endpoint (shared/dispatcher.ts). */
   DISPATCHER: DurableObjectNamespace<Dispatcher>;
   /** Live status: one hub per project and one for operators (shared/live-hub.ts); both publish. */
@@ -70,6 +73,11 @@ export interface ProducerEnv extends ProducerBindings, RunpodSecrets {
 }
 
 export interface ConsumerEnv extends ConsumerBindings, RunpodSecrets {
+  /** The Standard Webhooks secret of outbound webhooks (`whsec_…`), with NOTIFY_URL. */
+  NOTIFY_SECRET?: string;
+  /** Not in wrangler.toml: outbound webhooks' timeout and retry schedule (tests, benches). */
+  NOTIFY_TIMEOUT_MS?: string;
+  NOTIFY_RETRY_S?: string;
   /** Not in wrangler.toml: the endpoint's max workers, bounding an `auto` cap (none when missing). */
   RUNPOD_MAX_WORKERS?: string;
 }

@@ -36,6 +36,7 @@ import type { JobMessage } from "./env.ts";
 import { groupBy } from "./group-by.ts";
 import { LivePublicationError, type LivePublisher } from "./live-publisher.ts";
 import { log } from "./log.ts";
+import { notificationIdOf } from "./notify.ts";
 import { copyObject } from "./r2-copy.ts";
 import type { RunpodClient } from "./runpod-client.ts";
 import type { RunpodStatusObject } from "./schemas.ts";
@@ -74,6 +75,11 @@ export interface JobDeps {
    * not wait for live clients; without it, publication is awaited.
    */
   defer?: (work: Promise<unknown>) => void;
+  /**
+   * With NOTIFY_URL: asks the consumer to deliver these notifications now (the outbox rows the
+   * ending statements wrote); the cron's sweep delivers them all the same if this fails.
+   */
+  notify?: (notificationIds: string[]) => Promise<void>;
 }
 
 /** RunPod's client for an endpoint (null: RUNPOD_ENDPOINT_ID). */
@@ -174,6 +180,19 @@ export async function publishJobs(deps: JobDeps, rows: readonly (JobRow | null)[
 }
 
 async function publishNow(deps: JobDeps, changed: readonly JobRow[]): Promise<void> {
+  const ended = changed.filter(
+    (row) => (row.status === "complete" || row.status === "error") && row.last_event !== null,
+  );
+  if (deps.notify && ended.length > 0) {
+    try {
+      await deps.notify(ended.map((row) => notificationIdOf(row.id, row.version)));
+    } catch (error) {
+      log("warn", "notifications not handed to the queue; the cron sweeps them", {
+        job_ids: ended.map((row) => row.id),
+        error: String(error),
+      });
+    }
+  }
   try {
     // One call for the statement's rows (the publisher makes one per live shard they touch).
     // Awaited inside the try: a publisher that throws instead of rejecting failed all the same.

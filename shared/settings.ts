@@ -1,6 +1,12 @@
 import type { GateConfig } from "./dispatch-gate.ts";
 import type { CommonEnv, ConsumerEnv, ProducerEnv } from "./env.ts";
 import { DEFAULT_LANE_WEIGHTS, type LaneWeights } from "./fair-queue.ts";
+import {
+  NOTIFY_RETRY_S,
+  NOTIFY_TIMEOUT_MS,
+  type NotifySettings,
+  validNotifySecret,
+} from "./notify.ts";
 
 /** How the endpoint's autoscaler adds workers (RUNPOD_SCALER). */
 export type Scaler = { kind: "queue_delay" } | { kind: "request_count"; runsPerWorker: number };
@@ -255,6 +261,41 @@ export function consumerSettings(env: ConsumerEnv): ConsumerSettings {
     routes: endpointRoutes(env),
     pendingMaxAgeS: numberVar(env.PENDING_MAX_AGE_S, 86_400, "PENDING_MAX_AGE_S"),
     archiveAfterS: numberVar(env.ARCHIVE_AFTER_S, 2_592_000, "ARCHIVE_AFTER_S"),
+  };
+}
+
+/**
+ * Outbound webhooks: null when NOTIFY_URL is not set (nobody to notify). With it, NOTIFY_SECRET
+ * must be a Standard Webhooks secret (`whsec_` and base64). NOTIFY_TIMEOUT_MS (10000) and
+ * NOTIFY_RETRY_S (the spec's schedule) are this implementation's own knobs, for tests and benches.
+ */
+export function notifySettings(env: {
+  NOTIFY_URL?: string | undefined;
+  NOTIFY_SECRET?: string | undefined;
+  NOTIFY_TIMEOUT_MS?: string | undefined;
+  NOTIFY_RETRY_S?: string | undefined;
+}): NotifySettings | null {
+  const url = env.NOTIFY_URL?.trim() ?? "";
+  if (url === "") return null;
+  if (!/^https?:\/\//.test(url)) {
+    throw new Error(`setting NOTIFY_URL must be an http(s) URL, got ${JSON.stringify(url)}`);
+  }
+  const secret = env.NOTIFY_SECRET ?? "";
+  if (!validNotifySecret(secret)) {
+    throw new Error(
+      "setting NOTIFY_SECRET must be a whsec_… secret (base64) when NOTIFY_URL is set",
+    );
+  }
+  const retry = env.NOTIFY_RETRY_S?.trim();
+  const retryS = retry ? retry.split(",").map((part) => Number(part.trim())) : NOTIFY_RETRY_S;
+  if (retryS.length === 0 || retryS.some((n) => !Number.isFinite(n) || n < 0)) {
+    throw new Error(`setting NOTIFY_RETRY_S must be seconds separated by commas, got ${retry}`);
+  }
+  return {
+    url,
+    secret,
+    timeoutMs: numberVar(env.NOTIFY_TIMEOUT_MS, NOTIFY_TIMEOUT_MS, "NOTIFY_TIMEOUT_MS"),
+    retryS,
   };
 }
 

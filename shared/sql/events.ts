@@ -22,6 +22,8 @@ export const EVENT_TYPES = [
   "expired",
   "superseded",
   "reused",
+  "notified",
+  "notify_failed",
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

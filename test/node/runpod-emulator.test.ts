@@ -1347,3 +1347,137 @@ describe("CLI", () => {
     expect(await exited).toBe(0);
   });
 });
+
+describe("webhook receiver", () => {
+  let receiverCounter = 0;
+  function newReceiver(name: string): string {
+    receiverCounter += 1;
+    return `${name}-${receiverCounter}`;
+  }
+
+  interface Received {
+    method: string;
+    headers: Record<string, string>;
+    body: string;
+    receivedAt: string;
+    status: number | null;
+  }
+
+  async function received(name: string): Promise<Received[]> {
+    const res = await call("GET", `/__receiver/${name}/requests`);
+    expect(res.status).toBe(200);
+    return res.body.requests as Received[];
+  }
+
+  async function deliver(name: string, body = "{}", signal?: AbortSignal) {
+    const res = await fetch(`${origin}/__receiver/${name}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+      signal,
+    });
+    return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+  }
+
+  it("records a delivery's method, headers and exact body, and answers 200", async () => {
+    const name = newReceiver("record");
+    // Spacing and key order a JSON round trip would lose: a signature covers these bytes.
+    const body = '{ "type":"export.completed",\n  "data": {"id":"exp_1", "é":1} }';
+    const res = await fetch(`${origin}/__receiver/${name}`, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        "Webhook-Id": "msg_1",
+        "webhook-timestamp": "1700000000",
+        "Webhook-Signature": "v1,abc=",
+      },
+      body,
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ ok: true });
+    const [request, ...rest] = await received(name);
+    expect(rest).toEqual([]);
+    expect(request).toMatchObject({ method: "POST", body, status: 200 });
+    expect(request?.headers).toMatchObject({
+      "content-type": "application/json",
+      "webhook-id": "msg_1",
+      "webhook-timestamp": "1700000000",
+      "webhook-signature": "v1,abc=",
+    });
+    expect(Number.isNaN(Date.parse(request?.receivedAt ?? ""))).toBe(false);
+  });
+
+  it("answers the configured sequence, then the configured status", async () => {
+    const name = newReceiver("sequence");
+    const config = await call("PUT", `/__receiver/${name}/config`, { answers: [500, 500] });
+    expect(config).toEqual({ status: 200, body: { answers: [500, 500], status: 200, hangMs: 0 } });
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) statuses.push((await deliver(name, `{"n":${i}}`)).status);
+    expect(statuses).toEqual([500, 500, 200, 200]);
+    expect((await deliver(newReceiver("other"))).status).toBe(200);
+    const requests = await received(name);
+    expect(requests.map((r) => r.status)).toEqual([500, 500, 200, 200]);
+    expect(requests.map((r) => r.body)).toEqual(['{"n":0}', '{"n":1}', '{"n":2}', '{"n":3}']);
+
+    await call("PUT", `/__receiver/${name}/config`, { status: 503 });
+    const failed = await deliver(name);
+    expect(failed).toEqual({ status: 503, body: { error: "receiver configured to answer 503" } });
+  });
+
+  it("hangs: the client times out, the delivery is recorded with status null", async () => {
+    const name = newReceiver("hang");
+    await call("PUT", `/__receiver/${name}/config`, { hangMs: 3_600_000 });
+    await expect(deliver(name, '{"late":true}', AbortSignal.timeout(200))).rejects.toThrow();
+    const [request] = await received(name);
+    expect(request).toMatchObject({ method: "POST", body: '{"late":true}', status: null });
+  });
+
+  it("close() ends a pending hang", async () => {
+    const own = createRunpodEmulator({ apiKey: API_KEY });
+    const base = (await own.listen(0)).url;
+    await fetch(`${base}/__receiver/hang/config`, {
+      method: "PUT",
+      body: JSON.stringify({ hangMs: 3_600_000 }),
+    });
+    const pending = fetch(`${base}/__receiver/hang`, { method: "POST", body: "{}" });
+    await waitFor(async () => {
+      const res = await fetch(`${base}/__receiver/hang/requests`);
+      return ((await res.json()) as { requests: Received[] }).requests.length === 1;
+    }, "the hanging delivery");
+    await own.close();
+    await expect(pending).rejects.toThrow();
+  });
+
+  it("DELETE forgets the receiver's config and requests", async () => {
+    const name = newReceiver("reset");
+    await call("PUT", `/__receiver/${name}/config`, { status: 500 });
+    expect((await deliver(name)).status).toBe(500);
+    const res = await fetch(`${origin}/__receiver/${name}`, { method: "DELETE" });
+    expect(res.status).toBe(204);
+    expect(await received(name)).toEqual([]);
+    expect((await deliver(name)).status).toBe(200);
+    expect((await received(name)).map((r) => r.status)).toEqual([200]);
+  });
+
+  it("rejects a bad config with 400 and keeps the previous one", async () => {
+    const name = newReceiver("bad");
+    await call("PUT", `/__receiver/${name}/config`, { status: 502 });
+    for (const bad of [
+      { answers: [200, 600] },
+      { answers: "500" },
+      { answers: [500.5] },
+      { status: 99 },
+      { hangMs: -1 },
+      { hangMs: "10" },
+      { unknown: 1 },
+      [],
+      "not json",
+    ]) {
+      const res = await call("PUT", `/__receiver/${name}/config`, bad);
+      expect(res.status, JSON.stringify(bad)).toBe(400);
+      expect(typeof res.body.error).toBe("string");
+    }
+    expect((await call("PUT", "/__receiver/bad name!/config", {})).status).toBe(400);
+    expect((await deliver(name)).status).toBe(502);
+  });
+});

@@ -133,6 +133,24 @@ const json = (body: unknown): FetchInit => ({
   body: JSON.stringify(body),
 });
 
+/** A notification that gave up (an outbox row as the consumer leaves it), for its redelivery. */
+async function failedNotification(): Promise<string> {
+  const job = await pendingJob();
+  const id = `msg_auth_${crypto.randomUUID().replaceAll("-", "")}`;
+  await env.DB.prepare(
+    `INSERT INTO notifications (id, job_id, version, type, ended_at, status, attempts,
+       window_from, last_error)
+     VALUES (?, ?, 1, 'export.failed', datetime('now'), 'failed', 7, datetime('now'), 'HTTP 500')`,
+  )
+    .bind(id, job.id)
+    .run();
+  return id;
+}
+
+function notificationRow(id: string) {
+  return env.DB.prepare("SELECT * FROM notifications WHERE id = ?").bind(id).first();
+}
+
 /** A call about `job`, at the path `pathOf` its id. */
 function ofJob(job: JobRow, pathOf: (id: string) => string): Call {
   return { path: pathOf(job.id), projectId: job.project_id };
@@ -316,6 +334,24 @@ const MATRIX: Record<string, RouteCase> = {
   },
   "GET /stats": { auth: "admin", ok: 200, call: async () => ({ path: "/stats" }) },
   "GET /metrics": { auth: "admin", ok: 200, call: async () => ({ path: "/metrics" }) },
+  "GET /admin/notifications": {
+    auth: "admin",
+    ok: 200,
+    call: async () => ({ path: "/admin/notifications?status=failed" }),
+  },
+  "POST /admin/notifications/:id/redeliver": {
+    auth: "admin",
+    ok: 202,
+    call: async () => {
+      const id = await failedNotification();
+      const before = await notificationRow(id);
+      return {
+        path: `/admin/notifications/${id}/redeliver`,
+        init: { method: "POST" },
+        unchanged: async () => expect(await notificationRow(id)).toEqual(before),
+      };
+    },
+  },
   "GET /usage": {
     auth: "admin",
     ok: 200,

@@ -16,6 +16,7 @@ declare global {
       RUNPOD_BASE_URL: string;
       VIDEOS: bindings.CommonEnv["VIDEOS"];
       EXPORT_QUEUE: bindings.CommonEnv["EXPORT_QUEUE"];
+      NOTIFY_QUEUE: bindings.CommonEnv["NOTIFY_QUEUE"];
       DISPATCHER: bindings.CommonEnv["DISPATCHER"] & DurableObjectNamespace;
       LIVE_HUB: bindings.CommonEnv["LIVE_HUB"] & DurableObjectNamespace;
       LIVE_CHANNEL: bindings.CommonEnv["LIVE_CHANNEL"] & DurableObjectNamespace;

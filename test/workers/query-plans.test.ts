@@ -2,11 +2,13 @@
 // D1 leaves them (no ANALYZE): each must reach export_jobs through its primary key or an index
 // range that fits what it needs, never a scan, and no statement may bind more than a handful of
 // D1's 100 parameters (lists travel as one JSON array through json_each).
+
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { DEAD_LETTER_SQL } from "../../shared/sql/dead-letters.ts";
 import { EVENT_SQL } from "../../shared/sql/events.ts";
 import { JOB_SQL } from "../../shared/sql/jobs/catalog.ts";
+import { NOTIFY_SQL } from "../../shared/sql/notifications.ts";
 import { RUN_SQL } from "../../shared/sql/runs.ts";
 import { STATS_SQL } from "../../shared/sql/stats.ts";
 import { freshProjectId, insertPendingJob, postJson, producerFetch, putInput } from "./helpers.ts";
@@ -189,6 +191,35 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
   },
   "events.byJobs": { binds: [ids, 0, 900], uses: [EVENT_RANGE] },
   "events.deleteArchived": { binds: [pairs, 0, 900], uses: [EVENT_RANGE, `${PK} (id=?)`] },
+  "notify.setEnabled": { binds: [1, 1], uses: [] },
+  "notify.lease": {
+    binds: ["+60 seconds", "msg_a_1"],
+    uses: ["sqlite_autoindex_notifications_1 (id=?)"],
+  },
+  "notify.delivered": {
+    binds: [200, "{}", "msg_a_1", 1],
+    uses: ["sqlite_autoindex_notifications_1 (id=?)"],
+  },
+  "notify.retryLater": {
+    binds: ["+5 seconds", 500, "HTTP 500", "{}", "msg_a_1", 1],
+    uses: ["sqlite_autoindex_notifications_1 (id=?)"],
+  },
+  "notify.failed": {
+    binds: [500, "HTTP 500", "{}", "msg_a_1", 1],
+    uses: ["sqlite_autoindex_notifications_1 (id=?)"],
+  },
+  "notify.due": { binds: [100], uses: ["idx_notifications_due (due_at<?)"] },
+  "notify.byId": { binds: ["msg_a_1"], uses: ["sqlite_autoindex_notifications_1 (id=?)"] },
+  "notify.redeliver": { binds: ["msg_a_1"], uses: ["sqlite_autoindex_notifications_1 (id=?)"] },
+  "notify.listByStatus": {
+    binds: ["failed", "9999", "", 21],
+    uses: ["idx_notifications_status (status=? AND (ended_at,id)<(?,?))"],
+  },
+  "notify.listAll": {
+    binds: ["9999", "", 21, "9999", "", 21, "9999", "", 21, 21],
+    uses: ["idx_notifications_status (status=? AND (ended_at,id)<(?,?))"],
+  },
+  "notify.deleteArchived": { binds: [pairs], uses: [] },
   "stats.counts": { binds: [], uses: [] },
   "stats.oldestPending": { binds: [], uses: ["idx_export_jobs_status_created (status=?)"] },
   "stats.processingWithoutRun": { binds: [], uses: ["idx_export_jobs_status_due (status=?)"] },
@@ -215,6 +246,7 @@ const STATEMENTS: Record<string, string> = Object.fromEntries([
   ...Object.entries(STATS_SQL).map(([name, sql]) => [`stats.${name}`, sql]),
   ...Object.entries(EVENT_SQL).map(([name, sql]) => [`events.${name}`, sql]),
   ...Object.entries(RUN_SQL).map(([name, sql]) => [`runs.${name}`, sql]),
+  ...Object.entries(NOTIFY_SQL).map(([name, sql]) => [`notify.${name}`, sql]),
 ]);
 
 async function planOf(sql: string, binds: unknown[]): Promise<string[]> {
