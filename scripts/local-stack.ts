@@ -120,6 +120,8 @@ export interface LocalStack {
   crashConsumer(): Promise<void>;
   /** Starts the consumer Worker again after a crash and waits until it answers. */
   restartConsumer(): Promise<void>;
+  /** Kills the producer Worker's process and starts it again (its live sockets close). */
+  restartProducer(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -493,10 +495,14 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
     // once can meet SQLITE_BUSY and fail to start.
     let consumer = await startConsumer();
     const producerUrl = `http://127.0.0.1:${producerPort}`;
-    const producer = guarded(
-      run("producer", dev("producer", producerPort, producerInspector), childEnv, out),
-    );
-    await waitUntilUp(`${producerUrl}/health`, "the producer", producer);
+    const startProducer = async () => {
+      const producer = guarded(
+        run("producer", dev("producer", producerPort, producerInspector), childEnv, out),
+      );
+      await waitUntilUp(`${producerUrl}/health`, "the producer", producer);
+      return producer;
+    };
+    let producer = await startProducer();
 
     // The frontend example: a page and the stand-in for the frontend's own backend, which holds
     // API_TOKEN and proxies to the producer; its page opens the live WebSocket to the producer.
@@ -530,6 +536,12 @@ export async function startLocalStack(options: StackOptions = {}): Promise<Local
       settings,
       persistTo,
       crashConsumer: () => stopChild(consumer, "SIGKILL"),
+      restartProducer: async () => {
+        // As a deploy does: the producer's process goes (its sockets with it) and comes back.
+        await stopChild(producer, "SIGKILL");
+        rmSync(path.join(registryPath, "reel-exports-producer"), { force: true });
+        producer = await startProducer();
+      },
       restartConsumer: async () => {
         // The dev registry holds one file per Worker name (JSON: debug port, instanceId), kept
         // fresh by its owner's 10 s heartbeat. A SIGKILLed consumer leaves its file behind, and

@@ -21,10 +21,21 @@ const RECONNECT_MS = [500, 1000, 2000, 5000, 10000, 30000];
 const SESSION_ENDED = 4001;
 /** Keeps proxies from closing an idle socket; the server answers "pong" without waking. */
 const PING_MS = 30000;
-/** Stats and dead letters follow job changes, at most this often. */
+/** Stats, dead letters and webhooks follow job changes, at most this often. */
 const SIDE_REFRESH_MS = 1000;
 /** The error of a job its owner cancelled: such jobs are never retried. */
 const CANCELLED = "cancelled";
+/** Outbound webhooks shown, newest first, of those matching the Webhooks filter. */
+const SHOWN_NOTIFICATIONS = 20;
+/** After a redelivery, the Webhooks panel is read again this much later: the try's outcome. */
+const REDELIVERY_CHECK_MS = 2000;
+/** What the Webhooks panel says when its filter selects nothing, by status ("" = all). */
+const NO_NOTIFICATIONS = {
+  failed: "No failed deliveries",
+  pending: "No pending deliveries",
+  delivered: "No delivered notifications",
+  "": "No notifications",
+};
 const $ = (selector) => document.querySelector(selector);
 
 let timer = null;
@@ -58,6 +69,9 @@ let openJobId = null;
 let renderQueued = false;
 let sideTimer = null;
 let timelineTimer = null;
+/** The latest listing of the Webhooks panel asked for: an older answer is not shown. */
+let notificationsAsked = 0;
+let redeliveryTimer = null;
 
 function token() {
   return sessionStorage.getItem(TOKEN_KEY);
@@ -352,7 +366,113 @@ function renderDeadLetters(letters) {
   );
 }
 
-/** Stats, the filter's listing and dead letters (the listing merges into what is known). */
+/**
+ * The Webhooks panel's listing, as its filter asks; renderNotifications shows it unless a newer
+ * one was asked meanwhile.
+ */
+async function fetchNotifications() {
+  const asked = ++notificationsAsked;
+  const status = $("#wh-status").value;
+  const params = new URLSearchParams({ limit: String(SHOWN_NOTIFICATIONS) });
+  if (status) params.set("status", status);
+  const page = await api(`/admin/notifications?${params}`);
+  return { asked, status, page };
+}
+
+/** A job's short id, a link that opens its timeline (in the Jobs panel). */
+function jobLink(id) {
+  const link = document.createElement("a");
+  link.href = `#job-${id}`;
+  link.className = "job-link";
+  link.title = `${id}: show its timeline`;
+  link.addEventListener("click", (event) => {
+    event.preventDefault();
+    openTimeline(id).then(() => $("#job-detail").scrollIntoView({ block: "nearest" }));
+  });
+  const code = document.createElement("code");
+  code.textContent = short(id);
+  link.append(code);
+  return link;
+}
+
+/** The receiver's last answer: its HTTP status, and the error unless it only repeats it. */
+function lastAnswer(notification) {
+  const status = notification.last_status == null ? "" : `HTTP ${notification.last_status}`;
+  const error = notification.last_error ?? "";
+  if (!error || error === status) return status;
+  return status ? `${status}: ${error}` : error;
+}
+
+function renderNotifications({ asked, status, page }) {
+  if (asked !== notificationsAsked) return;
+  const notifications = page.notifications;
+  $("#notifications tbody").replaceChildren(
+    ...notifications.map((notification) => {
+      const tr = document.createElement("tr");
+      tr.dataset.notificationId = notification.id;
+      tr.dataset.jobId = notification.job_id;
+      tr.dataset.status = notification.status;
+      const job = cell("");
+      job.append(jobLink(notification.job_id));
+      const state = cell("");
+      const badge = document.createElement("span");
+      badge.className = `notification-status notification-${notification.status}`;
+      badge.textContent = notification.status;
+      state.append(badge);
+      if (notification.status === "pending" && notification.next_attempt_at) {
+        const small = document.createElement("small");
+        small.className = "eta";
+        small.textContent = `next try ${utc(notification.next_attempt_at)}`;
+        state.append(" ", small);
+      }
+      if (notification.status === "delivered" && notification.delivered_at) {
+        state.title = `delivered ${utc(notification.delivered_at)}`;
+      }
+      const actions = cell("");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = "Redeliver";
+      button.setAttribute(
+        "aria-label",
+        `Redeliver notification of job ${short(notification.job_id)}`,
+      );
+      button.addEventListener("click", () => redeliver(notification, button));
+      actions.append(button);
+      const id = cell("");
+      const code = document.createElement("code");
+      code.textContent = notification.id;
+      id.append(code);
+      tr.append(
+        id,
+        job,
+        cell(notification.type),
+        state,
+        cell(String(notification.attempts)),
+        cell(lastAnswer(notification), "error"),
+        cell(utc(notification.ended_at)),
+        actions,
+      );
+      return tr;
+    }),
+  );
+  $("#wh-empty").textContent = NO_NOTIFICATIONS[status] ?? NO_NOTIFICATIONS[""];
+  $("#wh-empty").hidden = notifications.length > 0;
+  $("#wh-more").textContent = `Showing the newest ${SHOWN_NOTIFICATIONS}; older ones exist.`;
+  $("#wh-more").hidden = !page.next_cursor;
+}
+
+/** The Webhooks panel alone: its filter changed, or a redelivery was asked. */
+async function refreshNotifications() {
+  try {
+    renderNotifications(await fetchNotifications());
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`Webhooks failed: ${error.message}`);
+  }
+}
+
+/**
+ * Stats, the filter's listing, dead letters and webhooks (the listing merges into what is known).
+ */
 async function refresh() {
   const params = new URLSearchParams();
   const project = $("#filter-project").value.trim();
@@ -360,32 +480,39 @@ async function refresh() {
   if (project) params.set("project_id", project);
   if (status) params.set("status", status);
   try {
-    const [stats, page, letters] = await Promise.all([
+    const [stats, page, letters, notifications] = await Promise.all([
       api("/stats"),
       api(`/admin/jobs?${params}`),
       api("/dead-letters?limit=50"),
+      fetchNotifications(),
     ]);
     renderStats(stats);
     for (const job of page.jobs) keep(job);
     forgetOldJobs();
     renderJobs();
     renderDeadLetters(letters.dead_letters);
+    renderNotifications(notifications);
     document.body.dataset.refreshedAt = String(Date.now());
   } catch (error) {
     if (error.message !== "unauthorized") say(`Refresh failed: ${error.message}`);
   }
 }
 
-/** While live: stats and dead letters after job changes (no polling). */
+/** While live: stats, dead letters and webhooks after job changes (no polling). */
 function queueSideRefresh() {
   if (sideTimer) return;
   sideTimer = setTimeout(async () => {
     sideTimer = null;
     if (!token()) return;
     try {
-      const [stats, letters] = await Promise.all([api("/stats"), api("/dead-letters?limit=50")]);
+      const [stats, letters, notifications] = await Promise.all([
+        api("/stats"),
+        api("/dead-letters?limit=50"),
+        fetchNotifications(),
+      ]);
       renderStats(stats);
       renderDeadLetters(letters.dead_letters);
+      renderNotifications(notifications);
     } catch (error) {
       if (error.message !== "unauthorized") say(`Refresh failed: ${error.message}`);
     }
@@ -616,6 +743,30 @@ async function retryFailed(event) {
   await refresh();
 }
 
+/**
+ * A new series of tries of one notification (the consumer tries it at once): it leaves the failed
+ * list; the panel is read again a little later to show how the try went.
+ */
+async function redeliver(notification, button) {
+  button.disabled = true;
+  const label = `${notification.type} of job ${short(notification.job_id)}`;
+  try {
+    const result = await api(
+      `/admin/notifications/${encodeURIComponent(notification.id)}/redeliver`,
+      { method: "POST" },
+    );
+    say(`Redelivering ${label}: it is ${result.notification.status} again, tried at once.`);
+  } catch (error) {
+    say(`Redeliver failed: ${error.message}`);
+  }
+  await refreshNotifications();
+  clearTimeout(redeliveryTimer);
+  redeliveryTimer = setTimeout(() => {
+    redeliveryTimer = null;
+    if (token()) refreshNotifications();
+  }, REDELIVERY_CHECK_MS);
+}
+
 async function remove(id) {
   if (!confirm(`Delete dead letter ${short(id)}?`)) return;
   try {
@@ -646,6 +797,7 @@ function signIn() {
 function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
   clearInterval(timer);
+  clearTimeout(redeliveryTimer);
   stopLive();
   jobs.clear();
   closeTimeline();
@@ -673,6 +825,11 @@ $("#filters").addEventListener("submit", (event) => {
 $("#job-detail-close").addEventListener("click", closeTimeline);
 $("#retry-form").addEventListener("submit", retryFailed);
 $("#auto-refresh").addEventListener("change", schedule);
+$("#wh-filters").addEventListener("submit", (event) => {
+  event.preventDefault();
+  refreshNotifications();
+});
+$("#wh-status").addEventListener("change", refreshNotifications);
 $("#dl-detail-close").addEventListener("click", () => {
   $("#dl-detail").hidden = true;
 });

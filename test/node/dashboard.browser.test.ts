@@ -8,6 +8,10 @@
 // one job from its row and the other through the "Retry failed jobs" form, and watches both
 // progress to complete; the cancelled job stays as it is. Meanwhile live sessions end every 4 s
 // (LIVE_SESSION_MAX_S): the dashboard reconnects at once each time, as after no failure.
+// Outbound webhooks: while RunPod fails, NOTIFY_URL points where nobody listens, so the three
+// jobs' export.failed notifications give up (two quick tries each). After the restart NOTIFY_URL
+// is the emulator's webhook receiver: the Webhooks panel lists the failed ones, and a Redeliver
+// from a row delivers it (the row leaves the failed list), until none is left.
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -18,20 +22,30 @@ import { type LocalStack, type StackOptions, startLocalStack } from "../../scrip
 import { type ChromiumLaunch, findChromium } from "./support/chromium.ts";
 
 const logs: string[] = [];
+const DEAD_NOTIFY_URL = "http://127.0.0.1:9/hook";
+const EMULATOR_PORT = 28790;
+/** The emulator's webhook receiver that the restarted stack notifies (answers 200). */
+const RECEIVER = `http://127.0.0.1:${EMULATOR_PORT}/__receiver/browser`;
 let persistTo: string;
 let stack: LocalStack | undefined;
 let browser: Browser | undefined;
 let chromiumLaunch: ChromiumLaunch;
+/** The signed-in dashboard of the second test, used on by the third. */
+let dashboard: Page | undefined;
 
 function stackOptions(extra: Partial<StackOptions>): StackOptions {
   return {
     producerPort: 28787,
     consumerPort: 28788,
-    emulatorPort: 28790,
+    emulatorPort: EMULATOR_PORT,
     inspectorPorts: [29229, 29230],
     persistTo: path.join(persistTo, "state"),
     settings: {
       RUNPOD_ENDPOINT_ID: "browser-endpoint",
+      // Nobody listens there: a webhook fails at once, and gives up after one retry at once.
+      NOTIFY_URL: DEAD_NOTIFY_URL,
+      NOTIFY_RETRY_S: "0",
+      NOTIFY_TIMEOUT_MS: "500",
       PENDING_GRACE_S: "5",
       // A failed run is tried again after about a second, so four attempts take seconds.
       RETRY_BASE_DELAY_S: "1",
@@ -79,6 +93,29 @@ async function getJob(id: string): Promise<JobView> {
   return ((await res.json()) as { job: JobView }).job;
 }
 
+interface NotificationView {
+  id: string;
+  job_id: string;
+  type: string;
+  status: string;
+  attempts: number;
+  last_status: number | null;
+  last_error: string | null;
+}
+
+/** GET /admin/notifications (all of one status, newest first; a few, so one page). */
+async function notifications(status?: string): Promise<NotificationView[]> {
+  const query = new URLSearchParams({ limit: "100" });
+  if (status) query.set("status", status);
+  const res = await fetch(`${stack?.producerUrl}/admin/notifications?${query}`, {
+    headers: { authorization: `Bearer ${stack?.settings.ADMIN_TOKEN}` },
+  });
+  expect(res.status).toBe(200);
+  const body = (await res.json()) as { notifications: NotificationView[]; next_cursor: unknown };
+  expect(body.next_cursor).toBeNull();
+  return body.notifications;
+}
+
 async function until<T>(what: string, check: () => Promise<T | undefined>): Promise<T> {
   const deadline = Date.now() + 90_000;
   while (Date.now() < deadline) {
@@ -108,6 +145,8 @@ describe("dashboard", () => {
   let bulkJob = "";
   /** Cancelled by its owner: never retried. */
   let cancelledJob = "";
+  /** The failed export.failed notification of each of the three jobs, by job id. */
+  const failedNotifications = new Map<string, string>();
 
   it("jobs whose runs keep failing end in error after four attempts, with no dead letter", async () => {
     stack = await startLocalStack(
@@ -152,6 +191,20 @@ describe("dashboard", () => {
     }
     expect(await getJob(cancelledJob)).toMatchObject({ status: "error", error: "cancelled" });
 
+    // Each ending's webhook went nowhere: tried twice, then failed.
+    const failed = await until("the three jobs' notifications to fail", async () => {
+      await fetch(`${stack?.consumerUrl}/__scheduled`);
+      const list = (await notifications("failed")).filter((n) =>
+        [rowJob, bulkJob, cancelledJob].includes(n.job_id),
+      );
+      return list.length === 3 ? list : undefined;
+    });
+    for (const notification of failed) {
+      expect(notification).toMatchObject({ type: "export.failed", status: "failed", attempts: 2 });
+      expect(notification.last_error).toBeTruthy();
+      failedNotifications.set(notification.job_id, notification.id);
+    }
+
     // The operators' command line, against the real API: failed runs dead-letter nothing, and a
     // retry that matches no failed job (or names an unknown one) changes nothing.
     expect(await cli("list")).toEqual({ code: 0, out: "0 dead letters\n", err: "" });
@@ -191,7 +244,7 @@ describe("dashboard", () => {
     const options = stackOptions({});
     stack = await startLocalStack({
       ...options,
-      settings: { ...options.settings, LIVE_SESSION_MAX_S: "4" },
+      settings: { ...options.settings, LIVE_SESSION_MAX_S: "4", NOTIFY_URL: RECEIVER },
     });
     browser = await chromium.launch({
       executablePath: chromiumLaunch.executablePath,
@@ -199,6 +252,7 @@ describe("dashboard", () => {
       args: chromiumLaunch.args,
     });
     const page: Page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    dashboard = page;
     // The page's live log, in order: each socket's close code and each state the badge shows.
     await page.addInitScript(`
       const log = (window.liveLog = []);
@@ -329,4 +383,86 @@ describe("dashboard", () => {
       fullPage: true,
     });
   }, 150_000);
+
+  it("lists the failed webhooks and redelivers them from their rows", async () => {
+    const page = dashboard;
+    expect(page && failedNotifications.size === 3).toBeTruthy(); // the first two tests made them
+    if (!page || !stack) return;
+    const whRow = (id: string) => page.locator(`#notifications tr[data-notification-id="${id}"]`);
+    const redeliverOf = (jobId: string) =>
+      whRow(failedNotifications.get(jobId) as string).getByRole("button", {
+        name: `Redeliver notification of job ${jobId.slice(0, 8)}`,
+      });
+
+    // The panel lists the failed deliveries (its default filter), with the receiver's last failure.
+    await page.getByRole("heading", { name: "Webhooks" }).waitFor();
+    expect(await page.locator("#wh-status").inputValue()).toBe("failed");
+    for (const [jobId, id] of failedNotifications) {
+      await expect.poll(() => whRow(id).count()).toBe(1);
+      expect(await whRow(id).getAttribute("data-status")).toBe("failed");
+      expect(await whRow(id).locator("td").nth(2).textContent()).toBe("export.failed");
+      expect(await whRow(id).locator("td").nth(4).textContent()).toBe("2");
+      expect(await whRow(id).locator(".error").textContent()).not.toBe("");
+      expect(await redeliverOf(jobId).count()).toBe(1);
+    }
+    expect(await page.locator("#wh-empty").isHidden()).toBe(true);
+
+    // The job opens its timeline.
+    await whRow(failedNotifications.get(cancelledJob) as string)
+      .locator("a.job-link")
+      .click();
+    await expect
+      .poll(() => page.locator("#job-detail-title").textContent())
+      .toBe(`Timeline of job ${cancelledJob.slice(0, 8)}`);
+    expect(await page.locator("#job-detail").isVisible()).toBe(true);
+
+    // Redeliver one: it leaves the failed list, and the receiver (up now) gets it.
+    const cancelledId = failedNotifications.get(cancelledJob) as string;
+    await redeliverOf(cancelledJob).click();
+    await expect
+      .poll(() => page.locator("#status").textContent())
+      .toContain(`Redelivering export.failed of job ${cancelledJob.slice(0, 8)}`);
+    await expect.poll(() => whRow(cancelledId).count()).toBe(0);
+    const after = await until("the redelivered notification to be delivered", async () => {
+      const found = (await notifications()).find((n) => n.id === cancelledId);
+      expect(["pending", "delivered"]).toContain(found?.status);
+      return found?.status === "delivered" ? found : undefined;
+    });
+    expect(after).toMatchObject({ attempts: 1, last_status: 200, last_error: null });
+    const received = await fetch(`${stack.emulatorUrl}/__receiver/browser/requests`);
+    const { requests } = (await received.json()) as {
+      requests: { headers: Record<string, string>; body: string }[];
+    };
+    const sent = requests.filter((r) => r.headers["webhook-id"] === cancelledId);
+    expect(sent.length).toBeGreaterThanOrEqual(1);
+    expect(JSON.parse(sent[0]?.body ?? "{}")).toMatchObject({
+      type: "export.failed",
+      data: { job: { id: cancelledJob, error: "cancelled" } },
+    });
+
+    // The filter shows it among the delivered ones, then all of them.
+    const filter = page.locator("#wh-status");
+    await filter.selectOption("delivered");
+    await expect.poll(() => whRow(cancelledId).getAttribute("data-status")).toBe("delivered");
+    await filter.selectOption("");
+    await expect.poll(() => whRow(cancelledId).getAttribute("data-status")).toBe("delivered");
+    await expect
+      .poll(() => whRow(failedNotifications.get(rowJob) as string).getAttribute("data-status"))
+      .toBe("failed");
+    await filter.selectOption("failed");
+    await expect.poll(() => whRow(cancelledId).count()).toBe(0);
+
+    // The other two: the failed list is empty, and says so.
+    for (const jobId of [rowJob, bulkJob]) {
+      await redeliverOf(jobId).click();
+      await expect.poll(() => whRow(failedNotifications.get(jobId) as string).count()).toBe(0);
+    }
+    await expect.poll(() => page.locator("#wh-empty").isVisible()).toBe(true);
+    expect(await page.locator("#wh-empty").textContent()).toBe("No failed deliveries");
+    expect(await page.locator("#notifications tbody tr").count()).toBe(0);
+    await page.screenshot({
+      path: path.join(os.tmpdir(), "reel-exports-dashboard-webhooks.png"),
+      fullPage: true,
+    });
+  }, 120_000);
 });
