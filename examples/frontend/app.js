@@ -2,7 +2,8 @@
 //
 //   0. POST /api/session       our backend (the only holder of API_TOKEN) mints a client token for
 //                              the signed-in user's project; everything else goes to the producer's
-//                              API directly with that token as the bearer:
+//                              API directly with that token as the bearer, through reel-exports'
+//                              typed client (reel-exports-client.js, the bundle of client/):
 //   1. POST /exports           create the job (the token decides whose it is; another project: 403)
 //   2. POST /live-tickets      a ticket (good for about a minute) for the project
 //   3. new WebSocket(/live?ticket=…) first a snapshot of the project's jobs, then one message per
@@ -11,25 +12,24 @@
 //                              /exports/:id/download-url: a signed URL the Download link points at,
 //                              so the file comes from the edge, not through our backend
 //
-// Messages can arrive in any order (the snapshot may even be newer than a message after it), so the
-// page keeps, per job, the one with the highest `version`: every change raises it. Nothing polls.
+// Messages can arrive in any order (the snapshot may even be newer than a message after it): the
+// client's watch() hands on, per job, only versions higher than the last. It reconnects by itself
+// (a fresh ticket each time, at once after a session's 4001 end). Nothing polls.
+import { createReelExportsClient } from "./reel-exports-client.js";
 
 const $ = (selector) => document.querySelector(selector);
 
 /** A job ends in one of these; then the socket is no longer needed. */
 const FINISHED = new Set(["complete", "error"]);
-/** The producer answers "ping" with "pong"; a ping now and then keeps proxies from closing an idle socket. */
-const PING_MS = 30_000;
-/** Waits before reconnecting after the socket closed early (each attempt gets a fresh ticket). */
-const RECONNECT_MS = [1000, 2000, 5000, 10_000];
 
 /** The newest version of our job seen so far (from the create answer, the snapshot or a message). */
 let job = null;
-/** The open socket, or null. */
-let socket = null;
-let failures = 0;
+/** The live watch of the project (client.watch), or null. */
+let watching = null;
 /** Our backend's answer: {token, expires_at, api_url, project_id, input_video_key}. */
 let session = null;
+/** The typed client, made with the first session (its API URL); its token renews itself. */
+let client = null;
 
 /** A session whose token is good for at least another minute (a fresh one otherwise). */
 async function currentSession() {
@@ -39,19 +39,14 @@ async function currentSession() {
   return session;
 }
 
-/** A call to the producer's API with the client token. */
-async function api(path, { method = "GET", body, headers = {} } = {}) {
-  const { api_url, token } = await currentSession();
-  const res = await fetch(`${api_url}${path}`, {
-    method,
-    headers: {
-      Authorization: `Bearer ${token}`,
-      ...(body === undefined ? {} : { "Content-Type": "application/json" }),
-      ...headers,
-    },
-    body: body === undefined ? undefined : JSON.stringify(body),
+/** The client, with a token that is renewed from our backend before it expires. */
+async function api() {
+  const { api_url } = await currentSession();
+  client ??= createReelExportsClient({
+    baseUrl: api_url,
+    token: async () => (await currentSession()).token,
   });
-  return answer(res);
+  return client;
 }
 
 $("#export").addEventListener("click", startExport);
@@ -65,96 +60,58 @@ async function startExport() {
     // 1. Create. What to render comes from the editor; whose project it is, the token decides.
     //    One Idempotency-Key per click: if this request is retried, no second job is made.
     const { project_id, input_video_key } = await currentSession();
-    ({ job: created } = await api("/exports", {
-      method: "POST",
-      body: {
+    created = await (await api()).createExport(
+      {
         project_id,
         input_video_key,
         type: "overlay",
         params: { highlight_regions: [{ start_time: 1, end_time: 3 }] },
       },
-      headers: { "Idempotency-Key": crypto.randomUUID() },
-    }));
+      { idempotencyKey: crypto.randomUUID() },
+    );
   } catch (error) {
     showError(error.message);
     $("#export").disabled = false;
     return;
   }
   show(created);
-  // 2 + 3. Watch it live (the job runs whether or not we watch: keep trying).
-  failures = 0;
-  connectLive().catch(reconnectSoon);
+  // 2 + 3. Watch it live (the job runs whether or not we watch).
+  watchLive().catch((error) => showError(error.message));
 }
 
-async function connectLive() {
-  const { project_id, api_url } = await currentSession();
-  const { ticket } = await api("/live-tickets", {
-    method: "POST",
-    body: { project_ids: [project_id] },
-  });
-  if (job && FINISHED.has(job.status)) return; // finished while we asked (then we know already)
-  const live = new URL("/live", api_url);
-  live.protocol = live.protocol === "https:" ? "wss:" : "ws:";
-  live.searchParams.set("ticket", ticket);
-  const ws = new WebSocket(live.href);
-  socket = ws;
-  setLiveState("connecting");
-  let ping = null;
-
-  ws.addEventListener("open", () => {
-    ping = setInterval(() => ws.send("ping"), PING_MS);
-  });
-  ws.addEventListener("message", (event) => {
-    if (event.data === "pong") return;
-    const message = JSON.parse(event.data);
-    if (message.type === "snapshot") {
-      // The project's active jobs and its most recently finished ones: ours is among them.
-      failures = 0;
-      setLiveState("live");
-      for (const each of message.jobs) if (each.id === job.id) show(each);
-    } else if (message.type === "job" && message.job.id === job.id) {
-      show(message.job); // the job exactly as GET /exports/{id} would answer it
-    } else if (message.type === "queue") {
+/** Follows the project's live messages: our job's changes, its place in the queue, progress. */
+async function watchLive() {
+  const { project_id } = await currentSession();
+  watching?.close();
+  watching = (await api()).watch(
+    { projectIds: [project_id] },
+    {
+      // The job exactly as GET /exports/{id} would answer it (from a snapshot or a change).
+      job: (next) => {
+        if (job && next.id === job.id) show(next);
+      },
       // Where a pending job stands: not a change of the job (no version), the newest estimate.
-      const ours = message.jobs.find((each) => each.id === job.id);
-      if (ours) showQueue(ours.queue);
-    } else if (message.type === "progress" && message.job_id === job.id) {
-      // Progress D1 did not record (it records one report per 25 points or per minute): it
-      // applies to the version we show, and only raises the bar.
-      const same = message.version === job.version && message.attempt === job.attempt;
-      if (same && job.status === "processing" && message.progress > job.progress) {
-        job = { ...job, progress: message.progress };
-        $("#progress").value = job.progress;
-        $("#percent").textContent = `${job.progress}%`;
-      }
-    }
-  });
-  // An error event is always followed by close.
-  ws.addEventListener("close", (event) => {
-    clearInterval(ping);
-    if (socket !== ws) return; // we closed it ourselves
-    socket = null;
-    if (FINISHED.has(job.status)) return;
-    // 4001: the session reached LIVE_SESSION_MAX_S, nothing failed: reconnect now.
-    if (event.code === 4001) {
-      failures = 0;
-      connectLive().catch(reconnectSoon);
-    } else {
-      reconnectSoon();
-    }
-  });
-}
-
-/**
- * The socket closed before the job finished (network change, a deploy…), or could not be opened:
- * try again with a fresh ticket, waiting a little longer each time. The new snapshot brings
- * whatever changed meanwhile, so nothing is missed.
- */
-function reconnectSoon() {
-  setLiveState("reconnecting");
-  const delay = RECONNECT_MS[Math.min(failures, RECONNECT_MS.length - 1)];
-  failures += 1;
-  setTimeout(() => connectLive().catch(reconnectSoon), delay);
+      queue: (message) => {
+        const ours = job && message.jobs.find((each) => each.id === job.id);
+        if (ours) showQueue(ours.queue);
+      },
+      // Progress D1 did not record (one report per 25 points or per minute is): it applies to
+      // the version we show, and only raises the bar.
+      progress: (message) => {
+        if (!job || message.job_id !== job.id) return;
+        const same = message.version === job.version && message.attempt === job.attempt;
+        if (same && job.status === "processing" && message.progress > job.progress) {
+          job = { ...job, progress: message.progress };
+          $("#progress").value = job.progress;
+          $("#percent").textContent = `${job.progress}%`;
+        }
+      },
+      state: (state) => {
+        if (watching === null) return; // we closed it ourselves
+        setLiveState(state === "open" ? "live" : state === "closed" ? "reconnecting" : state);
+      },
+    },
+  );
 }
 
 /** "starts in ~N min" while the job is pending and an estimate is known. */
@@ -186,20 +143,18 @@ function show(next) {
   if (FINISHED.has(job.status)) finish().catch((error) => showError(error.message));
 }
 
-/** The job is complete or failed: close the socket, show the timeline and the download. */
+/** The job is complete or failed: stop watching, show the timeline and the download. */
 async function finish() {
-  const ws = socket;
-  socket = null;
-  ws?.close(1000, "job finished");
+  const done = watching;
+  watching = null;
+  done?.close();
   setLiveState("closed (job finished)");
   $("#export").disabled = false;
   const id = job.id;
   if (job.status === "complete") {
     // A signed URL (DOWNLOAD_URL_TTL_S, 15 min): the bytes come straight from the producer, the
     // answer says "attachment", so the link saves the file even across origins.
-    const { url } = await api(`/exports/${encodeURIComponent(id)}/download-url`, {
-      method: "POST",
-    });
+    const { url } = await (await api()).downloadUrl(id);
     if (job.id !== id) return; // another export started meanwhile
     const link = $("#download");
     link.href = url;
@@ -207,7 +162,7 @@ async function finish() {
   } else {
     showError(job.error ?? "the export failed");
   }
-  const { events } = await api(`/exports/${encodeURIComponent(id)}/events`);
+  const events = await (await api()).events(id);
   if (job.id !== id) return; // another export started meanwhile
   $("#timeline").replaceChildren(...events.map(timelineItem));
   $("#timeline-box").hidden = false;

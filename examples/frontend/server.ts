@@ -4,7 +4,8 @@
 // producer's API itself with that token (create, live ticket, timeline, a signed download URL),
 // and no call and no video byte passes through here.
 //
-//   GET  /, /app.js, /style.css     the example page
+//   GET  /, /app.js, /style.css     the example page (and /reel-exports-client.js, the typed
+//                                   client it calls the API with)
 //   POST /api/session               → producer POST /client-tokens for the demo project and user;
 //                                     answers the token, its expiry, the API's URL, and what the
 //                                     page may export (the project and the uploaded input)
@@ -50,6 +51,11 @@ const STATIC: Record<string, { file: string; type: string }> = {
   "/": { file: "index.html", type: "text/html; charset=utf-8" },
   "/app.js": { file: "app.js", type: "text/javascript; charset=utf-8" },
   "/style.css": { file: "style.css", type: "text/css; charset=utf-8" },
+  // The typed client (client/), bundled for browsers by `npm run client:build`.
+  "/reel-exports-client.js": {
+    file: "reel-exports-client.js",
+    type: "text/javascript; charset=utf-8",
+  },
 };
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

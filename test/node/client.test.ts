@@ -13,6 +13,7 @@ import {
   type ReelExportsClient,
   ReelExportsError,
 } from "../../client/index.ts";
+import { buildClientBundle, committedClientBundles } from "../../scripts/build-client.ts";
 import { clientTypesOf, committedClientTypes } from "../../scripts/client-types.ts";
 import { type LocalStack, startLocalStack } from "../../scripts/local-stack.ts";
 
@@ -75,6 +76,12 @@ describe("the typed client", () => {
     const generated = await clientTypesOf(await res.json());
     // On a failure: `npm start`, then `npm run client:types`.
     expect(generated).toBe(committedClientTypes());
+  });
+
+  it("is bundled for browsers from client/index.ts as it is (the example's and the dashboard's copy)", async () => {
+    const fresh = await buildClientBundle();
+    // On a failure: `npm run client:build`.
+    for (const committed of committedClientBundles()) expect(committed).toBe(fresh);
   });
 
   it("creates an export and waitFor() resolves with it complete; errors carry the API's code", async () => {
