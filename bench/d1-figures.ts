@@ -11,6 +11,7 @@ import { DEAD_LETTER_SQL } from "../shared/sql/dead-letters.ts";
 import { EVENT_SQL } from "../shared/sql/events.ts";
 import { JOB_SQL } from "../shared/sql/jobs/catalog.ts";
 import { insertBinds } from "../shared/sql/jobs/insert.ts";
+import { NOTIFY_SQL } from "../shared/sql/notifications.ts";
 import { STATS_SQL } from "../shared/sql/stats.ts";
 import {
   type Guarded,
@@ -507,6 +508,7 @@ export const STATEMENTS: Record<string, string> = Object.fromEntries([
   ...Object.entries(DEAD_LETTER_SQL).map(([name, text]) => [`deadLetters.${name}`, text]),
   ...Object.entries(STATS_SQL).map(([name, text]) => [`stats.${name}`, text]),
   ...Object.entries(EVENT_SQL).map(([name, text]) => [`events.${name}`, text]),
+  ...Object.entries(NOTIFY_SQL).map(([name, text]) => [`notify.${name}`, text]),
 ]);
 
 /**
@@ -593,6 +595,7 @@ function sampleBinds(): Record<string, unknown[]> {
     "stats.oldestPending": [],
     "stats.processingWithoutRun": [],
     "stats.deadLetters": [],
+    "stats.totals": [],
   };
 }
 
