@@ -61,7 +61,10 @@ export interface WatchHandlers {
   progress?: (message: ProgressMessage) => void;
   /** A connection's first message: the active jobs and the newest finished ones. */
   snapshot?: (jobs: Job[]) => void;
-  /** The socket's state: "connecting", "open", "closed" (reconnecting unless you closed it). */
+  /**
+   * The socket's state: "connecting", "open", "closed" (with its close code; reconnecting unless
+   * you closed it: after a backoff, or at once after the session's end, code 4001).
+   */
   state?: (state: "connecting" | "open" | "closed", detail?: { code: number }) => void;
 }
 
@@ -168,8 +171,16 @@ export function createReelExportsClient(options: ClientOptions) {
         seen.set(job.id, job);
         handlers.job?.(job);
       };
+      // Each change of state once ("closed" is seen both as an error and as a close).
+      let last: "connecting" | "open" | "closed" | null = null;
+      let closedByUs = false;
+      const report = (state: "connecting" | "open" | "closed", code?: number) => {
+        if (state === "closed" && last === "closed") return;
+        last = state;
+        handlers.state?.(state, code === undefined ? undefined : { code });
+      };
       const liveUrl = async () => {
-        handlers.state?.("connecting");
+        report("connecting");
         const { ticket } = await client.liveTicket(scope);
         const url = new URL("/live", `${baseUrl}/`);
         url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -182,9 +193,18 @@ export function createReelExportsClient(options: ClientOptions) {
         maxReconnectionDelay: watchOptions.maxReconnectionDelay ?? 10_000,
         reconnectionDelayGrowFactor: 1.3,
         connectionTimeout: 10_000,
+        // A session's end is no failure: reconnected at once below, not after a backoff.
+        shouldReconnectOnClose: (event) => event.code !== LIVE_SESSION_ENDED,
       });
-      socket.addEventListener("open", () => handlers.state?.("open"));
-      socket.addEventListener("close", (event) => handlers.state?.("closed", { code: event.code }));
+      socket.addEventListener("open", () => report("open"));
+      socket.addEventListener("close", (event) => {
+        report("closed", event.code);
+        if (event.code === LIVE_SESSION_ENDED && !closedByUs) socket.reconnect();
+      });
+      // A connection that never opened (its ticket could not be had): closed too.
+      socket.addEventListener("error", () => {
+        if (last === "connecting") report("closed", 1006);
+      });
       socket.addEventListener("message", (event) => {
         if (typeof event.data !== "string" || event.data === "pong") return;
         const message = JSON.parse(event.data) as LiveMessage;
@@ -211,6 +231,7 @@ export function createReelExportsClient(options: ClientOptions) {
         job: (id) => seen.get(id),
         jobs: () => [...seen.values()],
         close() {
+          closedByUs = true;
           clearInterval(ping);
           socket.close(1000, "closed by the client");
         },

@@ -1,26 +1,21 @@
-// The operators' dashboard: plain DOM, no framework. It calls the producer's admin API with the
-// admin token kept in sessionStorage (this tab only).
+// The operators' dashboard: plain DOM, no framework. It calls the producer's admin API through
+// reel-exports' typed client (client/index.ts, bundled as reel-exports-client.js), made at sign-in
+// with the admin token kept in sessionStorage (this tab only) and forgotten at sign-out.
 //
-// Jobs are live: the dashboard mints an operators' ticket (POST /live-tickets, all projects),
-// opens GET /live, and every job message moves its row; the highest `version` of each job wins,
-// whichever came first (the snapshot, a listing, a message). When the socket closes it reconnects
-// with a fresh ticket (and gets a fresh snapshot): at once when the server ended the session (4001,
-// LIVE_SESSION_MAX_S after it opened), otherwise after a growing wait; meanwhile it polls.
+// Jobs are live: the client's watch() follows GET /live for all projects (an operators' ticket,
+// fresh for every connection; it pings, and reconnects with a growing wait after a failure), and
+// every job message moves its row; the highest `version` of each job wins, whichever came first
+// (the snapshot, a listing, a message). While the socket is down the dashboard polls. When the
+// server ends a session that was up (4001, LIVE_SESSION_MAX_S after it opened) it is no failure:
+// the dashboard watches again at once (a fresh watch, whose first connection does not wait).
+import { createReelExportsClient, LIVE_SESSION_ENDED } from "./reel-exports-client.js";
+
 const TOKEN_KEY = "reel-exports-admin-token";
 const REFRESH_MS = 2000;
 /** Jobs shown, newest first, of those matching the filter. */
 const SHOWN_JOBS = 50;
 /** Jobs kept in memory (newest first); older ones come back from a listing when needed. */
 const KEPT_JOBS = 2000;
-/** Waits before reconnecting the live socket, growing with each failure. */
-const RECONNECT_MS = [500, 1000, 2000, 5000, 10000, 30000];
-/**
- * The close code of a socket whose session ended (LIVE_SESSION_MAX_S after it opened): not a
- * failure, the dashboard reconnects at once with a fresh ticket.
- */
-const SESSION_ENDED = 4001;
-/** Keeps proxies from closing an idle socket; the server answers "pong" without waking. */
-const PING_MS = 30000;
 /** Stats, dead letters and webhooks follow job changes, at most this often. */
 const SIDE_REFRESH_MS = 1000;
 /** The error of a job its owner cancelled: such jobs are never retried. */
@@ -62,8 +57,13 @@ function keepQueue(id, queue) {
 
 /** Every job seen, by id: the highest version of each. */
 const jobs = new Map();
-/** The live socket: null while down. `up` once its snapshot arrived. */
-const live = { socket: null, up: false, failures: 0, reconnect: null, ping: null };
+/** The API's client while signed in, else null. */
+let client = null;
+/**
+ * The live watch (client.watch) while signed in. `up` once its connection's snapshot arrived;
+ * `failures` since the last snapshot; `state` the last one the watch reported.
+ */
+const live = { watch: null, up: false, failures: 0, state: null };
 /** The job whose timeline is open. */
 let openJobId = null;
 let renderQueued = false;
@@ -81,30 +81,29 @@ function say(message) {
   $("#status").textContent = message;
 }
 
-async function api(path, init = {}) {
-  const res = await fetch(path, {
-    ...init,
-    headers: { ...(init.headers ?? {}), authorization: `Bearer ${token()}` },
-  });
-  if (res.status === 401) {
+/** The typed API (openapi-fetch, client.api); signed out: an "unauthorized" error. */
+function api() {
+  if (!client) throw new Error("unauthorized");
+  return client.api;
+}
+
+/**
+ * The data of an API call (`{ data, error, response }`), or an Error with the API's code, message
+ * and issues; a refused token signs out.
+ */
+async function ok(call) {
+  const { data, error, response } = await call;
+  if (response.status === 401) {
     signOut("That token was not accepted.");
     throw new Error("unauthorized");
   }
-  if (res.status === 204) return null;
-  const body = await res.json();
-  if (!res.ok) {
-    const issues = (body.error?.issues ?? []).map((issue) => `; ${issue.message}`).join("");
-    throw new Error(`${body.error?.code ?? res.status}: ${body.error?.message ?? ""}${issues}`);
+  if (!response.ok) {
+    const issues = (error?.error?.issues ?? []).map((issue) => `; ${issue.message}`).join("");
+    throw new Error(
+      `${error?.error?.code ?? response.status}: ${error?.error?.message ?? ""}${issues}`,
+    );
   }
-  return body;
-}
-
-function postJson(path, data) {
-  return api(path, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(data),
-  });
+  return data ?? null;
 }
 
 function plural(n, word) {
@@ -373,9 +372,8 @@ function renderDeadLetters(letters) {
 async function fetchNotifications() {
   const asked = ++notificationsAsked;
   const status = $("#wh-status").value;
-  const params = new URLSearchParams({ limit: String(SHOWN_NOTIFICATIONS) });
-  if (status) params.set("status", status);
-  const page = await api(`/admin/notifications?${params}`);
+  const query = { limit: SHOWN_NOTIFICATIONS, status: status || undefined };
+  const page = await ok(api().GET("/admin/notifications", { params: { query } }));
   return { asked, status, page };
 }
 
@@ -470,20 +468,24 @@ async function refreshNotifications() {
   }
 }
 
+/** The newest dead letters. */
+function deadLetters() {
+  return ok(api().GET("/dead-letters", { params: { query: { limit: 50 } } }));
+}
+
 /**
  * Stats, the filter's listing, dead letters and webhooks (the listing merges into what is known).
  */
 async function refresh() {
-  const params = new URLSearchParams();
-  const project = $("#filter-project").value.trim();
-  const status = $("#filter-status").value;
-  if (project) params.set("project_id", project);
-  if (status) params.set("status", status);
+  const query = {
+    project_id: $("#filter-project").value.trim() || undefined,
+    status: $("#filter-status").value || undefined,
+  };
   try {
     const [stats, page, letters, notifications] = await Promise.all([
-      api("/stats"),
-      api(`/admin/jobs?${params}`),
-      api("/dead-letters?limit=50"),
+      ok(api().GET("/stats")),
+      ok(api().GET("/admin/jobs", { params: { query } })),
+      deadLetters(),
       fetchNotifications(),
     ]);
     renderStats(stats);
@@ -506,8 +508,8 @@ function queueSideRefresh() {
     if (!token()) return;
     try {
       const [stats, letters, notifications] = await Promise.all([
-        api("/stats"),
-        api("/dead-letters?limit=50"),
+        ok(api().GET("/stats")),
+        deadLetters(),
         fetchNotifications(),
       ]);
       renderStats(stats);
@@ -522,6 +524,7 @@ function queueSideRefresh() {
 // ---- live status ----
 
 function showLiveState(state) {
+  if (document.body.dataset.live === state) return;
   const badge = $("#live-state");
   badge.textContent = state;
   badge.dataset.state = state;
@@ -529,98 +532,85 @@ function showLiveState(state) {
   document.body.dataset.live = state;
 }
 
-async function connectLive() {
-  clearTimeout(live.reconnect);
-  live.reconnect = null;
-  if (!token() || live.socket) return;
-  showLiveState(live.failures === 0 ? "connecting" : "reconnecting");
-  let ticket;
-  try {
-    ({ ticket } = await postJson("/live-tickets", { all_projects: true }));
-  } catch (error) {
-    if (error.message !== "unauthorized") liveDown();
-    return;
-  }
-  if (!token() || live.socket) return;
-  const url = new URL("/live", location.href);
-  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  url.searchParams.set("ticket", ticket);
-  const socket = new WebSocket(url);
-  live.socket = socket;
-  socket.addEventListener("message", (event) => {
-    if (live.socket === socket) onLiveMessage(event.data);
-  });
-  // An error is always followed by close.
-  socket.addEventListener("close", (event) => {
-    if (live.socket === socket) liveDown(event.code === SESSION_ENDED && live.up);
-  });
+/** Follows GET /live for all projects (the admin token's ticket) until signed out. */
+function startLive() {
+  if (!client || live.watch) return;
+  const watch = client.watch(
+    { allProjects: true },
+    {
+      // The messages of a watch that was replaced or closed are not ours any more.
+      state: (state, detail) => live.watch === watch && onLiveState(state, detail),
+      snapshot: (snapshot) => live.watch === watch && onSnapshot(snapshot),
+      job: (job) => live.watch === watch && onJob(job),
+      queue: (message) => live.watch === watch && onQueue(message),
+      progress: (message) => live.watch === watch && onProgress(message),
+    },
+  );
+  live.watch = watch;
+  live.state = null;
 }
 
-function onLiveMessage(data) {
-  if (data === "pong") return;
-  let message;
-  try {
-    message = JSON.parse(data);
-  } catch {
-    return;
+function onLiveState(state, detail) {
+  live.state = state;
+  if (state === "connecting") {
+    showLiveState(live.failures === 0 ? "connecting" : "reconnecting");
+  } else if (state === "closed") {
+    liveDown(detail?.code === LIVE_SESSION_ENDED);
   }
-  if (message.type === "snapshot") {
-    live.up = true;
-    live.failures = 0;
-    showLiveState("live");
-    schedule(); // polling stops
-    clearInterval(live.ping);
-    live.ping = setInterval(() => live.socket?.send("ping"), PING_MS);
-    for (const job of message.jobs) keep(job);
-    // What changed while the socket was down and lies outside the snapshot: one listing.
-    refresh();
-  } else if (message.type === "queue") {
-    for (const { id, queue } of message.jobs) keepQueue(id, queue);
-    queueRender();
-  } else if (message.type === "progress") {
-    // Progress D1 did not record: for the version we know, it only raises the bar.
-    const seen = jobs.get(message.job_id);
-    if (!seen || seen.version !== message.version || seen.attempt !== message.attempt) return;
-    if (seen.status !== "processing" || message.progress <= seen.progress) return;
-    jobs.set(seen.id, { ...seen, progress: message.progress });
-    queueRender();
-  } else if (message.type === "job") {
-    if (!keep(message.job)) return;
-    forgetOldJobs();
-    queueRender();
-    queueSideRefresh();
-    if (message.job.id === openJobId) queueTimeline();
-  }
+}
+
+function onSnapshot(snapshot) {
+  live.up = true;
+  live.failures = 0;
+  showLiveState("live");
+  schedule(); // polling stops
+  for (const job of snapshot) keep(job);
+  // What changed while the socket was down and lies outside the snapshot: one listing.
+  refresh();
+}
+
+function onQueue(message) {
+  for (const { id, queue } of message.jobs) keepQueue(id, queue);
+  queueRender();
+}
+
+/** Progress D1 did not record: for the version we know, it only raises the bar. */
+function onProgress(message) {
+  const seen = jobs.get(message.job_id);
+  if (!seen || seen.version !== message.version || seen.attempt !== message.attempt) return;
+  if (seen.status !== "processing" || message.progress <= seen.progress) return;
+  jobs.set(seen.id, { ...seen, progress: message.progress });
+  queueRender();
+}
+
+function onJob(job) {
+  if (!keep(job)) return;
+  forgetOldJobs();
+  queueRender();
+  queueSideRefresh();
+  if (job.id === openJobId) queueTimeline();
 }
 
 /**
- * The socket closed (or never opened): poll meanwhile, reconnect with a fresh ticket; at once
- * when the server ended a session that was up (`sessionEnded`), otherwise after a wait that grows
- * with each failure.
+ * The socket closed (or never opened): poll meanwhile. The watch reconnects by itself with a fresh
+ * ticket after a wait that grows with each failure, or at once when the server ended the session
+ * (`sessionEnded`, close code 4001): no failure is counted then.
  */
-function liveDown(sessionEnded = false) {
-  live.socket = null;
+function liveDown(sessionEnded) {
   live.up = false;
-  clearInterval(live.ping);
-  if (!token()) return;
   schedule();
-  clearTimeout(live.reconnect);
   if (sessionEnded) {
-    live.reconnect = setTimeout(connectLive, 0);
+    showLiveState("connecting");
     return;
   }
   showLiveState("polling");
-  const delay = RECONNECT_MS[Math.min(live.failures, RECONNECT_MS.length - 1)];
   live.failures += 1;
-  live.reconnect = setTimeout(connectLive, delay);
 }
 
 function stopLive() {
-  clearTimeout(live.reconnect);
-  clearInterval(live.ping);
-  const socket = live.socket;
-  Object.assign(live, { socket: null, up: false, failures: 0, reconnect: null, ping: null });
-  socket?.close(1000, "signed out");
+  const watch = live.watch;
+  Object.assign(live, { watch: null, up: false, failures: 0, state: null });
+  watch?.close();
 }
 
 // ---- a job's timeline ----
@@ -645,7 +635,7 @@ function queueTimeline() {
 async function loadTimeline(id) {
   let body;
   try {
-    body = await api(`/exports/${encodeURIComponent(id)}/events`);
+    body = await ok(api().GET("/exports/{id}/events", { params: { path: { id } } }));
   } catch (error) {
     if (error.message !== "unauthorized") say(`Timeline failed: ${error.message}`);
     return;
@@ -681,7 +671,7 @@ function closeTimeline() {
 }
 
 async function showDeadLetter(id) {
-  const detail = await api(`/dead-letters/${encodeURIComponent(id)}`);
+  const detail = await ok(api().GET("/dead-letters/{id}", { params: { path: { id } } }));
   $("#dl-detail-body").textContent = JSON.stringify(detail, null, 2);
   $("#dl-detail").hidden = false;
   $("#dl-detail-close").focus();
@@ -689,7 +679,7 @@ async function showDeadLetter(id) {
 
 async function replay(id) {
   try {
-    const result = await api(`/dead-letters/${encodeURIComponent(id)}/replay`, { method: "POST" });
+    const result = await ok(api().POST("/dead-letters/{id}/replay", { params: { path: { id } } }));
     say(`Replayed ${short(id)}: job ${short(result.job.id)} is pending again.`);
   } catch (error) {
     say(`Replay failed: ${error.message}`);
@@ -700,7 +690,7 @@ async function replay(id) {
 async function retryJob(id, button) {
   button.disabled = true;
   try {
-    const result = await postJson("/admin/jobs/retry", { job_ids: [id] });
+    const result = await ok(api().POST("/admin/jobs/retry", { body: { job_ids: [id] } }));
     say(
       result.retried === 1
         ? `Retried ${short(id)}: the job is pending again (retry budget restored).`
@@ -734,7 +724,7 @@ async function retryFailed(event) {
   }
   if (!confirm(`Retry up to ${plural(limit, "failed job")} ${what.join(" and ")}?`)) return;
   try {
-    const result = await postJson("/admin/jobs/retry", filter);
+    const result = await ok(api().POST("/admin/jobs/retry", { body: filter }));
     const ids = result.job_ids.map(short).join(", ");
     say(`Retried ${plural(result.retried, "job")}${ids ? `: ${ids}` : ""}.`);
   } catch (error) {
@@ -751,9 +741,10 @@ async function redeliver(notification, button) {
   button.disabled = true;
   const label = `${notification.type} of job ${short(notification.job_id)}`;
   try {
-    const result = await api(
-      `/admin/notifications/${encodeURIComponent(notification.id)}/redeliver`,
-      { method: "POST" },
+    const result = await ok(
+      api().POST("/admin/notifications/{id}/redeliver", {
+        params: { path: { id: notification.id } },
+      }),
     );
     say(`Redelivering ${label}: it is ${result.notification.status} again, tried at once.`);
   } catch (error) {
@@ -770,7 +761,7 @@ async function redeliver(notification, button) {
 async function remove(id) {
   if (!confirm(`Delete dead letter ${short(id)}?`)) return;
   try {
-    await api(`/dead-letters/${encodeURIComponent(id)}`, { method: "DELETE" });
+    await ok(api().DELETE("/dead-letters/{id}", { params: { path: { id } } }));
     say(`Deleted ${short(id)}.`);
   } catch (error) {
     say(`Delete failed: ${error.message}`);
@@ -785,13 +776,18 @@ function schedule() {
   if ($("#auto-refresh").checked && !live.up) timer = setInterval(refresh, REFRESH_MS);
 }
 
+/** The API's client for the admin token in sessionStorage (same origin as the dashboard). */
+function makeClient() {
+  client = createReelExportsClient({ baseUrl: location.origin, token: token() });
+}
+
 function signIn() {
   $("#login").hidden = true;
   $("#app").hidden = false;
   $("#sign-out").hidden = false;
   refresh();
   schedule();
-  connectLive();
+  startLive();
 }
 
 function signOut(message = "") {
@@ -799,6 +795,7 @@ function signOut(message = "") {
   clearInterval(timer);
   clearTimeout(redeliveryTimer);
   stopLive();
+  client = null;
   jobs.clear();
   closeTimeline();
   $("#login").hidden = false;
@@ -810,8 +807,9 @@ function signOut(message = "") {
 $("#login-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   sessionStorage.setItem(TOKEN_KEY, $("#admin-token").value.trim());
+  makeClient();
   try {
-    await api("/stats");
+    await ok(api().GET("/stats"));
     say("");
     signIn();
   } catch {}
@@ -834,4 +832,7 @@ $("#dl-detail-close").addEventListener("click", () => {
   $("#dl-detail").hidden = true;
 });
 
-if (token()) signIn();
+if (token()) {
+  makeClient();
+  signIn();
+}

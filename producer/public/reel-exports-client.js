@@ -1015,8 +1015,15 @@ function createReelExportsClient(options) {
         seen.set(job.id, job);
         handlers.job?.(job);
       };
+      let last = null;
+      let closedByUs = false;
+      const report = (state, code) => {
+        if (state === "closed" && last === "closed") return;
+        last = state;
+        handlers.state?.(state, code === void 0 ? void 0 : { code });
+      };
       const liveUrl = async () => {
-        handlers.state?.("connecting");
+        report("connecting");
         const { ticket } = await client.liveTicket(scope);
         const url = new URL("/live", `${baseUrl}/`);
         url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -1028,10 +1035,18 @@ function createReelExportsClient(options) {
         minReconnectionDelay: watchOptions.minReconnectionDelay ?? 500,
         maxReconnectionDelay: watchOptions.maxReconnectionDelay ?? 1e4,
         reconnectionDelayGrowFactor: 1.3,
-        connectionTimeout: 1e4
+        connectionTimeout: 1e4,
+        // A session's end is no failure: reconnected at once below, not after a backoff.
+        shouldReconnectOnClose: (event) => event.code !== LIVE_SESSION_ENDED
       });
-      socket.addEventListener("open", () => handlers.state?.("open"));
-      socket.addEventListener("close", (event) => handlers.state?.("closed", { code: event.code }));
+      socket.addEventListener("open", () => report("open"));
+      socket.addEventListener("close", (event) => {
+        report("closed", event.code);
+        if (event.code === LIVE_SESSION_ENDED && !closedByUs) socket.reconnect();
+      });
+      socket.addEventListener("error", () => {
+        if (last === "connecting") report("closed", 1006);
+      });
       socket.addEventListener("message", (event) => {
         if (typeof event.data !== "string" || event.data === "pong") return;
         const message = JSON.parse(event.data);
@@ -1058,6 +1073,7 @@ function createReelExportsClient(options) {
         job: (id) => seen.get(id),
         jobs: () => [...seen.values()],
         close() {
+          closedByUs = true;
           clearInterval(ping);
           socket.close(1e3, "closed by the client");
         }

@@ -1,7 +1,8 @@
 // The typed client (client/) against `npm start`'s stack: its types are the served document's
 // (regenerated here with openapi-typescript; a drift fails), and it creates, waits for and
 // watches jobs — the watch across a restart of the producer (its socket closes; it reconnects
-// with a fresh ticket and keeps the highest version per job) — with API_TOKEN and with a scoped
+// with a fresh ticket and keeps the highest version per job; so it does at a session's 4001 end)
+// — with API_TOKEN and with a scoped
 // client token, in Node (its global WebSocket).
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
@@ -50,7 +51,8 @@ beforeAll(async () => {
     r2WriterInspectorPort: 28231,
     exampleFrontendPort: null,
     persistTo: path.join(persistTo, "state"),
-    settings: { RUNPOD_ENDPOINT_ID: "client-endpoint" },
+    // Live sessions of 3 s: a watch meets their end (4001) and reconnects at once.
+    settings: { RUNPOD_ENDPOINT_ID: "client-endpoint", LIVE_SESSION_MAX_S: "3" },
     emulatorEnv: { RUNPOD_EMULATOR_RUN_MS: "1500", RUNPOD_EMULATOR_LOG: "0" },
     onOutput: (name, line) => logs.push(`[${name}] ${line}`),
   }).catch((error: unknown) => {
@@ -109,6 +111,7 @@ describe("the typed client", () => {
     if (!stack) throw new Error("the stack did not start");
     const seen: Job[] = [];
     const states: string[] = [];
+    const closes: number[] = [];
     let snapshots = 0;
     const watch = client.watch(
       { projectIds: [502] },
@@ -117,7 +120,10 @@ describe("the typed client", () => {
         snapshot: () => {
           snapshots += 1;
         },
-        state: (state) => states.push(state),
+        state: (state, detail) => {
+          states.push(state);
+          if (state === "closed" && detail) closes.push(detail.code);
+        },
       },
       { minReconnectionDelay: 200 },
     );
@@ -134,6 +140,13 @@ describe("the typed client", () => {
     const second = await client.createExport(overlay(502, 2));
     await until("the second job complete", () =>
       watch.job(second.id)?.status === "complete" ? true : undefined,
+    );
+    // A session's end (4001, LIVE_SESSION_MAX_S) is followed by a new connection and snapshot.
+    const before = snapshots;
+    await until("a session's end", () => (closes.includes(4001) ? true : undefined));
+    const ended = closes.lastIndexOf(4001);
+    await until("a snapshot after it", () =>
+      snapshots > before && closes.length === ended + 1 ? true : undefined,
     );
     watch.close();
 

@@ -6,6 +6,7 @@ import type { Job } from "../../shared/sql/jobs/row.ts";
 import {
   countJobs,
   freshProjectId,
+  freshUserId,
   overlayRequest,
   postJson,
   putInput,
@@ -13,9 +14,6 @@ import {
   spyQueue,
   waitFor,
 } from "./helpers.ts";
-
-let userCounter = Math.floor(Math.random() * 1_000_000) * 1000 + 700_000_000;
-const freshUserId = () => ++userCounter;
 
 async function item(projectId: number, extra: Record<string, unknown> = {}) {
   const key = `uploads/${projectId}/batch.mp4`;

@@ -57,6 +57,13 @@ export function freshProjectId(): number {
   return projectCounter;
 }
 
+let userCounter = Math.floor(Math.random() * 1_000_000) * 1000 + 500_000_000;
+/** A user id no other test uses (fairness keys, quotas and listings per test). */
+export function freshUserId(): number {
+  userCounter += 1;
+  return userCounter;
+}
+
 export async function putInput(key: string): Promise<void> {
   await env.VIDEOS.put(key, new Uint8Array([0, 0, 0, 24, 102, 116, 121, 112]), {
     httpMetadata: { contentType: "video/mp4" },

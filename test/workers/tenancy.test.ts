@@ -12,6 +12,7 @@ import {
   emulatorRequests,
   type FetchInit,
   freshProjectId,
+  freshUserId,
   overlayRequest,
   postJson,
   producerFetch,
@@ -23,9 +24,6 @@ import {
   uniqueEndpoint,
   waitFor,
 } from "./helpers.ts";
-
-let userCounter = Math.floor(Math.random() * 1_000_000) * 1000 + 500_000_000;
-const freshUserId = () => ++userCounter;
 
 async function inputFor(projectId: number): Promise<string> {
   const key = `uploads/${projectId}/tenancy.mp4`;

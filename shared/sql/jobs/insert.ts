@@ -130,6 +130,27 @@ export function insertBinds(job: NewJob): unknown[] {
   ];
 }
 
+/** The supersede statement of `job`'s insert (TRANSITION_SQL.supersede) under `key`. */
+function supersedeOf(
+  db: D1Database,
+  job: NewJob,
+  key: string,
+  cancelRetryS: number,
+): D1PreparedStatement {
+  return db
+    .prepare(TRANSITION_SQL.supersede)
+    .bind(
+      job.id,
+      seconds(cancelRetryS),
+      job.project_id,
+      key,
+      job.id,
+      job.params_hash ?? null,
+      job.input_etag ?? null,
+      job.id,
+    );
+}
+
 /**
  * The seed's "create job", with `pending` and due now; with a supersede key, the older jobs under
  * it end in the same transaction (TRANSITION_SQL.supersede). `row` is null when the project
@@ -147,23 +168,7 @@ export async function insertJob(
   const insert = db.prepare(INSERT_SQL.insert).bind(...insertBinds(job));
   const key = job.supersede_key;
   const statements =
-    key === undefined
-      ? [insert]
-      : [
-          insert,
-          db
-            .prepare(TRANSITION_SQL.supersede)
-            .bind(
-              job.id,
-              seconds(cancelRetryS),
-              job.project_id,
-              key,
-              job.id,
-              job.params_hash ?? null,
-              job.input_etag ?? null,
-              job.id,
-            ),
-        ];
+    key === undefined ? [insert] : [insert, supersedeOf(db, job, key, cancelRetryS)];
   // One statement without a key; with one, a batch: D1 runs it as one transaction.
   const { value, ambiguous } = await retryTransientOutcome(() =>
     statements.length === 1
@@ -223,22 +228,7 @@ export async function insertJobs(
     const insert = statements.push(db.prepare(INSERT_SQL.insert).bind(...insertBinds(job))) - 1;
     const key = job.supersede_key;
     const supersede =
-      key === undefined
-        ? null
-        : statements.push(
-            db
-              .prepare(TRANSITION_SQL.supersede)
-              .bind(
-                job.id,
-                seconds(cancelRetryS),
-                job.project_id,
-                key,
-                job.id,
-                job.params_hash ?? null,
-                job.input_etag ?? null,
-                job.id,
-              ),
-          ) - 1;
+      key === undefined ? null : statements.push(supersedeOf(db, job, key, cancelRetryS)) - 1;
     at.push({ insert, supersede });
   }
   if (maxActive > 0) statements.push(db.prepare(INSERT_SQL.quotaChecked).bind(batchId));
