@@ -631,7 +631,15 @@ const VARIANTS: Record<string, { base: string; binds: unknown[] }> = {
 };
 
 /** Small tables a plan may scan: json_each's list, the counters, operators' inbox. */
-const SCANNABLE = new Set(["json_each", "job_counts", "archive_counts", "dead_letters"]);
+// Tables of a few rows (counters, totals) and a statement's own constant row of parameters.
+const SCANNABLE = new Set([
+  "json_each",
+  "job_counts",
+  "archive_counts",
+  "metric_totals",
+  "dead_letters",
+  "CONSTANT",
+]);
 
 export interface PlanFigure {
   statement: string;
@@ -658,7 +666,9 @@ async function planOne(
   );
   const scans = plan
     .map((step) => /^SCAN (\w+)/.exec(step)?.[1])
-    .filter((t): t is string => t !== undefined && !SCANNABLE.has(t));
+    .filter((t): t is string => t !== undefined && !SCANNABLE.has(t))
+    // The insert reads its one row of parameters (`j`), no table.
+    .filter((t) => !(name === "jobs.insert" && t === "j"));
   if (plan.some((step) => /^SCAN dead_letters/.test(step)) && name !== "stats.deadLetters") {
     scans.push("dead_letters");
   }

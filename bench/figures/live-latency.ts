@@ -50,12 +50,22 @@ async function liveLatency(s: LocalStack, endpoint: string, jobId: string) {
         const message = JSON.parse(String(event.data)) as {
           type: string;
           job?: { id: string; progress: number };
+          job_id?: string;
+          progress?: number;
         };
         if (message.type === "snapshot") snapshots++;
-        if (message.type === "job" && message.job?.id === jobId) {
-          const list = arrivals.get(message.job.progress) ?? [];
+        // A report reaches the sockets as the job (when D1 records it: a multiple of 25, or
+        // the attempt's first news) or as a `progress` message (when it does not).
+        const progress =
+          message.type === "job" && message.job?.id === jobId
+            ? message.job.progress
+            : message.type === "progress" && message.job_id === jobId
+              ? message.progress
+              : undefined;
+        if (progress !== undefined) {
+          const list = arrivals.get(progress) ?? [];
           list.push(at);
-          arrivals.set(message.job.progress, list);
+          arrivals.set(progress, list);
         }
       });
       await new Promise<void>((resolve, reject) => {

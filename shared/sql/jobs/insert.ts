@@ -61,8 +61,9 @@ export const INSERT_SQL = {
   // A batch's quota, first in its transaction: `?` is a JSON object {fair key: its new jobs}; a
   // key whose active jobs plus its new ones would pass the maximum makes `ok` 0, which the
   // table's CHECK refuses, rolling the whole batch back (migration 0016). One primary-key read
-  // of active_jobs per key.
-  quotaCheck: `INSERT INTO quota_checks (batch, ok)
+  // of active_jobs per key. (OR REPLACE: a CHECK failure still aborts; a batch id met again —
+  // only a bench's repeats — replaces its row.)
+  quotaCheck: `INSERT OR REPLACE INTO quota_checks (batch, ok)
                SELECT ?, NOT EXISTS (
                  SELECT 1 FROM json_each(?)
                  WHERE COALESCE((SELECT a.n FROM active_jobs a
