@@ -4,6 +4,7 @@ import { WorkerEntrypoint } from "cloudflare:workers";
 import type { RefillApi } from "../shared/dispatcher.ts";
 import type { ConsumerEnv } from "../shared/env.ts";
 import { log } from "../shared/log.ts";
+import { syncNotifySwitch } from "../shared/notify.ts";
 import { recordDeadLetterMessages } from "./dead-letters.ts";
 import { processNotifyBatch, sweepNotifications } from "./notifications.ts";
 import { consumerDeps, processJobBatch, submitAdmitted } from "./process-jobs.ts";
@@ -63,6 +64,8 @@ export default {
         await recordDeadLetterMessages(env.DB, batch.queue, "dead_lettered", batch.messages);
         return;
       }
+      // The outbox's switch follows this Worker's NOTIFY_URL from its first batch on.
+      await syncNotifySwitch(env.DB, Boolean(env.NOTIFY_URL?.trim()));
       const poison = await processJobBatch(consumerDeps(env, ctx), batch.messages);
       await recordDeadLetterMessages(env.DB, batch.queue, "unparseable", poison);
     } catch (error) {

@@ -69,7 +69,7 @@ export async function processNotifyBatch(
 export async function sweepNotifications(env: ConsumerEnv): Promise<number> {
   try {
     const settings = notifySettings(env);
-    await syncNotifySwitch(env.DB, settings !== null);
+    await syncNotifySwitch(env.DB, settings !== null, { always: true });
     if (!settings) return 0;
     const due = await dueNotifications(env.DB, SWEEP_LIMIT);
     if (due.length > 0) {

@@ -20,13 +20,15 @@ export const QUOTA_RETRY_AFTER_S = 30;
 
 /**
  * The request as the caller may make it: null when a scoped token does not name its project
- * (403); with a token that names a user, that user's (whatever the body said).
+ * (403). A token's job is its user's (whatever the body said), or no user's when it names none:
+ * a browser never picks the fairness key its quota and its share of the GPUs count against.
  */
 export function asCaller(c: AppContext, body: CreateExportRequest): CreateExportRequest | null {
   const client = c.get("client");
   if (!client) return body;
   if (!client.projectIds.includes(body.project_id)) return null;
-  return client.userId !== null ? { ...body, user_id: client.userId } : body;
+  const { user_id: _given, ...rest } = body;
+  return client.userId !== null ? { ...rest, user_id: client.userId } : rest;
 }
 
 /** INPUT_KEY_PREFIX: the prefix the request's input key lacks, or null when it is fine. */

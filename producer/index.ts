@@ -4,7 +4,6 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
 import { cors } from "hono/cors";
 import { log } from "../shared/log.ts";
-import { syncNotifySwitch } from "../shared/notify.ts";
 import { mount } from "./api.ts";
 import { BOOKMARK_HEADER, d1Session } from "./d1-session.ts";
 import { type AppEnv, apiError, defaultHook } from "./http.ts";
@@ -63,12 +62,6 @@ app.use("*", async (c, next) => {
   if (c.res.headers.get("access-control-allow-origin")) {
     c.res.headers.set("Access-Control-Expose-Headers", `${BOOKMARK_HEADER}, Location`);
   }
-});
-// The outbox's switch follows NOTIFY_URL (once per isolate): ending statements write
-// notifications only while it is set (shared/notify.ts).
-app.use("*", async (c, next) => {
-  await syncNotifySwitch(c.env.DB, Boolean(c.env.NOTIFY_URL?.trim()));
-  return next();
 });
 app.use("*", d1Session);
 

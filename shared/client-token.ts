@@ -59,8 +59,3 @@ export async function readClientToken(
   if (!parsed.success || parsed.data.exp <= now) return null;
   return { projectIds: parsed.data.p, userId: parsed.data.u, expiresAt: parsed.data.exp };
 }
-
-/** Whether every one of `projectIds` is the token's. */
-export function allows(scope: ClientScope, projectIds: readonly number[]): boolean {
-  return projectIds.every((id) => scope.projectIds.includes(id));
-}

@@ -34,17 +34,21 @@ export function notificationIdOf(jobId: string, version: number): string {
   return `msg_${jobId.replaceAll("-", "")}_${version}`;
 }
 
-// What this isolate last wrote to the outbox's switch (notify_settings): written again only when
-// NOTIFY_URL says otherwise.
+// What this consumer isolate last wrote to the outbox's switch (notify_settings).
 let switchWritten: boolean | null = null;
 
 /**
- * Keeps the outbox's switch in step with NOTIFY_URL: the ending trigger writes notifications only
- * while it is on. Once per isolate (and by each cron run); a failure is logged and tried again
- * next time, never failing the request.
+ * Keeps the outbox's switch in step with the consumer's NOTIFY_URL (the consumer delivers, so its
+ * setting decides): the ending trigger writes notifications only while it is on. The consumer's
+ * batches write it once per isolate; each cron run writes it whatever was written before (`always`),
+ * so a switch left wrong by an older deploy is right within a minute. A failure is logged.
  */
-export async function syncNotifySwitch(db: D1Database, enabled: boolean): Promise<void> {
-  if (switchWritten === enabled) return;
+export async function syncNotifySwitch(
+  db: D1Database,
+  enabled: boolean,
+  options: { always?: boolean } = {},
+): Promise<void> {
+  if (switchWritten === enabled && !options.always) return;
   try {
     await setNotifyEnabled(db, enabled);
     switchWritten = enabled;

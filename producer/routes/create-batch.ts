@@ -108,7 +108,7 @@ export const createBatch: RouteHandler<typeof createBatchRoute, AppEnv> = async 
   }
 
   // 2. Idempotency keys: unique within the batch; a key used before answers its job (same body)
-  //    or refuses the batch (another body).
+  //    or refuses the batch (another body). Supersede keys: unique within the batch too.
   const seen = new Map<string, number>();
   const duplicates: ApiIssue[] = [];
   for (const item of items) {
@@ -121,6 +121,19 @@ export const createBatch: RouteHandler<typeof createBatchRoute, AppEnv> = async 
         code: "duplicate",
       });
     } else seen.set(pair, item.index);
+  }
+  // …and so are supersede keys: an item would end another of its own batch.
+  const superseding = new Map<string, number>();
+  for (const item of items) {
+    if (item.request.supersede_key === undefined) continue;
+    const pair = JSON.stringify([item.request.project_id, item.request.supersede_key]);
+    if (superseding.has(pair)) {
+      duplicates.push({
+        path: at(item.index, "supersede_key"),
+        message: `the same supersede_key as item ${superseding.get(pair)} of this project`,
+        code: "duplicate",
+      });
+    } else superseding.set(pair, item.index);
   }
   if (duplicates.length > 0) {
     return apiError(c, 400, "invalid_request", "the body is not valid", duplicates);
@@ -201,9 +214,16 @@ export const createBatch: RouteHandler<typeof createBatchRoute, AppEnv> = async 
       ),
     ),
   );
+  // The quota is the batch's own check (all of it at once); its inserts need none of their own.
   const maxActive = newJobs[0]?.max_active ?? 0;
   const rows =
-    newJobs.length === 0 ? [] : await createJobs(jobDepsWithRunpod(c), newJobs, maxActive);
+    newJobs.length === 0
+      ? []
+      : await createJobs(
+          jobDepsWithRunpod(c),
+          newJobs.map((job) => ({ ...job, max_active: 0 })),
+          maxActive,
+        );
   if (rows === "quota_exceeded") {
     c.header("Retry-After", String(QUOTA_RETRY_AFTER_S));
     return apiError(

@@ -73,10 +73,12 @@ export const NOTIFY_SQL = {
     )
     .join(" UNION ALL ")})
             ORDER BY ended_at DESC, id DESC LIMIT ?`,
-  // Retention: the notifications of jobs still as they were archived go with them, in the
-  // archive's transaction (a job's are few: one per ending and redelivery series).
+  // Retention: the settled notifications of jobs still as they were archived go with them, in the
+  // archive's transaction (a job's are few: one per ending and redelivery series). A pending one
+  // stays and is delivered all the same, its job read from the archive.
   deleteArchived: `DELETE FROM notifications
-                   WHERE job_id IN (SELECT id FROM export_jobs WHERE ${ARCHIVED_PAIRS})`,
+                   WHERE job_id IN (SELECT id FROM export_jobs WHERE ${ARCHIVED_PAIRS})
+                     AND status <> 'pending'`,
 } as const;
 
 async function first(

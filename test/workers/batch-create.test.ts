@@ -113,6 +113,18 @@ describe("POST /exports/batch", () => {
       1,
       "idempotency_key",
     ]);
+    const twice = await postJson("/exports/batch", {
+      exports: [
+        { ...good, supersede_key: "clip" },
+        { ...good, supersede_key: "clip" },
+      ],
+    });
+    expect(twice.status).toBe(400);
+    expect(((await twice.json()) as ErrorBody).error.issues?.[0]?.path).toEqual([
+      "exports",
+      1,
+      "supersede_key",
+    ]);
     const missing = await postJson("/exports/batch", {
       exports: [good, { ...good, input_video_key: `uploads/${projectId}/nope.mp4` }],
     });

@@ -7,6 +7,7 @@ import { env } from "cloudflare:workers";
 import { Webhook } from "standardwebhooks";
 import { describe, expect, it } from "vitest";
 import consumer from "../../consumer/index.ts";
+import { sweepNotifications } from "../../consumer/notifications.ts";
 import type { ConsumerEnv } from "../../shared/env.ts";
 import { notificationIdOf } from "../../shared/notify.ts";
 import type { Job, JobRow } from "../../shared/sql/jobs/row.ts";
@@ -58,6 +59,14 @@ function notifyVars(name: string, overrides: Record<string, string> = {}) {
   };
 }
 
+/**
+ * The outbox's switch as the consumer's cron leaves it for these settings (on with a NOTIFY_URL,
+ * off without): the ending trigger writes notifications only while it is on.
+ */
+async function cronWith(vars: Record<string, string>): Promise<void> {
+  await sweepNotifications({ ...env, ...vars } as ConsumerEnv);
+}
+
 /** A job completed through its webhook, by a producer that notifies `name`. */
 async function completedJob(vars: Record<string, string>): Promise<JobRow> {
   const job = await processingJob();
@@ -94,6 +103,7 @@ describe("outbound webhooks", () => {
   it("delivers a job's ending, signed per Standard Webhooks, retried across a receiver that fails twice, then succeeds", async () => {
     const name = await receiver({ answers: [500, 500], status: 200 });
     const vars = notifyVars(name);
+    await cronWith(vars);
     const job = await completedJob(vars);
     const id = notificationIdOf(job.id, job.version);
     expect(await notification(id)).toMatchObject({ status: "pending", attempts: 0 });
@@ -143,6 +153,7 @@ describe("outbound webhooks", () => {
   it("gives up on a receiver that hangs or is down, failing nothing of the job, and redelivers on an operator's request", async () => {
     const name = await receiver({ status: 200, hangMs: 60_000 });
     const vars = notifyVars(name, { NOTIFY_RETRY_S: "0" });
+    await cronWith(vars);
     const before = await scrapeFailures();
     const job = await completedJob(vars);
     const id = notificationIdOf(job.id, job.version);
@@ -205,6 +216,7 @@ describe("outbound webhooks", () => {
   it("writes a failed, cancelled or expired job's export.failed notification in the statement that ends it, and none while NOTIFY_URL is unset", async () => {
     const name = await receiver({ status: 200 });
     const vars = notifyVars(name);
+    await cronWith(vars);
     const job = await processingJob();
     const cancel = await producerFetch(`/exports/${job.id}/cancel`, { method: "POST", vars });
     expect(cancel.status).toBe(200);
@@ -219,7 +231,8 @@ describe("outbound webhooks", () => {
     expect(payload.type).toBe("export.failed");
     expect(payload.data.job).toMatchObject({ id: job.id, status: "error", error: "cancelled" });
 
-    // Without NOTIFY_URL the switch is off: an ending writes no notification.
+    // Without NOTIFY_URL (the consumer's cron turns the switch off): an ending writes none.
+    await cronWith({});
     const quiet = await processingJob();
     const off = await producerFetch(`/exports/${quiet.id}/cancel`, { method: "POST" });
     expect(off.status).toBe(200);
@@ -230,6 +243,7 @@ describe("outbound webhooks", () => {
   it("the cron hands due notifications to the queue (the safety net of a lost message)", async () => {
     const name = await receiver({ status: 200 });
     const vars = notifyVars(name);
+    await cronWith(vars);
     const job = await completedJob(vars);
     const id = notificationIdOf(job.id, job.version);
     const sent: string[] = [];
