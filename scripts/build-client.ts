@@ -1,18 +1,15 @@
-// The typed client (client/index.ts) bundled for browsers, where the example frontend and the
-// operators' dashboard load it as a plain ES module (no build step of their own): one file each,
-// `examples/frontend/reel-exports-client.js` and `producer/public/reel-exports-client.js`.
-// `npm run client:build` writes them; test/node/client.test.ts fails when they differ from a
-// fresh build of client/.
+// The typed client (client/index.ts) bundled for browsers, where the operators' dashboard and the
+// example frontend load it as a plain ES module (no build step of their own): one file,
+// `producer/public/reel-exports-client.js`, served with the dashboard (the example's server serves
+// the same file). `npm run client:build` writes it; test/node/client.test.ts fails when it differs
+// from a fresh build of client/.
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { build } from "esbuild";
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
 
-export const CLIENT_BUNDLES = [
-  path.join(root, "examples/frontend/reel-exports-client.js"),
-  path.join(root, "producer/public/reel-exports-client.js"),
-];
+export const CLIENT_BUNDLE = path.join(root, "producer/public/reel-exports-client.js");
 
 const BANNER =
   "// reel-exports' typed client (client/index.ts), bundled by scripts/build-client.ts for\n" +
@@ -36,15 +33,12 @@ export async function buildClientBundle(): Promise<string> {
   return file.text;
 }
 
-/** The bundles as they are in the repository. */
-export function committedClientBundles(): string[] {
-  return CLIENT_BUNDLES.map((file) => readFileSync(file, "utf8"));
+/** The bundle as it is in the repository. */
+export function committedClientBundle(): string {
+  return readFileSync(CLIENT_BUNDLE, "utf8");
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const text = await buildClientBundle();
-  for (const file of CLIENT_BUNDLES) {
-    writeFileSync(file, text);
-    console.log(`wrote ${path.relative(process.cwd(), file)}`);
-  }
+  writeFileSync(CLIENT_BUNDLE, await buildClientBundle());
+  console.log(`wrote ${path.relative(process.cwd(), CLIENT_BUNDLE)}`);
 }

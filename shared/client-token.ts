@@ -35,7 +35,7 @@ const payloadSchema = z.strictObject({
 });
 
 /** Longer than any token this Worker mints (100 project ids of 16 digits are about 2.4 KB). */
-export const MAX_TOKEN_CHARS = 4096;
+const MAX_TOKEN_CHARS = 4096;
 
 /** A signed token for `scope` under the client-token `key`. */
 export function mintClientToken(key: SigningKey, scope: ClientScope): Promise<string> {

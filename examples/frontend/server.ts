@@ -51,9 +51,10 @@ const STATIC: Record<string, { file: string; type: string }> = {
   "/": { file: "index.html", type: "text/html; charset=utf-8" },
   "/app.js": { file: "app.js", type: "text/javascript; charset=utf-8" },
   "/style.css": { file: "style.css", type: "text/css; charset=utf-8" },
-  // The typed client (client/), bundled for browsers by `npm run client:build`.
+  // The typed client (client/), bundled for browsers by `npm run client:build`: the dashboard's
+  // copy, the one file there is.
   "/reel-exports-client.js": {
-    file: "reel-exports-client.js",
+    file: "../../producer/public/reel-exports-client.js",
     type: "text/javascript; charset=utf-8",
   },
 };

@@ -53,7 +53,6 @@ export const NOTIFY_SQL = {
   due: `SELECT id FROM notifications INDEXED BY idx_notifications_due
         WHERE status = 'pending' AND due_at <= ${NOW}
         ORDER BY due_at LIMIT ?`,
-  byId: "SELECT * FROM notifications WHERE id = ?",
   // An operator's redelivery: a new series (window and tries), due now, whatever its status.
   redeliver: `UPDATE notifications
               SET status = 'pending', attempts = 0, due_at = ${NOW}, window_from = ${NOW},
@@ -154,10 +153,6 @@ export async function dueNotifications(db: D1Database, limit: number): Promise<s
     db.prepare(NOTIFY_SQL.due).bind(limit).all<{ id: string }>(),
   );
   return results.map((row) => row.id);
-}
-
-export function getNotification(db: D1Database, id: string): Promise<NotificationRow | null> {
-  return first(db, NOTIFY_SQL.byId, id);
 }
 
 export function redeliverNotification(db: D1Database, id: string): Promise<NotificationRow | null> {

@@ -209,7 +209,6 @@ const EXPECTED: Record<string, { binds: unknown[]; uses: string[] }> = {
     uses: ["sqlite_autoindex_notifications_1 (id=?)"],
   },
   "notify.due": { binds: [100], uses: ["idx_notifications_due (due_at<?)"] },
-  "notify.byId": { binds: ["msg_a_1"], uses: ["sqlite_autoindex_notifications_1 (id=?)"] },
   "notify.redeliver": { binds: ["msg_a_1"], uses: ["sqlite_autoindex_notifications_1 (id=?)"] },
   "notify.listByStatus": {
     binds: ["failed", "9999", "", 21],
